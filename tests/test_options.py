@@ -1,0 +1,72 @@
+"""Bad options are UsageErrors that name the option and what it accepts; good ones parse."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import parse_argstring
+from IPython.testing.globalipapp import get_ipython
+
+from tetra_magic.gpus import gpu_ids
+from tetra_magic.magic import TetraMagic
+from tetra_magic.options import build, split_packages
+
+
+@pytest.fixture(scope="module")
+def magic() -> TetraMagic:
+    return TetraMagic(get_ipython())
+
+
+def parse(magic: TetraMagic, line: str):
+    return build(parse_argstring(magic.tetra, line), magic)
+
+
+def test_gpu_names_map_to_runpod_pools(magic: TetraMagic) -> None:
+    opts = parse(magic, "--gpu a100 H100 --gpu 4090,h200")
+    assert opts.gpu_ids == ("AMPERE_80", "ADA_80_PRO", "ADA_24", "HOPPER_141")
+
+
+def test_exact_gpu_type_names_pass_through() -> None:
+    assert gpu_ids(["NVIDIA A100-SXM4-80GB", "6000 Ada"]) == ["NVIDIA A100-SXM4-80GB", "ADA_48_PRO"]
+
+
+def test_unknown_gpu_names_the_option_and_the_valid_names(magic: TetraMagic) -> None:
+    with pytest.raises(UsageError, match=r"--gpu: unknown GPU 'A1000'.*A100.*H200.*4090"):
+        parse(magic, "--gpu A1000")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--cpu --gpu A100", "--cpu and --gpu"),
+        ("--timeout -3", "--timeout must be a positive"),
+        ("--timeout soon", "argument --timeout: invalid float value: 'soon'"),
+        ("--local --endpoint abc", "--local and --endpoint"),
+        ("--frobnicate", "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_bad_options_are_usage_errors(magic: TetraMagic, line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse(magic, line)
+
+
+def test_deps_split_on_commas_and_spaces_and_repeat(magic: TetraMagic) -> None:
+    opts = parse(magic, "--deps numpy>=1.2,<3 tabulate --deps six,pkg[a,b]")
+    assert opts.dependencies == ("numpy>=1.2,<3", "tabulate", "six", "pkg[a,b]")
+
+
+def test_defaults_come_from_config(magic: TetraMagic) -> None:
+    magic.default_gpu = "H100"
+    magic.default_deps = ["six"]
+    magic.timeout = 42.0
+    try:
+        opts = parse(magic, "--deps tabulate")
+    finally:
+        magic.default_gpu, magic.default_deps, magic.timeout = "any", [], 600.0
+    assert opts.gpu_ids == ("ADA_80_PRO",)
+    assert opts.dependencies == ("six", "tabulate")
+    assert opts.timeout == 42.0
+
+
+def test_split_packages_keeps_version_lists_whole() -> None:
+    assert split_packages([["a>=1,<2,b", "c"]]) == ("a>=1,<2", "b", "c")

@@ -1,0 +1,24 @@
+"""tetra_magic: `%load_ext tetra_magic`, then `%%tetra --gpu A100` runs a cell on RunPod.
+
+Loading stays cheap: the magic module imports IPython pieces only; the REST client, widgets and
+the local endpoint are imported when a cell first runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from tetra_magic.magic import TetraMagic
+
+    ipython.register_magics(TetraMagic)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = ipython.magics_manager.magics
+    magics["cell"].pop("tetra", None)
+    magics["line"].pop("tetra", None)
+    ipython.magics_manager.registry.pop("TetraMagic", None)

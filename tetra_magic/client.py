@@ -1,0 +1,107 @@
+"""A client for RunPod's serverless REST API: the one transport to RunPod and the local endpoint.
+
+Written on httpx rather than the runpod SDK because the SDK's job helpers loop forever on a
+CANCELLED job and drop a FAILED job's error (DESIGN.md), and importing runpod costs ~2 s.
+The client retries what is safe to retry: a lost connection (a few times, then it gives up
+naming the job) and 429 (backing off, honouring Retry-After).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+class EndpointError(Exception):
+    """The endpoint refused a request or could not be reached; the message says which."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where jobs go: the REST base (".../v2"), the endpoint id, and the key for it."""
+
+    base_url: str
+    endpoint_id: str
+    api_key: str
+    payload_limit: int = 10_000_000
+    key_source: str = ""
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Endpoint({self.base_url}/{self.endpoint_id})"
+
+
+class EndpointClient:
+    """Submit, follow and cancel jobs on one endpoint."""
+
+    def __init__(self, endpoint: Endpoint, retries: int = 5, max_backoff: float = 8.0) -> None:
+        self.endpoint = endpoint
+        self.retries = retries
+        self.max_backoff = max_backoff
+        self._http = httpx.Client(
+            base_url=f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}",
+            headers={"Authorization": f"Bearer {endpoint.api_key}"},
+            timeout=httpx.Timeout(30.0, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def run(self, job_input: dict[str, Any], execution_timeout: float | None = None) -> str:
+        """Queue a job; return its id."""
+        body: dict[str, Any] = {"input": job_input}
+        if execution_timeout is not None:
+            body["policy"] = {"executionTimeout": int(execution_timeout * 1000)}
+        return self._call("POST", "/run", json=body)["id"]
+
+    def stream(self, job_id: str) -> dict[str, Any]:
+        """Chunks not delivered before, and the job's status."""
+        return self._call("GET", f"/stream/{job_id}", job_id=job_id)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/status/{job_id}", job_id=job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/cancel/{job_id}", job_id=job_id)
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def _call(self, method: str, path: str, job_id: str | None = None, **kwargs: Any) -> Any:
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise EndpointError(self._lost(exc, job_id)) from None
+            else:
+                if response.status_code != 429:
+                    return self._parse(response, job_id)
+                delay = float(response.headers.get("Retry-After", delay))
+            time.sleep(min(delay, self.max_backoff))
+            delay *= 2
+        raise EndpointError(f"{self.endpoint!r} kept answering 429 (rate limited); try again later")
+
+    def _lost(self, exc: Exception, job_id: str | None) -> str:
+        where = f"{self.endpoint.base_url}/{self.endpoint.endpoint_id}"
+        job = f"; job {job_id} may still be running there" if job_id else ""
+        return f"lost the connection to {where} ({type(exc).__name__}: {exc}){job}"
+
+    def _parse(self, response: httpx.Response, job_id: str | None) -> Any:
+        if response.is_success:
+            return response.json()
+        try:
+            detail = response.json().get("error") or response.text
+        except ValueError:
+            detail = response.text
+        if response.status_code == 401:
+            source = self.endpoint.key_source or "the configured key"
+            raise EndpointError(f"the endpoint rejected the API key (401); key read from {source}")
+        if response.status_code == 404 and job_id:
+            raise EndpointError(f"job {job_id} is unknown to the endpoint (expired or never ran)")
+        raise EndpointError(f"{response.status_code} from the endpoint: {detail}")

@@ -1,0 +1,62 @@
+"""The plain-text view: remote stdout and stderr printed as the cell's own streams.
+
+This is what terminal IPython, nbval and CI see, so it prints nothing time-dependent: no job
+ids, no timings, no progress. Worker logs (installer output, phases) go to stderr only when
+asked for with --verbose.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from worker.protocol import FunctionResponse
+
+
+class TextView:
+    """Prints a job's output streams as they arrive (or all at the end, with --no-stream)."""
+
+    def __init__(self, verbose: bool = False, live: bool = True) -> None:
+        self.verbose = verbose
+        self.live = live
+        self.printed_stdout = False
+        self._held: list[dict[str, Any]] = []
+
+    def submitted(self, job_id: str, name: str | None) -> None:
+        """Job ids vary run to run, so the text view does not print them."""
+
+    def status(self, status: str) -> None:
+        """Statuses change with timing, so the text view keeps them to itself."""
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        if self.live:
+            self._show(chunk)
+        else:
+            self._held.append(chunk)
+
+    def _show(self, chunk: dict[str, Any]) -> None:
+        kind = chunk.get("kind")
+        if kind == "stdout":
+            self.printed_stdout = True
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+        elif kind == "stderr":
+            sys.stderr.write(chunk["text"])
+            sys.stderr.flush()
+        elif kind == "log" and self.verbose:
+            sys.stderr.write(chunk["text"])
+        elif kind == "phase" and self.verbose:
+            sys.stderr.write(f"[tetra] {chunk['text']}\n")
+
+    def close(self, response: FunctionResponse | None) -> None:
+        """Show held output; print stdout the worker did not stream (the published worker)."""
+        for chunk in self._held:
+            self._show(chunk)
+        if response is not None and response.stdout and not self.printed_stdout:
+            sys.stdout.write(response.stdout)
+            sys.stdout.flush()
+
+    def problems(self, problems: dict[str, str]) -> None:
+        """Values that did not come back, one line each, after the cell's own output."""
+        for name, reason in problems.items():
+            sys.stderr.write(f"tetra: {name} was not brought back: {reason}\n")

@@ -1,10 +1,13 @@
 """Installing a request's dependencies into the worker's own environment.
 
-Python packages go in with `uv pip install` against this interpreter, so the executor child sees
-them on its next import. A request whose packages are already installed at acceptable versions
-never starts uv: that check is made from installed metadata, with no network and no resolver,
-which is what makes the second run of a `--deps` cell cost nothing.
-System packages go in with apt-get, only where that is safe: as root inside a container.
+Python packages go in with `uv pip install` against this interpreter, so the executor child can
+import them. Specifiers already met by what is installed never reach uv: that check reads
+installed metadata, with no process, no network and no resolver, which is what makes the second
+run of a `--deps` cell cost nothing. System packages go in with apt-get, only where that is safe
+(as root, in a container); packages dpkg already has are never fetched again.
+
+Each installer's output streams as "log" chunks; a failure raises InstallError carrying the
+installer's own words, and the request then runs nothing.
 """
 
 from __future__ import annotations
@@ -12,41 +15,77 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
-from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from worker.protocol import Emit, chunk
+
+ERROR_LINES = 40
+_apt_lists_updated = False
+
 
 class InstallError(Exception):
-    """An installer failed; the message is the installer's own error output."""
+    """An installer failed, or was given something that is not a package; the message says so in
+    the installer's own words where there are any."""
 
 
-def _satisfied(spec: str) -> bool:
-    try:
-        req = Requirement(spec)
-    except InvalidRequirement:
-        return False  # let the installer judge (and explain) it
+def _check_names(names: list[str]) -> None:
+    """Refuse installer options smuggled in as package names (`--index-url=...`)."""
+    for name in names:
+        if not name.strip() or name.lstrip().startswith("-"):
+            raise InstallError(f"{name!r} is not a package name (installer options are refused)")
+
+
+def _met(req: Requirement, seen: set[str]) -> bool:
+    """Whether `req` (and the deps its extras add) is met by the installed distributions."""
     if req.marker is not None and not req.marker.evaluate():
         return True  # not meant for this platform
-    if req.url:
-        return False
+    if req.url or req.name.lower() in seen:
+        return not req.url
+    seen.add(req.name.lower())
     try:
-        installed = metadata.version(req.name)
+        dist = metadata.distribution(req.name)
     except metadata.PackageNotFoundError:
         return False
-    return req.specifier.contains(installed, prereleases=True)
+    if not req.specifier.contains(dist.version, prereleases=True):
+        return False
+    return all(_met(dep, seen) for dep in _extra_deps(dist, req.extras))
+
+
+def _extra_deps(dist: metadata.Distribution, extras: set[str]) -> list[Requirement]:
+    """The requirements `dist` adds for `extras` (its base ones are installed with it)."""
+    deps = []
+    for line in dist.requires or []:
+        dep = Requirement(line)
+        if dep.marker is None or dep.marker.evaluate({"extra": ""}):
+            continue
+        if any(dep.marker.evaluate({"extra": extra}) for extra in extras):
+            dep.marker = None
+            deps.append(dep)
+    return deps
+
+
+def satisfied(spec: str) -> bool:
+    """Whether `spec` is already met here; unparsable ones are left to the installer to judge."""
+    try:
+        return _met(Requirement(spec), set())
+    except InvalidRequirement:
+        return False
 
 
 def missing(specs: list[str]) -> list[str]:
     """The specifiers not already met by what is installed here."""
-    return [spec for spec in specs if not _satisfied(spec)]
+    return [spec for spec in specs if not satisfied(spec)]
 
 
 def uv_binary() -> str:
-    """The uv executable: the one from the `uv` package if present, else one on PATH."""
+    """TETRA_UV if set, else the `uv` package's binary, else uv on PATH."""
+    if os.environ.get("TETRA_UV"):
+        return os.environ["TETRA_UV"]
     try:
         from uv import find_uv_bin
 
@@ -58,8 +97,11 @@ def uv_binary() -> str:
         return found
 
 
-async def _stream_command(argv: list[str], env: dict[str, str]) -> AsyncIterator[str]:
-    """Yield a command's combined output line by line; raise InstallError if it fails."""
+async def _run(argv: list[str], env: dict[str, str], emit: Emit) -> list[str]:
+    """Run an installer, streaming its combined output; its lines, or InstallError on failure.
+
+    Cancelling this kills the installer rather than leaving it to run on unobserved.
+    """
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
@@ -68,48 +110,77 @@ async def _stream_command(argv: list[str], env: dict[str, str]) -> AsyncIterator
         env=env,
     )
     lines: list[str] = []
-    assert proc.stdout is not None
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace")
-        lines.append(line)
-        yield line
-    if await proc.wait() != 0:
-        raise InstallError("".join(lines[-40:]).strip() or f"{argv[0]} failed")
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace"))
+            emit(chunk("log", lines[-1]))
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    if code != 0:
+        output = "".join(lines[-ERROR_LINES:]).strip()
+        raise InstallError(output or f"{Path(argv[0]).name} failed with exit status {code}")
+    return lines
 
 
-async def install_python(specs: list[str]) -> AsyncIterator[str]:
-    """Install what `specs` needs that is not already here, streaming uv's output."""
+async def install_python(specs: list[str], emit: Emit) -> bool:
+    """Install what `specs` needs that is not already here; whether uv replaced or removed an
+    installed package (code already running may hold the old version)."""
+    _check_names(specs)
     todo = missing(specs)
     if not todo:
-        yield f"dependencies already satisfied: {', '.join(specs)}\n"
-        return
+        emit(chunk("log", f"Python dependencies already satisfied: {' '.join(specs)}\n"))
+        return False
+    emit(chunk("log", f"$ uv pip install {' '.join(todo)}\n"))
     argv = [uv_binary(), "pip", "install", "--python", sys.executable, *todo]
-    yield f"$ uv pip install {' '.join(todo)}\n"
-    async for line in _stream_command(argv, {**os.environ, "NO_COLOR": "1"}):
-        yield line
+    lines = await _run(argv, {**os.environ, "NO_COLOR": "1"}, emit)
+    return any(line.startswith(" - ") for line in lines)
 
 
-def can_apt() -> bool:
-    """apt-get is used only as root in a container, never on someone's own machine.
+def _installed_debs(packages: list[str]) -> set[str]:
+    """The packages dpkg reports installed (none where there is no dpkg)."""
+    if shutil.which("dpkg-query") is None:
+        return set()
+    query = ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages]
+    out = subprocess.run(query, capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
 
-    The worker images set TETRA_ALLOW_APT=1; the marker files cover other container runtimes.
-    """
-    in_container = os.environ.get("TETRA_ALLOW_APT") == "1"
-    in_container = in_container or any(Path(p).exists() for p in ("/.dockerenv", "/run/.containerenv"))
-    return os.geteuid() == 0 and in_container and shutil.which("apt-get") is not None
+
+def apt_blocker() -> str | None:
+    """Why apt-get may not be used here, or None. Only as root in a container: never on
+    someone's own machine. The worker images set TETRA_ALLOW_APT=1; marker files cover other
+    container runtimes."""
+    if shutil.which("apt-get") is None:
+        return "this worker has no apt-get"
+    if os.geteuid() != 0:
+        return "the worker does not run as root"
+    markers = ("/.dockerenv", "/run/.containerenv")
+    if os.environ.get("TETRA_ALLOW_APT") != "1" and not any(Path(p).exists() for p in markers):
+        return "the worker is not in a container (set TETRA_ALLOW_APT=1 to allow apt-get)"
+    return None
 
 
-async def install_system(packages: list[str]) -> AsyncIterator[str]:
-    """apt-get install `packages` where allowed; otherwise say plainly they were not installed."""
-    if not can_apt():
-        yield (
-            f"system dependencies not installed ({', '.join(packages)}): apt-get runs only as"
-            " root inside a container\n"
-        )
+async def install_system(packages: list[str], emit: Emit) -> None:
+    """apt-get install what dpkg does not already have, where allowed; otherwise say plainly,
+    on the request's stderr, that they were not installed."""
+    global _apt_lists_updated
+    _check_names(packages)
+    installed = _installed_debs(packages)
+    todo = [name for name in packages if name not in installed]
+    if not todo:
+        emit(chunk("log", f"system dependencies already installed: {' '.join(packages)}\n"))
+        return
+    reason = apt_blocker()
+    if reason is not None:
+        names = " ".join(todo)
+        emit(chunk("stderr", f"tetra: system dependencies not installed ({names}): {reason}\n"))
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    async for line in _stream_command(["apt-get", "update", "-q"], env):
-        yield line
-    argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    async for line in _stream_command(argv, env):
-        yield line
+    if not _apt_lists_updated:
+        emit(chunk("log", "$ apt-get update\n"))
+        await _run(["apt-get", "update", "-q"], env, emit)
+        _apt_lists_updated = True
+    emit(chunk("log", f"$ apt-get install {' '.join(todo)}\n"))
+    await _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo], env, emit)

@@ -1,174 +1,326 @@
-"""The worker's side of the executor child: start it, feed it a request, follow its output.
+"""The worker's side of the executor child: start it, hand it requests, follow its output.
 
-`Executor.run` is an async generator of stream chunks whose last item is the FunctionResponse
-dict. Everything that can end a request from outside the code (timeout, crash, cancellation)
-kills the child's whole process group, so a runaway subprocess goes too; the next request starts
-a fresh child.
+`Executor.run` sends one request to the persistent child and returns its FunctionResponse dict,
+calling `emit` with stdout/stderr chunks as the child writes them. Whatever ends a request from
+outside the code (a timeout, a crash, the caller being cancelled) kills the child's whole process
+group, so subprocesses the code started go too; the next request starts a fresh child.
+
+The child's pipes are read for as long as it lives, not per request, so nothing it writes is
+lost: bytes that follow a request's end marker (a background thread still printing) go to the
+next request, or wait in a small backlog until there is one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import contextlib
-import multiprocessing
 import os
+import re
 import signal
 import sys
-import time
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from multiprocessing.connection import Connection
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
 
-from worker.child import end_marker
-from worker.protocol import FunctionResponse, chunk
+from worker import channel
+from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
+from worker.protocol import Emit, FunctionResponse, chunk
 
 READ_SIZE = 65536
+MARKER = re.compile(
+    re.escape(MARKER_PREFIX) + rb"([0-9a-f]{%d})" % TOKEN_LENGTH + re.escape(MARKER_SUFFIX)
+)
+MARKER_LENGTH = len(MARKER_PREFIX) + TOKEN_LENGTH + len(MARKER_SUFFIX)
+STREAMS = ("stdout", "stderr")
+# After the response, how long to wait for the end markers (longer only if user code moved
+# fds 1/2 somewhere the worker cannot see); after a kill, how long to collect the last output.
+MARKER_GRACE_S = 2.0
+DRAIN_GRACE_S = 1.0
+# Output one request may stream before the rest is dropped (and counted), so a runaway print
+# loop cannot exhaust the worker's memory or the endpoint's result size.
+MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
+BACKLOG_BYTES = 2**16
+
+_WORKER_DIR = re.escape(str(Path(__file__).resolve().parent) + os.sep)
+_INTERNAL_FRAME = re.compile(rf'File "({_WORKER_DIR}|<frozen runpy>)')
+SIGNAL_HINTS = {
+    signal.SIGSEGV: "a segmentation fault, usually in C extension code",
+    signal.SIGABRT: "an abort, usually a failed assertion in C code",
+    signal.SIGBUS: "a bus error, usually in C extension code",
+    signal.SIGFPE: "a floating point exception in C code",
+    signal.SIGILL: "an illegal instruction in C code",
+    signal.SIGKILL: "SIGKILL, often the out-of-memory killer",
+}
+
+
+def _partial_marker(buffer: bytes) -> int:
+    """Where an end marker may have begun without arriving whole (len(buffer) if nowhere)."""
+    start = buffer.rfind(MARKER_PREFIX[:1], max(0, len(buffer) - MARKER_LENGTH + 1))
+    if start < 0:
+        return len(buffer)
+    tail = buffer[start:]
+    prefix, token = tail[: len(MARKER_PREFIX)], tail[len(MARKER_PREFIX) :]
+    if MARKER_PREFIX.startswith(prefix) and re.fullmatch(rb"[0-9a-f]*", token):
+        return start
+    return len(buffer)
+
+
+def _user_frames(crash_log: IO) -> str:
+    """faulthandler's report of a fatal signal, less the worker's own frames."""
+    crash_log.seek(0)
+    report = crash_log.read().decode(errors="replace")
+    lines = [line for line in report.splitlines() if not _INTERNAL_FRAME.search(line)]
+    return "\n\n" + "\n".join(lines).strip() if report else ""
+
+
+def describe_exit(code: int) -> str:
+    """Why the child ended, in the words a notebook user needs."""
+    if code < 0:
+        sig = signal.Signals(-code)
+        hint = SIGNAL_HINTS.get(sig, "a signal")
+        return f"the code crashed the executor process: it was killed by {sig.name} ({hint})"
+    return (
+        f"the code ended the executor process with exit status {code} before returning"
+        " (os._exit, or a fatal error in C code)"
+    )
+
+
+class _Output:
+    """One request's share of the output: forwarded to `emit` up to MAX_OUTPUT_BYTES."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.sent = 0
+        self.dropped = 0
+
+    def __call__(self, kind: str, text: str) -> None:
+        size = len(text.encode())
+        if self.sent + size > MAX_OUTPUT_BYTES:
+            self.dropped += size
+            return
+        self.sent += size
+        self.emit(chunk(kind, text))
+
+    def close(self) -> None:
+        if self.dropped:
+            note = f"tetra: {self.dropped} bytes of output past {MAX_OUTPUT_BYTES} were dropped\n"
+            self.emit(chunk("stderr", note))
+
+
+class _Child:
+    """One executor process, the response pipe, and the tasks reading its output pipes."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, responses: asyncio.StreamReader, crash_log: IO
+    ) -> None:
+        self.proc = proc
+        self.responses = responses
+        self.crash_log = crash_log
+        self.sink: Callable[[str, str], None] | None = None
+        self.backlog: list[tuple[str, str]] = []
+        self.backlog_size = 0
+        self.ended: dict[str, str] = {}
+        self.eof: set[str] = set()
+        self.changed = asyncio.Event()
+        self.readers = [
+            asyncio.create_task(self._read(proc.stdout, "stdout")),
+            asyncio.create_task(self._read(proc.stderr, "stderr")),
+        ]
+
+    @classmethod
+    async def start(cls) -> _Child:
+        read_fd, write_fd = os.pipe()
+        crash_log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker.child",
+                str(write_fd),
+                str(crash_log.fileno()),
+                str(os.getpid()),
+                pass_fds=(write_fd, crash_log.fileno()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                env=_child_env(),
+            )
+        except BaseException:
+            os.close(read_fd)
+            crash_log.close()
+            raise
+        finally:
+            os.close(write_fd)
+        responses = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(responses), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        return cls(proc, responses, crash_log)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self.eof
+
+    def _emit(self, kind: str, text: str) -> None:
+        if not text:
+            return
+        if self.sink is not None:
+            self.sink(kind, text)
+        elif self.backlog_size < BACKLOG_BYTES:
+            self.backlog.append((kind, text))
+            self.backlog_size += len(text)
+
+    async def _read(self, stream: asyncio.StreamReader, kind: str) -> None:
+        """Forward a pipe's text, noting each end marker, until the pipe closes."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = b""
+        while data := await stream.read(READ_SIZE):
+            pending += data
+            while match := MARKER.search(pending):
+                self._emit(kind, decoder.decode(pending[: match.start()]))
+                self.ended[kind] = match.group(1).decode("ascii")
+                self.changed.set()
+                pending = pending[match.end() :]
+            keep = _partial_marker(pending)
+            self._emit(kind, decoder.decode(pending[:keep]))
+            pending = pending[keep:]
+        self._emit(kind, decoder.decode(pending, final=True))
+        self.eof.add(kind)
+        self.changed.set()
+
+    def attach(self, sink: Callable[[str, str], None]) -> None:
+        """Send output to `sink` from now on, starting with any backlog."""
+        self.sink = sink
+        backlog, self.backlog, self.backlog_size = self.backlog, [], 0
+        for kind, text in backlog:
+            sink(kind, text)
+
+    def detach(self) -> None:
+        self.sink = None
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self.changed.clear()
+            await self.changed.wait()
+
+    def _ended(self, stream: str, token: str) -> bool:
+        return self.ended.get(stream) == token or stream in self.eof
+
+    async def exchange(self, token: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Send the request; its response once all its output is in; None if the child died."""
+        try:
+            await channel.send(self.proc.stdin, {"token": token, "request": request})
+            response = await channel.receive(self.responses)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        ended = self._until(lambda: all(self._ended(s, token) for s in STREAMS))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ended, MARKER_GRACE_S)
+        return response
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group (the child and whatever it started)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def drain(self) -> None:
+        """Collect what the pipes still hold after the child ended, briefly."""
+        closed = self._until(lambda: len(self.eof) == len(STREAMS))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closed, DRAIN_GRACE_S)
+
+    async def exit_reason(self) -> str:
+        """Why the child stopped answering; kills it if it did so without exiting."""
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), DRAIN_GRACE_S)
+        except asyncio.TimeoutError:
+            self.kill()
+            return "the executor process stopped answering and was killed"
+        self.kill()  # anything it started goes with it
+        return describe_exit(code) + _user_frames(self.crash_log)
+
+    def close(self) -> None:
+        """Kill and let go of everything this child holds."""
+        self.kill()
+        for reader in self.readers:
+            reader.cancel()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.crash_log.close()
+
+
+def _child_env() -> dict[str, str]:
+    """The worker's environment, with unbuffered Python and the worker package importable."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
+def _failure(kind: str, error: str, error_type: str) -> dict[str, Any]:
+    return FunctionResponse(
+        success=False, error=error, error_type=error_type, failure=kind
+    ).model_dump()
 
 
 class Executor:
     """One persistent child process; requests run in it one at a time."""
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._conn: Connection | None = None
+        self._child: _Child | None = None
         self._lock = asyncio.Lock()
+        atexit.register(self._kill)
 
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+    def _kill(self) -> None:
+        """At interpreter exit: no event loop left, so only the processes are dealt with."""
+        if self._child is not None:
+            self._child.kill()
 
-    async def _start(self) -> None:
-        ours, theirs = multiprocessing.Pipe()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker.child",
-            str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            env=env,
-        )
-        theirs.close()
-        self._conn = ours
+    def close(self) -> None:
+        """Kill the child (the next request starts a new one)."""
+        if self._child is not None:
+            self._child.close()
+            self._child = None
 
-    def kill(self) -> None:
-        """Kill the child and everything it started; the next request gets a new child."""
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+    async def _ready(self, emit: Emit) -> _Child:
+        if self._child is None or not self._child.alive:
+            self.close()
+            emit(chunk("phase", "starting"))
+            self._child = await _Child.start()
+        emit(chunk("phase", "running"))
+        return self._child
 
     async def run(
-        self, request: dict[str, Any], timeout: float | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Yield output chunks as the request runs, then its FunctionResponse dict."""
+        self, request: dict[str, Any], emit: Emit, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run one request; its FunctionResponse dict. Cancelling this kills the running code."""
         async with self._lock:
-            if not self.alive:
-                await self._start()
-            token = uuid.uuid4().hex
-            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-            readers = [
-                asyncio.create_task(_pump(self._proc.stdout, "stdout", token, events)),
-                asyncio.create_task(_pump(self._proc.stderr, "stderr", token, events)),
-            ]
-            waiter = asyncio.create_task(self._exchange(token, request, events))
+            child = await self._ready(emit)
+            output = _Output(emit)
+            child.attach(output)
             try:
-                async for item in self._follow(events, timeout):
-                    yield item
-            finally:
-                for task in (*readers, waiter):
-                    task.cancel()
-                if waiter.done() is False or not self.alive:
-                    self.kill()
-
-    async def _exchange(
-        self, token: str, request: dict[str, Any], events: asyncio.Queue
-    ) -> None:
-        conn = self._conn
-        try:
-            conn.send((token, request))
-            response = await asyncio.to_thread(conn.recv)
-        except (EOFError, OSError):
-            response = None
-        await events.put(("response", response))
-
-    async def _follow(
-        self, events: asyncio.Queue, timeout: float | None
-    ) -> AsyncIterator[dict[str, Any]]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        open_streams = {"stdout", "stderr"}
-        response: dict[str, Any] | None = None
-        got_response = False
-        while open_streams or not got_response:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                kind, payload = await asyncio.wait_for(events.get(), wait)
-            except asyncio.TimeoutError:
-                self.kill()
-                yield _failure("timeout", f"TimeoutError: the code ran past its {timeout:g} s limit;"
-                               " its process was killed")
-                return
-            if kind == "response":
-                got_response, response = True, payload
+                response = await asyncio.wait_for(
+                    child.exchange(uuid.uuid4().hex, request), timeout
+                )
                 if response is None:
-                    break
-            elif kind == "eof":
-                open_streams.discard(payload)
-            else:
-                yield chunk(kind, payload)
-        if response is None:
-            yield _failure("crash", await self._crash_reason())
-            return
-        yield response
-
-    async def _crash_reason(self) -> str:
-        proc = self._proc
-        try:
-            code = await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
-            self.kill()
-            return "the executor process stopped answering and was killed"
-        if code < 0:
-            name = signal.Signals(-code).name
-            return f"the executor process was killed by signal {name} while running the code"
-        return f"the executor process exited with status {code} while running the code"
-
-
-def _failure(kind: str, message: str) -> dict[str, Any]:
-    return FunctionResponse(success=False, error=message, failure=kind).model_dump()
-
-
-async def _pump(stream: asyncio.StreamReader, kind: str, token: str, events: asyncio.Queue) -> None:
-    """Forward a pipe's text to `events` until this request's end marker (or EOF)."""
-    marker = end_marker(token)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = b""
-    while True:
-        data = await stream.read(READ_SIZE)
-        pending += data
-        cut = pending.find(marker)
-        if cut >= 0:
-            # The marker's leading newline is ours; what follows it is the next request's.
-            text = decoder.decode(pending[:cut], final=True)
-            if text:
-                await events.put((kind, text))
-            break
-        if not data:
-            text = decoder.decode(pending, final=True)
-            if text:
-                await events.put((kind, text))
-            break
-        keep = len(marker) - 1
-        send, pending = pending[:-keep], pending[-keep:]
-        text = decoder.decode(send)
-        if text:
-            await events.put((kind, text))
-    await events.put(("eof", kind))
+                    reason = await child.exit_reason()
+                    await child.drain()
+                    response = _failure("crash", reason, "ExecutorCrash")
+                    self.close()
+            except asyncio.TimeoutError:
+                child.kill()
+                await child.drain()
+                self.close()
+                message = f"the code ran past its {timeout:g} s timeout and was killed"
+                response = _failure("timeout", message, "TimeoutError")
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                child.detach()
+                output.close()
+            return response

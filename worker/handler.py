@@ -1,15 +1,20 @@
 """The runpod handlers: one request in, output chunks and a FunctionResponse out.
 
-`stream_handler` is the default: an async generator whose items are output chunks, batched so
-one goes out at least every BATCH_SECONDS while there is output, ending with a "response" chunk.
-`plain_handler` returns just the FunctionResponse dict, as the published tetra worker does; set
-TETRA_WORKER_STREAM=0 to serve it to clients that expect that shape.
+`stream_handler` is the default: an async generator of output chunks, batched so one goes out at
+least every BATCH_SECONDS while there is output, ending with a "response" chunk that carries the
+FunctionResponse. `plain_handler` returns just the FunctionResponse dict, with all output in its
+`stdout`, as the published tetra worker does (TETRA_WORKER_STREAM=0, and `--test_input` runs).
+
+Either way the request runs as part of the task the runpod SDK gave the job, so when the SDK stops
+a job (cancel, or the endpoint's timeout) by cancelling that task, the executor child running the
+code is killed and the worker carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,116 +23,129 @@ from pydantic import ValidationError
 from worker import deps
 from worker.executor import Executor
 from worker.info import worker_info
-from worker.protocol import FunctionRequest, FunctionResponse, chunk
+from worker.protocol import Emit, FunctionRequest, FunctionResponse, chunk
 
 BATCH_SECONDS = 0.1
+TEXT_KINDS = ("stdout", "stderr", "log")
 EXECUTOR = Executor()
+log = logging.getLogger(__name__)
 
 
-def _response(response: FunctionResponse | dict[str, Any], stdout: str) -> dict[str, Any]:
-    """The final chunk: the response, stamped with where it ran and the full stdout."""
-    if isinstance(response, dict):
-        response = FunctionResponse.model_validate(response)
-    response.worker = worker_info()
-    response.stdout = stdout
-    return chunk("response", response=response.model_dump())
-
-
-async def _install(request: FunctionRequest) -> AsyncIterator[dict[str, Any]]:
-    if request.dependencies:
-        yield chunk("phase", "installing")
-        async for line in deps.install_python(request.dependencies):
-            yield chunk("log", line)
+async def _install(request: FunctionRequest, emit: Emit) -> None:
+    """System deps first (Python packages may build against them), then Python deps."""
     if request.system_dependencies:
-        yield chunk("phase", "installing")
-        async for line in deps.install_system(request.system_dependencies):
-            yield chunk("log", line)
+        emit(chunk("phase", "installing"))
+        await deps.install_system(request.system_dependencies, emit)
+    if request.dependencies:
+        emit(chunk("phase", "installing"))
+        if await deps.install_python(request.dependencies, emit):
+            emit(chunk("log", "packages were replaced: restarting the executor to load them\n"))
+            EXECUTOR.close()
 
 
-async def process(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """Every chunk of one job, unbatched, the "response" chunk last."""
-    stdout: list[str] = []
-    yield chunk("info", **worker_info().model_dump())
+async def _respond(request: FunctionRequest, emit: Emit) -> FunctionResponse:
+    try:
+        await _install(request, emit)
+    except deps.InstallError as exc:
+        return FunctionResponse(success=False, error=str(exc), failure="install")
+    payload = request.model_dump()
+    return FunctionResponse.model_validate(await EXECUTOR.run(payload, emit, request.timeout))
+
+
+async def process(job: dict[str, Any], emit: Emit, stdout_kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Run one job, handing every chunk to `emit`; the FunctionResponse dict, stamped with
+    where it ran and with the text of the `stdout_kinds` chunks as its `stdout`."""
+    captured: list[str] = []
+
+    def record(item: dict[str, Any]) -> None:
+        if item["kind"] in stdout_kinds:
+            captured.append(item["text"])
+        emit(item)
+
+    record(chunk("info", **worker_info().model_dump()))
     try:
         request = FunctionRequest.model_validate(job.get("input") or {})
     except ValidationError as exc:
-        failed = FunctionResponse(success=False, error=f"invalid request: {exc}", failure="invalid")
-        yield _response(failed, "")
-        return
-    try:
-        async for item in _install(request):
-            yield item
-    except deps.InstallError as exc:
-        failed = FunctionResponse(success=False, error=str(exc), failure="install")
-        yield _response(failed, "")
-        return
-    yield chunk("phase", "running")
-    payload = request.model_dump()
-    async for item in EXECUTOR.run(payload, request.timeout):
-        if item.get("kind") is None:  # the executor's FunctionResponse dict
-            yield _response(item, "".join(stdout))
-            return
-        if item["kind"] == "stdout":
-            stdout.append(item["text"])
-        yield item
+        error = f"invalid request: {exc}"
+        response = FunctionResponse(success=False, error=error, failure="invalid")
+    else:
+        response = await _respond(request, record)
+    response.worker = worker_info()
+    response.stdout = "".join(captured)
+    return response.model_dump()
 
 
-async def _batched(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """Merge runs of same-kind text chunks so at most one of each goes out per batch window."""
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    async def feed() -> None:
-        async for item in items:
-            await queue.put(item)
-        await queue.put(None)
-
-    feeder = asyncio.create_task(feed())
-    try:
-        done = False
-        while not done:
-            batch = [await queue.get()]
-            loop = asyncio.get_running_loop()
-            until = loop.time() + BATCH_SECONDS
-            while batch[-1] is not None and batch[-1]["kind"] in ("stdout", "stderr", "log"):
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), until - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-            done = batch[-1] is None
-            for item in _merge([item for item in batch if item is not None]):
-                yield item
-        await feeder
-    finally:
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await feeder
+def _internal_failure(exc: BaseException) -> dict[str, Any]:
+    """A response for a bug in the worker itself, so the client still gets one."""
+    log.error("worker error", exc_info=exc)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    response = FunctionResponse(
+        success=False,
+        error=f"the worker failed: {text}",
+        error_type=type(exc).__name__,
+        failure="internal",
+        worker=worker_info(),
+    )
+    return response.model_dump()
 
 
 def _merge(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive text chunks of one kind become one chunk."""
     merged: list[dict[str, Any]] = []
     for item in batch:
         last = merged[-1] if merged else None
-        if last and item["kind"] == last["kind"] and set(item) == {"kind", "text"}:
+        if last and item["kind"] == last["kind"] and item["kind"] in TEXT_KINDS:
             last["text"] += item["text"]
         else:
             merged.append(dict(item))
     return merged
 
 
+async def _batched(queue: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
+    """The queue's chunks until its None, text gathered for at most BATCH_SECONDS a batch."""
+    loop = asyncio.get_running_loop()
+    done = False
+    while not done:
+        batch = [await queue.get()]
+        until = loop.time() + BATCH_SECONDS
+        while batch[-1] is not None and batch[-1]["kind"] in TEXT_KINDS:
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), until - loop.time()))
+            except asyncio.TimeoutError:
+                break
+        done = batch[-1] is None
+        for item in _merge([item for item in batch if item is not None]):
+            yield item
+
+
+def _cancel_with_caller(work: asyncio.Task) -> None:
+    """Cancel `work` when the SDK's task for this job ends. The SDK may cancel that task while
+    this generator sits at a yield (its stream post in flight), where no exception reaches the
+    generator until it is garbage collected; the callback does not wait for that."""
+    caller = asyncio.current_task()
+    if caller is not None:
+        caller.add_done_callback(lambda _: work.cancel())
+
+
 async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """The streaming runpod handler."""
-    async for item in _batched(process(job)):
-        yield item
+    """The streaming runpod handler: output chunks as they come, the "response" chunk last."""
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    work = asyncio.create_task(process(job, queue.put_nowait, ("stdout",)))
+    work.add_done_callback(lambda _: queue.put_nowait(None))
+    _cancel_with_caller(work)
+    try:
+        async for item in _batched(queue):
+            yield item
+        exc = work.exception()
+        response = _internal_failure(exc) if exc else work.result()
+        yield chunk("response", response=response)
+    finally:
+        work.cancel()  # a no-op once it has finished; otherwise kills the code it is running
 
 
 async def plain_handler(job: dict[str, Any]) -> dict[str, Any]:
-    """The published worker's shape: the FunctionResponse dict, with all output in `stdout`."""
-    output: list[str] = []
-    async for item in process(job):
-        if item["kind"] == "response":
-            response = item["response"]
-            response["stdout"] = "".join(output)
-            return response
-        if item["kind"] in ("stdout", "stderr", "log"):
-            output.append(item["text"])
-    raise RuntimeError("the worker produced no response")
+    """The published worker's shape: the FunctionResponse dict, all output in its `stdout`."""
+    try:
+        return await process(job, lambda _: None, TEXT_KINDS)
+    except Exception as exc:
+        return _internal_failure(exc)

@@ -14,14 +14,16 @@ drops the rest of it (stdout, worker info), which would lose exactly what a fail
 
 from __future__ import annotations
 
-import base64
+from collections.abc import Callable
 from typing import Any, Literal
 
-import cloudpickle
 from pydantic import BaseModel, Field
 
+from worker.codec import decode, encode
+
 ChunkKind = Literal["stdout", "stderr", "log", "phase", "info", "response"]
-PHASES = ("installing", "starting", "running", "done", "failed")
+# What the worker is doing, in "phase" chunks: installing deps, starting an executor, running.
+PHASES = ("installing", "starting", "running")
 
 
 class FunctionRequest(BaseModel):
@@ -66,14 +68,22 @@ class FunctionResponse(BaseModel):
     stdout: str | None = None
     instance_id: str | None = None
     instance_info: dict[str, Any] | None = None
-    # Ours: the exception's type name, and why the worker (not the code) ended the request.
+    # Ours: the exception's type name, and how the request failed: the code raised
+    # ("exception"), deps did not install, the worker ended it ("timeout", "crash"; "cancelled"
+    # is for clients to record a cancel, since a cancelled job sends no response), the request
+    # was unusable ("invalid"), or the worker itself went wrong ("internal").
     error_type: str | None = None
-    failure: Literal["exception", "install", "timeout", "crash", "cancelled", "invalid"] | None = (
-        None
-    )
+    failure: (
+        Literal["exception", "install", "timeout", "crash", "cancelled", "invalid", "internal"]
+        | None
+    ) = None
     # Ours: result entries that could not be pickled, by name, with the reason.
     unpicklable: dict[str, str] = Field(default_factory=dict)
     worker: WorkerInfo | None = None
+
+
+Emit = Callable[[dict[str, Any]], None]
+"""A callback that takes one chunk, as the worker's parts hand output to the handler."""
 
 
 def chunk(kind: ChunkKind, text: str = "", **extra: Any) -> dict[str, Any]:
@@ -81,11 +91,14 @@ def chunk(kind: ChunkKind, text: str = "", **extra: Any) -> dict[str, Any]:
     return {"kind": kind, "text": text, **extra}
 
 
-def encode(value: Any) -> str:
-    """base64(cloudpickle(value)): the protocol's encoding for every argument and result."""
-    return base64.b64encode(cloudpickle.dumps(value)).decode("ascii")
-
-
-def decode(text: str) -> Any:
-    """The inverse of `encode`."""
-    return cloudpickle.loads(base64.b64decode(text))
+__all__ = [
+    "PHASES",
+    "ChunkKind",
+    "Emit",
+    "FunctionRequest",
+    "FunctionResponse",
+    "WorkerInfo",
+    "chunk",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,10 @@
+"""The embedded local endpoint: RunPod Serverless's REST API on loopback, running our worker.
+
+`ensure_running()` (launcher.py) is what the magic calls; `python -m tetra_magic.local` runs the
+server by hand. Modules: jobs (queue and state machine), server (HTTP), workers (supervisor),
+environment (the workers' venv), state (state dir, token, server record), launcher.
+"""
+
+from tetra_magic.local.launcher import LocalEndpoint, LocalEndpointError, ensure_running, stop
+
+__all__ = ["LocalEndpoint", "LocalEndpointError", "ensure_running", "stop"]

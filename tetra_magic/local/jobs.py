@@ -1,0 +1,431 @@
+"""The job store: queue, state machine, stream bookkeeping, timeouts and retention.
+
+One `JobStore` lives in the server's event loop; the HTTP handlers and the worker supervisor
+are its only callers, so nothing here needs locks. States follow RunPod:
+
+    IN_QUEUE -> IN_PROGRESS -> COMPLETED | FAILED | TIMED_OUT | CANCELLED
+    IN_QUEUE -> CANCELLED (cancel, purge-queue) | FAILED (no worker environment)
+
+A final state is never left: a worker that posts a result for a job already cancelled or timed
+out is ignored, as RunPod does. Stopping a running job is a message to its worker (the SDK's
+job-stop channel); the store keeps re-sending it until the worker shows it has let the job go,
+because a stop that lands in the instant between job-take and the SDK starting the job's task
+is otherwise dropped by the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
+MIN_EXECUTION_TIMEOUT_MS = 5_000
+MAX_EXECUTION_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+DEFAULT_TTL_MS = 24 * 3600 * 1000
+MIN_TTL_MS = 10_000
+MAX_TTL_MS = 7 * 24 * 3600 * 1000
+RUN_RETENTION_S = 30 * 60
+RUNSYNC_RETENTION_S = 60
+STOP_RESEND_S = 1.0
+TOMBSTONES = 2000
+_MISSING: Any = object()  # "no output field", as opposed to an output of None
+
+
+class Status(str, enum.Enum):
+    """RunPod's job statuses; the string values are what the API returns."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def final(self) -> bool:
+        return self not in (Status.IN_QUEUE, Status.IN_PROGRESS)
+
+
+class PolicyError(ValueError):
+    """A request's `policy` is malformed or out of RunPod's accepted range."""
+
+
+def _policy_ms(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PolicyError(f"policy.{key} must be a number of milliseconds, got {value!r}")
+    if not low <= value <= high:
+        raise PolicyError(f"policy.{key} must be between {low} and {high} ms, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A job's execution policy, in seconds (RunPod takes milliseconds on the wire)."""
+
+    execution_timeout: float = DEFAULT_EXECUTION_TIMEOUT_MS / 1000
+    ttl: float = DEFAULT_TTL_MS / 1000
+
+    @classmethod
+    def parse(cls, raw: Any) -> Policy:
+        """Read a request's `policy` object, with RunPod's defaults and limits."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise PolicyError(f"policy must be an object, got {type(raw).__name__}")
+        timeout = _policy_ms(
+            raw,
+            "executionTimeout",
+            DEFAULT_EXECUTION_TIMEOUT_MS,
+            MIN_EXECUTION_TIMEOUT_MS,
+            MAX_EXECUTION_TIMEOUT_MS,
+        )
+        ttl = _policy_ms(raw, "ttl", DEFAULT_TTL_MS, MIN_TTL_MS, MAX_TTL_MS)
+        return cls(execution_timeout=timeout / 1000, ttl=ttl / 1000)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: its input, where it is in its life, and what its worker sent back."""
+
+    id: str
+    input: Any
+    policy: Policy
+    sync: bool
+    submitted: float
+    status: Status = Status.IN_QUEUE
+    worker_id: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    output: Any = None
+    has_output: bool = False
+    error: str | None = None
+    stream: list[Any] = field(default_factory=list)
+    delivered: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def touch(self) -> None:
+        """Wake everyone waiting for this job to change (runsync, held /stream requests)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the next change; False if none came."""
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def wait_final(self, timeout: float, clock: Callable[[], float]) -> bool:
+        """Wait up to `timeout` s for a final status; True if it got there."""
+        deadline = clock() + timeout
+        while not self.status.final:
+            if not await self.wait_change(deadline - clock()):
+                break
+        return self.status.final
+
+    def new_chunks(self) -> list[Any]:
+        """The stream chunks not handed out before, marked as handed out now."""
+        chunks = self.stream[self.delivered :]
+        self.delivered = len(self.stream)
+        return chunks
+
+    def doc(self, now: float) -> dict[str, Any]:
+        """The /status document: RunPod's field names, times in whole milliseconds."""
+        doc: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        queued_until = self.started if self.started is not None else (self.finished or now)
+        doc["delayTime"] = round((queued_until - self.submitted) * 1000)
+        if self.started is not None:
+            doc["executionTime"] = round(((self.finished or now) - self.started) * 1000)
+        if self.worker_id is not None:
+            doc["workerId"] = self.worker_id
+        if self.has_output:
+            doc["output"] = self.output
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
+
+
+class JobStore:
+    """All jobs of one endpoint, the queue of waiting ones, and the stop messages to workers."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._queue_changed = asyncio.Event()
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._dead_workers: set[str] = set()
+        # worker id -> {job id: when the stop was last sent (None: not yet)}
+        self._stops: dict[str, dict[str, float | None]] = {}
+        self._stops_changed: dict[str, asyncio.Event] = {}
+        self.totals = collections.Counter[str]()
+
+    # ----------------------------------------------------------------- client side
+
+    def submit(self, job_input: Any, policy: Policy, *, sync: bool) -> Job:
+        """Queue a new job; runsync jobs get a "sync-" id as on RunPod."""
+        job_id = ("sync-" if sync else "") + str(uuid.uuid4())
+        job = Job(id=job_id, input=job_input, policy=policy, sync=sync, submitted=self.clock())
+        self._jobs[job_id] = job
+        self._queue.append(job_id)
+        self._wake_takers()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def why_gone(self, job_id: str) -> str | None:
+        """Why a job that existed is no longer here (expired), if we remember it."""
+        return self._gone.get(job_id)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job; a final job is left as it is."""
+        job = self._jobs.get(job_id)
+        if job is not None and not job.status.final:
+            self._finalize(job, Status.CANCELLED, error=None)
+        return job
+
+    def purge_queue(self) -> int:
+        """Cancel every job still waiting in the queue; running jobs are not touched."""
+        removed = 0
+        for job_id in list(self._queue):
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is Status.IN_QUEUE:
+                self._finalize(job, Status.CANCELLED, error="removed from the queue by purge-queue")
+                removed += 1
+        self._queue.clear()
+        return removed
+
+    def fail_queued(self, reason: str) -> int:
+        """Fail every queued job (the workers cannot start); returns how many."""
+        failed = 0
+        for job_id in list(self._queue):
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is Status.IN_QUEUE:
+                self._finalize(job, Status.FAILED, error=reason)
+                failed += 1
+        self._queue.clear()
+        return failed
+
+    def counts(self) -> dict[str, int]:
+        """The /health "jobs" section: totals since start, plus current queue and runs."""
+        live = collections.Counter(job.status for job in self._jobs.values())
+        return {
+            "completed": self.totals["completed"],
+            "failed": self.totals["failed"],
+            "inProgress": live[Status.IN_PROGRESS],
+            "inQueue": live[Status.IN_QUEUE],
+            "retried": 0,
+        }
+
+    def running_on(self, worker_id: str) -> Job | None:
+        for job in self._jobs.values():
+            if job.worker_id == worker_id and job.status is Status.IN_PROGRESS:
+                return job
+        return None
+
+    def pending(self) -> int:
+        """Jobs not yet final: the server is not idle while there are any."""
+        return sum(1 for job in self._jobs.values() if not job.status.final)
+
+    # ----------------------------------------------------------------- worker side
+
+    async def take(self, worker_id: str, timeout: float) -> Job | None:
+        """Long-poll for the next queued job; None after `timeout` s without one."""
+        deadline = self.clock() + timeout
+        while True:
+            if worker_id in self._dead_workers:
+                return None
+            job = self.take_nowait(worker_id)
+            if job is not None:
+                return job
+            event = self._queue_changed
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+
+    def take_nowait(self, worker_id: str) -> Job | None:
+        """The next queued job, started on `worker_id`, or None if the queue is empty."""
+        if worker_id in self._dead_workers:
+            return None
+        while self._queue:
+            job = self._jobs.get(self._queue.popleft())
+            if job is not None and job.status is Status.IN_QUEUE:
+                self._start(job, worker_id)
+                return job
+        return None
+
+    def worker_idle(self, worker_id: str) -> None:
+        """The worker asked for work with nothing in progress: it has let go of stopped jobs."""
+        self._stops.pop(worker_id, None)
+
+    def add_stream(self, job_id: str, worker_id: str, body: Any) -> bool:
+        """Record one streamed item ({"output": chunk}); False if the post was ignored."""
+        job = self._owned(job_id, worker_id)
+        if job is None:
+            return False
+        job.stream.append(body.get("output") if isinstance(body, dict) else body)
+        job.touch()
+        return True
+
+    def finish(self, job_id: str, worker_id: str, body: Any) -> bool:
+        """Record a worker's job-done post; False if the job had already ended (or is unknown).
+
+        A body with a truthy "error" fails the job, as the SDK means it; otherwise its "output"
+        (for a streaming handler: the aggregated list, or [] without return_aggregate_stream)
+        is the job's output.
+        """
+        job = self._owned(job_id, worker_id)
+        if job is None:
+            return False
+        if not isinstance(body, dict):
+            body = {"output": body}
+        error = body.get("error")
+        if error:
+            text = error if isinstance(error, str) else repr(error)
+            self._finalize(job, Status.FAILED, error=text, output=body.get("output", _MISSING))
+        else:
+            self._finalize(job, Status.COMPLETED, error=None, output=body.get("output"))
+        return True
+
+    def worker_gone(self, worker_id: str, reason: str) -> list[Job]:
+        """A worker process ended: fail what it was running, refuse it further jobs."""
+        self._dead_workers.add(worker_id)
+        self._stops.pop(worker_id, None)
+        self._wake_takers()
+        lost = [
+            job
+            for job in self._jobs.values()
+            if job.worker_id == worker_id and job.status is Status.IN_PROGRESS
+        ]
+        for job in lost:
+            self._finalize(job, Status.FAILED, error=reason)
+        return lost
+
+    async def stop_signals(self, worker_id: str, timeout: float) -> list[str]:
+        """Long-poll for the ids of jobs this worker must stop (the SDK's job-stop channel)."""
+        deadline = self.clock() + timeout
+        while worker_id not in self._dead_workers:
+            now = self.clock()
+            pending = self._stops.get(worker_id, {})
+            due = [j for j, sent in pending.items() if sent is None or now - sent >= STOP_RESEND_S]
+            if due:
+                for job_id in due:
+                    pending[job_id] = now
+                return due
+            resend_at = min((sent + STOP_RESEND_S for sent in pending.values()), default=deadline)
+            wait = min(deadline, resend_at) - now
+            if deadline - now <= 0:
+                return []
+            event = self._stops_changed.setdefault(worker_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), max(0.0, wait))
+            except asyncio.TimeoutError:
+                pass
+            else:
+                self._stops_changed[worker_id] = asyncio.Event()
+        return []
+
+    # ----------------------------------------------------------------- housekeeping
+
+    def sweep(self) -> None:
+        """Drop jobs past their ttl or their result retention; stop expired running ones."""
+        now = self.clock()
+        for job in list(self._jobs.values()):
+            if now - job.submitted >= job.policy.ttl:
+                self._expire(job, f"its ttl of {job.policy.ttl:g} s ran out")
+            elif job.finished is not None:
+                keep = RUNSYNC_RETENTION_S if job.sync else RUN_RETENTION_S
+                if now - job.finished >= keep:
+                    route = "/runsync" if job.sync else "/run"
+                    self._expire(job, f"results of {route} jobs are kept {keep // 60} min")
+
+    async def sweeper(self, interval: float = 1.0) -> None:
+        """Run `sweep` forever (a background task of the server)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    def jobs(self) -> Iterable[Job]:
+        return self._jobs.values()
+
+    # ----------------------------------------------------------------- internals
+
+    def _owned(self, job_id: str, worker_id: str) -> Job | None:
+        """The job if `worker_id` is running it now; stale posts get None (and a stop)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.worker_id != worker_id:
+            return None
+        if job.status.final:
+            self._send_stop(worker_id, job_id)  # it is still working on it: stop it again
+            return None
+        return job
+
+    def _start(self, job: Job, worker_id: str) -> None:
+        job.status = Status.IN_PROGRESS
+        job.worker_id = worker_id
+        job.started = self.clock()
+        loop = asyncio.get_running_loop()
+        job._timer = loop.call_later(job.policy.execution_timeout, self._time_out, job)
+        job.touch()
+
+    def _time_out(self, job: Job) -> None:
+        if job.status is Status.IN_PROGRESS:
+            limit = job.policy.execution_timeout
+            message = f"the job ran past its execution timeout of {limit:g} s and was stopped"
+            self._finalize(job, Status.TIMED_OUT, error=message)
+
+    def _finalize(
+        self, job: Job, status: Status, *, error: str | None, output: Any = _MISSING
+    ) -> None:
+        was_running = job.status is Status.IN_PROGRESS
+        job.status = status
+        job.finished = self.clock()
+        job.error = error
+        if output is not _MISSING:
+            job.output, job.has_output = output, True
+        if job._timer is not None:
+            job._timer.cancel()
+            job._timer = None
+        if status is Status.COMPLETED:
+            self.totals["completed"] += 1
+        elif status in (Status.FAILED, Status.TIMED_OUT):
+            self.totals["failed"] += 1
+        if was_running and status in (Status.CANCELLED, Status.TIMED_OUT):
+            self._send_stop(job.worker_id, job.id)
+        job.touch()
+
+    def _expire(self, job: Job, reason: str) -> None:
+        if job.status is Status.IN_PROGRESS and job.worker_id is not None:
+            self._send_stop(job.worker_id, job.id)
+        if job._timer is not None:
+            job._timer.cancel()
+        del self._jobs[job.id]
+        self._gone[job.id] = reason
+        while len(self._gone) > TOMBSTONES:
+            self._gone.popitem(last=False)
+        job.touch()
+
+    def _send_stop(self, worker_id: str | None, job_id: str) -> None:
+        if worker_id is None or worker_id in self._dead_workers:
+            return
+        self._stops.setdefault(worker_id, {}).setdefault(job_id, None)
+        self._stops_changed.setdefault(worker_id, asyncio.Event()).set()
+
+    def _wake_takers(self) -> None:
+        self._queue_changed.set()
+        self._queue_changed = asyncio.Event()

@@ -1,0 +1,430 @@
+"""The worker supervisor: N `python -m worker` processes under the runpod SDK's production loop.
+
+Each worker is our real worker, started exactly as RunPod starts it: the `RUNPOD_WEBHOOK_*`
+variables point its SDK job loop at this server, which it then polls for jobs, streams to and
+reports to. All workers start at boot rather than on demand: the SDK loop pauses a second
+after each job before asking for the next, so a second idle worker already waiting in job-take
+is what keeps back-to-back cells fast, and a worker started on demand would add the SDK's
+~2 s import to the very job that needed it.
+
+A worker that dies is restarted; the job it was running fails with the reason ("the worker
+exited with signal SIGKILL while running the job"). Its executor child (its own session, so a
+cell can't kill the worker) and the SDK's ping process would outlive it, so every process a
+worker starts carries marker variables in its environment, and the supervisor kills whatever
+still carries a dead worker's marker. Workers also get SIGKILL when the server dies (Linux
+PDEATHSIG), and a new server clears what a dead one left behind.
+
+GPUs: with several visible GPUs (nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES) each worker gets
+one, round robin, and the default worker count is the GPU count; with one GPU all workers share
+it. The SDK's host fitness checks (free memory, disk, reaching 8.8.8.8) are for RunPod's
+machines and would kill workers on a busy or offline laptop, so they are skipped unless the
+user's environment says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tetra_magic.local import environment, state
+from tetra_magic.local.jobs import JobStore
+
+log = logging.getLogger("tetra_magic.local.workers")
+
+SERVER_MARK = "TETRA_LOCAL_SERVER"
+WORKER_MARK = "TETRA_LOCAL_WORKER"
+QUICK_EXIT_S = 15.0
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+GIVE_UP_AFTER = 3
+LOG_LIMIT = 5 * 1024 * 1024
+# Variables of the kernel's environment that would misdirect the worker or its SDK.
+DROPPED_ENV = {
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "RUNPOD_ENDPOINT_ID",
+    "RUNPOD_REALTIME_PORT",
+    "RUNPOD_REALTIME_CONCURRENCY",
+    "RUNPOD_LOG_LEVEL",
+    "RUNPOD_DEBUG_LEVEL",
+    "RUNPOD_AI_API_KEY",
+    "RUNPOD_POD_ID",
+}
+
+
+def visible_gpus(smi_listing: str | None, cuda_visible: str | None) -> list[str]:
+    """The GPUs the workers may use, as CUDA_VISIBLE_DEVICES entries.
+
+    `smi_listing` is `nvidia-smi -L` output (None: no nvidia-smi). An existing
+    CUDA_VISIBLE_DEVICES wins, as it does for CUDA: entries up to the first "-1" or blank.
+    """
+    listed = [line for line in (smi_listing or "").splitlines() if line.startswith("GPU ")]
+    if not listed:
+        return []
+    if cuda_visible is None:
+        return [str(index) for index in range(len(listed))]
+    chosen: list[str] = []
+    for entry in (part.strip() for part in cuda_visible.split(",")):
+        if not entry or entry == "-1":
+            break
+        chosen.append(entry)
+    return chosen
+
+
+def detect_gpus() -> list[str]:
+    """GPUs on this machine (see `visible_gpus`); none without a working nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    listing = None
+    if smi is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            listing = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=15, check=True
+            ).stdout
+    return visible_gpus(listing, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def gpu_plan(gpus: list[str], workers: int) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each worker; None leaves the inherited value alone."""
+    if len(gpus) <= 1:
+        return [None] * workers
+    return [gpus[index % len(gpus)] for index in range(workers)]
+
+
+def default_worker_count(gpus: list[str]) -> int:
+    return len(gpus) if gpus else 2
+
+
+def exit_reason(returncode: int) -> str:
+    """'with signal SIGKILL' / 'with status 1': how a process ended, in words."""
+    if returncode < 0:
+        try:
+            return f"with signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"with signal {-returncode}"
+    return f"with status {returncode}"
+
+
+def marked_processes(key: str, accept: Any = None) -> list[int]:
+    """Pids of this user's processes whose environment has `key` (=`accept`, if given).
+
+    Linux only (reads /proc/PID/environ); elsewhere nothing is found.
+    """
+    found = []
+    prefix = f"{key}=".encode()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                    items = handle.read().split(b"\0")
+            except OSError:
+                continue
+            for item in items:
+                if item.startswith(prefix):
+                    value = item[len(prefix) :].decode(errors="replace")
+                    if accept is None or (accept(value) if callable(accept) else value == accept):
+                        found.append(int(entry.name))
+                    break
+    return found
+
+
+def kill_marked(key: str, accept: Any = None) -> int:
+    """SIGKILL every process marked `key` (see `marked_processes`); returns how many."""
+    pids = marked_processes(key, accept)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def kill_strays() -> int:
+    """Kill what workers of servers that are no longer running left behind."""
+    return kill_marked(
+        SERVER_MARK, lambda value: not value.isdigit() or not state.pid_alive(int(value))
+    )
+
+
+def _parent_death_signal() -> Any:
+    """A preexec function giving the child SIGKILL when this process dies (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return preexec
+
+
+@dataclass
+class WorkerUrls:
+    """The URLs the SDK's production loop calls, with the placeholders it fills in."""
+
+    base: str  # e.g. http://127.0.0.1:PORT/v2/local
+
+    def env(self) -> dict[str, str]:
+        # The SDK appends "&job_in_progress=..." and "&isStream=...": the templates end in "?".
+        return {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{self.base}/job-take/$ID?",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{self.base}/job-done/$RUNPOD_POD_ID/$ID?",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{self.base}/job-stream/$RUNPOD_POD_ID/$ID?",
+            "RUNPOD_WEBHOOK_PING": f"{self.base}/ping/$RUNPOD_POD_ID",
+        }
+
+
+@dataclass
+class Slot:
+    """One worker position; its process is replaced when it dies."""
+
+    index: int
+    gpu: str | None
+    log_path: Path
+    worker_id: str = ""
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    seen: bool = False
+    quick_exits: int = 0
+
+
+class Supervisor:
+    """Makes the worker environment, then keeps `workers` worker processes running."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        workers: int,
+        gpus: list[str],
+        urls: WorkerUrls,
+        token: str,
+        root: Path,
+    ) -> None:
+        self.store = store
+        self.urls = urls
+        self.token = token
+        self.root = root
+        self.python: Path | None = None
+        self.env_error: str | None = None
+        self._building: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        logs = state.private_dir(state.server_dir(root) / "workers")
+        self.workdir = state.private_dir(state.server_dir(root) / "work")
+        self.slots = [
+            Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
+            for i, gpu in enumerate(gpu_plan(gpus, workers))
+        ]
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Build the environment and start the workers, in the background."""
+        killed = kill_strays()
+        if killed:
+            log.info("killed %d process(es) left by workers of a server that is gone", killed)
+        self._building = asyncio.create_task(self._build_and_start())
+
+    def wake(self) -> None:
+        """A job arrived: if the environment failed to build before, try again now."""
+        if self.env_error is not None and (self._building is None or self._building.done()):
+            self.env_error = None
+            self._building = asyncio.create_task(self._build_and_start())
+
+    async def stop(self) -> None:
+        """Kill every worker and everything they started."""
+        self._stopping = True
+        for task in [*self._tasks, *([self._building] if self._building else [])]:
+            task.cancel()
+        for slot in self.slots:
+            self._kill_slot(slot)
+        for slot in self.slots:
+            if slot.process is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(slot.process.wait(), 5)
+        kill_marked(SERVER_MARK, str(os.getpid()))
+
+    async def _build_and_start(self) -> None:
+        try:
+            self.python = await asyncio.to_thread(environment.ensure, self.root, log.info)
+        except Exception as exc:
+            self.env_error = f"the local endpoint could not prepare its worker environment: {exc}"
+            log.error("%s", self.env_error)
+            failed = self.store.fail_queued(self.env_error)
+            log.error("failed %d queued job(s)", failed)
+            return
+        if not self._tasks and not self._stopping:
+            self._tasks = [asyncio.create_task(self._keep(slot)) for slot in self.slots]
+
+    # ----------------------------------------------------------------- one slot
+
+    async def _keep(self, slot: Slot) -> None:
+        """Run the slot's worker, restarting it whenever it exits."""
+        while not self._stopping:
+            try:
+                await self._spawn(slot)
+            except OSError as exc:
+                log.error("could not start worker %d: %s", slot.index, exc)
+                slot.quick_exits += 1
+                await asyncio.sleep(self._restart_delay(slot))
+                continue
+            assert slot.process is not None
+            code = await slot.process.wait()
+            if self._stopping:
+                return
+            self._after_exit(slot, code)
+            await asyncio.sleep(self._restart_delay(slot))
+
+    async def _spawn(self, slot: Slot) -> None:
+        assert self.python is not None
+        slot.worker_id = f"local-{slot.index}-{secrets.token_hex(3)}"
+        slot.seen = False
+        slot.started = time.monotonic()
+        _trim(slot.log_path)
+        with open(slot.log_path, "ab") as log_file:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log_file.write(f"--- {stamp} starting worker {slot.worker_id}\n".encode())
+            log_file.flush()
+            slot.process = await asyncio.create_subprocess_exec(
+                str(self.python),
+                "-m",
+                "worker",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._env(slot),
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+        log.info("started worker %s (pid %d)", slot.worker_id, slot.process.pid)
+
+    def _after_exit(self, slot: Slot, code: int) -> None:
+        """A worker exited on its own: fail its job, clean up after it, judge whether to retry."""
+        how = exit_reason(code)
+        reason = (
+            f"the worker exited {how} while running the job "
+            f"(worker {slot.worker_id}; its log: {slot.log_path})"
+        )
+        lost = self.store.worker_gone(slot.worker_id, reason)
+        self._kill_slot(slot)
+        log.warning(
+            "worker %s exited %s%s",
+            slot.worker_id,
+            how,
+            f" running job {lost[0].id}" if lost else "",
+        )
+        quick = not slot.seen and time.monotonic() - slot.started < QUICK_EXIT_S
+        slot.quick_exits = slot.quick_exits + 1 if quick else 0
+        if all(s.quick_exits >= GIVE_UP_AFTER for s in self.slots):
+            why = (
+                f"the workers exit as soon as they start; the last lines of {slot.log_path}:\n"
+                + _tail(slot.log_path)
+            )
+            if self.store.fail_queued(why):
+                log.error("%s", why)
+
+    def _restart_delay(self, slot: Slot) -> float:
+        if slot.quick_exits == 0:
+            return 0.1
+        return RESTART_DELAYS[min(slot.quick_exits, len(RESTART_DELAYS)) - 1]
+
+    def _kill_slot(self, slot: Slot) -> None:
+        """Kill the worker's process group (it and the SDK's ping process) and its children."""
+        if slot.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(slot.process.pid, signal.SIGKILL)
+        if slot.worker_id:
+            kill_marked(WORKER_MARK, slot.worker_id)
+
+    def _env(self, slot: Slot) -> dict[str, str]:
+        """The worker's environment: the user's, minus what would misdirect it, plus ours."""
+        assert self.python is not None
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in DROPPED_ENV
+            and not key.startswith(("RUNPOD_WEBHOOK_", "JPY_"))
+            and not (key == "MPLBACKEND" and value.startswith("module://"))
+        }
+        venv_bin = self.python.parent
+        level = os.environ.get("TETRA_MAGIC_WORKER_LOG_LEVEL", "INFO")
+        env.update(self.urls.env())
+        env.update(
+            {
+                "VIRTUAL_ENV": str(venv_bin.parent),
+                "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', os.defpath)}",
+                "RUNPOD_POD_ID": slot.worker_id,
+                "RUNPOD_AI_API_KEY": self.token,
+                # DEBUG would write every job's input into the worker log.
+                "RUNPOD_LOG_LEVEL": level,
+                "RUNPOD_DEBUG_LEVEL": level,
+                "PYTHONUNBUFFERED": "1",
+                SERVER_MARK: str(os.getpid()),
+                WORKER_MARK: slot.worker_id,
+            }
+        )
+        env.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
+        env.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        return env
+
+    # ----------------------------------------------------------------- reporting
+
+    def seen(self, worker_id: str) -> None:
+        """A worker called in (job-take, ping): it is up."""
+        for slot in self.slots:
+            if slot.worker_id == worker_id:
+                slot.seen = True
+
+    def owns(self, worker_id: str) -> bool:
+        return any(slot.worker_id == worker_id for slot in self.slots)
+
+    def health(self) -> dict[str, int]:
+        """The /health "workers" section, in RunPod's terms."""
+        counts = dict.fromkeys(
+            ("idle", "initializing", "ready", "running", "throttled", "unhealthy"), 0
+        )
+        for slot in self.slots:
+            alive = slot.process is not None and slot.process.returncode is None
+            if self.env_error is not None or (not alive and slot.quick_exits):
+                counts["unhealthy"] += 1
+            elif not alive or not slot.seen:
+                counts["initializing"] += 1
+            elif self.store.running_on(slot.worker_id) is not None:
+                counts["running"] += 1
+            else:
+                counts["idle"] += 1
+                counts["ready"] += 1
+        return counts
+
+
+def _trim(path: Path) -> None:
+    """Keep a worker log from growing without bound across restarts."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_LIMIT:
+            path.write_bytes(path.read_bytes()[-LOG_LIMIT // 2 :])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

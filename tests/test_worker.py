@@ -421,7 +421,7 @@ def test_cancel_through_the_sdk_stop_channel(worker: Worker) -> None:
         }
         scaler = JobScaler(config)
         loop = asyncio.create_task(scaler.run())
-        first = "job-%d" % worker.count
+        first = f"job-{worker.count}"
         while not any("pids" in c["text"] for c in outputs.get(first, [])):
             await asyncio.sleep(0.02)
         line = next(c["text"] for c in outputs[first] if "pids" in c["text"])
@@ -429,7 +429,7 @@ def test_cancel_through_the_sdk_stop_channel(worker: Worker) -> None:
         while first in scaler.jobs_tasks:
             await asyncio.sleep(0.02)
         jobs.append(worker.job(function("def f():\n    return 'next'\n")))
-        second = "job-%d" % worker.count
+        second = f"job-{worker.count}"
         while not outputs.get(second) or outputs[second][-1]["kind"] != "response":
             await asyncio.sleep(0.02)
         scaler.kill_worker()

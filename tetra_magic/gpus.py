@@ -1,4 +1,5 @@
-"""GPU names as users type them, mapped to RunPod's GPU pool ids."""
+"""GPU names as users type them, mapped to RunPod's GPU pool ids; and the CPU instance types a
+`--cpu` endpoint asks for."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ POOLS: dict[str, str] = {
     "a4500": "AMPERE_16",
 }
 ALL_POOLS = tuple(dict.fromkeys(POOLS.values()))
+# CPU serverless instance types ({generation}{g: general, c: compute}-{vCPUs}-{GB RAM}), in the
+# order RunPod should try them: 4 vCPUs is enough to install packages and run a cell briskly.
+CPU_INSTANCES = ("cpu3c-4-8", "cpu5c-4-16", "cpu3g-4-8", "cpu5g-4-16")
 # Exact GPU type names (e.g. "NVIDIA A100-SXM4-80GB") are RunPod gpu ids as they stand.
 _EXACT_PREFIXES = ("nvidia ", "amd ")
 
@@ -53,3 +57,11 @@ def gpu_ids(names: list[str]) -> list[str]:
                 ' or an exact RunPod GPU type such as "NVIDIA A100-SXM4-80GB".'
             )
     return list(dict.fromkeys(ids))
+
+
+def label(names: tuple[str, ...] | list[str]) -> str:
+    """A short, name-safe tag for endpoint names ("a100", "h100-h200", "any", "cpu"), so a
+    listing of endpoints reads at a glance; the configuration hash keeps them apart."""
+    words = [w for raw in names for w in raw.replace(",", " ").lower().split()]
+    tag = "-".join("".join(c for c in w if c.isalnum()) for w in words) or "cpu"
+    return tag[:24].strip("-") or "gpu"

@@ -1,14 +1,332 @@
-"""Finding or creating the RunPod endpoint for a cell's configuration."""
+"""Finding or creating the RunPod endpoint for a cell's configuration; listing and deleting ours.
+
+An endpoint serves one configuration: worker image, GPU pools (or CPU instance types), GPUs per
+worker, workers min/max, idle timeout, execution timeout and env. Its name carries a hash of all
+of that (`tetra-magic-a100-3f9c2a1b7d`), so this kernel, a later one, or one on another machine
+finds it again with `myself { endpoints }` instead of creating a duplicate; a kernel remembers
+what it found, so only its first cell per configuration asks RunPod. The template (image, env,
+disk) is named by its own hash and shared by endpoints that differ only in hardware or scaling.
+A file lock in the state dir keeps two kernels of one machine from creating the same endpoint.
+
+Settings are TetraMagic's traitlets (`%config TetraMagic.workers_max = 5`); the worker image may
+also come from TETRA_MAGIC_WORKER_IMAGE / TETRA_MAGIC_CPU_WORKER_IMAGE. Our images are built
+from Dockerfile (CUDA/PyTorch base) and Dockerfile-cpu (slim Python base), one tag per Python
+minor version, because notebook functions travel as bytecode that loads only on the Python that
+made it:
+
+    runpod/tetra-rp:magic-0.1.0-py3.11        runpod/tetra-rp-cpu:magic-0.1.0-py3.11
+
+A configured image may say `{python}` and `{version}` to get the same per-kernel tag.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from tetra_magic import __version__, gpus
 from tetra_magic.client import Endpoint
+from tetra_magic.cloud_api import Enum, RunPodGraphQL, api_base
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 
+PREFIX = "tetra-magic-"
+TEMPLATE_PREFIX = PREFIX + "tpl-"
+DEFAULT_IMAGE = "runpod/tetra-rp:magic-{version}-py{python}"
+DEFAULT_CPU_IMAGE = "runpod/tetra-rp-cpu:magic-{version}-py{python}"
+IMAGE_ENV = "TETRA_MAGIC_WORKER_IMAGE"
+CPU_IMAGE_ENV = "TETRA_MAGIC_CPU_WORKER_IMAGE"
+CONTAINER_DISK_GB = 20  # room for --deps such as torch on top of the image
+PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit
+_NAME = re.compile(rf"^{PREFIX}(?P<label>.+)-(?P<digest>[0-9a-f]{{10}})(?:-fb)?$")
+
+# (GraphQL base, key fingerprint, endpoint name) -> endpoint id, for this kernel's later cells.
+_known: dict[tuple[str, str, str], str] = {}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How our endpoints' workers are made and scaled (TetraMagic's settings)."""
+
+    image: str = ""
+    cpu_image: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    gpu_count: int = 1
+    workers_min: int = 0
+    workers_max: int = 3
+    idle_timeout: int = 5
+    execution_timeout: int = 600
+
+    def __post_init__(self) -> None:
+        _at_least("gpu_count", self.gpu_count, 1)
+        _at_least("workers_min", self.workers_min, 0)
+        _at_least("workers_max", self.workers_max, max(self.workers_min, 1))
+        _at_least("idle_timeout", self.idle_timeout, 1)
+        _at_least("execution_timeout", self.execution_timeout, 5)
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UsageError(f"TetraMagic.{name} must be at least {low}, not {value}")
+
+
+def settings(magic: Any = None) -> WorkerSettings:
+    """The settings of the loaded TetraMagic (defaults where it is not loaded)."""
+    magic = magic or _loaded_magic()
+    values = {
+        f.name: getattr(magic, _TRAITS.get(f.name, f.name))
+        for f in dataclasses.fields(WorkerSettings)
+        if magic is not None and hasattr(magic, _TRAITS.get(f.name, f.name))
+    }
+    if "env" in values:
+        values["env"] = tuple(sorted((str(k), str(v)) for k, v in dict(values["env"]).items()))
+    return WorkerSettings(**values)
+
+
+# WorkerSettings field -> TetraMagic trait, where the names differ.
+_TRAITS = {
+    "image": "worker_image",
+    "cpu_image": "cpu_worker_image",
+    "env": "worker_env",
+    "execution_timeout": "endpoint_timeout",
+}
+
+
+def _loaded_magic() -> Any:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell.magics_manager.registry.get("TetraMagic") if shell is not None else None
+
+
+def python_minor() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def worker_image(worker: WorkerSettings, cpu: bool) -> str:
+    """The image for a GPU or CPU endpoint: setting, else environment variable, else our
+    default, with {python} and {version} filled in for this kernel."""
+    configured = worker.cpu_image if cpu else worker.image
+    default = DEFAULT_CPU_IMAGE if cpu else DEFAULT_IMAGE
+    chosen = configured or os.environ.get(CPU_IMAGE_ENV if cpu else IMAGE_ENV, "") or default
+    return chosen.replace("{python}", python_minor()).replace("{version}", __version__)
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """Everything that makes one endpoint different from another."""
+
+    label: str
+    image: str
+    gpu_ids: tuple[str, ...]
+    instance_ids: tuple[str, ...]
+    gpu_count: int
+    workers_min: int
+    workers_max: int
+    idle_timeout: int
+    execution_timeout_ms: int
+    env: tuple[tuple[str, str], ...]
+    container_disk_gb: int = CONTAINER_DISK_GB
+
+    @property
+    def digest(self) -> str:
+        config = dataclasses.asdict(self)
+        del config["label"]
+        return _digest(config)
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX}{self.label}-{self.digest}"
+
+    @property
+    def template_name(self) -> str:
+        config = {"image": self.image, "env": self.env, "disk": self.container_disk_gb}
+        return f"{TEMPLATE_PREFIX}{_digest(config)}"
+
+    def fields(self, template_id: str) -> dict[str, Any]:
+        """The `saveEndpoint` input that creates this endpoint."""
+        hardware: dict[str, Any] = (
+            {"instanceIds": list(self.instance_ids)}
+            if self.instance_ids
+            else {"gpuIds": ",".join(self.gpu_ids), "gpuCount": self.gpu_count}
+        )
+        return {
+            "name": self.name,
+            "templateId": template_id,
+            **hardware,
+            "networkVolumeId": "",
+            "locations": "",
+            "idleTimeout": self.idle_timeout,
+            "scalerType": "QUEUE_DELAY",
+            "scalerValue": 4,
+            "workersMin": self.workers_min,
+            "workersMax": self.workers_max,
+            "executionTimeoutMs": self.execution_timeout_ms,
+            "flashBootType": Enum("FLASHBOOT"),
+        }
+
+
+def _digest(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
+    """The endpoint a cell with these options runs on."""
+    return EndpointSpec(
+        label="cpu" if options.cpu else gpus.label(options.gpus),
+        image=worker_image(worker, options.cpu),
+        gpu_ids=() if options.cpu else options.gpu_ids,
+        instance_ids=gpus.CPU_INSTANCES if options.cpu else (),
+        gpu_count=0 if options.cpu else worker.gpu_count,
+        workers_min=worker.workers_min,
+        workers_max=worker.workers_max,
+        idle_timeout=worker.idle_timeout,
+        execution_timeout_ms=worker.execution_timeout * 1000,
+        env=worker.env,
+    )
+
 
 def provisioned(options: CellOptions, key: str, source: str) -> Endpoint:
-    """The RunPod endpoint for these options."""
-    raise TetraError(
-        "automatic endpoint provisioning is not available yet: pass --endpoint ID, or --local"
+    """The RunPod endpoint for these options: remembered, found on RunPod, or created there."""
+    from tetra_magic.targets import rest_base
+
+    spec = spec_for(options, settings())
+    endpoint_id = _known.get(_cache_key(key, spec.name)) or _find_or_create(spec, key, source)
+    return Endpoint(rest_base(), endpoint_id, key, PAYLOAD_LIMIT, source)
+
+
+def _cache_key(key: str, name: str) -> tuple[str, str, str]:
+    return (api_base(), hashlib.sha256(key.encode()).hexdigest()[:16], name)
+
+
+def _find_or_create(spec: EndpointSpec, key: str, source: str) -> str:
+    with _machine_lock():
+        api = RunPodGraphQL(key, source)
+        found = _ours_with_digest(api.endpoints(), spec.digest)
+        if found is None:
+            found = api.save_endpoint(spec.fields(_template_id(api, spec)))
+            _say_created(spec, found["id"])
+    _known[_cache_key(key, spec.name)] = found["id"]
+    return found["id"]
+
+
+def _ours_with_digest(endpoints: list[dict[str, Any]], digest: str) -> dict[str, Any] | None:
+    for endpoint in endpoints:
+        match = _NAME.match(endpoint.get("name") or "")
+        if match and match["digest"] == digest:
+            return endpoint
+    return None
+
+
+def _template_id(api: RunPodGraphQL, spec: EndpointSpec) -> str:
+    """Our template for the spec's image and env: found by name, else created."""
+    for template in api.templates():
+        if template.get("name") == spec.template_name:
+            return template["id"]
+    return api.create_template(
+        spec.template_name, spec.image, dict(spec.env), spec.container_disk_gb
     )
+
+
+def _say_created(spec: EndpointSpec, endpoint_id: str) -> None:
+    hardware = ", ".join(spec.instance_ids or spec.gpu_ids)
+    print(
+        f"tetra: created RunPod endpoint {spec.name} ({endpoint_id}) on {hardware},"
+        f" image {spec.image}; `%tetra endpoints` lists it, `%tetra delete {spec.name}`"
+        " removes it.",
+        file=sys.stderr,
+    )
+
+
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    """Only one kernel of this machine provisions at a time (the others then find its work)."""
+    from tetra_magic.local.state import home
+
+    with open(home() / "provision.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def our_endpoints(key: str, source: str) -> list[dict[str, Any]]:
+    """The account's tetra-magic endpoints, each with its template's image as "image"."""
+    api = RunPodGraphQL(key, source)
+    ours = [e for e in api.endpoints() if _NAME.match(e.get("name") or "")]
+    if ours:
+        images = {t["id"]: t.get("imageName") for t in api.templates()}
+        for endpoint in ours:
+            endpoint["image"] = images.get(endpoint.get("templateId"), "?")
+    return sorted(ours, key=lambda e: e["name"])
+
+
+def endpoint_table(endpoints: list[dict[str, Any]]) -> str:
+    """`%tetra endpoints`: one line per endpoint."""
+    if not endpoints:
+        return "no tetra-magic endpoints on this RunPod account"
+    rows = [("NAME", "ID", "HARDWARE", "WORKERS", "IDLE", "IMAGE")]
+    for e in endpoints:
+        hardware = e.get("gpuIds") or "cpu"
+        workers = f"{e.get('workersMin', 0)}-{e.get('workersMax', 0)}"
+        idle = f"{e.get('idleTimeout')} s"
+        rows.append((e["name"], e["id"], hardware, workers, idle, e["image"]))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*map(str.ljust, map(str, row[:-1]), widths), str(row[-1])]) for row in rows]
+    return "\n".join(lines)
+
+
+def delete(name: str, key: str, source: str) -> dict[str, Any]:
+    """Scale one of our endpoints (by name or id) to zero and delete it; return it."""
+    api = RunPodGraphQL(key, source)
+    ours = [e for e in api.endpoints() if _NAME.match(e.get("name") or "")]
+    target = next((e for e in ours if name in (e["name"], e["id"])), None)
+    if target is None:
+        known = ", ".join(e["name"] for e in ours) or "none"
+        raise TetraError(f"no tetra-magic endpoint named {name!r} (ours: {known})")
+    scale = {"id": target["id"], "name": target["name"], "templateId": target["templateId"]}
+    if target.get("gpuIds"):
+        scale["gpuIds"] = target["gpuIds"]
+    api.save_endpoint({**scale, "workersMin": 0, "workersMax": 0})
+    api.delete_endpoint(target["id"])
+    for cached in [k for k, v in _known.items() if v == target["id"]]:
+        del _known[cached]
+    return target
+
+
+def _credentials() -> tuple[str, str]:
+    from tetra_magic.targets import api_key
+
+    key, source = api_key()
+    if key is None:
+        raise TetraError(
+            "no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (endpoints live on"
+            " RunPod; cells without a key run on the local endpoint)"
+        )
+    return key, source
+
+
+def show_endpoints() -> None:
+    """`%tetra endpoints`."""
+    print(endpoint_table(our_endpoints(*_credentials())))
+
+
+def delete_named(name: str) -> None:
+    """`%tetra delete NAME`."""
+    if not name:
+        raise UsageError("%tetra delete NAME: name the endpoint (see %tetra endpoints)")
+    gone = delete(name, *_credentials())
+    print(f"deleted RunPod endpoint {gone['name']} ({gone['id']})")

@@ -2,6 +2,10 @@
 
 Nothing past this module knows which it is talking to: both are an `Endpoint` for the same
 REST client, differing only in base URL, credentials and limits.
+
+The key comes from RUNPOD_API_KEY, else from the runpod CLI's ~/.runpod/config.toml (its
+`[default]` profile). It travels as an `ApiKey`, a str whose repr hides it, so a verbose
+traceback that prints local variables cannot print the key.
 """
 
 from __future__ import annotations
@@ -16,29 +20,46 @@ from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 
 RUNPOD_REST = "https://api.runpod.ai/v2"
+KEY_ENV = "RUNPOD_API_KEY"
+PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit
 _told_local = False
 
 
-def api_key() -> tuple[str | None, str]:
-    """The RunPod API key and where it was read from: RUNPOD_API_KEY, else the runpod CLI's
-    ~/.runpod/config.toml."""
-    if key := os.environ.get("RUNPOD_API_KEY", "").strip():
-        return key, "the RUNPOD_API_KEY environment variable"
-    config = Path.home() / ".runpod" / "config.toml"
-    if config.is_file():
-        import tomllib
+class ApiKey(str):
+    """A RunPod API key: its value where a request needs it, never in a repr."""
 
-        try:
-            data = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            return None, str(config)
-        profile = data.get("default", data)
-        if isinstance(profile, dict) and (key := str(profile.get("api_key", "")).strip()):
-            return key, str(config)
-    return None, ""
+    def __repr__(self) -> str:
+        return "<RunPod API key>"
+
+
+def config_file() -> Path:
+    """The runpod CLI's credentials file (`runpod config` writes it)."""
+    return Path.home() / ".runpod" / "config.toml"
+
+
+def api_key() -> tuple[ApiKey | None, str]:
+    """The RunPod API key and where it was read from (for messages; never the key itself).
+    Without a key, the second item names an unreadable config file, or is empty."""
+    if key := os.environ.get(KEY_ENV, "").strip():
+        return ApiKey(key), f"the {KEY_ENV} environment variable"
+    path = config_file()
+    if not path.is_file():
+        return None, ""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return None, f"{path} (unreadable: {type(exc).__name__})"
+    profile = data.get("default")
+    key = profile.get("api_key") if isinstance(profile, dict) else None
+    if isinstance(key, str) and key.strip():
+        return ApiKey(key.strip()), str(path)
+    return None, f"{path} (no api_key in its [default] profile)"
 
 
 def rest_base() -> str:
+    """RunPod's serverless REST base; the runpod SDK's variable moves it (tests, proxies)."""
     return os.environ.get("RUNPOD_ENDPOINT_BASE_URL", RUNPOD_REST).rstrip("/")
 
 
@@ -51,7 +72,7 @@ def local() -> Endpoint:
         running.base_url,
         running.endpoint_id,
         running.api_key,
-        payload_limit=10_000_000,
+        payload_limit=PAYLOAD_LIMIT,
         key_source="the local endpoint's token file",
     )
 
@@ -61,38 +82,37 @@ def explicit(endpoint: str, key: str | None, source: str) -> Endpoint:
     if "://" in endpoint:
         parts = urlsplit(endpoint)
         base, _, endpoint_id = parts.path.rstrip("/").rpartition("/")
-        return Endpoint(
-            f"{parts.scheme}://{parts.netloc}{base}", endpoint_id, key or "", 10_000_000, source
-        )
+        url = f"{parts.scheme}://{parts.netloc}{base}"
+        return Endpoint(url, endpoint_id, key or "", PAYLOAD_LIMIT, source)
     if key is None:
         raise TetraError(
-            f"--endpoint {endpoint}: no RunPod API key found; set RUNPOD_API_KEY or run"
-            " `runpod config`"
+            f"--endpoint {endpoint}: no RunPod API key found; set {KEY_ENV} or run `runpod config`"
         )
-    return Endpoint(rest_base(), endpoint, key, 10_000_000, source)
+    return Endpoint(rest_base(), endpoint, key, PAYLOAD_LIMIT, source)
 
 
 def resolve(options: CellOptions) -> Endpoint:
-    """The endpoint for a cell's options."""
+    """The endpoint for a cell's options: --local, --endpoint, provisioned, or local for want
+    of a key."""
     if options.local:
         return local()
     key, source = api_key()
     if options.endpoint:
         return explicit(options.endpoint, key, source)
     if key is None:
-        _say_local_once()
+        _say_local_once(source)
         return local()
     from tetra_magic.provision import provisioned
 
     return provisioned(options, key, source)
 
 
-def _say_local_once() -> None:
+def _say_local_once(problem: str) -> None:
     global _told_local
-    if not _told_local:
-        _told_local = True
-        print(
-            "tetra: no RunPod API key (RUNPOD_API_KEY or ~/.runpod/config.toml); running on the"
-            " local endpoint.",
-            file=sys.stderr,
-        )
+    if _told_local:
+        return
+    _told_local = True
+    where = f"{KEY_ENV} or ~/.runpod/config.toml"
+    if problem:
+        where = f"{KEY_ENV} is unset and {problem}"
+    print(f"tetra: no RunPod API key ({where}); running on the local endpoint.", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Enum, Float, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
 
 from tetra_magic import options as cell_options
 from tetra_magic.analysis import analyse, transform
@@ -36,6 +36,24 @@ class TetraMagic(Magics):
     verbose = Bool(False, help="Show worker logs (installs, phases) in the text view.").tag(
         config=True
     )
+    # RunPod endpoints the magic provisions (tetra_magic/provision.py); each distinct setting
+    # is its own endpoint, found again by the hash in its name.
+    worker_image = Unicode(
+        "",
+        help="GPU worker image ({python} and {version} are filled in); default"
+        " $TETRA_MAGIC_WORKER_IMAGE, else runpod/tetra-rp:magic-{version}-py{python}.",
+    ).tag(config=True)
+    cpu_worker_image = Unicode(
+        "",
+        help="CPU worker image for --cpu; default $TETRA_MAGIC_CPU_WORKER_IMAGE, else"
+        " runpod/tetra-rp-cpu:magic-{version}-py{python}.",
+    ).tag(config=True)
+    worker_env = Dict(help="Environment variables of the workers (not secrets).").tag(config=True)
+    gpu_count = Int(1, help="GPUs per worker.").tag(config=True)
+    workers_min = Int(0, help="Workers kept running (billed while idle).").tag(config=True)
+    workers_max = Int(3, help="Most workers an endpoint scales to.").tag(config=True)
+    idle_timeout = Int(5, help="Seconds an idle worker stays up for the next job.").tag(config=True)
+    endpoint_timeout = Int(600, help="Endpoint-wide execution timeout, seconds.").tag(config=True)
 
     @magic_arguments()
     @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")
@@ -57,7 +75,8 @@ class TetraMagic(Magics):
 
         args = parse_argstring(self.tetra, line)
         opts = cell_options.build(args, self)
-        number = self.shell.execution_count
+        # IPython counts a stored cell before running it, so this cell is In[count - 1].
+        number = max(self.shell.execution_count - 1, 1)
         filename = f"<tetra-cell-{number}>"
         # A leading newline keeps line numbers equal to the cell's: line 1 is the %%tetra line.
         analysis = analyse("\n" + transform(cell), filename)
@@ -68,10 +87,21 @@ class TetraMagic(Magics):
     @line_magic("tetra")
     def tetra_line(self, line: str) -> Any:
         """`%tetra endpoints`, `%tetra delete NAME`, `%tetra local`: manage where cells run."""
-        command = line.strip().partition(" ")[0]
+        command, _, rest = line.strip().partition(" ")
         if command == "local":
             from tetra_magic.local.launcher import ensure_running
 
             print(f"local endpoint: {ensure_running().base_url}")
             return None
-        raise UsageError(f"%tetra: unknown command {command!r}; use %%tetra for cells, or: local")
+        if command == "endpoints":
+            from tetra_magic.provision import show_endpoints
+
+            return show_endpoints()
+        if command == "delete":
+            from tetra_magic.provision import delete_named
+
+            return delete_named(rest.strip())
+        raise UsageError(
+            f"%tetra: unknown command {command!r}; use %%tetra for cells, or: local, endpoints,"
+            " delete NAME"
+        )

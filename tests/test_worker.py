@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from worker import deps, handler
+from worker import executor as executor_module
 from worker.executor import Executor
 from worker.protocol import FunctionResponse, decode, encode
 
@@ -443,3 +444,27 @@ def test_cancel_through_the_sdk_stop_channel(worker: Worker) -> None:
         time.sleep(0.05)
     assert all(map(gone, pids)), "the cancelled code is still running"
     assert response.success and decode(response.result) == "next"
+
+
+def test_a_forked_process_returning_does_not_answer(worker: Worker) -> None:
+    response = worker.call(function("def f():\n    import os\n    return os.fork() and 'parent'\n"))
+    assert response.success and decode(response.result) == "parent"
+    assert decode(worker.call(function("def f():\n    return 3\n")).result) == 3
+
+
+def test_output_after_a_request_goes_to_the_next_one(worker: Worker) -> None:
+    source = "def f():\n    import threading, time\n"
+    source += "    threading.Timer(0.2, lambda: print('late', flush=True)).start()\n"
+    assert worker.call(function(source)).stdout == ""
+    later = worker.call(function("def f():\n    import time\n    time.sleep(0.4)\n"))
+    assert later.stdout == "late\n"
+
+
+def test_runaway_output_is_capped(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor_module, "MAX_OUTPUT_BYTES", 1000)
+    source = "def f():\n    for i in range(1000):\n        print('x' * 99)\n    return 'done'\n"
+    chunks = worker.stream(function(source))
+    stdout = "".join(c["text"] for c in chunks if c["kind"] == "stdout")
+    stderr = "".join(c["text"] for c in chunks if c["kind"] == "stderr")
+    assert len(stdout) <= 1000 and "bytes of output past 1000 were dropped" in stderr
+    assert decode(chunks[-1]["response"]["result"]) == "done"

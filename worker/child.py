@@ -71,8 +71,11 @@ class Streams:
 
 def serve(requests: Any, responses: int, streams: Streams) -> None:
     """Answer requests until the worker closes the channel."""
+    pid = os.getpid()
     while (message := channel.read(requests)) is not None:
         response = run(message["request"])
+        if os.getpid() != pid:
+            os._exit(0)  # a process the code forked returned here: only the child answers
         _flush_all()
         streams.restore()
         streams.end(message["token"])

@@ -165,6 +165,7 @@ class JobStore:
         self._queue_changed = asyncio.Event()
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._dead_workers: set[str] = set()
+        self._polling = collections.Counter[str]()  # worker id -> job-take requests waiting
         # worker id -> {job id: when the stop was last sent (None: not yet)}
         self._stops: dict[str, dict[str, float | None]] = {}
         self._stops_changed: dict[str, asyncio.Event] = {}
@@ -242,7 +243,23 @@ class JobStore:
 
     async def take(self, worker_id: str, timeout: float) -> Job | None:
         """Long-poll for the next queued job; None after `timeout` s without one."""
-        deadline = self.clock() + timeout
+        self._polling[worker_id] += 1
+        try:
+            return await self._take(worker_id, self.clock() + timeout)
+        finally:
+            self._polling[worker_id] -= 1
+            if self._polling[worker_id] <= 0:
+                del self._polling[worker_id]
+
+    def polling(self, worker_id: str) -> bool:
+        """Whether the worker is waiting in job-take now, i.e. would start a new job at once.
+
+        Between jobs the SDK's loop pauses (up to a second) before it asks again; such a
+        worker is up but not idle in this sense.
+        """
+        return worker_id in self._polling
+
+    async def _take(self, worker_id: str, deadline: float) -> Job | None:
         while True:
             if worker_id in self._dead_workers:
                 return None

@@ -398,7 +398,11 @@ class Supervisor:
         return any(slot.worker_id == worker_id for slot in self.slots)
 
     def health(self) -> dict[str, int]:
-        """The /health "workers" section, in RunPod's terms."""
+        """The /health "workers" section, in RunPod's terms.
+
+        running: has a job; idle: waiting in job-take now; ready: up (idle, running, or in
+        the SDK's pause between jobs); initializing: starting; unhealthy: failing to start.
+        """
         counts = dict.fromkeys(
             ("idle", "initializing", "ready", "running", "throttled", "unhealthy"), 0
         )
@@ -406,13 +410,15 @@ class Supervisor:
             alive = slot.process is not None and slot.process.returncode is None
             if self.env_error is not None or (not alive and slot.quick_exits):
                 counts["unhealthy"] += 1
-            elif not alive or not slot.seen:
+                continue
+            if not alive or not slot.seen:
                 counts["initializing"] += 1
-            elif self.store.running_on(slot.worker_id) is not None:
+                continue
+            counts["ready"] += 1
+            if self.store.running_on(slot.worker_id) is not None:
                 counts["running"] += 1
-            else:
+            elif self.store.polling(slot.worker_id):
                 counts["idle"] += 1
-                counts["ready"] += 1
         return counts
 
 

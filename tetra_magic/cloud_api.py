@@ -18,6 +18,7 @@ tracebacks would print.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -148,6 +149,13 @@ def api_base() -> str:
 
 
 def _runpod() -> Any:
+    """The runpod SDK, imported without its side effect on logging: on import it calls
+    `logging.basicConfig(level=INFO)`, which would print every library's INFO log (each httpx
+    request of the magic, for one) into the notebook's cells."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     import runpod
 
+    root.handlers[:] = handlers
+    root.setLevel(level)
     return runpod

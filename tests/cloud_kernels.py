@@ -1,0 +1,41 @@
+"""Real kernels pointed at a FakeRunPod: a private HOME and state dir each, the fake's URLs in
+the runpod SDK's variables, and a key distinctive enough to grep for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kernels import CellRun, run_cells
+from runpod_fakes import FakeRunPod
+
+KEY = "rpa_TETRATESTKEY_7f3a9c1e5b2d4f60_DO_NOT_LEAK"
+LOAD = "%load_ext tetra_magic"
+
+
+def kernel_env(fake: FakeRunPod, home: Path, key: str | None = KEY) -> dict[str, str]:
+    """What a kernel needs to use `fake` as RunPod, touching nothing outside `home`."""
+    env = {
+        **fake.env(),
+        "HOME": str(home),
+        "TETRA_MAGIC_HOME": str(home / "tetra-state"),
+        "TETRA_MAGIC_DISPLAY": "text",
+        "IPYTHONDIR": str(home / ".ipython"),
+    }
+    if key is not None:
+        env["RUNPOD_API_KEY"] = key
+    return env
+
+
+def run_cloud(
+    fake: FakeRunPod, home: Path, *cells: str, key: str | None = KEY, **extra: str
+) -> list[CellRun]:
+    """`cells` in one new kernel, after `%load_ext tetra_magic` (not among the results)."""
+    runs = run_cells(LOAD, *cells, env={**kernel_env(fake, home, key), **extra})
+    assert runs[0].error is None, runs[0].error
+    return runs[1:]
+
+
+def ok(run: CellRun) -> CellRun:
+    """The run, after checking it raised nothing (with the error in the failure message)."""
+    assert run.error is None, "\n".join(run.error["traceback"]) if run.error else ""
+    return run

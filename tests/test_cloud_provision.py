@@ -1,0 +1,202 @@
+"""Provisioning on RunPod, against a loopback fake of its GraphQL and REST APIs: the first cell
+per configuration creates a template and an endpoint with the right gpu ids, later cells and
+later kernels find them again, --endpoint skips all of it, and `%tetra endpoints` / `%tetra
+delete NAME` manage what we made."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cloud_kernels import KEY, ok, run_cloud
+from runpod_fakes import FakeRunPod
+
+from tetra_magic import provision
+from tetra_magic.options import CellOptions
+
+IMAGE = f"runpod/tetra-rp:magic-0.1.0-py{provision.python_minor()}"
+CPU_IMAGE = IMAGE.replace("tetra-rp:", "tetra-rp-cpu:")
+POOLS = {"A100": "AMPERE_80", "H100": "ADA_80_PRO", "H200": "HOPPER_141", "4090": "ADA_24"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRunPod]:
+    server = FakeRunPod(KEY)
+    yield server
+    server.close()
+
+
+def cell(gpu: str, value: int) -> str:
+    return f"%%tetra --gpu {gpu} --out rec\nprint('on {gpu}')\nx = {value} * 2\nx"
+
+
+def endpoint_inputs(fake: FakeRunPod) -> list[dict]:
+    return [op.args["input"] for op in fake.mutations("saveEndpoint")]
+
+
+def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path: Path) -> None:
+    cells = [cell(gpu, n) for n, gpu in enumerate(POOLS)]
+    cells.append("rec.worker['gpus'], rec.endpoint")
+    runs = run_cloud(fake, tmp_path, *cells, cell("A100", 7))
+    for n, (gpu, run) in enumerate(zip(POOLS, runs, strict=False)):
+        assert ok(run).stdout == f"on {gpu}\n"
+        assert run.results == [str(n * 2)]
+        assert "created RunPod endpoint tetra-magic-" in run.stderr
+    assert "'NVIDIA GeForce RTX 4090'" in runs[4].results[0]
+    assert ok(runs[5]).results == ["14"] and runs[5].stderr == ""  # known: no provisioning
+
+    (template,) = [op.args["input"] for op in fake.mutations("saveTemplate")]
+    assert template["imageName"] == IMAGE and template["isServerless"] is True
+    assert template["name"].startswith("tetra-magic-tpl-")
+    made = endpoint_inputs(fake)
+    assert [e["gpuIds"] for e in made] == list(POOLS.values())
+    assert len({e["name"] for e in made}) == 4
+    tid = next(iter(fake.templates))
+    for endpoint, gpu in zip(made, POOLS, strict=False):
+        assert re.fullmatch(rf"tetra-magic-{gpu.lower()}-[0-9a-f]{{10}}", endpoint["name"])
+        assert endpoint["templateId"] == tid and endpoint["gpuCount"] == 1
+        assert (endpoint["workersMin"], endpoint["workersMax"], endpoint["idleTimeout"]) == (
+            0,
+            3,
+            5,
+        )
+        assert (
+            endpoint["executionTimeoutMs"] == 600_000 and endpoint["flashBootType"] == "FLASHBOOT"
+        )
+    used = [job.endpoint_id for job in fake.jobs.values()]
+    assert len(set(used)) == 4
+
+    fake.operations.clear()
+    again = run_cloud(fake, tmp_path, cell("H200", 3), cell("A100", 4))
+    assert [ok(r).results for r in again] == [["6"], ["8"]]
+    assert all("created" not in r.stderr for r in again)
+    assert fake.mutations() == []
+    assert [op.name for op in fake.operations] == ["myself", "myself"]
+    assert len(fake.endpoints) == 4 and set(used) >= {j.endpoint_id for j in fake.jobs.values()}
+
+
+def test_endpoint_option_skips_provisioning(fake: FakeRunPod, tmp_path: Path) -> None:
+    mine = fake.add_endpoint("made-in-the-console", gpu_ids="HOPPER_141")
+    (run,) = run_cloud(fake, tmp_path, f"%%tetra --endpoint {mine}\nprint('hi')\n40 + 2")
+    assert ok(run).stdout == "hi\n" and run.results == ["42"]
+    assert fake.operations == []
+    assert [job.endpoint_id for job in fake.jobs.values()] == [mine]
+
+
+def test_cpu_endpoints_list_and_delete(fake: FakeRunPod, tmp_path: Path) -> None:
+    foreign = fake.add_endpoint("someone-elses-endpoint")
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%%tetra --cpu\n1 + 1",
+        "%tetra endpoints",
+        "%%tetra --cpu\n2 + 2",
+        "%tetra delete tetra-magic-nope",
+    )
+    assert ok(runs[0]).results == ["2"] and ok(runs[2]).results == ["4"]
+    (made,) = endpoint_inputs(fake)
+    assert made["instanceIds"] and all(i.startswith("cpu") for i in made["instanceIds"])
+    assert "gpuIds" not in made
+    (template,) = [op.args["input"] for op in fake.mutations("saveTemplate")]
+    assert template["imageName"] == CPU_IMAGE
+    listing = ok(runs[1]).stdout
+    assert made["name"] in listing and CPU_IMAGE in listing and "someone-elses" not in listing
+    assert "nope" in runs[3].error["evalue"] and made["name"] in runs[3].error["evalue"]
+
+    fake.operations.clear()
+    runs = run_cloud(fake, tmp_path, f"%tetra delete {made['name']}", "%tetra endpoints")
+    assert f"deleted RunPod endpoint {made['name']}" in ok(runs[0]).stdout
+    assert ok(runs[1]).stdout.strip() == "no tetra-magic endpoints on this RunPod account"
+    scale, delete = fake.mutations()
+    assert scale.name == "saveEndpoint" and scale.args["input"]["workersMax"] == 0
+    assert scale.args["input"]["workersMin"] == 0 and delete.name == "deleteEndpoint"
+    assert list(fake.endpoints) == [foreign]
+
+
+def test_settings_and_image_variable_make_their_own_endpoint(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%%tetra --gpu h100\n1",
+        "%config TetraMagic.workers_max = 5\n%config TetraMagic.worker_env = {'HF_HOME': '/v/hf'}",
+        "%%tetra --gpu h100\n2",
+        "%config TetraMagic.worker_image = 'me/worker:py{python}-\"q\"'",
+        "%%tetra --gpu h100\n3",
+        TETRA_MAGIC_WORKER_IMAGE="me/tetra:{version}-py{python}",
+    )
+    assert [ok(r).results for r in (runs[0], runs[2])] == [["1"], ["2"]]
+    assert "not a valid image reference" in runs[4].error["evalue"]
+    first, second = endpoint_inputs(fake)
+    assert (first["workersMax"], second["workersMax"]) == (3, 5)
+    images = [op.args["input"]["imageName"] for op in fake.mutations("saveTemplate")]
+    assert images == [f"me/tetra:0.1.0-py{provision.python_minor()}"] * 2
+    envs = [op.args["input"]["env"] for op in fake.mutations("saveTemplate")]
+    assert envs == [[], [{"key": "HF_HOME", "value": "/v/hf"}]]
+    assert first["templateId"] != second["templateId"]
+
+
+def test_a_template_made_before_is_found_not_made_again(fake: FakeRunPod, tmp_path: Path) -> None:
+    """An endpoint deleted in the console leaves its template: the next cell reuses it (RunPod
+    refuses a second template of the same name)."""
+    assert ok(run_cloud(fake, tmp_path, "%%tetra --gpu 4090\n1")[0]).results == ["1"]
+    fake.endpoints.clear()
+    assert ok(run_cloud(fake, tmp_path, "%%tetra --gpu 4090\n2")[0]).results == ["2"]
+    assert len(fake.mutations("saveTemplate")) == 1 and len(fake.mutations("saveEndpoint")) == 2
+
+
+# ------------------------------------------------------------------ in-process units
+
+
+def options(**overrides: object) -> CellOptions:
+    base: dict = dict(
+        gpus=("A100",), gpu_ids=("AMPERE_80",), cpu=False, dependencies=(),
+        system_dependencies=(), endpoint=None, local=False, timeout=600.0, name=None, out=None,
+        stream=True, quiet=False, verbose=False,
+    )  # fmt: skip
+    return CellOptions(**{**base, **overrides})
+
+
+def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
+    worker = provision.WorkerSettings()
+    spec = provision.spec_for(options(), worker)
+    assert spec.name == provision.spec_for(options(timeout=5.0), worker).name  # per-job only
+    changed = [
+        provision.spec_for(options(gpu_ids=("ADA_24",)), worker),
+        provision.spec_for(options(), provision.WorkerSettings(gpu_count=2)),
+        provision.spec_for(options(), provision.WorkerSettings(workers_min=1)),
+        provision.spec_for(options(), provision.WorkerSettings(idle_timeout=60)),
+        provision.spec_for(options(), provision.WorkerSettings(execution_timeout=60)),
+        provision.spec_for(options(), provision.WorkerSettings(env=(("A", "1"),))),
+        provision.spec_for(options(), provision.WorkerSettings(image="x/y:z")),
+    ]
+    assert len({spec.digest, *(c.digest for c in changed)}) == 8
+    # The same in another process (hash randomisation must not reach it).
+    code = (
+        "from test_cloud_provision import options; from tetra_magic import provision;"
+        "print(provision.spec_for(options(), provision.WorkerSettings()).digest)"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == spec.digest
+
+
+def test_bad_settings_name_the_setting() -> None:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=r"TetraMagic\.workers_max must be at least 2"):
+        provision.WorkerSettings(workers_min=2, workers_max=1)
+    with pytest.raises(UsageError, match=r"TetraMagic\.gpu_count"):
+        provision.WorkerSettings(gpu_count=0)

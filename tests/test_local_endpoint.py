@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -26,9 +28,11 @@ import runpod
 
 from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
+from tetra_magic.local.state import python_tag
 from worker.protocol import FunctionRequest, decode
 
 WORKERS = 2
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -175,9 +179,6 @@ def test_launcher_reuses_one_server_and_keeps_the_token_private(
     root = Path(home["TETRA_MAGIC_HOME"])
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "token").stat().st_mode) == 0o600
-    for path in root.rglob("*"):
-        if path.is_file() and path.name != "token":
-            assert endpoint.api_key not in path.read_text(errors="replace"), path
 
 
 def test_run_and_status(sdk: runpod.Endpoint, endpoint: LocalEndpoint) -> None:
@@ -365,3 +366,59 @@ def test_deps_go_into_the_worker_environment_not_the_kernel(
     assert decode(response["result"]).startswith(home["TETRA_MAGIC_WORKER_ENV"])
     with pytest.raises(ImportError):
         import tomli_w  # noqa: F401
+
+
+def test_cli_prints_the_url_not_the_token_and_stops_when_idle(
+    tmp_path: Path, home: dict[str, str]
+) -> None:
+    env = {**os.environ, **home, "TETRA_MAGIC_HOME": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "tetra_magic.local", "--workers", "1", "--idle-timeout", "2"]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "http://127.0.0.1:" in done.stdout and "/v2/local" in done.stdout
+    token = (tmp_path / "state" / "token").read_text().strip()
+    assert token not in done.stdout + done.stderr
+    assert str(tmp_path / "state" / "token") in done.stdout  # where to find it instead
+    assert not (tmp_path / "state" / f"local-{python_tag()}" / "server.json").exists()
+
+
+def test_two_kernels_starting_at_once_share_one_server(
+    tmp_path: Path, home: dict[str, str]
+) -> None:
+    """Also: a user's ~/.runpod/config.toml (which the SDK prefers to our token) works."""
+    user = tmp_path / "user"
+    (user / ".runpod").mkdir(parents=True)
+    (user / ".runpod" / "config.toml").write_text('[default]\napi_key = "rp-key-of-the-user"\n')
+    state = {**home, "TETRA_MAGIC_HOME": str(tmp_path / "state")}
+    env = {**os.environ, **state, "HOME": str(user)}
+    script = (
+        "from tetra_magic.local.launcher import ensure_running\n"
+        "print(ensure_running(workers=1, idle_timeout=None).base_url)\n"
+    )
+    kernels = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        urls = {kernel.communicate(timeout=60)[0].decode().strip() for kernel in kernels}
+        assert len(urls) == 1 and all(kernel.returncode == 0 for kernel in kernels)
+        with _environ(**state):
+            endpoint = launcher.running()
+        assert endpoint is not None and endpoint.base_url in urls
+        body = {"input": _request("def main():\n    return 'ok'\n")}
+        doc = requests.post(
+            f"{endpoint.url}/runsync", json=body, headers=_headers(endpoint), timeout=90
+        ).json()
+        assert doc["status"] == "COMPLETED" and decode(_response(doc["output"])["result"]) == "ok"
+    finally:
+        with _environ(**state):
+            launcher.stop()
+
+
+def test_no_file_but_the_token_file_holds_the_token(
+    endpoint: LocalEndpoint, home: dict[str, str]
+) -> None:
+    """Run last: by now the server and worker logs hold every kind of line they write."""
+    for path in Path(home["TETRA_MAGIC_HOME"]).rglob("*"):
+        if path.is_file() and path.name != "token":
+            assert endpoint.api_key not in path.read_text(errors="replace"), path

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import secrets
 import subprocess
@@ -538,6 +539,7 @@ class FakeRunPod:
                 [sys.executable, "-c", WORKER_SCRIPT, str(request), str(result)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                env=_worker_env(),
             )
         readers = [
             threading.Thread(target=self._read, args=(job, job.process.stdout, "stdout")),
@@ -584,6 +586,11 @@ class FakeRunPod:
             response["worker"] = {k: info[k] for k in ("worker_id", "python", "gpus")}
             job.chunks.append({"kind": "response", "text": "", "response": response})
             self._finish(job, "COMPLETED")
+
+
+def _worker_env() -> dict[str, str]:
+    """A RunPod worker's environment is its own: the user's key is not in it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
 
 
 def _python() -> str:

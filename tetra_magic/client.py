@@ -10,11 +10,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a 429's Retry-After asks for (delta-seconds or an HTTP date), at most a minute;
+    None when it says nothing usable, and the client's own backoff applies."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class EndpointError(Exception):
@@ -82,7 +99,12 @@ class EndpointClient:
             else:
                 if response.status_code != 429:
                     return self._parse(response, job_id)
-                delay = float(response.headers.get("Retry-After", delay))
+                if attempt == self.retries:
+                    break
+                asked = retry_after(response.headers.get("Retry-After"))
+                if asked is not None:
+                    time.sleep(asked)  # RunPod's own word on when to come back
+                    continue
             time.sleep(min(delay, self.max_backoff))
             delay *= 2
         raise EndpointError(f"{self.endpoint!r} kept answering 429 (rate limited); try again later")

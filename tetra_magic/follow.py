@@ -4,6 +4,12 @@
 (a RunPod-compatible endpoint holds it open briefly while nothing is new), slows down while the
 job waits in the queue, and reads /status once the job is final. A worker that does not stream
 (the published tetra worker) is handled the same way: its output simply arrives all at the end.
+
+While the job is IN_QUEUE (a RunPod cold start can take minutes) nothing can arrive, so the loop
+polls at most every QUEUE_POLL seconds, far inside RunPod's per-endpoint limit of 2000 /status
+and /stream requests per 10 s even with many kernels on one endpoint (the client backs off on
+429), and time in the queue does not count against the cell's deadline: like RunPod's
+executionTimeout, --timeout limits the run, not the wait for a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from worker.protocol import FunctionResponse
 
 MIN_POLL = 0.05
 MAX_POLL = 1.0
+QUEUE_POLL = 2.0
 
 
 class View(Protocol):
@@ -70,8 +77,13 @@ def _poll(
 ) -> None:
     pause = MIN_POLL
     streaming = True
+    queued, last = True, time.monotonic()
     while True:
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is not None and queued:
+            deadline += now - last  # waiting for a worker is not running
+        last = now
+        if deadline is not None and now > deadline:
             raise JobTimeout(job_id)
         page = client.stream(job_id) if streaming else client.status(job_id)
         new = [item.get("output") for item in page.get("stream", [])] if streaming else []
@@ -80,12 +92,13 @@ def _poll(
                 chunks.append(item)
                 view.chunk(item)
         status = page.get("status", "IN_QUEUE")
+        queued = status == "IN_QUEUE"
         view.status(status)
         if status in FINAL_STATUSES:
             return
         if page.get("stream") is None and streaming:
             streaming = False  # an endpoint whose /stream says nothing: follow /status only
-        pause = MIN_POLL if new else min(pause * 2, MAX_POLL)
+        pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
         time.sleep(pause)
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tetra_magic import outcome, targets
+from tetra_magic import outcome, pythons, targets
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.client import EndpointClient
 from tetra_magic.display import make_view
@@ -70,6 +70,7 @@ def run_cell(
         client.close()
     response = followed.response
     view.close(response)
+    pythons.warn(followed.chunks, response)
     _record(shell, opts, followed, endpoint, packed.shipped, started)
     result = outcome.unpack(outcome.check(followed))
     outcome.apply(result, shell.user_ns)

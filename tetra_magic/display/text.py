@@ -2,12 +2,15 @@
 
 This is what terminal IPython, nbval and CI see, so it prints nothing time-dependent: no job
 ids, no timings, no progress. Worker logs (installer output, phases) go to stderr only when
-asked for with --verbose.
+asked for with --verbose. One exception, for a person at a terminal only (stderr is a TTY, so
+never under nbval or in a kernel): a job still waiting for a worker after QUEUE_NOTICE_S (a
+RunPod cold start) says so once, so the terminal does not look hung.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from worker.protocol import FunctionResponse
@@ -16,17 +19,28 @@ from worker.protocol import FunctionResponse
 class TextView:
     """Prints a job's output streams as they arrive (or all at the end, with --no-stream)."""
 
+    QUEUE_NOTICE_S = 20.0
+
     def __init__(self, verbose: bool = False, live: bool = True) -> None:
         self.verbose = verbose
         self.live = live
         self.printed_stdout = False
         self._held: list[dict[str, Any]] = []
+        self._queued_since: float | None = None
+        self._told_queued = False
 
     def submitted(self, job_id: str, name: str | None) -> None:
         """Job ids vary run to run, so the text view does not print them."""
 
     def status(self, status: str) -> None:
-        """Statuses change with timing, so the text view keeps them to itself."""
+        """Statuses change with timing, so the text view keeps them to itself, but for a long
+        wait in the queue."""
+        if status != "IN_QUEUE" or self._told_queued or not sys.stderr.isatty():
+            return
+        self._queued_since = self._queued_since or time.monotonic()
+        if time.monotonic() - self._queued_since >= self.QUEUE_NOTICE_S:
+            self._told_queued = True
+            sys.stderr.write("tetra: queued, waiting for a worker to start (cold start)\n")
 
     def chunk(self, chunk: dict[str, Any]) -> None:
         if self.live:

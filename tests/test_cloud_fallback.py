@@ -1,0 +1,48 @@
+"""Without a RunPod API key the magic runs cells on the embedded local endpoint, says so once per
+kernel, and asks RunPod for nothing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from cloud_kernels import KEY, kernel_env
+from kernels import run_cells
+from runpod_fakes import FakeRunPod
+
+from tetra_magic.local import launcher
+
+NOTICE = (
+    "tetra: no RunPod API key (RUNPOD_API_KEY or ~/.runpod/config.toml); running on the local"
+    " endpoint.\n"
+)
+
+
+def test_no_key_runs_on_the_local_endpoint_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    shared_env = os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
+        Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
+    )
+    fake = FakeRunPod(KEY)
+    env = {**kernel_env(fake, tmp_path, key=None), "TETRA_MAGIC_WORKER_ENV": shared_env}
+    try:
+        runs = run_cells(
+            "%load_ext tetra_magic",
+            "%%tetra --gpu A100\nprint('here')\n1 + 1",
+            "%%tetra --cpu\n'again'",
+            env=env,
+            timeout=600,
+        )
+    finally:
+        monkeypatch.setenv("TETRA_MAGIC_HOME", env["TETRA_MAGIC_HOME"])
+        launcher.stop()
+        fake.close()
+    first, second = runs[1:]
+    assert first.error is None and second.error is None, (first.error, second.error)
+    assert (first.stdout, first.stderr, first.results) == ("here\n", NOTICE, ["2"])
+    assert (second.stderr, second.results) == ("", ["'again'"])
+    assert fake.requests == []

@@ -1,0 +1,94 @@
+"""The RunPod API key stays secret: run cells every way there is (provisioning, reuse, errors
+local and remote, a rejected key, verbose tracebacks that print local variables, --out records,
+`%tetra endpoints`) with a distinctive key, then look for it in every output, every request
+body the fake received, and every file under the kernel's HOME and the tetra state dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cloud_kernels import KEY, ok, run_cloud
+from kernels import CellRun
+from runpod_fakes import FakeRunPod
+
+CELLS = [
+    "%xmode Verbose",
+    "base = 20",
+    "%%tetra --gpu A100 --out rec --name secret-test\nprint('hello')\nanswer = base + 22\nanswer",
+    "print(rec)\nrec.to_dict()",
+    "%%tetra --gpu A100 --verbose\nraise ValueError('boom')",
+    "%tetra endpoints",
+    "from tetra_magic import targets\nprint(targets.api_key())\ntargets.resolve",
+    "%%tetra --gpu A100\nanswer * 2",
+    "%tetra delete no-such-endpoint",
+]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRunPod]:
+    server = FakeRunPod(KEY)
+    yield server
+    server.close()
+
+
+def files_holding(root: Path, secret: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
+
+
+def assert_nowhere(fake: FakeRunPod, runs: list[CellRun], *roots: Path) -> None:
+    for run in runs:
+        assert KEY not in str(run.outputs)
+    for request in fake.requests:
+        assert KEY.encode() not in request.body, request.path
+    for operation in fake.operations:
+        assert KEY not in repr(operation.args)
+    for root in roots:
+        assert files_holding(root, KEY.encode()) == []
+
+
+def test_the_key_appears_in_no_output_request_or_file(fake: FakeRunPod, tmp_path: Path) -> None:
+    mine = fake.add_endpoint("console-made")
+    runs = run_cloud(fake, tmp_path, *CELLS, f"%%tetra --endpoint {mine}\nprint('direct')")
+    assert ok(runs[2]).stdout == "hello\n" and runs[2].results == ["42"]
+    assert "secret-test" in ok(runs[3]).stdout
+    assert runs[4].error["ename"] == "ValueError"
+    assert "tetra-magic-a100-" in ok(runs[5]).stdout
+    assert "<RunPod API key>" in ok(runs[6]).stdout
+    assert ok(runs[7]).results == ["84"] and ok(runs[9]).stdout == "direct\n"
+    assert fake.jobs and all(job.status != "IN_QUEUE" for job in fake.jobs.values())
+    assert_nowhere(fake, runs, tmp_path, fake._tmp)
+
+
+def test_a_rejected_key_leaks_nothing_either(fake: FakeRunPod, tmp_path: Path) -> None:
+    """RunPod refusing our key: provisioning and direct jobs fail, with verbose tracebacks."""
+    mine = fake.add_endpoint("console-made")
+    fake.api_key = "rpa_the_account_wants_another_key"
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%xmode Verbose",
+        "%%tetra --gpu H200\n1",
+        f"%%tetra --endpoint {mine}\n1",
+        "%tetra endpoints",
+    )
+    assert [r.error["ename"] for r in runs[1:]] == ["CloudError", "EndpointError", "CloudError"]
+    assert all("(401)" in r.error["evalue"] for r in runs[1:])
+    assert_nowhere(fake, runs, tmp_path, fake._tmp)
+
+
+def test_a_key_from_the_config_file_stays_in_that_file(
+    fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    config = tmp_path / ".runpod" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(f'[default]\napi_key = "{KEY}"\n')
+    runs = run_cloud(fake, tmp_path, *CELLS, key=None)
+    assert ok(runs[2]).results == ["42"] and ok(runs[7]).results == ["84"]
+    assert str(config) in ok(runs[6]).stdout
+    for run in runs:
+        assert KEY not in str(run.outputs)
+    assert files_holding(tmp_path, KEY.encode()) == [config]
+    assert files_holding(fake._tmp, KEY.encode()) == []

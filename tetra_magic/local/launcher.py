@@ -30,6 +30,8 @@ from tetra_magic.local import state
 DEFAULT_IDLE_TIMEOUT = 2 * 3600.0
 LOG_LIMIT = 5 * 1024 * 1024
 _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+# Loopback never goes through an HTTP proxy, whatever HTTP_PROXY says.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class LocalEndpointError(RuntimeError):
@@ -51,9 +53,9 @@ class LocalEndpoint:
 
 
 def running() -> LocalEndpoint | None:
-    """The recorded server for this Python, if it is up and accepts our token."""
+    """The recorded server for this Python, if it is up, accepts our token and runs our code."""
     record = state.read_record()
-    if record is None:
+    if record is None or record.get("code") != state.code_fingerprint():
         return None
     endpoint = _endpoint(record, state.token())
     return endpoint if endpoint is not None and _answers(endpoint) else None
@@ -68,7 +70,8 @@ def ensure_running(
     """The local endpoint, started if no live one is recorded.
 
     `workers` and `idle_timeout` (seconds; None: never) apply only when a server is started
-    here; a running server is reused as it is.
+    here; a running server is reused as it is, unless it runs other code than this kernel
+    has (tetra-magic upgraded, worker edited): that one is stopped and replaced.
     """
     endpoint = running()
     if endpoint is not None:
@@ -79,6 +82,7 @@ def ensure_running(
         endpoint = running()  # another kernel may have started it while we waited
         if endpoint is not None:
             return endpoint
+        stop()  # a stale server (other code, or not answering), if any
         process = _spawn(folder, workers, idle_timeout)
         return _wait_for(process, folder / "server.log", timeout)
 
@@ -110,7 +114,7 @@ def _answers(endpoint: LocalEndpoint, timeout: float = 3.0) -> bool:
         f"{endpoint.url}/health", headers={"Authorization": f"Bearer {endpoint.api_key}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             json.load(response)
             return response.status == 200
     except (OSError, ValueError, urllib.error.URLError):

@@ -418,6 +418,7 @@ async def serve(options: ServerOptions, announce: Callable[[str], None] = print)
         "pid": os.getpid(),
         "python": sys.version.split()[0],
         "workers": len(supervisor.slots),
+        "code": state.code_fingerprint(),
     }
     state.write_json_private(state.record_path(root), record)
     announce(_announcement(options, base_url, root, len(supervisor.slots), gpus))

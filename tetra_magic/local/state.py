@@ -17,6 +17,8 @@ Stdlib only: the launcher imports this from inside a notebook kernel.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -35,9 +37,14 @@ def home() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed and make it readable by its owner only."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create `path` (and parents) if needed, readable by its owner only.
+
+    A directory that already exists is left as it is: TETRA_MAGIC_HOME may name a directory
+    the user shares on purpose, and the token file is 0600 on its own.
+    """
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
     return path
 
 
@@ -100,11 +107,36 @@ def remove_record_if_ours(root: Path | None = None, pid: int | None = None) -> N
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0 probes without signalling)."""
+    """Whether a process with this pid is running.
+
+    A zombie is not: a server the kernel started and that died stays a zombie of that kernel
+    until reaped, and must count as gone (signal 0 alone would say it exists).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def code_fingerprint() -> str:
+    """A hash of the worker package and of this package's sources.
+
+    A server records it; a kernel whose copy differs (tetra-magic upgraded, or the worker
+    edited in a checkout) replaces that server rather than sending jobs to old code.
+    """
+    digest = hashlib.sha256()
+    spec = importlib.util.find_spec("worker")
+    folders = [Path(__file__).parent]
+    if spec is not None and spec.origin is not None:
+        folders.append(Path(spec.origin).parent)
+    for folder in folders:
+        for path in sorted(folder.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

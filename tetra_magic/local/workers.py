@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,10 @@ class WorkerUrls:
     """The URLs the SDK's production loop calls, with the placeholders it fills in."""
 
     base: str  # e.g. http://127.0.0.1:PORT/v2/local
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.base).hostname or "127.0.0.1"
 
     def env(self) -> dict[str, str]:
         # The SDK appends "&job_in_progress=..." and "&isStream=...": the templates end in "?".
@@ -380,6 +385,8 @@ class Supervisor:
                 WORKER_MARK: slot.worker_id,
             }
         )
+        for key in ("NO_PROXY", "no_proxy"):  # the SDK's ping honours HTTP_PROXY
+            env[key] = ",".join(filter(None, [env.get(key), self.urls.host]))
         env.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
         env.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
         if slot.gpu is not None:

@@ -468,3 +468,12 @@ def test_runaway_output_is_capped(worker: Worker, monkeypatch: pytest.MonkeyPatc
     stderr = "".join(c["text"] for c in chunks if c["kind"] == "stderr")
     assert len(stdout) <= 1000 and "bytes of output past 1000 were dropped" in stderr
     assert decode(chunks[-1]["response"]["result"]) == "done"
+
+
+def test_the_code_cannot_see_the_job_queue_key(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret")
+    handler.EXECUTOR.close()  # the next request starts a child with this environment
+    source = "def f():\n    import os\n    return os.environ.get('RUNPOD_AI_API_KEY', 'absent')\n"
+    assert decode(worker.call(function(source)).result) == "absent"

@@ -44,6 +44,7 @@ DRAIN_GRACE_S = 1.0
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
 BACKLOG_BYTES = 2**16
+_WORKER_ONLY_ENV = ("RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_")
 
 _WORKER_DIR = re.escape(str(Path(__file__).resolve().parent) + os.sep)
 _INTERNAL_FRAME = re.compile(rf'File "({_WORKER_DIR}|<frozen runpy>)')
@@ -255,10 +256,12 @@ class _Child:
 
 
 def _child_env() -> dict[str, str]:
-    """The worker's environment, with unbuffered Python and the worker package importable."""
+    """The worker's environment, with unbuffered Python and the worker package importable,
+    less the runpod SDK's job-queue credentials: the code has no business taking jobs."""
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ONLY_ENV)}
+    return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
 
 def _failure(kind: str, error: str, error_type: str) -> dict[str, Any]:

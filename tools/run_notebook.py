@@ -1,8 +1,15 @@
-"""Execute a notebook in a real kernel and print its outputs, as the README's first command does.
+"""Execute notebooks in a real kernel and print their outputs, as the README's first command does.
 
-`python tools/run_notebook.py notebooks/quickstart.ipynb [--save]` runs every cell in order
-(cells run remotely go to the local endpoint when there is no RunPod key) and prints each cell's
-source and text outputs; --save writes the executed notebook back with its outputs.
+    python tools/run_notebook.py notebooks/quickstart.ipynb [more.ipynb ...] [--save]
+
+Every cell runs in order, in a kernel of this Python, and each code cell's source and text
+outputs are printed. --save writes the executed notebook back with its outputs: that is how the
+saved outputs in notebooks/ are made, and what nbval compares later runs against. A notebook
+in which a cell without the `raises-exception` tag failed is not saved, and the exit status is 1.
+
+The kernel gets the environment `kernel_environment()` makes (nbval's kernels get the same one,
+from notebooks/conftest.py): the plain-text view, whose output is deterministic, and no RunPod
+key, so `%%tetra` cells always run on the embedded local endpoint, never on someone's account.
 """
 
 from __future__ import annotations
@@ -10,12 +17,66 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 
 import nbformat
+from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
+CELL_TIMEOUT_S = 900  # a first cell on a fresh machine builds the workers' environment
+KEY_VARIABLE = "RUNPOD_API_KEY"
+
+
+def kernel_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """`base` changed so a notebook kernel shows plain text and finds no RunPod key.
+
+    The key is looked up in RUNPOD_API_KEY, then in ~/.runpod/config.toml. Where that file
+    exists, the kernel gets a private empty HOME; the places that depend on HOME and should
+    not move (tetra-magic's state and worker environment, uv's cache, the user site-packages,
+    IPython's profile) are pinned to where they are now.
+    """
+    env = dict(base)
+    env.pop(KEY_VARIABLE, None)
+    env["TETRA_MAGIC_DISPLAY"] = "text"
+    home = Path(env.get("HOME") or Path.home())
+    if not (home / ".runpod" / "config.toml").exists():
+        return env
+    cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+    env.setdefault("TETRA_MAGIC_HOME", str(cache / "tetra-magic"))
+    env.setdefault("UV_CACHE_DIR", str(cache / "uv"))
+    env.setdefault("PYTHONUSERBASE", str(home / ".local"))
+    env.setdefault("IPYTHONDIR", str(home / ".ipython"))
+    env["HOME"] = tempfile.mkdtemp(prefix="tetra-kernel-home-")
+    return env
+
+
+class ThisPythonKernels(KernelSpecManager):
+    """Kernel specs where "python3" is always this interpreter with its ipykernel, so a
+    user-level kernelspec of that name can never run the notebooks on another Python."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        if kernel_name == "python3":
+            return KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+        return super().get_kernel_spec(kernel_name)
+
+
+def execute(path: Path) -> nbformat.NotebookNode:
+    """Run every cell of the notebook at `path` (errors do not stop it); the executed notebook."""
+    nb = nbformat.read(path, as_version=4)
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernels())
+    client = NotebookClient(
+        nb, km=manager, timeout=CELL_TIMEOUT_S, allow_errors=True, record_timing=False
+    )
+    client.execute(cwd=str(path.resolve().parent), env=kernel_environment(os.environ))
+    return nb
 
 
 def text_of(output: nbformat.NotebookNode) -> str:
+    """An output as a terminal shows it: streams, tracebacks, and text/plain of results."""
     if output.output_type == "stream":
         return output.text
     if output.output_type == "error":
@@ -24,25 +85,44 @@ def text_of(output: nbformat.NotebookNode) -> str:
     return data.get("text/plain", "") + "\n" if "text/plain" in data else ""
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("notebook")
-    parser.add_argument("--save", action="store_true", help="write the outputs into the file")
-    args = parser.parse_args()
-    os.environ.setdefault("TETRA_MAGIC_DISPLAY", "text")
-    nb = nbformat.read(args.notebook, as_version=4)
-    client = NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True)
-    client.execute(cwd=os.path.dirname(os.path.abspath(args.notebook)))
+def show(nb: nbformat.NotebookNode) -> None:
+    """Print each code cell's source and what it output."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         print(f"In [{cell.execution_count}]:\n{cell.source}\n")
         for output in cell.outputs:
             sys.stdout.write(text_of(output))
-        print("-" * 60)
-    if args.save:
-        nbformat.write(nb, args.notebook)
-    return 0
+        print("-" * 60, flush=True)
+
+
+def unexpected_errors(nb: nbformat.NotebookNode) -> list[int]:
+    """Execution counts of cells that failed without the raises-exception tag saying they may."""
+    return [
+        cell.execution_count
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        and "raises-exception" not in cell.metadata.get("tags", [])
+        and any(o.output_type == "error" for o in cell.outputs)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--save", action="store_true", help="write the outputs into the files")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.notebooks:
+        print(f"=== {path}", flush=True)
+        nb = execute(path)
+        show(nb)
+        if failed := unexpected_errors(nb):
+            print(f"{path}: cells In {failed} raised unexpectedly; not saved", file=sys.stderr)
+            status = 1
+        elif args.save:
+            nbformat.write(nb, path)
+    return status
 
 
 if __name__ == "__main__":

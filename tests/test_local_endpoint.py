@@ -415,6 +415,26 @@ def test_two_kernels_starting_at_once_share_one_server(
             launcher.stop()
 
 
+def test_a_worker_environment_that_cannot_be_made_fails_jobs_clearly(tmp_path: Path) -> None:
+    state = {
+        "TETRA_MAGIC_HOME": str(tmp_path / "state"),
+        "TETRA_MAGIC_WORKER_ENV": "/dev/null/worker-env",  # cannot be a directory
+    }
+    with _environ(**state):
+        endpoint = launcher.ensure_running(workers=1, idle_timeout=None)
+    try:
+        body = {"input": _request("def main():\n    return 1\n")}
+        answer = requests.post(f"{endpoint.url}/run", json=body, headers=_headers(endpoint))
+        doc = _final(endpoint, answer.json()["id"], 30)
+        assert doc["status"] == "FAILED"
+        assert "could not prepare its worker environment" in doc["error"]
+        assert "/dev/null/worker-env" in doc["error"]
+        assert _health(endpoint)["workers"]["unhealthy"] == 1
+    finally:
+        with _environ(**state):
+            launcher.stop()
+
+
 def test_no_file_but_the_token_file_holds_the_token(
     endpoint: LocalEndpoint, home: dict[str, str]
 ) -> None:

@@ -87,23 +87,31 @@ def fingerprint(package: Path, reqs: list[str]) -> str:
 def ensure(root: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """The workers' python, making or refreshing their venv first if needed."""
     env = location(root)
-    env.parent.mkdir(parents=True, exist_ok=True)
     package, reqs = worker_package(), requirements()
     want = fingerprint(package, reqs)
-    with open(env.parent / f".{env.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        python = venv_python(env)
-        if python.exists() and _stamp(env) == want:
-            log(f"worker environment {env} is up to date")
-            return python
-        log(f"preparing the worker environment in {env}")
-        if not _usable(python):
-            _create(env, log)
-        _run([_uv(), "pip", "install", "--quiet", "--python", str(python), *reqs], log)
-        _copy_worker(package, python)
-        state.write_json_private(env / STAMP, {"fingerprint": want, "requirements": reqs})
-        log("worker environment ready")
+    try:
+        env.parent.mkdir(parents=True, exist_ok=True)
+        with open(env.parent / f".{env.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _make(env, package, reqs, want, log)
+    except OSError as exc:
+        raise WorkerEnvError(f"cannot make the worker environment at {env}: {exc}") from exc
+
+
+def _make(env: Path, package: Path, reqs: list[str], want: str, log: Callable[[str], None]) -> Path:
+    """Under the lock: reuse the venv if its stamp matches, else make or refresh it."""
+    python = venv_python(env)
+    if python.exists() and _stamp(env) == want:
+        log(f"worker environment {env} is up to date")
         return python
+    log(f"preparing the worker environment in {env}")
+    if not _usable(python):
+        _create(env, log)
+    _run([_uv(), "pip", "install", "--quiet", "--python", str(python), *reqs], log)
+    _copy_worker(package, python)
+    state.write_json_private(env / STAMP, {"fingerprint": want, "requirements": reqs})
+    log("worker environment ready")
+    return python
 
 
 def _stamp(env: Path) -> str | None:

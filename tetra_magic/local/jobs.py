@@ -198,25 +198,21 @@ class JobStore:
 
     def purge_queue(self) -> int:
         """Cancel every job still waiting in the queue; running jobs are not touched."""
-        removed = 0
-        for job_id in list(self._queue):
-            job = self._jobs.get(job_id)
-            if job is not None and job.status is Status.IN_QUEUE:
-                self._finalize(job, Status.CANCELLED, error="removed from the queue by purge-queue")
-                removed += 1
-        self._queue.clear()
-        return removed
+        return self._end_queued(Status.CANCELLED, "removed from the queue by purge-queue")
 
     def fail_queued(self, reason: str) -> int:
         """Fail every queued job (the workers cannot start); returns how many."""
-        failed = 0
-        for job_id in list(self._queue):
+        return self._end_queued(Status.FAILED, reason)
+
+    def _end_queued(self, status: Status, reason: str) -> int:
+        ended = 0
+        for job_id in self._queue:
             job = self._jobs.get(job_id)
             if job is not None and job.status is Status.IN_QUEUE:
-                self._finalize(job, Status.FAILED, error=reason)
-                failed += 1
+                self._finalize(job, status, error=reason)
+                ended += 1
         self._queue.clear()
-        return failed
+        return ended
 
     def counts(self) -> dict[str, int]:
         """The /health "jobs" section: totals since start, plus current queue and runs."""

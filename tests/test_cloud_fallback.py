@@ -34,6 +34,7 @@ def test_no_key_runs_on_the_local_endpoint_and_says_so_once(
             "%load_ext tetra_magic",
             "%%tetra --gpu A100\nprint('here')\n1 + 1",
             "%%tetra --cpu\n'again'",
+            "%tetra endpoints",
             env=env,
             timeout=600,
         )
@@ -41,7 +42,9 @@ def test_no_key_runs_on_the_local_endpoint_and_says_so_once(
         monkeypatch.setenv("TETRA_MAGIC_HOME", env["TETRA_MAGIC_HOME"])
         launcher.stop()
         fake.close()
-    first, second = runs[1:]
+    first, second, listing = runs[1:]
+    assert listing.error["ename"] == "TetraError"
+    assert listing.error["evalue"].startswith("no RunPod API key: set RUNPOD_API_KEY")
     assert first.error is None and second.error is None, (first.error, second.error)
     assert (first.stdout, first.stderr, first.results) == ("here\n", NOTICE, ["2"])
     assert (second.stderr, second.results) == ("", ["'again'"])

@@ -82,8 +82,12 @@ def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path
 
 def test_endpoint_option_skips_provisioning(fake: FakeRunPod, tmp_path: Path) -> None:
     mine = fake.add_endpoint("made-in-the-console", gpu_ids="HOPPER_141")
-    (run,) = run_cloud(fake, tmp_path, f"%%tetra --endpoint {mine}\nprint('hi')\n40 + 2")
+    run, unknown = run_cloud(
+        fake, tmp_path, f"%%tetra --endpoint {mine}\nprint('hi')\n40 + 2", "%%tetra --gpu A1000\n1"
+    )
     assert ok(run).stdout == "hi\n" and run.results == ["42"]
+    assert unknown.stderr.startswith("UsageError: --gpu: unknown GPU 'A1000'. Known names: any,")
+    assert all(name in unknown.stderr for name in ("A100", "H100", "H200", "4090", "6000 Ada"))
     assert fake.operations == []
     assert [job.endpoint_id for job in fake.jobs.values()] == [mine]
 

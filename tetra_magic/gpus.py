@@ -34,7 +34,7 @@ _EXACT_PREFIXES = ("nvidia ", "amd ")
 
 def known_names() -> str:
     """The accepted names, for error messages."""
-    return ", ".join(["any", *(k.upper() if k[0].isalpha() else k for k in POOLS)])
+    return ", ".join(["any", *(k.upper() if k[0].isalpha() else k.title() for k in POOLS)])
 
 
 def gpu_ids(names: list[str]) -> list[str]:

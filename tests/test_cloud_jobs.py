@@ -191,3 +191,14 @@ def test_text_view_tells_a_terminal_about_a_long_queue_once(
     client.close()
     notice = "tetra: queued, waiting for a worker to start (cold start)\n"
     assert stderr.getvalue() == (notice if tty else "")
+
+
+def test_retry_after_in_seconds_or_as_a_date() -> None:
+    from email.utils import formatdate
+
+    from tetra_magic.client import retry_after
+
+    assert retry_after("2") == 2.0 and retry_after("0.5") == 0.5
+    assert 2.0 <= retry_after(formatdate(time.time() + 4, usegmt=True)) <= 4.0
+    assert retry_after("3600") == 60.0  # never a kernel stuck for an hour
+    assert retry_after(None) is None and retry_after("soon") is None

@@ -9,11 +9,13 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cloud_kernels import KEY, ok, run_cloud
+from cloud_kernels import KEY, LOAD, kernel_env, ok, run_cloud
+from kernels import run_cells
 from runpod_fakes import FakeRunPod
 
 from tetra_magic import provision
@@ -204,3 +206,39 @@ def test_bad_settings_name_the_setting() -> None:
         provision.WorkerSettings(workers_min=2, workers_max=1)
     with pytest.raises(UsageError, match=r"TetraMagic\.gpu_count"):
         provision.WorkerSettings(gpu_count=0)
+
+
+def test_two_kernels_at_once_make_one_endpoint(
+    fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in kernel_env(fake, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    fake.queue_seconds = 0.5
+    results: list[list] = []
+
+    def one_kernel() -> None:
+        results.append(run_cells(LOAD, "%%tetra --gpu H100\n'ran'"))
+
+    threads = [threading.Thread(target=one_kernel) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [ok(runs[1]).results for runs in results] == [["'ran'"], ["'ran'"]]
+    assert len(fake.mutations("saveEndpoint")) == 1 and len(fake.mutations("saveTemplate")) == 1
+    assert len({job.endpoint_id for job in fake.jobs.values()}) == 1
+
+
+def test_template_env_values_survive_the_sdk_mutation(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK writes env values into its mutation unescaped; ours are escaped first."""
+    from tetra_magic.cloud_api import RunPodGraphQL
+
+    tricky = {"MOTD": 'say "hi"\\n\tthen {go}', "EMPTY": ""}
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    api = RunPodGraphQL(KEY, "test")
+    template_id = api.create_template("tetra-magic-tpl-x", "me/img:1", tricky, 20)
+    stored = {e["key"]: e["value"] for e in fake.templates[template_id]["env"]}
+    assert stored == tricky

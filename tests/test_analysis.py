@@ -40,6 +40,23 @@ def facts(cell: str):
             {"outer"},
         ),
         ("if c:\n    q = 1\nprint(q)", {"c", "q"}, {"q"}),
+        ("out = [y := f(v) for v in vs]\nprint(y)", {"f", "vs"}, {"out", "y"}),
+        ("if (n := len(a)) > 1:\n    pass\nprint(n)", {"a"}, {"n"}),
+        ("grid = [[i * j for j in cols] for i in rows]", {"cols", "rows"}, {"grid"}),
+        ("class K:\n    vals = [scale * v for v in base]", {"scale", "base"}, {"K"}),
+        ("@deco(arg)\ndef f(x: T = d) -> R:\n    return x", {"deco", "arg", "T", "d", "R"}, {"f"}),
+        ("f = lambda a, b=dflt: (lambda: a + g)()", {"dflt", "g"}, {"f"}),
+        # A function body may run now or later: its globals count where it is defined.
+        ("def f():\n    return later\nlater = 1", {"later"}, {"f", "later"}),
+        ("x: Alias", {"Alias"}, {"x"}),
+        ("try:\n    r = risky()\nexcept Err as e:\n    r = e", {"risky", "Err"}, {"r", "e"}),
+        (
+            "match cmd:\n    case Point(x=px) if px > lim:\n        hit = px\n    case [a, *rest]:\n"
+            "        hit = a\nprint(hit)",
+            {"cmd", "Point", "lim", "hit"},
+            {"px", "hit", "a", "rest"},
+        ),
+        ("async def main():\n    await job()", {"job"}, {"main"}),
     ],
 )
 def test_reads_and_binds(cell: str, reads: set[str], binds: set[str]) -> None:
@@ -48,11 +65,36 @@ def test_reads_and_binds(cell: str, reads: set[str], binds: set[str]) -> None:
     assert result.binds == binds
 
 
-def test_ipython_syntax_is_transformed_before_analysis() -> None:
-    result = facts("!echo {name}\nfiles = !ls\n%time y = slow(x)")
+@pytest.mark.parametrize(
+    ("cell", "deletes"),
+    [
+        ("del a, b[0], c.d", {"a"}),
+        ("if flag:\n    del a", {"a"}),
+        ("try:\n    pass\nexcept E as err:\n    pass", {"err"}),
+        ("def f():\n    global g\n    del g", {"g"}),
+        ("def f():\n    loc = 1\n    del loc", set()),
+        ("if flag:\n    y = 1", set()),
+    ],
+)
+def test_deletions_are_only_what_the_cell_can_unbind(cell: str, deletes: set[str]) -> None:
+    """A name bound on a branch not taken is absent afterwards but not deleted: the notebook
+    keeps its value, as it would running the cell locally."""
+    assert facts(cell).deletes == deletes
+
+
+def test_ipython_syntax_is_analysed_as_what_it_runs() -> None:
+    result = facts(
+        "!echo {name.upper()} $other '$quoted' $$literal\nfiles = !ls {folder}\n"
+        "%time y = slow(x)\nz = %time fast(w)\n%timeit -n 3 quick(q)"
+    )
     assert "get_ipython().system" in result.source
-    assert "files" in result.binds
-    assert result.reads >= {"get_ipython"}
+    assert result.reads == {"name", "other", "folder", "slow", "x", "fast", "w", "quick", "q"}
+    assert result.binds == {"files", "y", "z"}
+
+
+def test_magic_lines_keep_the_cells_line_numbers() -> None:
+    result = facts("%time a = 1\nb = a + c")
+    assert result.reads == {"c"}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.magic_arguments import parse_argstring
 from IPython.testing.globalipapp import get_ipython
 
 from tetra_magic.gpus import gpu_ids
@@ -18,7 +17,7 @@ def magic() -> TetraMagic:
 
 
 def parse(magic: TetraMagic, line: str):
-    return build(parse_argstring(magic.tetra, line), magic)
+    return build(magic._parse(line), magic)
 
 
 def test_gpu_names_map_to_runpod_pools(magic: TetraMagic) -> None:
@@ -39,10 +38,18 @@ def test_unknown_gpu_names_the_option_and_the_valid_names(magic: TetraMagic) -> 
     ("line", "message"),
     [
         ("--cpu --gpu A100", "--cpu and --gpu"),
-        ("--timeout -3", "--timeout must be a positive"),
+        ("--timeout -3", "--timeout must be a number of seconds above 0"),
         ("--timeout soon", "argument --timeout: invalid float value: 'soon'"),
         ("--local --endpoint abc", "--local and --endpoint"),
-        ("--frobnicate", "unrecognized arguments: --frobnicate"),
+        ("--timeout 1e9", r"--timeout must be .* at most 604800 \(7 days\), not 1e\+09"),
+        ("--frobnicate", r"unrecognized arguments: --frobnicate\n%%tetra options: --gpu --cpu"),
+        ("--deps 'numpy>>2'", r"--deps: 'numpy>>2' is not a pip requirement"),
+        ("--deps '-e .'", r"--deps: '-e .' is an installer option"),
+        ("--system-deps 'Bad Name'", r"--system-deps: 'Bad Name' is not an apt package name"),
+        ("--out 2x", r"--out: '2x' is not a Python variable name"),
+        ("--send a,class", r"--send: 'class' is not a Python variable name"),
+        ("--env 1X=2", r"--env: '1X=2' is not NAME=VALUE or NAME"),
+        ("--env TETRA_SURELY_UNSET_VAR", r"--env: TETRA_SURELY_UNSET_VAR is not set in the kernel"),
     ],
 )
 def test_bad_options_are_usage_errors(magic: TetraMagic, line: str, message: str) -> None:
@@ -70,3 +77,27 @@ def test_defaults_come_from_config(magic: TetraMagic) -> None:
 
 def test_split_packages_keeps_version_lists_whole() -> None:
     assert split_packages([["a>=1,<2,b", "c"]]) == ("a>=1,<2", "b", "c")
+
+
+def test_quoted_values_are_unquoted(magic: TetraMagic) -> None:
+    """IPython splits the magic line keeping quotes; pip must not see them."""
+    opts = parse(magic, "--deps 'torch>=2.3' \"pkg[a,b]\" --name 'my job'")
+    assert opts.dependencies == ("torch>=2.3", "pkg[a,b]")
+    assert opts.name == "my job"
+
+
+def test_send_drop_and_env(magic: TetraMagic, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "secret-from-kernel")
+    opts = parse(magic, "--send a,b --send c --drop model --env HF_TOKEN MODE=fast --env X=a=b")
+    assert opts.send == ("a", "b", "c")
+    assert opts.drop == ("model",)
+    assert opts.env == (("HF_TOKEN", "secret-from-kernel"), ("MODE", "fast"), ("X", "a=b"))
+
+
+def test_system_deps_default_from_config(magic: TetraMagic) -> None:
+    magic.default_system_deps = ["ffmpeg"]
+    try:
+        opts = parse(magic, "--system-deps libgl1,git=1:2.39.2-1")
+    finally:
+        magic.default_system_deps = []
+    assert opts.system_dependencies == ("ffmpeg", "libgl1", "git=1:2.39.2-1")

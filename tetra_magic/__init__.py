@@ -18,7 +18,10 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    """Remove %%tetra and %tetra, and the TetraMagic instance %config knew."""
     magics = ipython.magics_manager.magics
     magics["cell"].pop("tetra", None)
     magics["line"].pop("tetra", None)
-    ipython.magics_manager.registry.pop("TetraMagic", None)
+    instance = ipython.magics_manager.registry.pop("TetraMagic", None)
+    if instance in ipython.configurables:
+        ipython.configurables.remove(instance)

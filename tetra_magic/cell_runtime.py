@@ -3,7 +3,7 @@
 This module's source is sent as the request's `function_code` and `run_cell` is the function the
 worker calls, so it must be self-contained: standard library and cloudpickle only, imports inside
 the functions, nothing from tetra_magic. That is what lets the published tetra worker run a cell
-too.
+too. (The kernel imports a few of its helpers as well, so both sides share one definition.)
 
 Values travel as cloudpickle bytes inside the arguments and the result, one blob per name, so a
 value that fails to load on one side is named and the others still arrive.
@@ -12,15 +12,20 @@ value that fails to load on one side is named and the others still arrive.
 
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
-    of what it bound, the names it deleted, and its last expression's value."""
+    of what it bound, the names it deleted, its last expression's value and what it displayed."""
     import ast
     import builtins
-    import linecache
+    import os
 
+    os.environ.update(spec.get("env") or {})
+    _register_sources(spec.get("sources") or {})
+    shown = []
     namespace = {"__name__": "__main__", "__builtins__": builtins, "get_ipython": _Shell}
+    namespace["display"] = lambda *objs, **_: shown.extend(objs)
     namespace.update(_load_inputs(spec, blobs))
+    adopt_all(namespace, merge=True)
     filename, source = spec["filename"], spec["source"]
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    _register_sources({filename: source})
     tree = ast.parse(source, filename)
     last = None
     if spec["has_last_expr"]:
@@ -29,79 +34,299 @@ def run_cell(spec, blobs):
         last = eval(compile(ast.Expression(expr.value), filename, "eval"), namespace)
     else:
         exec(compile(tree, filename, "exec"), namespace)
-    return _pack_outputs(namespace, spec["binds"], last, spec["has_last_expr"])
+    out = _pack_outputs(namespace, spec, last)
+    out["shown"] = [_portable(obj) for obj in shown]
+    return out
+
+
+def _register_sources(sources):
+    """Make notebook cells readable by linecache, so tracebacks and `inspect.getsource` show
+    the lines of functions defined in them."""
+    import linecache
+
+    for name, text in sources.items():
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
 
 def _load_inputs(spec, blobs):
+    values = {}
+    for alias, names in spec["modules"].items():
+        values[alias] = _import(alias, names)
+    for name, blob in blobs.items():
+        values[name] = _load_input(spec, name, blob)
+    return values
+
+
+def _import(alias, names):
+    """The module `names[0]` for `alias`, with the submodules the cell uses imported too."""
     import importlib
+
+    try:
+        module = importlib.import_module(names[0])
+        for submodule in names[1:]:
+            importlib.import_module(submodule)
+    except ImportError as exc:
+        raise ImportError(
+            f"notebook variable {alias!r} is the module {names[0]!r}, which cannot be imported on"
+            f" the worker ({type(exc).__name__}: {exc}); add it with --deps"
+        ) from None
+    return module
+
+
+def _load_input(spec, name, blob):
     import platform
 
     import cloudpickle
 
-    values = {}
-    for alias, module in spec["modules"].items():
-        values[alias] = importlib.import_module(module)
-    for name, blob in blobs.items():
-        try:
-            values[name] = cloudpickle.loads(blob)
-        except Exception as exc:
-            hint = ""
-            if spec["python"] != platform.python_version_tuple()[:2]:
-                hint = (
-                    f" (the notebook runs Python {'.'.join(spec['python'])}, this worker"
-                    f" {platform.python_version()}: functions travel as bytecode, which does"
-                    " not load across Python versions)"
-                )
-            raise RuntimeError(
-                f"notebook variable {name!r} could not be loaded on the worker:"
-                f" {type(exc).__name__}: {exc}{hint}"
-            ) from exc
-    return values
+    try:
+        return cloudpickle.loads(blob)
+    except Exception as exc:
+        hint = ""
+        if tuple(spec["python"]) != platform.python_version_tuple()[:2]:
+            hint = (
+                f" (the notebook runs Python {'.'.join(spec['python'])}, this worker"
+                f" {platform.python_version()}: functions travel as bytecode, which does"
+                " not load across Python versions)"
+            )
+        raise RuntimeError(
+            f"notebook variable {name!r} could not be loaded on the worker:"
+            f" {type(exc).__name__}: {exc}{hint}"
+        ) from None
 
 
-def _pack_outputs(namespace, binds, last, has_last):
-    values, errors, deleted = {}, {}, []
-    for name in binds:
+def adopt_all(namespace, merge):
+    """Make the notebook functions and classes in `namespace` live in it, as they do at home.
+
+    cloudpickle gives a function shipped by value a private copy of the globals it uses, so
+    a helper from an earlier cell would not see what this cell assigns, and a class that made
+    the round trip would come home with methods reading stale copies. Here each gets
+    `namespace` as its globals; with `merge`, the globals it carried fill in names the
+    namespace lacks (the helper's own helpers, which the cell itself does not name).
+    """
+    todo = list(namespace)
+    while todo:
+        name = todo.pop()
+        value = namespace[name]
+        for carried in _foreign_globals(value, namespace):
+            for key, item in carried.items():
+                if merge and key not in namespace and not key.startswith("__"):
+                    namespace[key] = item
+                    todo.append(key)
+        adopted = adopt(value, namespace)
+        if adopted is not value:
+            namespace[name] = adopted
+        if _is_notebook_class(type(value)):
+            adopt(type(value), namespace)
+
+
+def _is_notebook_function(value, namespace):
+    import types
+
+    return (
+        isinstance(value, types.FunctionType)
+        and value.__module__ == "__main__"
+        and value.__globals__ is not namespace
+    )
+
+
+def _is_notebook_class(value):
+    return isinstance(value, type) and value.__module__ == "__main__"
+
+
+def _methods(cls):
+    """(attribute, function, rewrap) for each function a notebook class holds."""
+    for attr, item in list(vars(cls).items()):
+        if isinstance(item, (staticmethod, classmethod)):
+            yield attr, item.__func__, type(item)
+        else:
+            yield attr, item, None
+
+
+def _foreign_globals(value, namespace):
+    """The carried globals of `value` (a function, or a class's methods) that are not
+    `namespace`."""
+    if _is_notebook_function(value, namespace):
+        return [value.__globals__]
+    classes = [c for c in (value, type(value)) if _is_notebook_class(c)]
+    return [
+        item.__globals__
+        for cls in classes
+        for _, item, _ in _methods(cls)
+        if _is_notebook_function(item, namespace)
+    ]
+
+
+def adopt(value, namespace):
+    """`value` with `namespace` as the globals of its notebook functions: a new function, or
+    the same class with its methods rebound; anything else as it is."""
+    import types
+
+    if _is_notebook_function(value, namespace):
+        new = types.FunctionType(
+            value.__code__, namespace, value.__name__, value.__defaults__, value.__closure__
+        )
+        new.__kwdefaults__ = value.__kwdefaults__
+        new.__dict__.update(value.__dict__)
+        for attr in ("__qualname__", "__doc__", "__module__", "__annotations__"):
+            setattr(new, attr, getattr(value, attr))
+        return new
+    if _is_notebook_class(value):
+        for attr, item, rewrap in _methods(value):
+            if _is_notebook_function(item, namespace):
+                new = adopt(item, namespace)
+                setattr(value, attr, rewrap(new) if rewrap else new)
+    return value
+
+
+def _pack_outputs(namespace, spec, last):
+    import types
+
+    values, modules, errors, deleted = {}, {}, {}, []
+    for name in spec["binds"]:
         if name not in namespace:
-            deleted.append(name)
+            if name in spec["deletes"]:
+                deleted.append(name)
+            continue
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
             continue
         try:
-            values[name] = _dumps(namespace[name])
+            values[name] = _dumps(value)
         except Exception as exc:
-            errors[name] = f"{type(namespace[name]).__name__} cannot be pickled: {exc}"
-    out = {"values": values, "errors": errors, "deleted": deleted, "last": None}
-    if has_last and last is not None:
-        try:
-            out["last"] = _dumps(last)
-        except Exception as exc:
-            errors["Out"] = f"{type(last).__name__} cannot be pickled: {exc}"
-        else:
-            out["last_repr"] = repr(last)
+            errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+    out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
+    out["last"] = _portable(last) if spec["has_last_expr"] and last is not None else None
     return out
 
 
+def _portable(value):
+    """A value as it can best travel: its pickle (None if it has none), its repr, and its rich
+    representations, so the notebook can show it even where it cannot load it."""
+    try:
+        blob = _dumps(value)
+    except Exception as exc:
+        blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+    else:
+        reason = None
+    return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": _mime(value)}
+
+
+_MIME_METHODS = {
+    "text/html": "_repr_html_",
+    "text/markdown": "_repr_markdown_",
+    "text/latex": "_repr_latex_",
+    "image/svg+xml": "_repr_svg_",
+    "image/png": "_repr_png_",
+    "image/jpeg": "_repr_jpeg_",
+    "application/json": "_repr_json_",
+}
+
+
+def _mime(value):
+    bundle = {}
+    for mime, method in _MIME_METHODS.items():
+        if callable(getattr(type(value), method, None)):
+            data = _safe(getattr(value, method))
+            if data is not None:
+                bundle[mime] = data
+    return bundle
+
+
+def _safe(function, *args):
+    try:
+        return function(*args)
+    except Exception:
+        return None
+
+
 def _dumps(value):
-    """cloudpickle, with tensors on a GPU stored as their CPU copies."""
+    return dumps(value, to_cpu=True)
+
+
+def dumps(value, files=None, to_cpu=False):
+    """cloudpickle, keeping the file names of code shipped by value (noted in `files`), so
+    tracebacks and linecache can find the cells it came from; with `to_cpu`, tensors on an
+    accelerator are stored as their CPU copies, for a notebook that has none."""
     import io
     import sys
+    import types
 
     import cloudpickle
 
-    class CpuPickler(cloudpickle.Pickler):
+    class Pickler(cloudpickle.Pickler):
         def reducer_override(self, obj):
-            torch = sys.modules.get("torch")
+            if isinstance(obj, types.CodeType):
+                if files is not None:
+                    files.add(obj.co_filename)
+                constructor, args = self.dispatch_table[types.CodeType](obj)
+                named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+                return constructor, tuple(named)
+            torch = sys.modules.get("torch") if to_cpu else None
             if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
                 return obj.detach().cpu().__reduce_ex__(self.proto)
             return super().reducer_override(obj)
 
     buffer = io.BytesIO()
-    CpuPickler(buffer).dump(value)
+    Pickler(buffer).dump(value)
     return buffer.getvalue()
+
+
+def expansion_fields(command):
+    """The Python expressions IPython substitutes into a shell command: `{expr}` and `$name`
+    (`$$` is a literal `$`; `$name` inside single quotes stays as it is)."""
+    import re
+    import string
+
+    fields = []
+    try:
+        parsed = list(string.Formatter().parse(command))
+    except ValueError:
+        return fields
+    for literal, field, _, _ in parsed:
+        unquoted = "".join(literal.split("'")[::2])
+        fields += re.findall(r"(?<!\$)\$([A-Za-z_][\w.]*)", unquoted)
+        if field:
+            fields.append(field)
+    return fields
+
+
+def expand(command, namespace):
+    """`command` with its fields replaced by their values in `namespace`, as IPython's
+    var_expand does it; unchanged if any of them fails to evaluate, as there."""
+    import re
+
+    try:
+        values = {field: str(eval(field, namespace)) for field in expansion_fields(command)}
+    except Exception:
+        return command
+    parts = re.split(r"(\{\{|\}\}|\{[^{}]*\})", command)
+    for index, part in enumerate(parts):
+        if part in ("{{", "}}"):
+            parts[index] = part[0]
+        elif part.startswith("{") and part.endswith("}"):
+            parts[index] = values.get(part[1:-1], part)
+        else:
+            parts[index] = _expand_dollars(part, values)
+    return "".join(parts)
+
+
+def _expand_dollars(text, values):
+    import re
+
+    pieces = text.split("'")
+    for index in range(0, len(pieces), 2):
+        pieces[index] = re.sub(
+            r"\$(\$?)([A-Za-z_][\w.]*)",
+            lambda m: "$" + m[2] if m[1] else values.get(m[2], m[0]),
+            pieces[index],
+        )
+    return "'".join(pieces)
 
 
 class _Shell:
     """Enough of `get_ipython()` for the IPython syntax a cell may hold (`!cmd`, `x = !cmd`,
-    `%pip`, `%time`): it runs on the worker exactly as IPython would run it at home."""
+    `%pip`, `%time`): it runs on the worker as IPython would run it at home."""
 
     def __new__(cls):
         return cls
@@ -113,13 +338,16 @@ class _Shell:
 
         sys.stdout.flush()
         sys.stderr.flush()
-        subprocess.run(cmd, shell=True, check=False)
+        subprocess.run(expand(cmd, sys._getframe(1).f_globals), shell=True, check=False)
 
     @staticmethod
-    def getoutput(cmd, split=True):
+    def getoutput(cmd, split=True, depth=0):
         import subprocess
+        import sys
 
-        out = subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout
+        command = expand(cmd, sys._getframe(depth + 1).f_globals)
+        done = subprocess.run(command, shell=True, capture_output=True, text=True)
+        out = done.stdout + done.stderr
         return out.splitlines() if split else out
 
     @staticmethod

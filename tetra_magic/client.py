@@ -15,8 +15,12 @@ from typing import Any
 
 import httpx
 
+from tetra_magic.errors import TetraError
+
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_RETRY_AFTER = 60.0
+# The executionTimeout RunPod accepts: 5 s to 7 days.
+MIN_EXECUTION_MS, MAX_EXECUTION_MS = 5_000, 7 * 24 * 3600 * 1000
 
 
 def retry_after(value: str | None) -> float | None:
@@ -34,7 +38,7 @@ def retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-class EndpointError(Exception):
+class EndpointError(TetraError):
     """The endpoint refused a request or could not be reached; the message says which."""
 
 
@@ -55,7 +59,13 @@ class Endpoint:
 class EndpointClient:
     """Submit, follow and cancel jobs on one endpoint."""
 
-    def __init__(self, endpoint: Endpoint, retries: int = 5, max_backoff: float = 8.0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        retries: int = 5,
+        max_backoff: float = 8.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.retries = retries
         self.max_backoff = max_backoff
@@ -63,6 +73,7 @@ class EndpointClient:
             base_url=f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}",
             headers={"Authorization": f"Bearer {endpoint.api_key}"},
             timeout=httpx.Timeout(30.0, connect=10.0),
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -72,7 +83,8 @@ class EndpointClient:
         """Queue a job; return its id."""
         body: dict[str, Any] = {"input": job_input}
         if execution_timeout is not None:
-            body["policy"] = {"executionTimeout": int(execution_timeout * 1000)}
+            limit_ms = min(max(int(execution_timeout * 1000), MIN_EXECUTION_MS), MAX_EXECUTION_MS)
+            body["policy"] = {"executionTimeout": limit_ms}
         return self._call("POST", "/run", json=body)["id"]
 
     def stream(self, job_id: str) -> dict[str, Any]:

@@ -1,15 +1,27 @@
 """How failures reach the user: one readable message each, never a raw JSON dump.
 
 IPython renders an exception through its `_render_traceback_` method when it has one, which
-lets a remote traceback read like a local one (the cell's own line numbers and source) and a
-worker failure read as one sentence.
+lets a remote traceback read like a local one and a worker failure read as one paragraph.
+
+A remote traceback names its frames by file; frames in notebook cells (the remote cell itself,
+`<tetra-cell-N>`, and the kernel's files for earlier cells, whose functions went by value) are
+renamed `Cell In[N], line M` as IPython names them, with the line's source from this kernel.
 """
 
 from __future__ import annotations
 
+import builtins
+import json
+import linecache
 import re
+from collections.abc import Callable
+from typing import Any
 
-_CELL_FRAME = re.compile(r'File "<tetra-cell-(\d+)>", line (\d+), in <module>')
+Labeler = Callable[[str], "str | None"]
+
+_FRAME = re.compile(r'^  File "(?P<file>.+)", line (?P<line>\d+), in (?P<name>.+)$')
+_FILE_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+_TETRA_CELL = re.compile(r"<tetra-cell-(\d+)>")
 
 
 class TetraError(Exception):
@@ -23,35 +35,118 @@ class JobFailed(TetraError):
     """The worker, not the code, ended the job: install failure, crash, timeout, cancel."""
 
 
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or the kernel's interrupt) stopped a cell; the remote job was cancelled. Still
+    a KeyboardInterrupt, so "run all" stops here as it would for a local cell."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self}"]
+
+
 class RemoteCellError(TetraError):
     """The cell raised on the worker. Subclassed per remote exception type, so the notebook's
     error line names the real type (ZeroDivisionError), with the remote traceback rendered."""
 
     remote_traceback: str = ""
+    label: Labeler = staticmethod(lambda filename: None)
+
+    def __str__(self) -> str:  # the remote message as it was written (KeyError would quote it)
+        return str(self.args[0]) if self.args else ""
 
     def _render_traceback_(self) -> list[str]:
-        return clean_traceback(self.remote_traceback).rstrip("\n").splitlines()
+        return render_traceback(self.remote_traceback, self.label)
 
 
-def clean_traceback(text: str) -> str:
-    """The remote traceback without our runtime's frames, cell frames named as IPython does."""
-    kept: list[str] = []
-    skipping = False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("  File "):
-            skipping = line.startswith('  File "<tetra-runtime ')
-        elif not line.startswith("    "):
-            skipping = False
-        if not skipping:
-            kept.append(line)
-    return _CELL_FRAME.sub(r"Cell In[\1], line \2", "".join(kept))
+def cell_labeler(shell: Any) -> Labeler:
+    """`filename -> "Cell In[N]"` for notebook cells (None for other files): ours by their
+    name, the kernel's through IPython's compiler, which maps its cell files to In[N]."""
+    named = getattr(getattr(shell, "compile", None), "format_code_name", None)
+
+    def label(filename: str) -> str | None:
+        if match := _TETRA_CELL.fullmatch(filename):
+            return f"Cell In[{match[1]}]"
+        found = named(filename) if named else None
+        return " ".join(found) if found else None
+
+    return label
 
 
-def remote_error(error_type: str | None, traceback_text: str) -> RemoteCellError:
-    """An exception to raise in the notebook for a cell that raised `error_type` remotely."""
+def render_traceback(text: str, label: Labeler) -> list[str]:
+    """The remote traceback's lines, without our runtime's frames, cell frames as IPython
+    shows them."""
+    lines = text.rstrip("\n").splitlines()
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        match = _FRAME.match(lines[index])
+        end = index + 1
+        while match and end < len(lines) and lines[end].startswith("    "):
+            end += 1
+        if match is None:
+            out.append(lines[index])
+        elif not match["file"].startswith("<tetra-runtime "):
+            out += _frame(match, lines[index + 1 : end], label(match["file"]))
+        index = end
+    return out
+
+
+def _frame(match: re.Match[str], body: list[str], where: str | None) -> list[str]:
+    if where is None:
+        return [match[0], *body]
+    name = "" if match["name"] == "<module>" else f", in {match['name']}"
+    source = linecache.getline(match["file"], int(match["line"])).strip()
+    if source and not body:
+        body = [f"    {source}"]
+    elif source and body and body[0].strip() != source:
+        body = [f"    {source}"]  # the cell as the user wrote it, not as IPython rewrote it
+    return [f"  {where}, line {match['line']}{name}", *body]
+
+
+def clean_detail(text: str, label: Labeler) -> str:
+    """A worker's failure text (a crash's fault dump, say) without our runtime's lines, its
+    notebook files named as cells."""
+
+    def rename(match: re.Match[str]) -> str:
+        where = label(match["file"])
+        return f"{where}, line {match['line']}" if where else match[0]
+
+    kept = [line for line in text.splitlines() if "<tetra-runtime " not in line]
+    return _FILE_LINE.sub(rename, "\n".join(kept))
+
+
+def remote_error(error_type: str | None, traceback_text: str, label: Labeler) -> RemoteCellError:
+    """An exception to raise in the notebook for a cell that raised `error_type` remotely: a
+    subclass of the builtin of that name too when there is one, so `except ValueError` works."""
     name = error_type or "RemoteError"
-    cls = type(name, (RemoteCellError,), {"__module__": "tetra_magic.remote"})
+    cls = _error_class(name)
     last_line = traceback_text.rstrip().splitlines()[-1] if traceback_text.strip() else name
     error = cls(last_line.partition(": ")[2] or last_line)
     error.remote_traceback = traceback_text
+    error.label = label
     return error
+
+
+def _error_class(name: str) -> type[RemoteCellError]:
+    namespace = {"__module__": "tetra_magic.remote"}
+    local = getattr(builtins, name, None)
+    if isinstance(local, type) and issubclass(local, Exception):
+        try:
+            return type(name, (RemoteCellError, local), namespace)
+        except TypeError:
+            pass  # a builtin whose layout does not mix (OSError and friends)
+    return type(name, (RemoteCellError,), namespace)
+
+
+def endpoint_error_text(error: Any) -> str:
+    """An endpoint's `error` field in words: the runpod SDK sends a JSON document of
+    error_type / error_message / error_traceback; show its type and message."""
+    if isinstance(error, str) and error.lstrip().startswith("{"):
+        try:
+            error = json.loads(error)
+        except ValueError:
+            return error
+    if isinstance(error, dict):
+        kind = error.get("error_type") or error.get("type") or ""
+        message = error.get("error_message") or error.get("message") or ""
+        return ": ".join(part for part in (kind, message) if part) or json.dumps(error)[:300]
+    return str(error)

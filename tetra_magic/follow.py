@@ -8,17 +8,19 @@ job waits in the queue, and reads /status once the job is final. A worker that d
 While the job is IN_QUEUE (a RunPod cold start can take minutes) nothing can arrive, so the loop
 polls at most every QUEUE_POLL seconds, far inside RunPod's per-endpoint limit of 2000 /status
 and /stream requests per 10 s even with many kernels on one endpoint (the client backs off on
-429), and time in the queue does not count against the cell's deadline: like RunPod's
-executionTimeout, --timeout limits the run, not the wait for a worker.
+429), and time in the queue, or installing the cell's dependencies, does not count against
+the cell's deadline: --timeout limits the run, not the wait for a worker or for pip.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tetra_magic.client import FINAL_STATUSES, EndpointClient, EndpointError
+from tetra_magic.errors import CellInterrupted, JobFailed
 from worker.protocol import FunctionResponse
 
 MIN_POLL = 0.05
@@ -27,14 +29,20 @@ QUEUE_POLL = 2.0
 
 
 class View(Protocol):
-    """What a display must accept while a job runs."""
+    """What a display must accept while a job runs. A view with a Cancel button also has a
+    `cancel_requested` threading.Event, set by the click, which the loop checks between polls."""
 
     def status(self, status: str) -> None: ...
     def chunk(self, chunk: dict[str, Any]) -> None: ...
 
 
-class JobTimeout(Exception):
-    """The job ran past the cell's --timeout and was cancelled."""
+class JobTimeout(JobFailed):
+    """The job ran past the cell's deadline without the endpoint stopping it; it was
+    cancelled."""
+
+
+class CancelRequested(JobFailed):
+    """The view's Cancel button was clicked: the job is cancelled, nothing comes back."""
 
 
 @dataclass
@@ -49,17 +57,24 @@ class Followed:
 
 
 def follow(
-    client: EndpointClient, job_id: str, view: View, deadline: float | None = None
+    client: EndpointClient,
+    job_id: str,
+    view: View,
+    deadline: float | None = None,
+    chunks: list[dict[str, Any]] | None = None,
 ) -> Followed:
-    """Show a job's output as it comes; return when it is final. Ctrl-C and the deadline cancel
-    the remote job before the exception leaves."""
-    chunks: list[dict[str, Any]] = []
+    """Show a job's output as it comes (collected in `chunks`); return when it is final.
+    Ctrl-C, the Cancel button and the deadline cancel the remote job, then raise."""
+    chunks = [] if chunks is None else chunks
+    cancel = getattr(view, "cancel_requested", None)
     try:
-        _poll(client, job_id, view, deadline, chunks)
-    except (KeyboardInterrupt, JobTimeout):
-        client.cancel(job_id)
-        view.status("CANCELLED")
-        raise
+        _poll(client, job_id, view, deadline, chunks, cancel)
+    except KeyboardInterrupt:
+        note = _cancel(client, job_id, view)
+        raise CellInterrupted(f"job {job_id} {note}") from None
+    except (JobTimeout, CancelRequested) as exc:
+        note = _cancel(client, job_id, view)
+        raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
     for item in _unseen(document.get("output"), len(chunks)):
         chunks.append(item)
@@ -74,32 +89,55 @@ def _poll(
     view: View,
     deadline: float | None,
     chunks: list[dict[str, Any]],
+    cancel: threading.Event | None = None,
 ) -> None:
     pause = MIN_POLL
     streaming = True
-    queued, last = True, time.monotonic()
+    waiting, installing, last = True, False, time.monotonic()
     while True:
         now = time.monotonic()
-        if deadline is not None and queued:
-            deadline += now - last  # waiting for a worker is not running
+        if deadline is not None and waiting:
+            deadline += now - last  # waiting for a worker, or for installs, is not running
         last = now
         if deadline is not None and now > deadline:
-            raise JobTimeout(job_id)
+            raise JobTimeout("the cell ran past its time limit without the endpoint stopping it")
+        if cancel is not None and cancel.is_set():
+            raise CancelRequested("Cancel button pressed: nothing came back")
         page = client.stream(job_id) if streaming else client.status(job_id)
         new = [item.get("output") for item in page.get("stream", [])] if streaming else []
         for item in new:
             if isinstance(item, dict):
                 chunks.append(item)
                 view.chunk(item)
+                if item.get("kind") == "phase":
+                    installing = item.get("text") == "installing"
         status = page.get("status", "IN_QUEUE")
         queued = status == "IN_QUEUE"
+        waiting = queued or installing
         view.status(status)
         if status in FINAL_STATUSES:
             return
         if page.get("stream") is None and streaming:
             streaming = False  # an endpoint whose /stream says nothing: follow /status only
         pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
-        time.sleep(pause)
+        if cancel is None:
+            time.sleep(pause)
+        else:
+            cancel.wait(pause)  # a click ends the pause at once
+
+
+def _cancel(client: EndpointClient, job_id: str, view: View) -> str:
+    """Cancel the job, even through a second Ctrl-C; what became of it, in words."""
+    for _ in range(2):
+        try:
+            client.cancel(job_id)
+        except KeyboardInterrupt:
+            continue  # impatience: try once more, it is quick
+        except EndpointError as exc:
+            return f"could not be cancelled and may still be running ({exc})"
+        view.status("CANCELLED")
+        return "was cancelled on the endpoint"
+    return "may still be running: cancelling it was interrupted"
 
 
 def _unseen(output: Any, seen: int) -> list[dict[str, Any]]:

@@ -3,10 +3,17 @@
 A cell flows one way: parse options -> analyse the cell -> pack the request -> send it ->
 follow the job (showing it live) -> write the results back. Each step lives in its own module;
 this one only wires them together and holds the configurable defaults.
+
+`%tetra` is both the place for commands (`%tetra local`, `%tetra endpoints`, `%tetra delete
+NAME`) and a one-line form of the cell magic: `%tetra [options] statement` runs the statement
+remotely, as `%time` times one. Its options come first and take one value each (list several
+with commas: `%tetra --gpu A100,H100 --deps torch,numpy torch.cuda.get_device_name()`); the
+statement starts at the first word that is not an option, or after `--`.
 """
 
 from __future__ import annotations
 
+import linecache
 import time
 from typing import Any
 
@@ -18,6 +25,8 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
 from tetra_magic import options as cell_options
 from tetra_magic.analysis import analyse, transform
 
+_COMMANDS = ("local", "endpoints", "delete")
+
 
 @magics_class
 class TetraMagic(Magics):
@@ -27,6 +36,7 @@ class TetraMagic(Magics):
         "any", help="GPU(s) for cells without --gpu: a name like A100, or a comma list."
     ).tag(config=True)
     default_deps = List(Unicode(), help="Packages every cell installs.").tag(config=True)
+    default_system_deps = List(Unicode(), help="apt packages every cell installs.").tag(config=True)
     endpoint = Unicode("", help="Endpoint id or URL for cells without --endpoint.").tag(config=True)
     local = Bool(False, help="Run every cell on the embedded local endpoint.").tag(config=True)
     timeout = Float(600.0, help="Seconds a cell may run before it is cancelled.").tag(config=True)
@@ -55,6 +65,11 @@ class TetraMagic(Magics):
     idle_timeout = Int(5, help="Seconds an idle worker stays up for the next job.").tag(config=True)
     endpoint_timeout = Int(600, help="Endpoint-wide execution timeout, seconds.").tag(config=True)
 
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        if shell is not None:
+            shell.configurables.append(self)  # so %config TetraMagic.x = ... reaches it
+
     @magic_arguments()
     @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")
     @argument("--cpu", action="store_true", help="run on a CPU worker")
@@ -68,26 +83,74 @@ class TetraMagic(Magics):
     @argument("--no-stream", action="store_true", help="show output only when the cell ends")
     @argument("--quiet", action="store_true", help="show no live view, only the cell's output")
     @argument("--verbose", action="store_true", help="show worker logs in the text view")
+    @argument("--send", nargs="+", action="append", metavar="VAR", help="also send these names")
+    @argument("--drop", nargs="+", action="append", metavar="VAR", help="do not bring these back")
+    @argument("--env", nargs="+", action="append", metavar="NAME[=VALUE]", help="worker env vars")
     @cell_magic
     def tetra(self, line: str, cell: str) -> Any:
         """Run this cell remotely; its variables come back, its last value is displayed."""
+        number = self._cell_number()
+        raw = f"%%tetra {line}\n{cell}"
+        # A leading newline keeps line numbers equal to the cell's: line 1 is the %%tetra line.
+        return self._run(line, "\n" + transform(cell), number, raw)
+
+    @line_magic("tetra")
+    def tetra_line(self, line: str) -> Any:
+        """`%tetra [options] statement` runs one statement remotely; `%tetra local`,
+        `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
+        command, _, rest = line.strip().partition(" ")
+        if command in _COMMANDS:
+            return self._command(command, rest.strip())
+        option_text, statement = split_line(line, self.tetra.parser)
+        if not statement.strip():
+            raise UsageError(
+                "%tetra: give a statement to run remotely (`%tetra [options] statement`), or a"
+                f" command: {', '.join(_COMMANDS)}. Whole cells: %%tetra.\n{self._usage()}"
+            )
+        number = self._cell_number()
+        raw = self._current_cell() or f"%tetra {line}\n"
+        lineno = _line_of(raw, line)
+        if lineno is None:
+            raw, lineno = f"%tetra {line}\n", 1
+        source = "\n" * (lineno - 1) + transform(statement.strip())
+        return self._run(option_text, source, number, raw)
+
+    def _run(self, option_text: str, source: str, number: int, raw: str) -> Any:
         from tetra_magic.run import run_cell
 
-        args = parse_argstring(self.tetra, line)
-        opts = cell_options.build(args, self)
-        # IPython counts a stored cell before running it, so this cell is In[count - 1].
-        number = max(self.shell.execution_count - 1, 1)
+        opts = cell_options.build(self._parse(option_text), self)
         filename = f"<tetra-cell-{number}>"
-        # A leading newline keeps line numbers equal to the cell's: line 1 is the %%tetra line.
-        analysis = analyse("\n" + transform(cell), filename)
+        linecache.cache[filename] = (len(raw), None, raw.splitlines(True), filename)
+        analysis = analyse(source, filename)
         return run_cell(
             self.shell, opts, analysis, filename, display=self.display, started=time.time()
         )
 
-    @line_magic("tetra")
-    def tetra_line(self, line: str) -> Any:
-        """`%tetra endpoints`, `%tetra delete NAME`, `%tetra local`: manage where cells run."""
-        command, _, rest = line.strip().partition(" ")
+    def _parse(self, option_text: str) -> Any:
+        """magic_arguments' parse, with the valid options listed when one is not, and values
+        unquoted (IPython splits the line keeping quotes: `--deps 'torch>=2'`)."""
+        try:
+            args = parse_argstring(self.tetra, option_text)
+        except UsageError as exc:
+            raise UsageError(f"{exc}\n{self._usage()}") from None
+        for key, value in vars(args).items():
+            setattr(args, key, _unquote(value))
+        return args
+
+    def _usage(self) -> str:
+        flags = [f for action in self.tetra.parser._actions for f in action.option_strings]
+        return f"%%tetra options: {' '.join(flags)} (see %%tetra? for help)"
+
+    def _cell_number(self) -> int:
+        # IPython counts a stored cell before running it, so this cell is In[count - 1].
+        return max(self.shell.execution_count - 1, 1)
+
+    def _current_cell(self) -> str | None:
+        history = getattr(self.shell, "history_manager", None)
+        cells = getattr(history, "input_hist_raw", None)
+        return cells[-1] if cells else None
+
+    def _command(self, command: str, rest: str) -> Any:
         if command == "local":
             from tetra_magic.local.launcher import ensure_running
 
@@ -97,11 +160,60 @@ class TetraMagic(Magics):
             from tetra_magic.provision import show_endpoints
 
             return show_endpoints()
-        if command == "delete":
-            from tetra_magic.provision import delete_named
+        from tetra_magic.provision import delete_named
 
-            return delete_named(rest.strip())
-        raise UsageError(
-            f"%tetra: unknown command {command!r}; use %%tetra for cells, or: local, endpoints,"
-            " delete NAME"
-        )
+        return delete_named(rest)
+
+
+def split_line(line: str, parser: Any) -> tuple[str, str]:
+    """`--gpu A100 --local x = f(y)` -> ("--gpu A100 --local", "x = f(y)"): options (each
+    taking at most one value) up to the first word that is not one, or up to `--`."""
+    takes_value = {
+        flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings
+    }
+    position = 0
+    while True:
+        start = _skip_space(line, position)
+        word, position = _word(line, start)
+        if word == "--":
+            return line[:start], line[position:]
+        if not word.startswith("--"):
+            return line[:start], line[start:]
+        flag = word.partition("=")[0]
+        if flag not in takes_value:
+            raise UsageError(f"%tetra: unknown option {flag}; options: {', '.join(takes_value)}")
+        if takes_value[flag] and "=" not in word:
+            position = _word(line, _skip_space(line, position))[1]
+
+
+def _unquote(value: Any) -> Any:
+    """'x' or "x" -> x, through the lists of repeatable options."""
+    if isinstance(value, list):
+        return [_unquote(item) for item in value]
+    if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _skip_space(line: str, position: int) -> int:
+    return len(line) - len(line[position:].lstrip())
+
+
+def _word(line: str, start: int) -> tuple[str, int]:
+    """The word at `start` (a quoted one whole) and where it ends."""
+    if start < len(line) and line[start] in "'\"":
+        close = line.find(line[start], start + 1)
+        end = len(line) if close < 0 else close + 1
+        return line[start:end], end
+    end = start
+    while end < len(line) and not line[end].isspace():
+        end += 1
+    return line[start:end], end
+
+
+def _line_of(cell: str, magic_line: str) -> int | None:
+    """The 1-based line of the cell on which `%tetra <magic_line>` stands."""
+    for number, text in enumerate(cell.splitlines(), 1):
+        if text.strip().startswith("%tetra") and magic_line.strip() in text:
+            return number
+    return None

@@ -1,12 +1,15 @@
 """The options of one %%tetra cell, from its magic line and the TetraMagic defaults.
 
 Parsing itself is IPython's magic_arguments (argparse, UsageError on bad input); this module
-turns the parsed namespace into validated, defaulted values, naming the option in every error.
+turns the parsed namespace into validated, defaulted values, naming the option and what it
+accepts in every error, so a typo is caught before anything is packed or sent.
 """
 
 from __future__ import annotations
 
 import argparse
+import keyword
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,9 @@ class CellOptions:
     stream: bool
     quiet: bool
     verbose: bool
+    send: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -58,6 +64,66 @@ def _split_commas(item: str) -> list[str]:
 
 # After a comma, a version operator means the comma is inside a specifier ("numpy>=1.2,<2").
 _VERSION_CONTINUES = re.compile(r"\s*[<>=!~]")
+# What apt-get accepts as a package: a Debian name, maybe :arch, maybe =version.
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+MAX_TIMEOUT = 7 * 24 * 3600.0  # RunPod's longest execution timeout
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _split_names(option: str, groups: list[list[str]] | None) -> tuple[str, ...]:
+    """Variable names given to `option` (space or comma separated), each checked."""
+    names = tuple(dict.fromkeys(n for g in groups or [] for i in g for n in i.split(",") if n))
+    for name in names:
+        _check_identifier(option, name)
+    return names
+
+
+def _check_identifier(option: str, name: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{option}: {name!r} is not a Python variable name")
+
+
+def check_requirements(specs: tuple[str, ...]) -> None:
+    """Each --deps item is a pip requirement ("numpy", "torch>=2.3", "pkg[extra]==1.0"), a URL,
+    or a path; installer options are refused, as the worker would refuse them."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for spec in specs:
+        if spec.startswith("-"):
+            raise UsageError(f"--deps: {spec!r} is an installer option; only packages are allowed")
+        if "://" in spec or spec.startswith((".", "/", "~")):
+            continue
+        try:
+            Requirement(spec)
+        except InvalidRequirement as exc:
+            raise UsageError(
+                f"--deps: {spec!r} is not a pip requirement ({exc}); write e.g. numpy,"
+                " 'torch>=2.3' or 'pkg[extra]==1.0'"
+            ) from None
+
+
+def check_apt_names(names: tuple[str, ...]) -> None:
+    for name in names:
+        if not _APT_NAME.match(name):
+            raise UsageError(
+                f"--system-deps: {name!r} is not an apt package name (lower-case letters, digits"
+                " and + - . , optionally :arch and =version, e.g. ffmpeg, libgl1)"
+            )
+
+
+def parse_env(groups: list[list[str]] | None) -> tuple[tuple[str, str], ...]:
+    """--env NAME=VALUE, or NAME alone for the kernel's own value of it."""
+    pairs: dict[str, str] = {}
+    for item in (i for g in groups or [] for i in g):
+        name, has_value, value = item.partition("=")
+        if not _ENV_NAME.match(name):
+            raise UsageError(f"--env: {item!r} is not NAME=VALUE or NAME (an environment name)")
+        if not has_value:
+            if name not in os.environ:
+                raise UsageError(f"--env: {name} is not set in the kernel; write {name}=VALUE")
+            value = os.environ[name]
+        pairs[name] = value
+    return tuple(pairs.items())
 
 
 def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
@@ -67,18 +133,26 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
     if args.local and args.endpoint:
         raise UsageError("--local and --endpoint cannot be used together: choose one")
     timeout = defaults.timeout if args.timeout is None else args.timeout
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UsageError(
+            f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}"
+            f" (7 days), not {timeout:g}"
+        )
+    if args.out is not None:
+        _check_identifier("--out", args.out)
     gpus = tuple(g for group in args.gpu or [] for g in group) or (
         () if args.cpu else _default_gpus(defaults)
     )
     deps = split_packages([list(defaults.default_deps), *(args.deps or [])])
+    check_requirements(deps)
+    system_deps = split_packages([list(defaults.default_system_deps), *(args.system_deps or [])])
+    check_apt_names(system_deps)
     return CellOptions(
         gpus=gpus,
         gpu_ids=tuple(gpu_ids([g for gpu in gpus for g in gpu.split(",")])) if gpus else (),
         cpu=args.cpu,
         dependencies=deps,
-        system_dependencies=split_packages(args.system_deps),
+        system_dependencies=system_deps,
         endpoint=args.endpoint or defaults.endpoint or None,
         local=args.local or defaults.local,
         timeout=timeout,
@@ -87,6 +161,9 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         stream=not args.no_stream,
         quiet=args.quiet,
         verbose=args.verbose or defaults.verbose,
+        send=_split_names("--send", args.send),
+        drop=_split_names("--drop", args.drop),
+        env=parse_env(args.env),
     )
 
 

@@ -1,26 +1,30 @@
 """Bringing a finished job home: its values into the notebook, or its failure as an exception.
 
 Nothing touches the notebook namespace unless the cell succeeded, and a value that cannot be
-loaded here is named while the others still land.
+loaded here is named while the others still land. A last value or displayed object that cannot
+be loaded is still shown, through the repr and rich representations the worker made of it.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
-from tetra_magic.errors import JobFailed, remote_error
+from tetra_magic.cell_runtime import adopt_all
+from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
 from tetra_magic.follow import Followed
 from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
     "install": "installing the cell's dependencies failed, so the cell did not run",
-    "timeout": "the cell ran past its time limit",
+    "timeout": "the cell ran past its time limit and was stopped",
     "crash": "the worker's executor crashed while running the cell",
     "cancelled": "the job was cancelled",
     "invalid": "the worker rejected the request",
+    "internal": "the worker failed",
 }
 
 
@@ -32,23 +36,26 @@ class CellResult:
     deleted: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
+    shown: list[Any] = field(default_factory=list)
 
 
-def check(followed: Followed) -> FunctionResponse:
+def check(followed: Followed, label: Labeler) -> FunctionResponse:
     """The worker's response for a COMPLETED job; the job's failure as an exception otherwise."""
     response = followed.response
+    job = f"job {followed.job_id}"
     if followed.status == "TIMED_OUT":
-        raise JobFailed(f"job {followed.job_id} timed out on the endpoint and was stopped")
+        raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
     if followed.status == "CANCELLED":
-        raise JobFailed(f"job {followed.job_id} was cancelled")
+        raise JobFailed(f"{job} was cancelled on the endpoint")
     if response is None:
-        error = followed.document.get("error") or "no response from the worker"
-        raise JobFailed(f"job {followed.job_id} {followed.status.lower()}: {error}")
+        error = followed.document.get("error") or "the worker sent no response"
+        raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
     if not response.success:
         if response.failure in (None, "exception"):
-            raise remote_error(response.error_type, response.error or "")
+            raise remote_error(response.error_type, response.error or "", label)
         reason = _FAILURES.get(response.failure, "the job failed")
-        raise JobFailed(f"{reason}:\n{(response.error or '').rstrip()}")
+        detail = clean_detail((response.error or "").rstrip(), label)
+        raise JobFailed(f"{reason}:\n{detail}" if detail else reason)
     return response
 
 
@@ -63,27 +70,49 @@ def unpack(response: FunctionResponse) -> CellResult:
             result.values[name] = cloudpickle.loads(blob)
         except Exception as exc:
             result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    if payload.get("last") is not None:
+    for name, module in payload.get("modules", {}).items():
         try:
-            result.last = cloudpickle.loads(payload["last"])
-        except Exception as exc:
-            result.problems["Out"] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-            result.last = _Repr(payload.get("last_repr", "<unloadable value>"))
+            result.values[name] = importlib.import_module(module)
+        except ImportError:
+            result.problems[name] = f"the module {module} is installed on the worker only"
+    if payload.get("last") is not None:
+        result.last = _load_portable(payload["last"], "Out", result.problems)
+    result.shown = [
+        _load_portable(p, "display()", result.problems) for p in payload.get("shown", [])
+    ]
     return result
 
 
 def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
-    """Write the cell's bindings into the notebook namespace."""
+    """Write the cell's bindings into the notebook namespace, its functions (and classes that
+    made the round trip) living in the notebook's globals again."""
     user_ns.update(result.values)
     for name in result.deleted:
         user_ns.pop(name, None)
+    adopt_all(user_ns, merge=False)
 
 
-class _Repr:
-    """Stands in for a last value that could not be loaded: shows the remote repr."""
+def _load_portable(portable: dict[str, Any], name: str, problems: dict[str, str]) -> Any:
+    """The value itself, or a stand-in showing the worker's representations of it."""
+    if portable.get("blob") is not None:
+        try:
+            return cloudpickle.loads(portable["blob"])
+        except Exception as exc:
+            problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+    elif portable.get("reason"):
+        problems[name] = portable["reason"]
+    return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
 
-    def __init__(self, text: str) -> None:
+
+class RemoteRepr:
+    """Stands in for a value that could not be brought here: shows what the worker rendered."""
+
+    def __init__(self, text: str, mime: dict[str, Any]) -> None:
         self.text = text
+        self.mime = mime
 
     def __repr__(self) -> str:
         return self.text
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {**self.mime, "text/plain": self.text}

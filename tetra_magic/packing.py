@@ -5,22 +5,29 @@ Modules are shipped by name and imported again on the worker: pickling a module 
 and re-importing is what the user means by `np`. The request calls `run_cell` from
 `cell_runtime`, whose source travels as the function code, so the request is one the published
 tetra worker would run as well.
+
+Functions from earlier cells travel by value (cloudpickle), and with them the text of the cells
+they were defined in, so their frames in a remote traceback, and `inspect.getsource` on the
+worker, show their lines.
 """
 
 from __future__ import annotations
 
 import inspect
+import linecache
 import platform
 import re
+import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 from IPython.core.error import UsageError
 
 from tetra_magic import cell_runtime
 from tetra_magic.analysis import CellAnalysis
+from tetra_magic.options import CellOptions
 from worker.protocol import FunctionRequest, encode
 
 # Names IPython keeps in the user namespace for itself; never the cell's inputs.
@@ -37,20 +44,20 @@ class Packed:
     size: int
 
 
-def inputs(analysis: CellAnalysis, user_ns: dict[str, Any]) -> dict[str, Any]:
-    """The notebook values the cell reads."""
-    return {
-        name: user_ns[name]
-        for name in sorted(analysis.reads)
-        if name in user_ns and not _IPYTHON_NAMES.match(name)
-    }
+def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...] = ()) -> dict:
+    """The notebook values the cell reads, and those named by --send."""
+    missing = [name for name in send if name not in user_ns]
+    if missing:
+        raise UsageError(f"--send: {', '.join(missing)} not defined in the notebook")
+    names = sorted(analysis.reads | set(send))
+    return {n: user_ns[n] for n in names if n in user_ns and not _IPYTHON_NAMES.match(n)}
 
 
-def _pickle_each(values: dict[str, Any]) -> dict[str, bytes]:
+def _pickle_each(values: dict[str, Any], files: set[str]) -> dict[str, bytes]:
     blobs = {}
     for name, value in values.items():
         try:
-            blobs[name] = cloudpickle.dumps(value)
+            blobs[name] = cell_runtime.dumps(value, files)
         except Exception as exc:
             raise UsageError(
                 f"variable {name!r} ({type(value).__module__}.{type(value).__qualname__}) cannot"
@@ -58,6 +65,33 @@ def _pickle_each(values: dict[str, Any]) -> dict[str, bytes]:
                 " %%tetra cell instead, or delete it if the cell does not need it."
             ) from None
     return blobs
+
+
+def _modules(values: dict[str, Any], source: str) -> dict[str, list[str]]:
+    """{alias: [module, submodules the cell names through it]}: `import xml` then
+    `xml.dom.minidom` in the cell needs `xml.dom.minidom` imported on the worker too."""
+    found = {}
+    for alias, module in values.items():
+        if not isinstance(module, types.ModuleType):
+            continue
+        prefix = module.__name__ + "."
+        subs = [
+            name
+            for name in sorted(sys.modules)
+            if name.startswith(prefix)
+            and re.search(rf"\b{re.escape(alias)}\.{re.escape(name[len(prefix) :])}\b", source)
+        ]
+        found[alias] = [module.__name__, *subs]
+    return found
+
+
+def _sources(files: set[str], cell_file: Callable[[str], bool]) -> dict[str, str]:
+    """The text of the notebook cells among `files`, as the kernel's linecache holds it."""
+    texts = {}
+    for name in sorted(files):
+        if cell_file(name) and linecache.getlines(name):
+            texts[name] = "".join(linecache.getlines(name))
+    return texts
 
 
 def _check_size(blobs: dict[str, bytes], size: int, limit: int) -> None:
@@ -78,32 +112,35 @@ def _mb(size: int) -> str:
 def pack(
     analysis: CellAnalysis,
     user_ns: dict[str, Any],
+    opts: CellOptions,
     *,
     filename: str,
-    dependencies: list[str],
-    system_dependencies: list[str],
-    timeout: float | None,
     limit: int,
+    cell_file: Callable[[str], bool] = lambda name: False,
 ) -> Packed:
     """Build the FunctionRequest for one cell; UsageError for unpicklable or oversized inputs."""
-    values = inputs(analysis, user_ns)
-    modules = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
-    blobs = _pickle_each({n: v for n, v in values.items() if n not in modules})
+    values = inputs(analysis, user_ns, opts.send)
+    modules = _modules(values, analysis.source)
+    files: set[str] = set()
+    blobs = _pickle_each({n: v for n, v in values.items() if n not in modules}, files)
     spec = {
         "filename": filename,
         "source": analysis.source,
-        "binds": sorted(analysis.binds),
+        "binds": sorted(analysis.binds - set(opts.drop)),
+        "deletes": sorted(analysis.deletes),
         "has_last_expr": analysis.has_last_expr,
         "modules": modules,
         "python": platform.python_version_tuple()[:2],
+        "sources": _sources(files, cell_file),
+        "env": dict(opts.env),
     }
     request = FunctionRequest(
         function_name="run_cell",
         function_code=inspect.getsource(cell_runtime),
         kwargs={"spec": encode(spec), "blobs": encode(blobs)},
-        dependencies=dependencies or None,
-        system_dependencies=system_dependencies or None,
-        timeout=timeout,
+        dependencies=list(opts.dependencies) or None,
+        system_dependencies=list(opts.system_dependencies) or None,
+        timeout=opts.timeout,
         source_name=f"<tetra-runtime {filename}>",
     )
     size = len(request.model_dump_json()) + len('{"input": }')

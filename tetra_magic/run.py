@@ -1,6 +1,8 @@
 """One cell's remote run: pack -> send -> follow -> show -> write back.
 
 Heavy imports (httpx, widgets) happen here, on a cell's first run, never at %load_ext.
+The --out record is written however the job ended (done, failed, cancelled, lost), since
+that is when a user most wants to look at it; the cell's own names only on success.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from typing import Any
 
 from tetra_magic import outcome, pythons, targets
 from tetra_magic.analysis import CellAnalysis
-from tetra_magic.client import EndpointClient
+from tetra_magic.client import Endpoint, EndpointClient
 from tetra_magic.display import make_view
+from tetra_magic.errors import CellInterrupted, JobFailed, cell_labeler
 from tetra_magic.follow import Followed, follow
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import pack
+from tetra_magic.packing import Packed, pack
 
 # Seconds past --timeout before the client gives up on an endpoint that has not stopped the job.
 CLIENT_GRACE = 30.0
+# The endpoint's own limit covers installs too, which --timeout does not: room for them.
+INSTALL_ALLOWANCE = 1800.0
 
 
 @dataclass
@@ -33,8 +38,10 @@ class JobRecord:
     execution_ms: int | None = None
     wall_s: float | None = None
     stdout: str = ""
+    stderr: str = ""
     worker: dict[str, Any] | None = None
     shipped: list[str] = field(default_factory=list)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,55 +57,103 @@ def run_cell(
 ) -> Any:
     """Run the analysed cell remotely; return its last value (None if it has none)."""
     endpoint = targets.resolve(opts)
+    label = cell_labeler(shell)
     packed = pack(
         analysis,
         shell.user_ns,
+        opts,
         filename=filename,
-        dependencies=list(opts.dependencies),
-        system_dependencies=list(opts.system_dependencies),
-        timeout=opts.timeout,
         limit=endpoint.payload_limit,
+        cell_file=lambda name: label(name) is not None,
     )
-    client = EndpointClient(endpoint)
+    record = _Recorder(shell, opts, endpoint, packed, started)
     view = make_view(shell, opts, display)
+    followed = _submit(endpoint, opts, packed, view, record)
     try:
-        job_id = client.run(packed.request.model_dump(exclude_none=True), opts.timeout)
-        view.submitted(job_id, opts.name)
-        deadline = time.monotonic() + opts.timeout + CLIENT_GRACE
-        followed = follow(client, job_id, view, deadline)
-    finally:
-        client.close()
-    response = followed.response
-    view.close(response)
-    pythons.warn(followed.chunks, response)
-    _record(shell, opts, followed, endpoint, packed.shipped, started)
-    result = outcome.unpack(outcome.check(followed))
+        result = outcome.unpack(outcome.check(followed, label))
+    except BaseException as exc:
+        record(followed, error=str(exc))
+        raise
+    record(followed)
     outcome.apply(result, shell.user_ns)
+    _show(result.shown)
     view.problems(result.problems)
     return result.last if analysis.has_last_expr else None
 
 
-def _record(
-    shell: Any,
-    opts: CellOptions,
-    followed: Followed,
-    endpoint: Any,
-    shipped: tuple[str, ...],
-    started: float | None,
-) -> None:
-    if not opts.out:
-        return
-    doc = followed.document
-    response = followed.response
-    shell.user_ns[opts.out] = JobRecord(
-        id=followed.job_id,
-        status=followed.status,
-        endpoint=repr(endpoint),
-        name=opts.name,
-        delay_ms=doc.get("delayTime"),
-        execution_ms=doc.get("executionTime"),
-        wall_s=None if started is None else round(time.time() - started, 3),
-        stdout=(response.stdout or "") if response else "",
-        worker=response.worker.model_dump() if response and response.worker else None,
-        shipped=list(shipped),
-    )
+def _submit(
+    endpoint: Endpoint, opts: CellOptions, packed: Packed, view: Any, record: _Recorder
+) -> Followed:
+    """Send the request and follow the job to its end, the view closed whatever happens."""
+    client = EndpointClient(endpoint)
+    chunks: list[dict[str, Any]] = []
+    job_id = None
+    try:
+        job_id = client.run(packed.request.model_dump(exclude_none=True), _endpoint_limit(opts))
+        view.submitted(job_id, opts.name)
+        deadline = time.monotonic() + opts.timeout + CLIENT_GRACE
+        followed = follow(client, job_id, view, deadline, chunks)
+    except BaseException as exc:
+        view.close(None)  # a live widget must not outlive the cell (Ctrl-C, Cancel, errors)
+        if job_id is not None:
+            ended = "CANCELLED" if isinstance(exc, (CellInterrupted, JobFailed)) else "UNKNOWN"
+            record(Followed(job_id, ended, {}, None, chunks), error=str(exc))
+        raise
+    finally:
+        client.close()
+    view.close(followed.response)
+    pythons.warn(followed.chunks, followed.response)
+    return followed
+
+
+def _endpoint_limit(opts: CellOptions) -> float:
+    """The job's executionTimeout: a backstop past the worker's own --timeout, which counts
+    the cell's run only."""
+    installs = opts.dependencies or opts.system_dependencies
+    return opts.timeout + CLIENT_GRACE + (INSTALL_ALLOWANCE if installs else 0.0)
+
+
+def _show(objects: list[Any]) -> None:
+    """What the cell passed to display(), shown after its output, as the cell ends."""
+    if objects:
+        from IPython.display import display
+
+        display(*objects)
+
+
+class _Recorder:
+    """Writes the --out record (when asked for) from a followed job."""
+
+    def __init__(
+        self,
+        shell: Any,
+        opts: CellOptions,
+        endpoint: Endpoint,
+        packed: Packed,
+        started: float | None,
+    ) -> None:
+        self.shell, self.opts, self.endpoint = shell, opts, endpoint
+        self.packed, self.started = packed, started
+
+    def __call__(self, followed: Followed, error: str | None = None) -> None:
+        if not self.opts.out:
+            return
+        doc, response = followed.document, followed.response
+        self.shell.user_ns[self.opts.out] = JobRecord(
+            id=followed.job_id,
+            status=followed.status,
+            endpoint=repr(self.endpoint),
+            name=self.opts.name,
+            delay_ms=doc.get("delayTime"),
+            execution_ms=doc.get("executionTime"),
+            wall_s=None if self.started is None else round(time.time() - self.started, 3),
+            stdout=_text(followed.chunks, "stdout") or (response and response.stdout) or "",
+            stderr=_text(followed.chunks, "stderr"),
+            worker=response.worker.model_dump() if response and response.worker else None,
+            shipped=list(self.packed.shipped),
+            error=error,
+        )
+
+
+def _text(chunks: list[dict[str, Any]], kind: str) -> str:
+    return "".join(c.get("text", "") for c in chunks if c.get("kind") == kind)

@@ -102,13 +102,25 @@ def _merge(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _batched(queue: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
-    """The queue's chunks until its None, text gathered for at most BATCH_SECONDS a batch."""
+    """The queue's chunks until its None, text gathered into batches. A batch of whole lines
+    goes out as soon as BATCH_SECONDS have passed since the last send, so a lone print is seen
+    in milliseconds; a flood becomes one chunk per window; a partial line waits up to
+    BATCH_SECONDS for the rest of itself."""
     loop = asyncio.get_running_loop()
+    last_sent = -BATCH_SECONDS
     done = False
     while not done:
         batch = [await queue.get()]
-        until = loop.time() + BATCH_SECONDS
+        deadline = loop.time() + BATCH_SECONDS
         while batch[-1] is not None and batch[-1]["kind"] in TEXT_KINDS:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            until = deadline
+            if batch[-1]["text"].endswith("\n"):
+                until = min(deadline, last_sent + BATCH_SECONDS)
+            if until <= loop.time():
+                break
             try:
                 batch.append(await asyncio.wait_for(queue.get(), until - loop.time()))
             except asyncio.TimeoutError:
@@ -116,6 +128,7 @@ async def _batched(queue: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
         done = batch[-1] is None
         for item in _merge([item for item in batch if item is not None]):
             yield item
+        last_sent = loop.time()
 
 
 def _cancel_with_caller(work: asyncio.Task) -> None:

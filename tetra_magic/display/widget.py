@@ -1,103 +1,245 @@
 """The widget view: one compact live panel per cell while it runs.
 
-While the job runs the panel shows status, elapsed time, where it runs and the streamed
-output. When it ends, the panel is replaced (same display id) by a static one-line summary and
-the output is printed as the cell's ordinary streams, so a saved and reopened notebook shows
-what ran, with no widget left to load.
+The panel has a status line (state, elapsed time, and a Cancel button), a line saying where the
+job runs once the worker reports it, the cell's stdout and stderr in a box that scrolls rather
+than grows without bound, and the worker's logs (installer output, phases) folded away.
+
+When the job ends the panel is replaced (same display id) by a static summary, and the output is
+printed again as the cell's ordinary streams, in the order it came: a saved and reopened
+notebook shows what ran, with no widget left to load. The remote error, if any, is raised by
+the magic after that, so it lands below the output, as it would for a local cell.
+
+The follow loop calls `status` on every poll, so the elapsed time moves while the job waits;
+output is re-rendered at most every FLUSH_S, since each render sends the whole box.
 """
 
 from __future__ import annotations
 
-import html
+import itertools
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
-from IPython.display import HTML, display
+from IPython.display import display
 
+from tetra_magic.display import render
+from tetra_magic.display.cancel import route_to_side_thread
 from worker.protocol import FunctionResponse
 
-_LABELS = {
+FLUSH_S = 0.2
+_ENDPOINT_LABELS = {
     "IN_QUEUE": "queued",
-    "IN_PROGRESS": "running",
     "COMPLETED": "done",
     "FAILED": "failed",
     "CANCELLED": "cancelled",
     "TIMED_OUT": "timed out",
 }
+_PHASE_LABELS = {"installing": "installing deps", "starting": "starting", "running": "running"}
+NO_CANCEL_HINT = "to cancel, interrupt the kernel (■)"
 
 
 class WidgetView:
-    """A live panel: header line, streamed output, logs; a static summary when done."""
+    """A live panel fed by the follow loop; a static summary plus ordinary output at the end.
 
-    def __init__(self, live: bool = True, name: str | None = None) -> None:
+    `cancel_requested` is set when the user clicks Cancel; the follow loop watches it.
+    """
+
+    def __init__(
+        self,
+        live: bool = True,
+        name: str | None = None,
+        route: Callable[[widgets.Widget], bool] = route_to_side_thread,
+    ) -> None:
         self.live = live
         self.name = name or "tetra"
         self.started = time.monotonic()
-        self.state = "submitting"
+        self.cancel_requested = threading.Event()
+        self.job_id: str | None = None
+        self.endpoint_status = "submitting"
+        self.phase: str | None = None
+        self.succeeded: bool | None = None
+        self.error_type: str | None = None
         self.where = ""
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.header = widgets.HTML()
-        self.output = widgets.Textarea(
-            layout=widgets.Layout(width="100%", height="12em"), disabled=True
-        )
-        self.logs = widgets.Textarea(
-            layout=widgets.Layout(width="100%", height="8em"), disabled=True
-        )
-        logs_box = widgets.Accordion(
-            children=[self.logs], titles=("worker logs",), selected_index=None
-        )
-        self.panel = widgets.VBox([self.header, self.output, logs_box])
+        self.closed = False
+        self.streams: list[tuple[str, str]] = []  # (stdout|stderr, text), in arrival order
+        self.output = render.Terminal()
+        self.logs = render.Terminal(limit=30_000, note="… earlier log lines are trimmed\n")
+        self._last_log = ""
+        self._dirty = False
+        self._flushed = 0.0
+        self.can_cancel = False
+        self._build()
         self.handle = display(self.panel, display_id=True)
+        self.can_cancel = route(self.cancel_button)
+        if not self.can_cancel:
+            self.cancel_button.layout.display = "none"
         self._render()
+
+    # -- the calls the run makes -------------------------------------------------------------
 
     def submitted(self, job_id: str, name: str | None) -> None:
         self.job_id = job_id
+        self.name = name or self.name
+        self.logs.write("note", f"job {job_id}\n")
         self._render()
 
     def status(self, status: str) -> None:
-        self.state = _LABELS.get(status, status.lower())
+        """Called on every poll: also the moment to show output gathered since the last one."""
+        self.endpoint_status = status
         self._render()
 
     def chunk(self, chunk: dict[str, Any]) -> None:
         kind = chunk.get("kind")
         if kind in ("stdout", "stderr"):
-            (self.stdout if kind == "stdout" else self.stderr).append(chunk["text"])
+            self.streams.append((kind, chunk["text"]))
             if self.live:
-                self.output.value += chunk["text"]
+                self.output.write(kind, chunk["text"])
         elif kind == "log":
-            self.logs.value += chunk["text"]
+            self.logs.write("log", chunk["text"])
+            self._last_log = chunk["text"].strip() or self._last_log
         elif kind == "phase":
-            self.state = chunk["text"]
-            self._render()
+            self.phase = chunk["text"]
+            self.logs.write("note", f"[{self.phase}]\n")
         elif kind == "info":
-            gpus = ", ".join(chunk.get("gpus") or []) or "CPU"
-            self.where = f"{chunk.get('worker_id', '?')} · {gpus} · Python {chunk.get('python')}"
+            self.where = render.where_text(chunk)
+        elif kind == "response":
+            response = chunk.get("response") or {}
+            self.succeeded = bool(response.get("success"))
+            self.error_type = response.get("error_type")
+        self._dirty = True
+        if time.monotonic() - self._flushed >= FLUSH_S:
             self._render()
 
     def close(self, response: FunctionResponse | None) -> None:
-        """Swap the panel for a static summary; print the output as ordinary streams."""
-        self.handle.update(HTML(self._header_html()))
-        self.panel.close()
-        if not self.stdout and response is not None and response.stdout:
-            self.stdout.append(response.stdout)
-        if self.stdout:
-            sys.stdout.write("".join(self.stdout))
-        if self.stderr:
-            sys.stderr.write("".join(self.stderr))
+        """Swap the panel for a static summary; print the output as ordinary streams. Safe to
+        call twice (the run also calls it when the cell is interrupted)."""
+        if self.closed:
+            return
+        self.closed = True
+        if response is not None:
+            self.succeeded = response.success
+            self.error_type = response.error_type or self.error_type
+        status = self._status_html(final=True)
+        summary = render.summary_html(status, self.where, self.logs)
+        plain = f"{self.name}: {self._label()} · {self._elapsed(final=True)}"
+        self.handle.update({"text/html": summary, "text/plain": plain}, raw=True)
+        for widget in self._widgets:
+            widget.close()
+        self._replay(response)
 
     def problems(self, problems: dict[str, str]) -> None:
         for name, reason in problems.items():
             sys.stderr.write(f"tetra: {name} was not brought back: {reason}\n")
 
-    def _header_html(self) -> str:
-        elapsed = time.monotonic() - self.started
-        parts = [f"<b>{html.escape(self.name)}</b>", html.escape(self.state), f"{elapsed:.1f} s"]
-        if self.where:
-            parts.append(html.escape(self.where))
-        return f"<span style='font-family: var(--jp-code-font-family)'>{' · '.join(parts)}</span>"
+    # -- building and rendering ----------------------------------------------------------------
+
+    def _build(self) -> None:
+        style = widgets.HTML(render.STYLE, layout=widgets.Layout(display="none"))
+        self.status_html = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
+        self.cancel_button = widgets.Button(
+            description="Cancel", tooltip="Cancel the remote job", layout=widgets.Layout()
+        )
+        self.cancel_button.add_class("tetra-cancel")
+        self.cancel_button.on_click(self._on_cancel)
+        head = widgets.HBox([self.status_html, self.cancel_button])
+        head.add_class("tetra-head")
+        self.where_html = widgets.HTML()
+        self.output_html = widgets.HTML()
+        self.logs_html = widgets.HTML()
+        self.logs_box = widgets.Accordion(
+            children=[self.logs_html], titles=("worker logs",), selected_index=None
+        )
+        self.panel = widgets.VBox([style, head, self.where_html, self.output_html, self.logs_box])
+        self.panel.add_class("tetra-view")
+        self._widgets = [
+            self.panel,
+            self.logs_box,
+            self.logs_html,
+            self.output_html,
+            self.where_html,
+            head,
+            self.cancel_button,
+            self.status_html,
+            style,
+        ]
+
+    def _on_cancel(self, _button: widgets.Button) -> None:
+        """Runs in the kernel's side thread (see cancel.py), while the cell still runs. It only
+        sets the event and changes the button itself: the rest of the panel belongs to the main
+        thread, which shows "cancelling" on its next poll."""
+        self.cancel_requested.set()
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling…"
 
     def _render(self) -> None:
-        self.header.value = self._header_html()
+        """Set each widget's value, sending only those that changed."""
+        if self.closed:
+            return
+        self._set(self.status_html, self._status_html())
+        where = self.where or ("waiting for a worker…" if self._label() == "queued" else "")
+        self._set(self.where_html, render.muted_line(where))
+        if self._dirty:
+            self._set(self.output_html, render.text_box(self.output, "tetra-output"))
+            self._set(self.logs_html, render.text_box(self.logs, "tetra-logs", render.LOGS_HEIGHT))
+            lines = self.logs.text().count("\n")
+            title = f"worker logs ({lines} lines)"
+            if self.logs_box.titles != (title,):
+                self.logs_box.titles = (title,)
+            self._dirty = False
+        self._flushed = time.monotonic()
+
+    @staticmethod
+    def _set(widget: widgets.HTML, value: str) -> None:
+        if widget.value != value:
+            widget.value = value
+
+    def _status_html(self, final: bool = False) -> str:
+        return render.status_line(
+            self.name, self._label(), self._elapsed(final), self._detail(), self.job_id
+        )
+
+    def _label(self) -> str:
+        """The state to show: the endpoint's final word, else what the worker says it is doing."""
+        label = _ENDPOINT_LABELS.get(self.endpoint_status)
+        if self.endpoint_status == "COMPLETED" and self.succeeded is False:
+            label = "failed"
+        if label in render.FINAL_LABELS:
+            return label
+        if self.closed:
+            if self.succeeded is not None:
+                return "done" if self.succeeded else "failed"
+            return "no result"
+        if self.phase is not None:
+            return _PHASE_LABELS.get(self.phase, self.phase)
+        if self.endpoint_status == "IN_PROGRESS":
+            return "running"
+        return label or self.endpoint_status
+
+    def _detail(self) -> str:
+        """One muted phrase after the time: what is going on, or how it ended."""
+        label = self._label()
+        if label == "failed" and self.error_type:
+            return self.error_type
+        if label in render.FINAL_LABELS:
+            return ""
+        if self.cancel_requested.is_set():
+            return "cancelling…"
+        if label == "installing deps" and self._last_log:
+            return self._last_log[:120]
+        return "" if self.can_cancel else NO_CANCEL_HINT
+
+    def _elapsed(self, final: bool = False) -> str:
+        return render.elapsed_text(time.monotonic() - self.started, final)
+
+    def _replay(self, response: FunctionResponse | None) -> None:
+        """The output again, as the cell's own streams: what the saved notebook keeps."""
+        streams = self.streams
+        if not streams and response is not None and response.stdout:
+            streams = [("stdout", response.stdout)]
+        for kind, group in itertools.groupby(streams, key=lambda item: item[0]):
+            stream = sys.stdout if kind == "stdout" else sys.stderr
+            stream.write("".join(text for _, text in group))
+            stream.flush()  # the two streams buffer apart: flush to keep their order

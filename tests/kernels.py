@@ -1,12 +1,18 @@
 """Running cells in a real Jupyter kernel, the way a notebook frontend does, and reading back
-the outputs it would show."""
+the outputs it would show; and a private local endpoint for a test module's kernels."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 
@@ -26,30 +32,96 @@ def run_cells(
 ) -> list[CellRun]:
     """Execute `sources` as consecutive cells of one new kernel; errors do not stop later cells."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
-    saved = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
-    try:
+    with environ(env or {}):
         NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True).execute()
+    return [split(cell.outputs) for cell in nb.cells]
+
+
+def split(outputs: list) -> CellRun:
+    stdout = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    stderr = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    results = [
+        o.data.get("text/plain", "")
+        for o in outputs
+        if o.output_type in ("execute_result", "display_data") and "text/plain" in o.data
+    ]
+    errors = [o for o in outputs if o.output_type == "error"]
+    return CellRun(stdout, stderr, results, errors[0] if errors else None, outputs)
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set (kernels started inside inherit them), then as it was."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return [_split(cell) for cell in nb.cells]
 
 
-def _split(cell) -> CellRun:
-    stdout = "".join(
-        o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"
+def shared_worker_env() -> str:
+    """The local endpoint's worker venv, shared by every test run so only the first builds it."""
+    return os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
+        Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
     )
-    stderr = "".join(
-        o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"
-    )
-    results = [
-        o.data.get("text/plain", "")
-        for o in cell.outputs
-        if o.output_type in ("execute_result", "display_data") and "text/plain" in o.data
-    ]
-    errors = [o for o in cell.outputs if o.output_type == "error"]
-    return CellRun(stdout, stderr, results, errors[0] if errors else None, cell.outputs)
+
+
+@contextlib.contextmanager
+def private_local_endpoint(home: Path, workers: int = 2) -> Iterator[None]:
+    """A local endpoint of its own (state in `home`), started now so its workers come up
+    while the kernels start; kernels started inside use it. Stopped at the end."""
+    from tetra_magic.local import launcher
+
+    values = {"TETRA_MAGIC_HOME": str(home), "TETRA_MAGIC_WORKER_ENV": shared_worker_env()}
+    with environ(values):
+        launcher.ensure_running(workers=workers, idle_timeout=None)
+        try:
+            yield
+        finally:
+            launcher.stop()
+
+
+class LiveKernel:
+    """A kernel driven message by message, for what a notebook run cannot do: interrupting a
+    cell while it runs, as the frontend's stop button does."""
+
+    def __init__(self) -> None:
+        self.manager, self.client = start_new_kernel(kernel_name="python3", startup_timeout=60)
+        self.seen: dict[str, list] = {}  # msg_id -> the outputs of that cell so far
+
+    def execute(self, code: str) -> str:
+        return self.client.execute(code)
+
+    def outputs(
+        self, msg_id: str, until: Callable[[CellRun], bool] | None = None, timeout: float = 120
+    ) -> CellRun:
+        """The cell's outputs when it has finished, or as soon as `until` holds for them."""
+        outputs = self.seen.setdefault(msg_id, [])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.client.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.1))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "status" and msg["content"]["execution_state"] == "idle":
+                return split(outputs)
+            if kind in ("stream", "execute_result", "display_data", "error"):
+                outputs.append(nbformat.v4.output_from_msg(msg))
+                if until is not None and until(split(outputs)):
+                    return split(outputs)
+        raise TimeoutError(f"the cell did not finish in {timeout} s: {split(outputs)}")
+
+    def run(self, code: str, timeout: float = 120) -> CellRun:
+        return self.outputs(self.execute(code), timeout=timeout)
+
+    def interrupt(self) -> None:
+        self.manager.interrupt_kernel()
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)

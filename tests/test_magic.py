@@ -1,62 +1,243 @@
-"""%%tetra cells in real kernels against the local endpoint: what goes in, what comes back,
-what the user sees. The kernels use the plain-text view (TETRA_MAGIC_DISPLAY=text), whose
-output is deterministic, so outputs are compared exactly."""
+"""%%tetra cells in real kernels against a local endpoint of this module's own: what goes in,
+what comes back, what the user sees. The kernels use the plain-text view
+(TETRA_MAGIC_DISPLAY=text, set in conftest), whose output is deterministic, so outputs are
+compared exactly. Checks are grouped into few kernels, since each costs seconds to start."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 
-from kernels import run_cells
+import pytest
+from kernels import LiveKernel, private_local_endpoint, run_cells
 
 LOAD = "%load_ext tetra_magic"
 
 
-def test_cell_reads_notebook_values_and_brings_its_own_back() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with private_local_endpoint(tmp_path_factory.mktemp("tetra-home")):
+        yield
+
+
+NOTEBOOK = """\
+import math
+import xml.dom.minidom
+import json as js
+from os import path
+base = 10
+def square(v):
+    return v * v
+class Point:
+    def __init__(self, x):
+        self.x = x
+class Rich:
+    def _repr_html_(self):
+        return '<b>rich</b>'
+scale = 3
+times = lambda v: v * scale
+def make_adder(n):
+    def add(v):
+        return v + n
+    return add
+add5 = make_adder(5)
+def helper():
+    return data * 2
+gone, kept = 1, 'mine'
+"""
+
+REMOTE = """\
+%%tetra --local --out rec
+p = Point(square(base))
+total = times(p.x) + add5(0) + math.floor(2.7)
+data = 4
+doubled = helper()
+tag = xml.dom.minidom.parseString('<a/>').documentElement.tagName
+joined = js.dumps(path.join('a', 'b'))
+del gone
+if False:
+    kept = 'remote'
+print('total is', total)
+!echo shell {base}
+display(Rich())
+total * 2
+"""
+
+
+def test_a_remote_cell_reads_like_a_local_one() -> None:
     cells = run_cells(
         LOAD,
-        "import math\n"
-        "base = 10\n"
-        "def square(v):\n    return v * v\n"
-        "class Point:\n    def __init__(self, x):\n        self.x = x\n"
-        "scale = 3\n"
-        "times = lambda v: v * scale\n"
-        "def make_adder(n):\n    def add(v):\n        return v + n\n    return add\n"
-        "add5 = make_adder(5)",
-        "%%tetra --local\n"
-        "p = Point(square(base))\n"
-        "total = times(p.x) + add5(0) + math.floor(2.7)\n"
-        "print('total is', total)\n"
-        "total * 2",
-        "print(total, p.x, type(p).__name__)",
+        NOTEBOOK,
+        REMOTE,
+        "print(total, p.x, type(p).__name__, doubled, tag, joined, 'gone' in dir(), kept)\n"
+        "print(rec.status, repr(rec.stdout), rec.shipped, rec.worker['python'][:2], rec.error)",
+        "%tetra --local Rich()",
+        "%tetra --local q = base * 3\nprint(q, p.x)",
+        "%config TetraMagic.default_deps = ['six']\n"
+        "print(get_ipython().magics_manager.registry['TetraMagic'].default_deps)",
     )
-    remote, after = cells[2], cells[3]
+    for cell in cells:
+        assert cell.error is None, cell.error
+        assert cell.stderr == ""
+    remote, after, rich, line, config = cells[2:]
+    assert remote.stdout == "total is 307\nshell 10\n"
+    kinds = [o.output_type for o in remote.outputs]
+    assert kinds[-2:] == ["display_data", "execute_result"] and set(kinds[:-2]) == {"stream"}
+    shown, out = remote.outputs[-2:]
+    assert shown.data["text/html"] == "<b>rich</b>"
+    assert out.data == {"text/plain": "614"} and out.execution_count == 3
+    assert after.stdout == (
+        '307 100 Point 8 a "a/b" False mine\n'
+        "COMPLETED 'total is 307\\nshell 10\\n'"
+        " ['Point', 'Rich', 'add5', 'base', 'gone', 'helper', 'square', 'times'] 3. None\n"
+    )
+    assert rich.outputs[0].data["text/html"] == "<b>rich</b>"
+    assert line.stdout == "30 100\n"
+    assert config.stdout == "['six']\n"
+
+
+ERRORS = [
+    "x = 1\ndef inv(v):\n    return 1 / v\nimport threading\nlock = threading.Lock()\n"
+    "blob = b'x' * 11_000_000",
+    "%%tetra --local\nx = 2\nprint('before the error')\ny = inv(0)\n",
+    "print(x, 'y' in dir())",
+    "%%tetra --local\nwith lock:\n    pass",
+    "%%tetra --local\nlen(blob)",
+    "%%tetra --local\nimport os\nprint('bye')\nos._exit(3)",
+    "%%tetra --local\nimport ctypes\nctypes.string_at(0)",
+    "%%tetra --local --timeout 1\nimport time\nprint('sleeping')\ntime.sleep(30)",
+    "%%tetra --local --deps no-such-package-tetra-magic-test\n1",
+    "%%tetra --gpu A1000\n1",
+    "%%tetra --local\nx + 1",
+]
+
+
+def test_failures_read_as_one_clear_message_and_change_nothing() -> None:
+    cells = run_cells(LOAD, *ERRORS)
+    raised, after, unpicklable, too_big, exited, segv, slow, install, bad, recovered = cells[2:]
+    assert raised.stdout == "before the error\n"
+    assert raised.error["ename"] == "ZeroDivisionError"
+    markers = re.compile(r"^ *[\^~]+$")  # Python's own, under the failing part of a line
+    assert [line for line in raised.error["traceback"] if not markers.match(line)] == [
+        "Traceback (most recent call last):",
+        "  Cell In[3], line 4",
+        "    y = inv(0)",
+        "  Cell In[2], line 3, in inv",
+        "    return 1 / v",
+        "ZeroDivisionError: division by zero",
+    ]
+    assert after.stdout == "1 False\n"
+    assert unpicklable.stderr == (
+        "UsageError: variable 'lock' (_thread.lock) cannot be sent to the worker: TypeError:"
+        " cannot pickle '_thread.lock' object. Create it inside the %%tetra cell instead, or"
+        " delete it if the cell does not need it.\n"
+    )
+    assert re.fullmatch(
+        r"UsageError: the request is 14\.\d MB, over the endpoint's 10\.0 MB limit \(largest"
+        r" variables: blob 11\.0 MB\)\. Load large data inside the cell instead of sending it\.\n",
+        too_big.stderr,
+    )
+    assert exited.stdout == "bye\n"
+    assert exited.error["traceback"] == [
+        "JobFailed: the worker's executor crashed while running the cell:\nthe code ended the"
+        " executor process with exit status 3 before returning (os._exit, or a fatal error in"
+        " C code)"
+    ]
+    segv_text = segv.error["traceback"][0]
+    assert segv_text.startswith(
+        "JobFailed: the worker's executor crashed while running the cell:\nthe code crashed the"
+        " executor process: it was killed by SIGSEGV"
+    )
+    assert "Cell In[8], line 3 in <module>" in segv_text and "tetra-runtime" not in segv_text
+    assert slow.stdout == "sleeping\n"
+    assert slow.error["traceback"] == [
+        "JobFailed: the cell ran past its time limit and was stopped:\nthe code ran past its 1 s"
+        " timeout and was killed"
+    ]
+    install_text = install.error["traceback"][0]
+    assert install_text.startswith(
+        "JobFailed: installing the cell's dependencies failed, so the cell did not run:\n"
+    )
+    assert "no-such-package-tetra-magic-test" in install_text and "{" not in install_text
+    assert bad.stderr.startswith("UsageError: --gpu: unknown GPU 'A1000'. Known names: any, A100")
+    assert recovered.results == ["2"]
+
+
+def test_deps_install_on_the_worker_only_and_what_cannot_come_home_is_named() -> None:
+    cells = run_cells(
+        LOAD,
+        "import importlib.util\nprint(importlib.util.find_spec('tabulate'))",
+        "%%tetra --local --deps tabulate\nimport tabulate\n"
+        "table = tabulate.tabulate([[1, 2]], tablefmt='plain')\n"
+        "fmt = tabulate._table_formats['plain']\nprint(table)",
+        "print(table, 'fmt' in dir(), 'tabulate' in dir())",
+    )
+    absent, remote, after = cells[1:]
+    assert absent.stdout == "None\n"
     assert remote.error is None, remote.error
-    assert remote.stdout == "total is 307\n"
-    assert remote.results == ["614"]
-    assert after.stdout == "307 100 Point\n"
-
-
-def test_remote_error_shows_cell_lines_and_leaves_namespace_alone() -> None:
-    cells = run_cells(
-        LOAD,
-        "x = 1",
-        "%%tetra --local\nx = 2\nprint('before the error')\ny = 1 / 0\n",
-        "print(x, 'y' in dir())",
+    assert remote.stdout == "1  2\n"
+    assert remote.stderr == (
+        "tetra: fmt was not brought back: cannot be loaded here: ModuleNotFoundError: No module"
+        " named 'tabulate'\n"
+        "tetra: tabulate was not brought back: the module tabulate is installed on the worker"
+        " only\n"
     )
-    failed = cells[2]
-    assert failed.stdout == "before the error\n"
-    assert failed.error["ename"] == "ZeroDivisionError"
-    text = "\n".join(failed.error["traceback"])
-    assert "Cell In[3], line 4" in text
-    assert "y = 1 / 0" in text
-    assert "run_cell" not in text and "worker" not in text
-    assert cells[3].stdout == "1 False\n"
+    assert after.stdout == "1  2 False False\n"
 
 
-def test_unpicklable_global_is_named_before_anything_is_sent() -> None:
-    cells = run_cells(
-        LOAD,
-        "import threading\nlock = threading.Lock()",
-        "%%tetra --local\nwith lock:\n    pass",
+def test_interrupting_a_cell_cancels_the_remote_job_and_the_next_cell_works() -> None:
+    kernel = LiveKernel()
+    try:
+        assert kernel.run(LOAD).error is None
+        msg_id = kernel.execute(
+            "%%tetra --local --out rec\nimport time\nprint('started', flush=True)\n"
+            "time.sleep(60)\nprint('never')"
+        )
+        kernel.outputs(msg_id, until=lambda run: "started" in run.stdout)
+        kernel.interrupt()
+        stopped = kernel.outputs(msg_id, timeout=30)
+        after = kernel.run("print(rec.status)\n%tetra --local 'next'")
+    finally:
+        kernel.close()
+    assert stopped.stdout == "started\n"
+    assert stopped.error["ename"] == "CellInterrupted"
+    assert re.fullmatch(
+        r"KeyboardInterrupt: job \S+ was cancelled on the endpoint", *stopped.error["traceback"]
     )
-    assert re.match(r"UsageError: variable 'lock' \(_thread\.lock\) cannot be sent", cells[2].stderr)
+    assert after.stdout == "CANCELLED\n"
+    assert after.results == ["'next'"]
+
+
+LOAD_CHECK = """
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "tetra_magic")
+heavy = ("runpod", "httpx", "ipywidgets", "aiohttp", "cloudpickle")
+heavy = sorted(name for name in heavy if name in sys.modules)
+shell.run_line_magic("config", "TetraMagic.timeout = 5.0")
+magics = shell.magics_manager.magics
+loaded = ["tetra" in magics["cell"], "tetra" in magics["line"]]
+timeout = shell.magics_manager.registry["TetraMagic"].timeout
+shell.run_line_magic("unload_ext", "tetra_magic")
+unloaded = ["tetra" in magics["cell"], "tetra" in magics["line"]]
+shell.run_line_magic("reload_ext", "tetra_magic")
+reloaded = ["tetra" in magics["cell"], "tetra" in magics["line"]]
+instances = sum(type(c).__name__ == "TetraMagic" for c in shell.configurables)
+print(json.dumps([heavy, loaded, timeout, unloaded, reloaded, instances]))
+"""
+
+
+def test_loading_is_cheap_and_unload_and_reload_work() -> None:
+    """A fresh interpreter, so that nothing a test imported counts."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_CHECK], capture_output=True, text=True, check=True
+    )
+    heavy, loaded, timeout, unloaded, reloaded, instances = json.loads(out.stdout)
+    assert heavy == []
+    assert loaded == [True, True] and timeout == 5.0
+    assert unloaded == [False, False]
+    assert reloaded == [True, True] and instances == 1

@@ -65,11 +65,6 @@ class TetraMagic(Magics):
     idle_timeout = Int(5, help="Seconds an idle worker stays up for the next job.").tag(config=True)
     endpoint_timeout = Int(600, help="Endpoint-wide execution timeout, seconds.").tag(config=True)
 
-    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)
-        if shell is not None:
-            shell.configurables.append(self)  # so %config TetraMagic.x = ... reaches it
-
     @magic_arguments()
     @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")
     @argument("--cpu", action="store_true", help="run on a CPU worker")

@@ -48,7 +48,6 @@ DEFAULT_CPU_IMAGE = "runpod/tetra-rp-cpu:magic-{version}-py{python}"
 IMAGE_ENV = "TETRA_MAGIC_WORKER_IMAGE"
 CPU_IMAGE_ENV = "TETRA_MAGIC_CPU_WORKER_IMAGE"
 CONTAINER_DISK_GB = 20  # room for --deps such as torch on top of the image
-PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit
 _NAME = re.compile(rf"^{PREFIX}(?P<label>.+)-(?P<digest>[0-9a-f]{{10}})(?:-fb)?$")
 
 # (GraphQL base, key fingerprint, endpoint name) -> endpoint id, for this kernel's later cells.
@@ -81,6 +80,15 @@ def _at_least(name: str, value: int, low: int) -> None:
         raise UsageError(f"TetraMagic.{name} must be at least {low}, not {value}")
 
 
+# WorkerSettings field -> TetraMagic trait, where the names differ.
+_TRAITS = {
+    "image": "worker_image",
+    "cpu_image": "cpu_worker_image",
+    "env": "worker_env",
+    "execution_timeout": "endpoint_timeout",
+}
+
+
 def settings(magic: Any = None) -> WorkerSettings:
     """The settings of the loaded TetraMagic (defaults where it is not loaded)."""
     magic = magic or _loaded_magic()
@@ -92,15 +100,6 @@ def settings(magic: Any = None) -> WorkerSettings:
     if "env" in values:
         values["env"] = tuple(sorted((str(k), str(v)) for k, v in dict(values["env"]).items()))
     return WorkerSettings(**values)
-
-
-# WorkerSettings field -> TetraMagic trait, where the names differ.
-_TRAITS = {
-    "image": "worker_image",
-    "cpu_image": "cpu_worker_image",
-    "env": "worker_env",
-    "execution_timeout": "endpoint_timeout",
-}
 
 
 def _loaded_magic() -> Any:
@@ -200,7 +199,7 @@ def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
 
 def provisioned(options: CellOptions, key: str, source: str) -> Endpoint:
     """The RunPod endpoint for these options: remembered, found on RunPod, or created there."""
-    from tetra_magic.targets import rest_base
+    from tetra_magic.targets import PAYLOAD_LIMIT, rest_base
 
     spec = spec_for(options, settings())
     endpoint_id = _known.get(_cache_key(key, spec.name)) or _find_or_create(spec, key, source)

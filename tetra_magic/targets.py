@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from tetra_magic.client import Endpoint
@@ -45,17 +46,25 @@ def api_key() -> tuple[ApiKey | None, str]:
     path = config_file()
     if not path.is_file():
         return None, ""
-    import tomllib
-
+    toml = _toml()
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = toml.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, toml.TOMLDecodeError) as exc:
         return None, f"{path} (unreadable: {type(exc).__name__})"
     profile = data.get("default")
     key = profile.get("api_key") if isinstance(profile, dict) else None
     if isinstance(key, str) and key.strip():
         return ApiKey(key.strip()), str(path)
     return None, f"{path} (no api_key in its [default] profile)"
+
+
+def _toml() -> Any:
+    """tomllib (Python 3.11+), or tomli, its backport, on 3.10."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    return tomllib
 
 
 def rest_base() -> str:

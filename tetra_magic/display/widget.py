@@ -149,6 +149,8 @@ class WidgetView:
         self.where_html = widgets.HTML()
         self.output_html = widgets.HTML()
         self.logs_html = widgets.HTML()
+        # Opened and closed by the frontend alone; never changed from here once shown, since a
+        # frontend that sends comms over subshells may update it from another thread.
         self.logs_box = widgets.Accordion(
             children=[self.logs_html], titles=("worker logs",), selected_index=None
         )
@@ -179,15 +181,12 @@ class WidgetView:
         if self.closed:
             return
         self._set(self.status_html, self._status_html())
-        where = self.where or ("waiting for a worker…" if self._label() == "queued" else "")
+        waiting = self._label() in ("submitting", "queued")
+        where = self.where or ("waiting for a worker…" if waiting else "")
         self._set(self.where_html, render.muted_line(where))
         if self._dirty:
             self._set(self.output_html, render.text_box(self.output, "tetra-output"))
             self._set(self.logs_html, render.text_box(self.logs, "tetra-logs", render.LOGS_HEIGHT))
-            lines = self.logs.text().count("\n")
-            title = f"worker logs ({lines} lines)"
-            if self.logs_box.titles != (title,):
-                self.logs_box.titles = (title,)
             self._dirty = False
         self._flushed = time.monotonic()
 

@@ -51,8 +51,8 @@ def facts(cell: str):
         ("x: Alias", {"Alias"}, {"x"}),
         ("try:\n    r = risky()\nexcept Err as e:\n    r = e", {"risky", "Err"}, {"r", "e"}),
         (
-            "match cmd:\n    case Point(x=px) if px > lim:\n        hit = px\n    case [a, *rest]:\n"
-            "        hit = a\nprint(hit)",
+            "match cmd:\n    case Point(x=px) if px > lim:\n        hit = px\n"
+            "    case [a, *rest]:\n        hit = a\nprint(hit)",
             {"cmd", "Point", "lim", "hit"},
             {"px", "hit", "a", "rest"},
         ),

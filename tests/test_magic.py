@@ -78,11 +78,14 @@ def test_a_remote_cell_reads_like_a_local_one() -> None:
         "%tetra --local q = base * 3\nprint(q, p.x)",
         "%config TetraMagic.default_deps = ['six']\n"
         "print(get_ipython().magics_manager.registry['TetraMagic'].default_deps)",
+        "%%tetra --local --no-stream --quiet\nimport sys\nprint('held')\n"
+        "print('to stderr', file=sys.stderr)",
     )
     for cell in cells:
         assert cell.error is None, cell.error
-        assert cell.stderr == ""
-    remote, after, rich, line, config = cells[2:]
+    assert [cell.stderr for cell in cells] == [""] * 7 + ["to stderr\n"]
+    remote, after, rich, line, config, held = cells[2:]
+    assert held.stdout == "held\n"
     assert remote.stdout == "total is 307\nshell 10\n"
     kinds = [o.output_type for o in remote.outputs]
     assert kinds[-2:] == ["display_data", "execute_result"] and set(kinds[:-2]) == {"stream"}

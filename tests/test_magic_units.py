@@ -9,6 +9,7 @@ import asyncio
 import linecache
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -192,6 +193,14 @@ def test_display_send_drop_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert user_ns["x"] == 42 and "big" not in user_ns
     assert result.shown == ["shown", 42]
     assert result.last == "on"
+
+
+def test_top_level_await_runs_as_under_ipythons_autoawait() -> None:
+    user_ns: dict[str, Any] = {}
+    result = run_here(
+        "import asyncio\nx = await asyncio.sleep(0, 'slept')\nawait asyncio.sleep(0, x)", user_ns
+    )
+    assert user_ns["x"] == "slept" and result.last == "slept"
 
 
 def test_shell_syntax_expands_notebook_values_as_ipython_does() -> None:
@@ -404,6 +413,23 @@ def test_a_deadline_cancels_the_job() -> None:
         follow(client, "job-3", TextView(), deadline=0.0)  # type: ignore[arg-type]
     assert client.cancelled == ["job-3"]
     assert str(info.value).endswith("; job job-3 was cancelled on the endpoint")
+
+
+def test_time_spent_installing_does_not_count_against_the_deadline() -> None:
+    def page(*items: dict[str, Any], status: str = "IN_PROGRESS") -> dict[str, Any]:
+        return {"status": status, "stream": [{"output": item} for item in items]}
+
+    installing, running = (
+        {"kind": "phase", "text": "installing"},
+        {"kind": "phase", "text": "running"},
+    )
+    client = FakeClient(
+        [page(installing), page(), page(), page(), page(running), page(status="COMPLETED")],
+        {"status": "COMPLETED", "output": []},
+    )
+    client.on_stream = lambda n: time.sleep(0.1) if n < 5 else None
+    followed = follow(client, "job-4", TextView(), deadline=time.monotonic() + 0.2)  # type: ignore[arg-type]
+    assert followed.status == "COMPLETED" and client.cancelled == []
 
 
 def test_a_lost_connection_is_retried_then_named_with_the_job() -> None:

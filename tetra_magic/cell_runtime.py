@@ -30,13 +30,28 @@ def run_cell(spec, blobs):
     last = None
     if spec["has_last_expr"]:
         expr = tree.body.pop()
-        exec(compile(tree, filename, "exec"), namespace)
-        last = eval(compile(ast.Expression(expr.value), filename, "eval"), namespace)
+        _execute(tree, filename, namespace)
+        last = _execute(ast.Expression(expr.value), filename, namespace)
     else:
-        exec(compile(tree, filename, "exec"), namespace)
+        _execute(tree, filename, namespace)
     out = _pack_outputs(namespace, spec, last)
     out["shown"] = [_portable(obj) for obj in shown]
     return out
+
+
+def _execute(tree, filename, namespace):
+    """Run a module (or evaluate an expression) in `namespace`; top-level `await` works, as
+    IPython's autoawait lets it at home."""
+    import ast
+    import asyncio
+    import inspect
+
+    mode = "eval" if isinstance(tree, ast.Expression) else "exec"
+    code = compile(tree, filename, mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    value = eval(code, namespace)
+    if code.co_flags & inspect.CO_COROUTINE:
+        value = asyncio.run(value)
+    return value
 
 
 def _register_sources(sources):

@@ -91,39 +91,60 @@ def _poll(
     chunks: list[dict[str, Any]],
     cancel: threading.Event | None = None,
 ) -> None:
-    pause = MIN_POLL
-    streaming = True
-    waiting, installing, last = True, False, time.monotonic()
+    pause, streaming, installing = MIN_POLL, True, False
+    clock = _Deadline(deadline)
     while True:
-        now = time.monotonic()
-        if deadline is not None and waiting:
-            deadline += now - last  # waiting for a worker, or for installs, is not running
-        last = now
-        if deadline is not None and now > deadline:
-            raise JobTimeout("the cell ran past its time limit without the endpoint stopping it")
+        clock.check()
         if cancel is not None and cancel.is_set():
             raise CancelRequested("Cancel button pressed: nothing came back")
+        asked = time.monotonic()
         page = client.stream(job_id) if streaming else client.status(job_id)
         new = [item.get("output") for item in page.get("stream", [])] if streaming else []
-        for item in new:
-            if isinstance(item, dict):
-                chunks.append(item)
-                view.chunk(item)
-                if item.get("kind") == "phase":
-                    installing = item.get("text") == "installing"
+        installing = _deliver(new, chunks, view, installing)
         status = page.get("status", "IN_QUEUE")
-        queued = status == "IN_QUEUE"
-        waiting = queued or installing
+        clock.paused = status == "IN_QUEUE" or installing
         view.status(status)
         if status in FINAL_STATUSES:
             return
         if page.get("stream") is None and streaming:
             streaming = False  # an endpoint whose /stream says nothing: follow /status only
+        queued = status == "IN_QUEUE"
         pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
-        if cancel is None:
-            time.sleep(pause)
-        else:
-            cancel.wait(pause)  # a click ends the pause at once
+        # An endpoint that held the request open while nothing came has waited for us.
+        _sleep(pause - (time.monotonic() - asked), cancel)
+
+
+class _Deadline:
+    """The cell's deadline, pushed back by the time spent waiting for a worker or installs."""
+
+    def __init__(self, at: float | None) -> None:
+        self.at, self.last, self.paused = at, time.monotonic(), True
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.at is not None and self.paused:
+            self.at += now - self.last
+        self.last = now
+        if self.at is not None and now > self.at:
+            raise JobTimeout("the cell ran past its time limit without the endpoint stopping it")
+
+
+def _deliver(items: list[Any], chunks: list[dict[str, Any]], view: View, installing: bool) -> bool:
+    """Hand new chunks to the view; whether the worker is (still) installing dependencies."""
+    for item in items:
+        if isinstance(item, dict):
+            chunks.append(item)
+            view.chunk(item)
+            if item.get("kind") == "phase":
+                installing = item.get("text") == "installing"
+    return installing
+
+
+def _sleep(seconds: float, cancel: threading.Event | None) -> None:
+    if cancel is None:
+        time.sleep(max(seconds, 0.0))
+    else:
+        cancel.wait(max(seconds, 0.0))  # a click ends the pause at once
 
 
 def _cancel(client: EndpointClient, job_id: str, view: View) -> str:

@@ -47,6 +47,14 @@ def test_saved_outputs_come_from_one_run_in_order(path: Path) -> None:
             f"In [{cell.execution_count}]: error without tag, or tag without error"
         )
         assert "execution" not in cell.metadata, "timings recorded: save with tools/run_notebook.py"
+        kinds = [o.get("name", o.output_type) for o in cell.outputs]
+        streams = [k for k in kinds if k in ("stdout", "stderr")]
+        assert kinds[: len(streams)] == streams and streams in (
+            [],
+            ["stdout"],
+            ["stderr"],
+            ["stdout", "stderr"],
+        ), f"In [{cell.execution_count}]: streams not merged: save with tools/run_notebook.py"
         for output in cell.outputs:
             data = output.get("data", {})
             assert "text/html" not in data and not any("widget" in k for k in data), (

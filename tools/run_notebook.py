@@ -75,6 +75,33 @@ def execute(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def settle_streams(nb: nbformat.NotebookNode) -> None:
+    """Merge each cell's stream outputs into one stdout and one stderr output, in that order,
+    ahead of its other outputs.
+
+    The kernel flushes stdout and stderr separately, in pieces whose number and interleaving
+    change from run to run; nbval merges them the same way before comparing, so this changes
+    nothing it checks, and a re-saved notebook differs from the last one only where its text
+    does.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        texts = {"stdout": "", "stderr": ""}
+        others = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and output.name in texts:
+                texts[output.name] += output.text
+            else:
+                others.append(output)
+        streams = [
+            nbformat.v4.new_output("stream", name=name, text=text)
+            for name, text in texts.items()
+            if text
+        ]
+        cell.outputs = streams + others
+
+
 def text_of(output: nbformat.NotebookNode) -> str:
     """An output as a terminal shows it: streams, tracebacks, and text/plain of results."""
     if output.output_type == "stream":
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: cells In {failed} raised unexpectedly; not saved", file=sys.stderr)
             status = 1
         elif args.save:
+            settle_streams(nb)
             nbformat.write(nb, path)
     return status
 

@@ -72,7 +72,7 @@ def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellRes
     kwargs = {k: decode(v) for k, v in request.request.kwargs.items()}
     value = cell_runtime.run_cell(**kwargs)
     response = FunctionResponse(success=True, result=encode(value))
-    result = outcome.unpack(response)
+    result = outcome.unpack(response, user_ns)
     outcome.apply(result, user_ns)
     return result
 
@@ -105,7 +105,11 @@ def test_functions_and_classes_come_home_living_in_the_notebook() -> None:
         "class Meter:\n    def read(self):\n        return unit\n"
         "    @staticmethod\n    def scale():\n        return unit * 2\n"
     )
+    script: dict[str, Any] = {"__name__": "__main__"}  # as `%run script.py` leaves its functions
+    exec("def from_script():\n    return 1\n", script)
+    user_ns["from_script"] = script["from_script"]
     run_here("unit = 3\nm = Meter()\ndef twice():\n    return unit * 2", user_ns)
+    assert user_ns["from_script"].__globals__ is script
     user_ns["unit"] = 10
     assert user_ns["twice"]() == 20
     assert user_ns["m"].read() == 10 and user_ns["Meter"].scale() == 20
@@ -148,7 +152,7 @@ def test_a_module_only_on_the_worker_is_named_and_the_rest_lands() -> None:
     _, request = packed("import worker_only_mod\nt = worker_only_mod.Thing()\nn = 1", {})
     value = cell_runtime.run_cell(**{k: decode(v) for k, v in request.request.kwargs.items()})
     del sys.modules["worker_only_mod"]
-    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)))
+    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)), {})
     assert result.values == {"n": 1}
     assert (
         result.problems["worker_only_mod"]
@@ -355,7 +359,7 @@ def _finish(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> tuple[Any
     followed = follow(client, "job-1", view)  # type: ignore[arg-type]
     view.close(followed.response)
     user_ns: dict[str, Any] = {}
-    result = outcome.unpack(outcome.check(followed, LABEL))
+    result = outcome.unpack(outcome.check(followed, LABEL), user_ns)
     outcome.apply(result, user_ns)
     return result.last, user_ns, capsys.readouterr().out
 

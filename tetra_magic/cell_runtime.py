@@ -23,7 +23,7 @@ def run_cell(spec, blobs):
     namespace = {"__name__": "__main__", "__builtins__": builtins, "get_ipython": _Shell}
     namespace["display"] = lambda *objs, **_: shown.extend(objs)
     namespace.update(_load_inputs(spec, blobs))
-    adopt_all(namespace, merge=True)
+    adopt_all(namespace, list(namespace), merge=True)
     filename, source = spec["filename"], spec["source"]
     _register_sources({filename: source})
     tree = ast.parse(source, filename)
@@ -109,8 +109,9 @@ def _load_input(spec, name, blob):
         ) from None
 
 
-def adopt_all(namespace, merge):
-    """Make the notebook functions and classes in `namespace` live in it, as they do at home.
+def adopt_all(namespace, names, merge):
+    """Make the notebook functions and classes named `names` live in `namespace`, as they do
+    at home.
 
     cloudpickle gives a function shipped by value a private copy of the globals it uses, so
     a helper from an earlier cell would not see what this cell assigns, and a class that made
@@ -118,7 +119,7 @@ def adopt_all(namespace, merge):
     `namespace` as its globals; with `merge`, the globals it carried fill in names the
     namespace lacks (the helper's own helpers, which the cell itself does not name).
     """
-    todo = list(namespace)
+    todo = list(names)
     while todo:
         name = todo.pop()
         value = namespace[name]
@@ -130,7 +131,7 @@ def adopt_all(namespace, merge):
         adopted = adopt(value, namespace)
         if adopted is not value:
             namespace[name] = adopted
-        if _is_notebook_class(type(value)):
+        if is_notebook_class(type(value)):
             adopt(type(value), namespace)
 
 
@@ -144,7 +145,7 @@ def _is_notebook_function(value, namespace):
     )
 
 
-def _is_notebook_class(value):
+def is_notebook_class(value):
     return isinstance(value, type) and value.__module__ == "__main__"
 
 
@@ -162,7 +163,7 @@ def _foreign_globals(value, namespace):
     `namespace`."""
     if _is_notebook_function(value, namespace):
         return [value.__globals__]
-    classes = [c for c in (value, type(value)) if _is_notebook_class(c)]
+    classes = [c for c in (value, type(value)) if is_notebook_class(c)]
     return [
         item.__globals__
         for cls in classes
@@ -185,7 +186,7 @@ def adopt(value, namespace):
         for attr in ("__qualname__", "__doc__", "__module__", "__annotations__"):
             setattr(new, attr, getattr(value, attr))
         return new
-    if _is_notebook_class(value):
+    if is_notebook_class(value):
         for attr, item, rewrap in _methods(value):
             if _is_notebook_function(item, namespace):
                 new = adopt(item, namespace)

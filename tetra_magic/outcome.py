@@ -13,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 
-from tetra_magic.cell_runtime import adopt_all
+from tetra_magic.cell_runtime import adopt, adopt_all, is_notebook_class
 from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
 from tetra_magic.follow import Followed
 from worker.protocol import FunctionResponse, decode
@@ -34,6 +34,9 @@ class CellResult:
 
     values: dict[str, Any] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    # Notebook classes whose methods loading replaced (cloudpickle updates a class it has
+    # seen before in place); they get the notebook's globals back.
+    reloaded: list[type] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
     shown: list[Any] = field(default_factory=list)
@@ -59,8 +62,19 @@ def check(followed: Followed, label: Labeler) -> FunctionResponse:
     return response
 
 
-def unpack(response: FunctionResponse) -> CellResult:
+def unpack(response: FunctionResponse, user_ns: dict[str, Any]) -> CellResult:
     """Load the cell's outputs, naming each one that cannot be loaded here."""
+    before = _class_methods(user_ns)
+    result = _load(response)
+    result.reloaded = [
+        cls
+        for cls, methods in before.items()
+        if any(vars(cls).get(k) is not v for k, v in methods.items())
+    ]
+    return result
+
+
+def _load(response: FunctionResponse) -> CellResult:
     payload = decode(response.result) if response.result else {}
     result = CellResult(deleted=list(payload.get("deleted", [])))
     result.problems.update(payload.get("errors", {}))
@@ -89,7 +103,15 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
     user_ns.update(result.values)
     for name in result.deleted:
         user_ns.pop(name, None)
-    adopt_all(user_ns, merge=False)
+    adopt_all(user_ns, list(result.values), merge=False)
+    for cls in result.reloaded:
+        adopt(cls, user_ns)
+
+
+def _class_methods(user_ns: dict[str, Any]) -> dict[type, dict[str, Any]]:
+    """The notebook classes named in the namespace or of its values, with their attributes."""
+    classes = {value if isinstance(value, type) else type(value) for value in user_ns.values()}
+    return {cls: dict(vars(cls)) for cls in classes if is_notebook_class(cls)}
 
 
 def _load_portable(portable: dict[str, Any], name: str, problems: dict[str, str]) -> Any:

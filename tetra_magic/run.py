@@ -70,7 +70,7 @@ def run_cell(
     view = make_view(shell, opts, display)
     followed = _submit(endpoint, opts, packed, view, record)
     try:
-        result = outcome.unpack(outcome.check(followed, label))
+        result = outcome.unpack(outcome.check(followed, label), shell.user_ns)
     except BaseException as exc:
         record(followed, error=str(exc))
         raise

@@ -34,8 +34,8 @@ DEPS_PACKAGE = "tabulate"
 CELLS = [
     "%load_ext tetra_magic",
     # 1: streaming, and the states of a cold start
-    "%%tetra --local --name stream\nimport time\nprint('first line')\ntime.sleep(6)\n"
-    "print('second line')\n",
+    "%%tetra --local --name stream\nimport time\nprint('first line')\n"
+    "for i in range(60):\n    print('row', i)\ntime.sleep(6)\nprint('second line')\n",
     # 2: a dependency to install; time to open the logs while it runs
     f"%%tetra --local --name deps --deps {DEPS_PACKAGE}\nimport time\n"
     f"def version():\n    import {DEPS_PACKAGE}\n    return {DEPS_PACKAGE}.__version__\n"
@@ -182,11 +182,39 @@ def test_remote_print_shows_while_the_cell_runs_then_the_rest(
     shown_at = time.monotonic()
     assert nb.running(1)
     assert "second line" not in nb.output_text(1)
+    box = nb.cell(1).locator(".tetra-output")
+    box.get_by_text("row 59").wait_for(timeout=10_000)
+    assert box_scrolls_to_its_end(box)
     nb.wait_done(1, timeout=60)
     assert time.monotonic() - shown_at > 3  # shown live, seconds before the end
     output = nb.output_text(1)
-    assert "first line\nsecond line" in output  # kept as the cell's own output
+    rows = "".join(f"row {i}\n" for i in range(60))
+    assert f"first line\n{rows}second line" in output  # all kept as the cell's own output
     assert re.search(r"stream done \d+(\.\d)? s", output)
+
+
+def box_scrolls_to_its_end(box: object) -> bool:
+    """The live output box is capped in height, scrolls, shows its last line, and its text can
+    be selected (and so copied)."""
+    return box.evaluate(  # type: ignore[attr-defined]
+        """(box) => {
+          const pre = box.querySelector('pre');
+          const range = document.createRange();
+          range.selectNodeContents(pre);
+          const selection = window.getSelection();
+          selection.removeAllRanges();
+          selection.addRange(range);
+          const copied = selection.toString();
+          selection.removeAllRanges();
+          const last = box.getBoundingClientRect();
+          const end = range.getBoundingClientRect();
+          return box.scrollHeight > box.clientHeight + 50
+            && box.clientHeight < 24 * parseFloat(getComputedStyle(pre).fontSize)
+            && Math.abs(end.bottom - last.bottom) < 8
+            && getComputedStyle(pre).userSelect !== 'none'
+            && copied.includes('first line') && copied.includes('row 59');
+        }"""
+    )
 
 
 def test_status_moves_through_its_states_with_time_and_the_worker(
@@ -259,7 +287,7 @@ def test_after_save_and_reload_the_cells_still_show_what_ran(nb: lab_page.Notebo
     assert "Loading widget" not in page_text and "Error displaying widget" not in page_text
     assert nb.page.locator(".tetra-view").count() == 0  # no live panel left anywhere
     assert nb.page.locator(".tetra-summary").count() == 4
-    assert "first line\nsecond line" in nb.output_text(1)
+    assert "row 59\nsecond line" in nb.output_text(1)
     assert "installed" in nb.output_text(2)
     assert "started" in nb.output_text(3) and "cancelled" in nb.output_text(3)
     assert "IndexError: list index out of range" in nb.output_text(5)

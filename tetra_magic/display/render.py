@@ -16,7 +16,6 @@ _COLOURS = {
     "submitting": "var(--jp-ui-font-color3)",
     "queued": "var(--jp-warn-color1)",
     "installing deps": "var(--jp-brand-color1)",
-    "starting": "var(--jp-brand-color1)",
     "running": "var(--jp-brand-color1)",
     "done": "var(--jp-success-color1)",
     "failed": "var(--jp-error-color1)",

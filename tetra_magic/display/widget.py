@@ -37,7 +37,9 @@ _ENDPOINT_LABELS = {
     "CANCELLED": "cancelled",
     "TIMED_OUT": "timed out",
 }
-_PHASE_LABELS = {"installing": "installing deps", "starting": "starting", "running": "running"}
+# "starting" (the worker starting the process that runs the cell) shows as running, with a
+# detail: the job is running by then, and the label must not step back from running.
+_PHASE_LABELS = {"installing": "installing deps", "starting": "running", "running": "running"}
 NO_CANCEL_HINT = "to cancel, interrupt the kernel (■)"
 
 
@@ -228,6 +230,8 @@ class WidgetView:
             return "cancelling…"
         if label == "installing deps" and self._last_log:
             return self._last_log[:120]
+        if self.phase == "starting":
+            return "starting the cell's process"
         return "" if self.can_cancel else NO_CANCEL_HINT
 
     def _elapsed(self, final: bool = False) -> str:

@@ -93,7 +93,7 @@ def test_status_moves_through_its_states_with_time_and_worker(shown: list[Any]) 
     view.status("IN_PROGRESS")
     assert text(view.where_html.value) == "worker w-1 · NVIDIA H200 (140 GB) · Python 3.11.9"
     view.chunk({"kind": "phase", "text": "installing"})
-    view.chunk({"kind": "log", "text": "Resolved 1 package in 12ms\n"})
+    view.chunk({"kind": "log", "text": "$ uv pip install six\nResolved 1 package in 12ms\n\n"})
     view.status("IN_PROGRESS")
     assert "installing deps" in status(view)
     assert status(view).endswith("Resolved 1 package in 12ms")  # install progress

@@ -101,7 +101,8 @@ class WidgetView:
                 self.output.write(kind, chunk["text"])
         elif kind == "log":
             self.logs.write("log", chunk["text"])
-            self._last_log = chunk["text"].strip() or self._last_log
+            lines = [line.strip() for line in chunk["text"].splitlines() if line.strip()]
+            self._last_log = lines[-1] if lines else self._last_log
         elif kind == "phase":
             self.phase = chunk["text"]
             self.logs.write("note", f"[{self.phase}]\n")

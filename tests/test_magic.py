@@ -115,12 +115,14 @@ ERRORS = [
     "%%tetra --local --deps no-such-package-tetra-magic-test\n1",
     "%%tetra --gpu A1000\n1",
     "%%tetra --local\nx + 1",
+    "%%tetra --local\nz = (\n",
 ]
 
 
 def test_failures_read_as_one_clear_message_and_change_nothing() -> None:
     cells = run_cells(LOAD, *ERRORS)
-    raised, after, unpicklable, too_big, exited, segv, slow, install, bad, recovered = cells[2:]
+    raised, after, unpicklable, too_big, exited, segv, slow, install, bad, recovered = cells[2:12]
+    syntax = cells[12]
     assert raised.stdout == "before the error\n"
     assert raised.error["ename"] == "ZeroDivisionError"
     markers = re.compile(r"^ *[\^~]+$")  # Python's own, under the failing part of a line
@@ -167,6 +169,13 @@ def test_failures_read_as_one_clear_message_and_change_nothing() -> None:
     assert "no-such-package-tetra-magic-test" in install_text and "{" not in install_text
     assert bad.stderr.startswith("UsageError: --gpu: unknown GPU 'A1000'. Known names: any, A100")
     assert recovered.results == ["2"]
+    assert syntax.error["ename"] == "SyntaxError"
+    assert syntax.error["traceback"] == [
+        "  Cell In[13], line 2",
+        "    z = (",
+        "        ^",
+        "SyntaxError: '(' was never closed",
+    ]
 
 
 def test_deps_install_on_the_worker_only_and_what_cannot_come_home_is_named() -> None:

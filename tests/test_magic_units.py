@@ -116,6 +116,14 @@ def test_functions_and_classes_come_home_living_in_the_notebook() -> None:
     assert user_ns["twice"].__globals__ is user_ns
 
 
+def test_builtins_the_notebook_shadowed_are_sent_and_ipythons_display_is_not() -> None:
+    from IPython.display import display
+
+    user_ns = {"max": lambda *args: "shadowed", "display": display}
+    _, request = packed("display(max(1, 2), min(1, 2))", user_ns)
+    assert decode(request.request.kwargs["blobs"]).keys() == {"max"}
+
+
 def test_only_deleted_names_leave_the_notebook() -> None:
     user_ns = {"keep": 1, "gone": 2, "err": 3}
     run_here(

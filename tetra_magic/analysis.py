@@ -64,6 +64,8 @@ class CellAnalysis:
     has_last_expr: bool
     # Names the cell may unbind (`del x`, `except ... as x`): absent afterwards means deleted.
     deletes: frozenset[str] = frozenset()
+    # Builtin names it reads: notebook values where the notebook has shadowed them (`max = 3`).
+    builtins_read: frozenset[str] = frozenset()
 
 
 def transform(cell: str) -> str:
@@ -77,18 +79,23 @@ def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
     """Analyse Python `source` (already transformed); raises SyntaxError as Python would."""
     tree = ast.parse(source, filename)
     seen = _as_python(source)
-    seen_tree = ast.parse(seen, filename)
+    try:
+        seen_tree = ast.parse(seen, filename)
+    except SyntaxError:  # a rewrite gone wrong must not stop a valid cell
+        seen, seen_tree = source, tree
     table = symtable.symtable(seen, filename, "exec")
     nested = list(_nested_tables(table))
     reads = _Reads(nested).block(seen_tree.body, set())
     body = tree.body
     has_last = bool(body) and isinstance(body[-1], ast.Expr) and not source.rstrip().endswith(";")
+    builtin_names = set(dir(builtins))
     return CellAnalysis(
         source=source,
-        reads=frozenset(reads - set(dir(builtins))),
+        reads=frozenset(reads - builtin_names),
         binds=frozenset(_module_bindings(table, nested)),
         has_last_expr=has_last,
         deletes=frozenset(_deletions(seen_tree)),
+        builtins_read=frozenset(reads & builtin_names),
     )
 
 

@@ -14,6 +14,7 @@ import builtins
 import json
 import linecache
 import re
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,25 @@ class RemoteCellError(TetraError):
 
     def _render_traceback_(self) -> list[str]:
         return render_traceback(self.remote_traceback, self.label)
+
+
+class CellSyntaxError(TetraError):
+    """The cell is not Python; shown as IPython shows a local cell's syntax error (no frames
+    of ours), under the builtin's name (subclassed per name, as remote errors are)."""
+
+    lines: list[str]
+
+    def _render_traceback_(self) -> list[str]:
+        return self.lines
+
+
+def syntax_error(exc: SyntaxError, label: Labeler) -> CellSyntaxError:
+    """`exc` (from analysing the cell) as the notebook should show it."""
+    namespace = {"__module__": "tetra_magic.remote"}
+    error = type(type(exc).__name__, (CellSyntaxError,), namespace)(exc.msg)
+    text = "".join(traceback.format_exception_only(type(exc), exc))
+    error.lines = clean_detail(text, label).rstrip("\n").splitlines()
+    return error
 
 
 def cell_labeler(shell: Any) -> Labeler:

@@ -24,6 +24,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
 
 from tetra_magic import options as cell_options
 from tetra_magic.analysis import analyse, transform
+from tetra_magic.errors import cell_labeler, syntax_error
 
 _COMMANDS = ("local", "endpoints", "delete")
 
@@ -116,7 +117,10 @@ class TetraMagic(Magics):
         opts = cell_options.build(self._parse(option_text), self)
         filename = f"<tetra-cell-{number}>"
         linecache.cache[filename] = (len(raw), None, raw.splitlines(True), filename)
-        analysis = analyse(source, filename)
+        try:
+            analysis = analyse(source, filename)
+        except SyntaxError as exc:
+            raise syntax_error(exc, cell_labeler(self.shell)) from None
         return run_cell(
             self.shell, opts, analysis, filename, display=self.display, started=time.time()
         )

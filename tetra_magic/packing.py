@@ -45,12 +45,22 @@ class Packed:
 
 
 def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...] = ()) -> dict:
-    """The notebook values the cell reads, and those named by --send."""
+    """The notebook values the cell reads (builtins the notebook shadowed included), and those
+    named by --send; never IPython's own names, nor its `display`, which the worker provides."""
     missing = [name for name in send if name not in user_ns]
     if missing:
         raise UsageError(f"--send: {', '.join(missing)} not defined in the notebook")
-    names = sorted(analysis.reads | set(send))
-    return {n: user_ns[n] for n in names if n in user_ns and not _IPYTHON_NAMES.match(n)}
+    names = sorted(analysis.reads | analysis.builtins_read | set(send))
+    return {
+        n: user_ns[n]
+        for n in names
+        if n in user_ns and not _IPYTHON_NAMES.match(n) and not _ipython_display(user_ns[n])
+    }
+
+
+def _ipython_display(value: Any) -> bool:
+    module = sys.modules.get("IPython.core.display_functions")
+    return module is not None and value is getattr(module, "display", None)
 
 
 def _pickle_each(values: dict[str, Any], files: set[str]) -> dict[str, bytes]:

@@ -141,12 +141,19 @@ class TetraMagic(Magics):
         return f"%%tetra options: {' '.join(flags)} (see %%tetra? for help)"
 
     def _cell_number(self) -> int:
-        # IPython counts a stored cell before running it, so this cell is In[count - 1].
+        """This cell's In[] number. The input history holds the cell before it runs on every
+        IPython version; execution_count is bumped before or after, depending on the version."""
+        cells = self._history()
+        if cells:
+            return len(cells) - 1
         return max(self.shell.execution_count - 1, 1)
 
-    def _current_cell(self) -> str | None:
+    def _history(self) -> list[str]:
         history = getattr(self.shell, "history_manager", None)
-        cells = getattr(history, "input_hist_raw", None)
+        return getattr(history, "input_hist_raw", None) or []
+
+    def _current_cell(self) -> str | None:
+        cells = self._history()
         return cells[-1] if cells else None
 
     def _command(self, command: str, rest: str) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import pytest
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
@@ -52,16 +53,10 @@ def split(outputs: list) -> CellRun:
 @contextlib.contextmanager
 def environ(values: dict[str, str]) -> Iterator[None]:
     """os.environ with `values` set (kernels started inside inherit them), then as it was."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def shared_worker_env() -> str:

@@ -15,7 +15,6 @@ and checks what all of them left behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import lab_page
 import pytest
+from kernels import environ
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -93,7 +93,7 @@ def endpoint_env() -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        with _environ(env):
+        with environ(env):
             from tetra_magic.local import launcher
 
             launcher.stop()
@@ -107,20 +107,6 @@ def _uninstall(env: Path, package: str) -> None:
 
         uninstall = [find_uv_bin(), "pip", "uninstall", "--python", str(python), package]
         subprocess.run(uninstall, capture_output=True, check=False)
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 import runpod
+from kernels import environ
 
 from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
@@ -33,20 +34,6 @@ from worker.protocol import FunctionRequest, decode
 
 WORKERS = 2
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +49,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def endpoint(home: dict[str, str]) -> Iterator[LocalEndpoint]:
-    with _environ(**home):
+    with environ(home):
         found = launcher.ensure_running(workers=WORKERS, idle_timeout=None)
     try:
         _until(lambda: _health(found)["workers"]["idle"] == WORKERS, 300, "workers never came up")
         yield found
     finally:
-        with _environ(**home):
+        with environ(home):
             launcher.stop()
 
 
@@ -171,7 +158,7 @@ def _gone(pid: int) -> bool:
 def test_launcher_reuses_one_server_and_keeps_the_token_private(
     endpoint: LocalEndpoint, home: dict[str, str]
 ) -> None:
-    with _environ(**home):
+    with environ(home):
         again = launcher.ensure_running()
     assert again == endpoint
     assert endpoint.base_url.startswith("http://127.0.0.1:") and endpoint.base_url.endswith("/v2")
@@ -402,7 +389,7 @@ def test_two_kernels_starting_at_once_share_one_server(
     try:
         urls = {kernel.communicate(timeout=60)[0].decode().strip() for kernel in kernels}
         assert len(urls) == 1 and all(kernel.returncode == 0 for kernel in kernels)
-        with _environ(**state):
+        with environ(state):
             endpoint = launcher.running()
         assert endpoint is not None and endpoint.base_url in urls
         body = {"input": _request("def main():\n    return 'ok'\n")}
@@ -411,7 +398,7 @@ def test_two_kernels_starting_at_once_share_one_server(
         ).json()
         assert doc["status"] == "COMPLETED" and decode(_response(doc["output"])["result"]) == "ok"
     finally:
-        with _environ(**state):
+        with environ(state):
             launcher.stop()
 
 
@@ -420,7 +407,7 @@ def test_a_worker_environment_that_cannot_be_made_fails_jobs_clearly(tmp_path: P
         "TETRA_MAGIC_HOME": str(tmp_path / "state"),
         "TETRA_MAGIC_WORKER_ENV": "/dev/null/worker-env",  # cannot be a directory
     }
-    with _environ(**state):
+    with environ(state):
         endpoint = launcher.ensure_running(workers=1, idle_timeout=None)
     try:
         body = {"input": _request("def main():\n    return 1\n")}
@@ -431,7 +418,7 @@ def test_a_worker_environment_that_cannot_be_made_fails_jobs_clearly(tmp_path: P
         assert "/dev/null/worker-env" in doc["error"]
         assert _health(endpoint)["workers"]["unhealthy"] == 1
     finally:
-        with _environ(**state):
+        with environ(state):
             launcher.stop()
 
 

@@ -8,7 +8,6 @@ that the worker process itself survives what they do to the code it runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -18,26 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from kernels import environ
 
 from worker.protocol import FunctionRequest, FunctionResponse, decode
 
 launcher = pytest.importorskip("tetra_magic.local.launcher")
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-
-
-@contextlib.contextmanager
-def environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def until(check: Callable[[], Any], timeout: float, what: str) -> Any:

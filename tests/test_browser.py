@@ -30,7 +30,8 @@ from kernels import environ
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-DEPS_PACKAGE = "tabulate"
+# Installed by no other test into the shared worker env, so a concurrent run cannot pre-install it.
+DEPS_PACKAGE = "pyjokes"
 CELLS = [
     "%load_ext tetra_magic",
     # 1: streaming, and the states of a cold start
@@ -38,7 +39,8 @@ CELLS = [
     "for i in range(60):\n    print('row', i)\ntime.sleep(6)\nprint('second line')\n",
     # 2: a dependency to install; time to open the logs while it runs
     f"%%tetra --local --name deps --deps {DEPS_PACKAGE}\nimport time\n"
-    f"def version():\n    import {DEPS_PACKAGE}\n    return {DEPS_PACKAGE}.__version__\n"
+    f"def version():\n    import importlib.metadata\n    import {DEPS_PACKAGE}\n"
+    f"    return importlib.metadata.version({DEPS_PACKAGE!r})\n"
     "print('installed', version())\ntime.sleep(5)\n",
     # 3: cancelled from its button
     "%%tetra --local --name long\nimport time\nprint('started')\ntime.sleep(120)\n"

@@ -56,6 +56,24 @@ def test_results_are_kept_30_min_for_run_and_1_min_for_runsync() -> None:
     run(scenario())
 
 
+def test_a_busy_worker_gets_no_second_job_and_its_waiting_take_gets_the_next_at_once() -> None:
+    """Each worker runs one job at a time; a job-take it holds while busy is answered the
+    moment its job ends, so back-to-back cells do not wait for the SDK's pause."""
+
+    async def scenario() -> None:
+        store = JobStore(Clock())
+        first, second = (store.submit({}, Policy(), sync=False) for _ in range(2))
+        assert await store.take("w", 0) is first
+        assert await store.take("w", 0) is None  # busy: the queued job waits for another worker
+        waiting = asyncio.create_task(store.take("w", 5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert store.finish(first.id, "w", {"output": []})
+        assert await asyncio.wait_for(waiting, 1) is second
+
+    run(scenario())
+
+
 def test_ttl_expires_queued_and_running_jobs_and_stops_the_running_one() -> None:
     async def scenario() -> None:
         clock = Clock()

@@ -248,12 +248,9 @@ class JobStore:
                 del self._polling[worker_id]
 
     def polling(self, worker_id: str) -> bool:
-        """Whether the worker is waiting in job-take now, i.e. would start a new job at once.
-
-        Between jobs the SDK's loop pauses (up to a second) before it asks again; such a
-        worker is up but not idle in this sense.
-        """
-        return worker_id in self._polling
+        """Whether the worker is waiting in job-take with no job running, i.e. would start a
+        new job at once. A worker in the SDK's pause between jobs is up but not idle."""
+        return worker_id in self._polling and self.running_on(worker_id) is None
 
     async def _take(self, worker_id: str, deadline: float) -> Job | None:
         while True:
@@ -272,8 +269,12 @@ class JobStore:
                 return None
 
     def take_nowait(self, worker_id: str) -> Job | None:
-        """The next queued job, started on `worker_id`, or None if the queue is empty."""
-        if worker_id in self._dead_workers:
+        """The next queued job, started on `worker_id`; None if the queue is empty or the worker
+        is running a job. One job per worker: a worker has one executor, so a second job would
+        wait behind the first while another worker sits idle. Our workers keep a job-take open
+        while they run a job (TETRA_WORKER_TAKE_AHEAD), and it is answered the moment the job
+        ends, instead of the SDK's pause of up to a second between jobs."""
+        if worker_id in self._dead_workers or self.running_on(worker_id) is not None:
             return None
         while self._queue:
             job = self._jobs.get(self._queue.popleft())
@@ -420,6 +421,8 @@ class JobStore:
             self.totals["failed"] += 1
         if was_running and status in (Status.CANCELLED, Status.TIMED_OUT):
             self._send_stop(job.worker_id, job.id)
+        if was_running:
+            self._wake_takers()  # its worker may be holding a job-take for the next job
         job.touch()
 
     def _expire(self, job: Job, reason: str) -> None:

@@ -381,6 +381,7 @@ class Supervisor:
                 "RUNPOD_LOG_LEVEL": level,
                 "RUNPOD_DEBUG_LEVEL": level,
                 "PYTHONUNBUFFERED": "1",
+                "TETRA_WORKER_TAKE_AHEAD": "1",
                 SERVER_MARK: str(os.getpid()),
                 WORKER_MARK: slot.worker_id,
             }

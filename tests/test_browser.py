@@ -79,6 +79,8 @@ def _chromium() -> None:
             subprocess.run(["apt-get", "update"], **quiet)
             subprocess.run(["apt-get", "install", "-y", "chromium"], **quiet)
     why = lab_page.missing()
+    if why and os.environ.get("TETRA_MAGIC_REQUIRE_BROWSER") == "1":  # CI: must not skip
+        pytest.fail(f"browser tests need {why}")
     if why:
         pytest.skip(f"browser tests need {why}")
 

@@ -242,3 +242,28 @@ def test_template_env_values_survive_the_sdk_mutation(
     template_id = api.create_template("tetra-magic-tpl-x", "me/img:1", tricky, 20)
     stored = {e["key"]: e["value"] for e in fake.templates[template_id]["env"]}
     assert stored == tricky
+
+
+def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    """The kernel remembers its endpoint; when it is deleted in RunPod's console (or from
+    another machine), the next cell makes a new one instead of failing with a 404."""
+
+    def delete_after_first_job() -> None:
+        while not any(job.status == "COMPLETED" for job in list(fake.jobs.values())):
+            threading.Event().wait(0.05)
+        threading.Event().wait(1.5)  # the kernel reads the result, then sleeps in the next cell
+        fake.endpoints.clear()  # as the console would: gone, whoever remembers it
+
+    deleter = threading.Thread(target=delete_after_first_job, daemon=True)
+    deleter.start()
+    first, _, second = run_cloud(
+        fake, tmp_path, cell("A100", 1), "import time\ntime.sleep(4)", cell("A100", 5)
+    )
+    deleter.join(1)
+    assert ok(first).results == ["2"] and ok(second).results == ["10"]
+    assert "created RunPod endpoint tetra-magic-a100-" in second.stderr
+    made = endpoint_inputs(fake)
+    assert len(made) == 2 and made[0]["name"] == made[1]["name"]
+    assert len(fake.endpoints) == 1

@@ -52,6 +52,10 @@ class EndpointError(TetraError):
     """The endpoint refused a request or could not be reached; the message says which."""
 
 
+class EndpointNotFound(EndpointError):
+    """The endpoint itself does not exist (404 on a request that names no job)."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where jobs go: the REST base (".../v2"), the endpoint id, and the key for it."""
@@ -149,4 +153,6 @@ class EndpointClient:
             raise EndpointError(f"the endpoint rejected the API key (401); key read from {source}")
         if response.status_code == 404 and job_id:
             raise EndpointError(f"job {job_id} is unknown to the endpoint (expired or never ran)")
+        if response.status_code == 404:
+            raise EndpointNotFound(f"{self.endpoint!r} does not exist (404): {detail}")
         raise EndpointError(f"{response.status_code} from the endpoint: {detail}")

@@ -301,9 +301,14 @@ def delete(name: str, key: str, source: str) -> dict[str, Any]:
         scale["gpuIds"] = target["gpuIds"]
     api.save_endpoint({**scale, "workersMin": 0, "workersMax": 0})
     api.delete_endpoint(target["id"])
-    for cached in [k for k, v in _known.items() if v == target["id"]]:
-        del _known[cached]
+    forget(target["id"])
     return target
+
+
+def forget(endpoint_id: str) -> None:
+    """Drop what this kernel remembers of an endpoint (deleted here or elsewhere)."""
+    for cached in [k for k, v in _known.items() if v == endpoint_id]:
+        del _known[cached]
 
 
 def _credentials() -> tuple[str, str]:

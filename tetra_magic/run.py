@@ -13,7 +13,7 @@ from typing import Any
 
 from tetra_magic import outcome, pythons, targets
 from tetra_magic.analysis import CellAnalysis
-from tetra_magic.client import Endpoint, EndpointClient
+from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
 from tetra_magic.display import make_view
 from tetra_magic.errors import CellInterrupted, JobFailed, cell_labeler
 from tetra_magic.follow import Followed, follow
@@ -89,7 +89,7 @@ def _submit(
     chunks: list[dict[str, Any]] = []
     job_id = None
     try:
-        job_id = client.run(packed.request.model_dump(exclude_none=True), _endpoint_limit(opts))
+        job_id, client = _start(client, opts, packed)
         view.submitted(job_id, opts.name)
         deadline = time.monotonic() + opts.timeout + CLIENT_GRACE
         followed = follow(client, job_id, view, deadline, chunks)
@@ -104,6 +104,24 @@ def _submit(
     view.close(followed.response)
     pythons.warn(followed.chunks, followed.response)
     return followed
+
+
+def _start(client: EndpointClient, opts: CellOptions, packed: Packed) -> tuple[str, EndpointClient]:
+    """Submit the job; if a provisioned endpoint has vanished, provision again once."""
+    body = packed.request.model_dump(exclude_none=True)
+    try:
+        return client.run(body, _endpoint_limit(opts)), client
+    except EndpointNotFound:
+        replacement = targets.after_not_found(opts, client.endpoint)
+        if replacement is None:
+            raise
+    client.close()
+    client = EndpointClient(replacement)
+    try:
+        return client.run(body, _endpoint_limit(opts)), client
+    except BaseException:
+        client.close()
+        raise
 
 
 def _endpoint_limit(opts: CellOptions) -> float:

@@ -116,6 +116,18 @@ def resolve(options: CellOptions) -> Endpoint:
     return provisioned(options, key, source)
 
 
+def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
+    """A fresh endpoint when a provisioned one turned out not to exist (deleted in RunPod's
+    console or from another machine since this kernel found it); None when the user chose the
+    endpoint, so the error stands."""
+    if options.local or options.endpoint or api_key()[0] is None:
+        return None
+    from tetra_magic.provision import forget
+
+    forget(gone.endpoint_id)
+    return resolve(options)
+
+
 def _say_local_once(problem: str) -> None:
     global _told_local
     if _told_local:

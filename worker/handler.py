@@ -62,7 +62,8 @@ async def process(job: dict[str, Any], emit: Emit, stdout_kinds: tuple[str, ...]
             captured.append(item["text"])
         emit(item)
 
-    record(chunk("info", **worker_info().model_dump()))
+    info = worker_info()
+    record(chunk("info", **info.model_dump()))
     try:
         request = FunctionRequest.model_validate(job.get("input") or {})
     except ValidationError as exc:
@@ -70,7 +71,7 @@ async def process(job: dict[str, Any], emit: Emit, stdout_kinds: tuple[str, ...]
         response = FunctionResponse(success=False, error=error, failure="invalid")
     else:
         response = await _respond(request, record)
-    response.worker = worker_info()
+    response.worker = info
     response.stdout = "".join(captured)
     return response.model_dump()
 

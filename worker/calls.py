@@ -112,33 +112,21 @@ def _call(request: dict[str, Any]) -> dict[str, Any]:
     return {"value": value, "instance_id": instance_id, "instance_info": METADATA[instance_id]}
 
 
+def _failure(error: str, error_type: str, failure: str, **extra: Any) -> dict[str, Any]:
+    return {"success": False, "error": error, "error_type": error_type, "failure": failure, **extra}
+
+
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """One request's FunctionResponse fields; never raises."""
     try:
         outcome = _call(request)
     except RequestError as exc:
-        return {
-            "success": False,
-            "error": str(exc),
-            "error_type": "RequestError",
-            "failure": "invalid",
-        }
+        return _failure(str(exc), "RequestError", "invalid")
     except BaseException as exc:  # SystemExit and KeyboardInterrupt end the request, not the child
-        return {
-            "success": False,
-            "error": user_traceback(exc),
-            "error_type": type(exc).__name__,
-            "failure": "exception",
-        }
+        return _failure(user_traceback(exc), type(exc).__name__, "exception")
     value = outcome.pop("value")
     try:
         result, unpicklable = encode_result(value)
     except TypeError as exc:
-        return {
-            "success": False,
-            "error": str(exc),
-            "error_type": "PicklingError",
-            "failure": "exception",
-            **outcome,
-        }
+        return _failure(str(exc), "PicklingError", "exception", **outcome)
     return {"success": True, "result": result, "unpicklable": unpicklable, **outcome}

@@ -264,9 +264,10 @@ def _child_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
 
-def _failure(kind: str, error: str, error_type: str) -> dict[str, Any]:
+def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
+    """A failure the child could not report (crash, timeout), shaped like `worker.calls` ones."""
     return FunctionResponse(
-        success=False, error=error, error_type=error_type, failure=kind
+        success=False, error=error, error_type=error_type, failure=failure
     ).model_dump()
 
 
@@ -312,14 +313,14 @@ class Executor:
                 if response is None:
                     reason = await child.exit_reason()
                     await child.drain()
-                    response = _failure("crash", reason, "ExecutorCrash")
+                    response = _failure(reason, "ExecutorCrash", "crash")
                     self.close()
             except asyncio.TimeoutError:
                 child.kill()
                 await child.drain()
                 self.close()
                 message = f"the code ran past its {timeout:g} s timeout and was killed"
-                response = _failure("timeout", message, "TimeoutError")
+                response = _failure(message, "TimeoutError", "timeout")
             except BaseException:
                 self.close()
                 raise

@@ -20,7 +20,7 @@ import collections
 import enum
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -373,9 +373,6 @@ class JobStore:
         while True:
             await asyncio.sleep(interval)
             self.sweep()
-
-    def jobs(self) -> Iterable[Job]:
-        return self._jobs.values()
 
     # ----------------------------------------------------------------- internals
 

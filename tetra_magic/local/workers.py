@@ -402,9 +402,6 @@ class Supervisor:
             if slot.worker_id == worker_id:
                 slot.seen = True
 
-    def owns(self, worker_id: str) -> bool:
-        return any(slot.worker_id == worker_id for slot in self.slots)
-
     def health(self) -> dict[str, int]:
         """The /health "workers" section, in RunPod's terms.
 

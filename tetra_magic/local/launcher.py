@@ -28,7 +28,6 @@ from typing import Any
 from tetra_magic.local import state
 
 DEFAULT_IDLE_TIMEOUT = 2 * 3600.0
-LOG_LIMIT = 5 * 1024 * 1024
 _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 # Loopback never goes through an HTTP proxy, whatever HTTP_PROXY says.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -131,7 +130,7 @@ def _spawn(
         argv += ["--idle-timeout", str(idle_timeout)]
     log_path = folder / "server.log"
     with contextlib.suppress(OSError):
-        if log_path.stat().st_size > LOG_LIMIT:
+        if log_path.stat().st_size > state.LOG_LIMIT:
             log_path.unlink()
     env = {**os.environ, "TETRA_MAGIC_HOME": str(state.home()), "PYTHONUNBUFFERED": "1"}
     env.update(_import_path(env.get("PYTHONPATH")))
@@ -176,7 +175,7 @@ def _wait_for(process: subprocess.Popen[bytes], log_path: Path, timeout: float) 
         if code is not None:
             raise LocalEndpointError(
                 f"the local endpoint server exited with status {code} as it started; "
-                f"the end of {log_path}:\n{_tail(log_path)}"
+                f"the end of {log_path}:\n{state.log_tail(log_path, 25)}"
             )
         record = state.read_record()
         if record is not None and record.get("pid") == process.pid:
@@ -186,7 +185,7 @@ def _wait_for(process: subprocess.Popen[bytes], log_path: Path, timeout: float) 
         time.sleep(0.05)
     raise LocalEndpointError(
         f"the local endpoint server did not come up within {timeout:g} s; "
-        f"the end of {log_path}:\n{_tail(log_path)}"
+        f"the end of {log_path}:\n{state.log_tail(log_path, 25)}"
     )
 
 
@@ -210,10 +209,3 @@ def _wait_exit(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -28,6 +28,7 @@ from typing import Any
 
 TOKEN_FILE = "token"
 RECORD_FILE = "server.json"
+LOG_LIMIT = 5 * 1024 * 1024  # the size past which a server or worker log is cut back
 
 
 def home() -> Path:
@@ -104,6 +105,14 @@ def remove_record_if_ours(root: Path | None = None, pid: int | None = None) -> N
     if record is not None and record.get("pid") == (pid or os.getpid()):
         with contextlib.suppress(FileNotFoundError):
             record_path(root).unlink()
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last lines of a server or worker log, to quote in an error about it."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def pid_alive(pid: int) -> bool:

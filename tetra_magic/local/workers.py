@@ -49,7 +49,6 @@ WORKER_MARK = "TETRA_LOCAL_WORKER"
 QUICK_EXIT_S = 15.0
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 GIVE_UP_AFTER = 3
-LOG_LIMIT = 5 * 1024 * 1024
 # Variables of the kernel's environment that would misdirect the worker or its SDK.
 DROPPED_ENV = {
     "PYTHONPATH",
@@ -340,7 +339,7 @@ class Supervisor:
         if all(s.quick_exits >= GIVE_UP_AFTER for s in self.slots):
             why = (
                 f"the workers exit as soon as they start; the last lines of {slot.log_path}:\n"
-                + _tail(slot.log_path)
+                + state.log_tail(slot.log_path, 20)
             )
             if self.store.fail_queued(why):
                 log.error("%s", why)
@@ -430,12 +429,5 @@ class Supervisor:
 def _trim(path: Path) -> None:
     """Keep a worker log from growing without bound across restarts."""
     with contextlib.suppress(OSError):
-        if path.stat().st_size > LOG_LIMIT:
-            path.write_bytes(path.read_bytes()[-LOG_LIMIT // 2 :])
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        if path.stat().st_size > state.LOG_LIMIT:
+            path.write_bytes(path.read_bytes()[-state.LOG_LIMIT // 2 :])

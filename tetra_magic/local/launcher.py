@@ -19,7 +19,6 @@ import site
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +115,7 @@ def _answers(endpoint: LocalEndpoint, timeout: float = 3.0) -> bool:
         with _DIRECT.open(request, timeout=timeout) as response:
             json.load(response)
             return response.status == 200
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
         return False
 
 

@@ -341,10 +341,10 @@ class JobStore:
                 for job_id in due:
                     pending[job_id] = now
                 return due
+            if deadline <= now:
+                return []
             resend_at = min((sent + STOP_RESEND_S for sent in pending.values()), default=deadline)
             wait = min(deadline, resend_at) - now
-            if deadline - now <= 0:
-                return []
             event = self._stops_changed.setdefault(worker_id, asyncio.Event())
             try:
                 await asyncio.wait_for(event.wait(), max(0.0, wait))

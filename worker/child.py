@@ -6,8 +6,8 @@ Its fds 1 and 2 are pipes the worker reads, so output from C extensions and subp
 captured as well as Python's own prints.
 
 Requests arrive on stdin (then replaced by /dev/null, so user code cannot read them) and
-responses go out on the pipe named by argv[1], both framed by `worker.channel`; a fatal signal
-writes the Python stack to the file named by argv[2], for the worker to quote. After each
+responses go out on the pipe whose fd is argv[1], both framed by `worker.channel`; a fatal signal
+writes the Python stack to the file whose fd is argv[2], for the worker to quote. After each
 request the child flushes every output buffer, puts fds 1 and 2 back as they were, and writes
 that request's end marker to both, before its response: once the worker has the response and
 both markers, it has every byte of that request's output.

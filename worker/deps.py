@@ -46,8 +46,10 @@ def _met(req: Requirement, seen: set[str]) -> bool:
     """Whether `req` (and the deps its extras add) is met by the installed distributions."""
     if req.marker is not None and not req.marker.evaluate():
         return True  # not meant for this platform
-    if req.url or req.name.lower() in seen:
-        return not req.url
+    if req.url:
+        return False  # a direct reference: only the installer can tell what it holds
+    if req.name.lower() in seen:
+        return True  # judged where it first came up (extras can lead back to it)
     seen.add(req.name.lower())
     try:
         dist = metadata.distribution(req.name)

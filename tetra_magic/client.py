@@ -23,6 +23,7 @@ FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_RETRY_AFTER = 60.0
 # The executionTimeout RunPod accepts: 5 s to 7 days.
 MIN_EXECUTION_MS, MAX_EXECUTION_MS = 5_000, 7 * 24 * 3600 * 1000
+PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit, which the local endpoint enforces too
 
 
 def retry_after(value: str | None) -> float | None:
@@ -63,7 +64,7 @@ class Endpoint:
     base_url: str
     endpoint_id: str
     api_key: str
-    payload_limit: int = 10_000_000
+    payload_limit: int = PAYLOAD_LIMIT
     key_source: str = ""
 
     def __repr__(self) -> str:  # never show the key
@@ -111,9 +112,6 @@ class EndpointClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/cancel/{job_id}", job_id=job_id)
-
-    def health(self) -> dict[str, Any]:
-        return self._call("GET", "/health")
 
     def _call(self, method: str, path: str, job_id: str | None = None, **kwargs: Any) -> Any:
         delay = 0.5

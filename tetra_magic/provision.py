@@ -35,7 +35,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import __version__, gpus
+from tetra_magic import __version__, gpus, targets
 from tetra_magic.client import Endpoint
 from tetra_magic.cloud_api import Enum, RunPodGraphQL, api_base
 from tetra_magic.errors import TetraError
@@ -199,11 +199,9 @@ def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
 
 def provisioned(options: CellOptions, key: str, source: str) -> Endpoint:
     """The RunPod endpoint for these options: remembered, found on RunPod, or created there."""
-    from tetra_magic.targets import PAYLOAD_LIMIT, rest_base
-
     spec = spec_for(options, settings())
     endpoint_id = _known.get(_cache_key(key, spec.name)) or _find_or_create(spec, key, source)
-    return Endpoint(rest_base(), endpoint_id, key, PAYLOAD_LIMIT, source)
+    return Endpoint(targets.rest_base(), endpoint_id, key, key_source=source)
 
 
 def _cache_key(key: str, name: str) -> tuple[str, str, str]:
@@ -312,9 +310,7 @@ def forget(endpoint_id: str) -> None:
 
 
 def _credentials() -> tuple[str, str]:
-    from tetra_magic.targets import api_key
-
-    key, source = api_key()
+    key, source = targets.api_key()
     if key is None:
         raise TetraError(
             "no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (endpoints live on"

@@ -22,7 +22,6 @@ from tetra_magic.options import CellOptions
 
 RUNPOD_REST = "https://api.runpod.ai/v2"
 KEY_ENV = "RUNPOD_API_KEY"
-PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit
 _told_local = False
 
 
@@ -81,7 +80,6 @@ def local() -> Endpoint:
         running.base_url,
         running.endpoint_id,
         running.api_key,
-        payload_limit=PAYLOAD_LIMIT,
         key_source="the local endpoint's token file",
     )
 
@@ -92,12 +90,12 @@ def explicit(endpoint: str, key: str | None, source: str) -> Endpoint:
         parts = urlsplit(endpoint)
         base, _, endpoint_id = parts.path.rstrip("/").rpartition("/")
         url = f"{parts.scheme}://{parts.netloc}{base}"
-        return Endpoint(url, endpoint_id, key or "", PAYLOAD_LIMIT, source)
+        return Endpoint(url, endpoint_id, key or "", key_source=source)
     if key is None:
         raise TetraError(
             f"--endpoint {endpoint}: no RunPod API key found; set {KEY_ENV} or run `runpod config`"
         )
-    return Endpoint(rest_base(), endpoint, key, PAYLOAD_LIMIT, source)
+    return Endpoint(rest_base(), endpoint, key, key_source=source)
 
 
 def resolve(options: CellOptions) -> Endpoint:

@@ -7,6 +7,7 @@ that is when a user most wants to look at it; the cell's own names only on succe
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -77,7 +78,7 @@ def run_cell(
     record(followed)
     outcome.apply(result, shell.user_ns)
     _show(result.shown)
-    view.problems(result.problems)
+    _report(result.problems)
     return result.last if analysis.has_last_expr else None
 
 
@@ -137,6 +138,12 @@ def _show(objects: list[Any]) -> None:
         from IPython.display import display
 
         display(*objects)
+
+
+def _report(problems: dict[str, str]) -> None:
+    """Values that did not come back, one line each, after the cell's own output."""
+    for name, reason in problems.items():
+        print(f"tetra: {name} was not brought back: {reason}", file=sys.stderr)
 
 
 class _Recorder:

@@ -1,6 +1,6 @@
 """The live view of a running cell: widgets where a frontend can show them, text elsewhere.
 
-Every view takes the same calls from the run: submitted, status, chunk, close, problems.
+Every view takes the same calls from the run: submitted, status, chunk, close.
 """
 
 from __future__ import annotations

@@ -69,8 +69,3 @@ class TextView:
         if response is not None and response.stdout and not self.printed_stdout:
             sys.stdout.write(response.stdout)
             sys.stdout.flush()
-
-    def problems(self, problems: dict[str, str]) -> None:
-        """Values that did not come back, one line each, after the cell's own output."""
-        for name, reason in problems.items():
-            sys.stderr.write(f"tetra: {name} was not brought back: {reason}\n")

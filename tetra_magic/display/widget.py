@@ -133,10 +133,6 @@ class WidgetView:
             widget.close()
         self._replay(response)
 
-    def problems(self, problems: dict[str, str]) -> None:
-        for name, reason in problems.items():
-            sys.stderr.write(f"tetra: {name} was not brought back: {reason}\n")
-
     # -- building and rendering ----------------------------------------------------------------
 
     def _build(self) -> None:

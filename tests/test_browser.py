@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lab_page
 import pytest
-from kernels import environ
+from kernels import environ, shared_worker_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -88,9 +88,7 @@ def _chromium() -> None:
 @pytest.fixture(scope="module")
 def endpoint_env() -> Iterator[dict[str, str]]:
     """A local endpoint for this module's kernel only, stopped at the end."""
-    shared = os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
-        Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
-    )
+    shared = shared_worker_env()
     home = tempfile.mkdtemp(prefix="tetra-browser-home-")
     env = {"TETRA_MAGIC_HOME": home, "TETRA_MAGIC_WORKER_ENV": shared}
     _uninstall(Path(shared), DEPS_PACKAGE)  # so the deps cell really installs it

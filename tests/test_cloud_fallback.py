@@ -3,13 +3,11 @@ kernel, and asks RunPod for nothing."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
 from cloud_kernels import KEY, kernel_env
-from kernels import run_cells
+from kernels import run_cells, shared_worker_env
 from runpod_fakes import FakeRunPod
 
 from tetra_magic.local import launcher
@@ -24,11 +22,8 @@ def test_no_key_runs_on_the_local_endpoint_and_says_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    shared_env = os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
-        Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
-    )
     fake = FakeRunPod(KEY)
-    env = {**kernel_env(fake, tmp_path, key=None), "TETRA_MAGIC_WORKER_ENV": shared_env}
+    env = {**kernel_env(fake, tmp_path, key=None), "TETRA_MAGIC_WORKER_ENV": shared_worker_env()}
     try:
         runs = run_cells(
             "%load_ext tetra_magic",

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 import runpod
-from kernels import environ
+from kernels import environ, shared_worker_env
 
 from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
@@ -38,12 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    shared = os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
-        Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
-    )
     return {
         "TETRA_MAGIC_HOME": str(tmp_path_factory.mktemp("tetra-home")),
-        "TETRA_MAGIC_WORKER_ENV": shared,
+        "TETRA_MAGIC_WORKER_ENV": shared_worker_env(),
     }
 
 

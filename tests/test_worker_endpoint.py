@@ -8,8 +8,6 @@ that the worker process itself survives what they do to the code it runs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from kernels import environ
+from kernels import environ, shared_worker_env
 
 from worker.protocol import FunctionRequest, FunctionResponse, decode
 
@@ -76,10 +74,9 @@ class Endpoint:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
-    shared_env = Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
     home = {
         "TETRA_MAGIC_HOME": str(tmp_path_factory.mktemp("tetra-home")),
-        "TETRA_MAGIC_WORKER_ENV": os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(shared_env),
+        "TETRA_MAGIC_WORKER_ENV": shared_worker_env(),
     }
     with environ(home):
         found = launcher.ensure_running(workers=1, idle_timeout=None)

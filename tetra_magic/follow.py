@@ -89,7 +89,7 @@ def _poll(
     view: View,
     deadline: float | None,
     chunks: list[dict[str, Any]],
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None,
 ) -> None:
     pause, streaming, installing = MIN_POLL, True, False
     clock = _Deadline(deadline)
@@ -102,13 +102,13 @@ def _poll(
         new = [item.get("output") for item in page.get("stream", [])] if streaming else []
         installing = _deliver(new, chunks, view, installing)
         status = page.get("status", "IN_QUEUE")
-        clock.paused = status == "IN_QUEUE" or installing
+        queued = status == "IN_QUEUE"
+        clock.paused = queued or installing
         view.status(status)
         if status in FINAL_STATUSES:
             return
         if page.get("stream") is None and streaming:
             streaming = False  # an endpoint whose /stream says nothing: follow /status only
-        queued = status == "IN_QUEUE"
         pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
         # An endpoint that held the request open while nothing came has waited for us.
         _sleep(pause - (time.monotonic() - asked), cancel)
@@ -180,6 +180,3 @@ def _response(document: dict[str, Any], chunks: list[dict[str, Any]]) -> Functio
             response.error = str(document["error"])
         return response
     return None
-
-
-__all__ = ["EndpointError", "Followed", "JobTimeout", "View", "follow"]

@@ -33,9 +33,9 @@ def minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def mismatch_note(worker: str, kernel: str | None = None) -> str | None:
+def mismatch_note(worker: str) -> str | None:
     """What a different worker Python means for this notebook; None when they match."""
-    kernel = kernel or platform.python_version()
+    kernel = platform.python_version()
     if minor(worker) == minor(kernel):
         return None
     want = minor(kernel)

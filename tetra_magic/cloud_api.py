@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tetra_magic.errors import TetraError
+from tetra_magic.options import ENV_NAME
 
 T = TypeVar("T")
 GRAPHQL_DEFAULT = "https://api.runpod.io"
@@ -33,7 +34,6 @@ _TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerle
 _ENDPOINT_SELECTION = (
     "id name templateId gpuIds gpuCount idleTimeout workersMin workersMax scalerType scalerValue"
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][\w.\-/:@]*$")
 
 
@@ -51,9 +51,7 @@ def graphql_value(value: Any) -> str:
         return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float | str):
         return json.dumps(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(graphql_value(item) for item in value) + "]"
@@ -67,7 +65,7 @@ def check_template_inputs(image: str, env: dict[str, str]) -> None:
     if not _IMAGE_NAME.match(image):
         raise CloudError(f"worker image {image!r} is not a valid image reference")
     for name in env:
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME.match(name):
             raise CloudError(f"worker env name {name!r} is not a valid variable name")
 
 

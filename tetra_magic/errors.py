@@ -115,9 +115,7 @@ def _frame(match: re.Match[str], body: list[str], where: str | None) -> list[str
         return [match[0], *body]
     name = "" if match["name"] == "<module>" else f", in {match['name']}"
     source = linecache.getline(match["file"], int(match["line"])).strip()
-    if source and not body:
-        body = [f"    {source}"]
-    elif source and body and body[0].strip() != source:
+    if source and (not body or body[0].strip() != source):
         body = [f"    {source}"]  # the cell as the user wrote it, not as IPython rewrote it
     return [f"  {where}, line {match['line']}{name}", *body]
 

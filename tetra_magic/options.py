@@ -67,7 +67,7 @@ _VERSION_CONTINUES = re.compile(r"\s*[<>=!~]")
 # What apt-get accepts as a package: a Debian name, maybe :arch, maybe =version.
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 MAX_TIMEOUT = 7 * 24 * 3600.0  # RunPod's longest execution timeout
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _split_names(option: str, groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -116,7 +116,7 @@ def parse_env(groups: list[list[str]] | None) -> tuple[tuple[str, str], ...]:
     pairs: dict[str, str] = {}
     for item in (i for g in groups or [] for i in g):
         name, has_value, value = item.partition("=")
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME.match(name):
             raise UsageError(f"--env: {item!r} is not NAME=VALUE or NAME (an environment name)")
         if not has_value:
             if name not in os.environ:

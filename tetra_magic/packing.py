@@ -98,9 +98,9 @@ def _modules(values: dict[str, Any], source: str) -> dict[str, list[str]]:
 def _sources(files: set[str], cell_file: Callable[[str], bool]) -> dict[str, str]:
     """The text of the notebook cells among `files`, as the kernel's linecache holds it."""
     texts = {}
-    for name in sorted(files):
-        if cell_file(name) and linecache.getlines(name):
-            texts[name] = "".join(linecache.getlines(name))
+    for name in sorted(filter(cell_file, files)):
+        if lines := linecache.getlines(name):
+            texts[name] = "".join(lines)
     return texts
 
 

@@ -26,6 +26,14 @@ def kernel_env(fake: FakeRunPod, home: Path, key: str | None = KEY) -> dict[str,
     return env
 
 
+def runpod_config(home: Path, key: str = KEY) -> Path:
+    """The runpod CLI's ~/.runpod/config.toml under `home`, holding `key` as the default."""
+    config = home / ".runpod" / "config.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(f'[default]\napi_key = "{key}"\n')
+    return config
+
+
 def run_cloud(
     fake: FakeRunPod, home: Path, *cells: str, key: str | None = KEY, **extra: str
 ) -> list[CellRun]:

@@ -10,25 +10,17 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_kernels import KEY, ok, run_cloud
+from cloud_kernels import KEY, ok, run_cloud, runpod_config
 from runpod_fakes import FakeRunPod
 
 from tetra_magic.client import Endpoint, EndpointClient
 from tetra_magic.display.text import TextView
 from tetra_magic.follow import follow
 from worker.protocol import FunctionRequest
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRunPod]:
-    server = FakeRunPod(KEY)
-    yield server
-    server.close()
 
 
 def rest(fake: FakeRunPod) -> list[Any]:
@@ -59,9 +51,7 @@ def test_key_from_the_runpod_config_file(
     fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    config = tmp_path / ".runpod" / "config.toml"
-    config.parent.mkdir()
-    config.write_text(f'[default]\napi_key = "{KEY}"\n')
+    config = runpod_config(tmp_path)
     mine = fake.add_endpoint("console-made")
     runs = run_cloud(
         fake,

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from tetra_magic.options import CellOptions
 IMAGE = f"runpod/tetra-rp:magic-0.1.0-py{provision.python_minor()}"
 CPU_IMAGE = IMAGE.replace("tetra-rp:", "tetra-rp-cpu:")
 POOLS = {"A100": "AMPERE_80", "H100": "ADA_80_PRO", "H200": "HOPPER_141", "4090": "ADA_24"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRunPod]:
-    server = FakeRunPod(KEY)
-    yield server
-    server.close()
 
 
 def cell(gpu: str, value: int) -> str:

@@ -5,11 +5,10 @@ body the fake received, and every file under the kernel's HOME and the tetra sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cloud_kernels import KEY, ok, run_cloud
+from cloud_kernels import KEY, ok, run_cloud, runpod_config
 from kernels import CellRun
 from runpod_fakes import FakeRunPod
 
@@ -24,13 +23,6 @@ CELLS = [
     "%%tetra --gpu A100\nanswer * 2",
     "%tetra delete no-such-endpoint",
 ]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRunPod]:
-    server = FakeRunPod(KEY)
-    yield server
-    server.close()
 
 
 def files_holding(root: Path, secret: bytes) -> list[Path]:
@@ -82,9 +74,7 @@ def test_a_key_from_the_config_file_stays_in_that_file(
     fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    config = tmp_path / ".runpod" / "config.toml"
-    config.parent.mkdir()
-    config.write_text(f'[default]\napi_key = "{KEY}"\n')
+    config = runpod_config(tmp_path)
     runs = run_cloud(fake, tmp_path, *CELLS, key=None)
     assert ok(runs[2]).results == ["42"] and ok(runs[7]).results == ["84"]
     assert str(config) in ok(runs[6]).stdout

@@ -216,7 +216,9 @@ def test_runsync_returns_the_output_and_honours_wait(
     doc = requests.post(
         f"{endpoint.url}/runsync?wait=1000", json=slow, headers=_headers(endpoint), timeout=30
     ).json()
-    assert time.monotonic() - started < 2.5
+    # It waited the second asked for, and answered while the 3 s job still ran (its status
+    # says so, which no load on the machine can make true of an answer that waited it out).
+    assert time.monotonic() - started >= 0.9
     assert doc["id"].startswith("sync-") and doc["status"] in ("IN_QUEUE", "IN_PROGRESS")
     assert _final(endpoint, doc["id"])["status"] == "COMPLETED"
 

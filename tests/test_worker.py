@@ -453,10 +453,19 @@ def test_a_forked_process_returning_does_not_answer(worker: Worker) -> None:
 
 
 def test_output_after_a_request_goes_to_the_next_one(worker: Worker) -> None:
-    source = "def f():\n    import threading, time\n"
-    source += "    threading.Timer(0.2, lambda: print('late', flush=True)).start()\n"
+    """A thread the code left behind prints once its request has answered. The next request
+    releases it and waits for it (no timers, so a loaded machine cannot reorder them)."""
+    source = (
+        "def f():\n    import sys, threading\n    go = sys.tetra_test_go = threading.Event()\n"
+        "    def late():\n        go.wait(60)\n        print('late', flush=True)\n"
+        "    sys.tetra_test_late = threading.Thread(target=late, daemon=True)\n"
+        "    sys.tetra_test_late.start()\n"
+    )
     assert worker.call(function(source)).stdout == ""
-    later = worker.call(function("def f():\n    import time\n    time.sleep(0.4)\n"))
+    release = "def f():\n    import sys\n    sys.tetra_test_go.set()\n"
+    release += "    sys.tetra_test_late.join(60)\n"
+    later = worker.call(function(release))
+    assert later.success, later.error
     assert later.stdout == "late\n"
 
 

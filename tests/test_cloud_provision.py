@@ -242,18 +242,26 @@ def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
     """The kernel remembers its endpoint; when it is deleted in RunPod's console (or from
     another machine), the next cell makes a new one instead of failing with a 404."""
 
-    def delete_after_first_job() -> None:
-        while not any(job.status == "COMPLETED" for job in list(fake.jobs.values())):
-            threading.Event().wait(0.05)
-        threading.Event().wait(1.5)  # the kernel reads the result, then sleeps in the next cell
-        fake.endpoints.clear()  # as the console would: gone, whoever remembers it
+    done, deleted = tmp_path / "first-cell-done", tmp_path / "endpoint-deleted"
 
-    deleter = threading.Thread(target=delete_after_first_job, daemon=True)
+    def delete_between_the_cells() -> None:
+        # In step with the kernel through two files, not timed, so a slow machine cannot
+        # delete it while the first cell still reads its result, or after the last began.
+        while not done.exists():
+            threading.Event().wait(0.05)
+        fake.endpoints.clear()  # as the console would: gone, whoever remembers it
+        deleted.touch()
+
+    deleter = threading.Thread(target=delete_between_the_cells, daemon=True)
     deleter.start()
-    first, _, second = run_cloud(
-        fake, tmp_path, cell("A100", 1), "import time\ntime.sleep(4)", cell("A100", 5)
+    between = (
+        f"import pathlib, time\npathlib.Path({str(done)!r}).touch()\n"
+        f"for _ in range(1200):\n    if pathlib.Path({str(deleted)!r}).exists():\n"
+        "        break\n    time.sleep(0.05)\nelse:\n    raise TimeoutError('never deleted')"
     )
-    deleter.join(1)
+    first, middle, second = run_cloud(fake, tmp_path, cell("A100", 1), between, cell("A100", 5))
+    deleter.join(5)
+    ok(middle)
     assert ok(first).results == ["2"] and ok(second).results == ["10"]
     assert "created RunPod endpoint tetra-magic-a100-" in second.stderr
     made = endpoint_inputs(fake)

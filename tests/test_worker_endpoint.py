@@ -17,9 +17,8 @@ import httpx
 import pytest
 from kernels import environ, shared_worker_env
 
+from tetra_magic.local import launcher
 from worker.protocol import FunctionRequest, FunctionResponse, decode
-
-launcher = pytest.importorskip("tetra_magic.local.launcher")
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 

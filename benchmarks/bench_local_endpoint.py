@@ -1,15 +1,15 @@
 """The local endpoint's latency and concurrency, each against a baseline measured in the same run.
 
-    python benchmarks/bench_local_endpoint.py
+    python benchmarks/run.py local_endpoint
 
-Rows (`run()` returns them for benchmarks/run.py; `main()` prints a table):
+Rows (`run()` returns them; benchmarks/run.py prints the table):
 - trivial job round trip: POST /runsync of `return 1`, until its COMPLETED answer, with a
   worker waiting in job-take, against a bare loopback HTTP round trip (a stdlib server in
   another process, same keep-alive client). Most of it is the runpod SDK's job loop, which
   looks for taken jobs to start every 0.1 s.
 - remote print to client: from `print()` in the executor child to the client holding the line,
   read by a /stream loop as the magic reads it; the worker's own 0.1 s batching of output is
-  part of this figure.
+  part of this figure (a lone line goes out at once; bursts are batched per 0.1 s).
 - 4 concurrent sleep jobs on 4 workers, against one such job alone: ~1.0 means they overlap.
 
 It starts its own server (4 workers) in a temporary TETRA_MAGIC_HOME, sharing the worker venv
@@ -213,25 +213,3 @@ def run() -> list[dict[str, Any]]:
 
 def _row(name: str, value: float, baseline_name: str, baseline: float) -> dict[str, Any]:
     return {"name": name, "value_s": value, "baseline_name": baseline_name, "baseline_s": baseline}
-
-
-def main() -> None:
-    rows = run()
-    width = max(len(row["name"]) for row in rows)
-    base_width = max(len(row["baseline_name"]) for row in rows)
-    print(f"{'name':<{width}}  {'value':>10}  {'baseline':<{base_width}}  {'':>10}  {'ratio':>8}")
-    for row in rows:
-        ratio = row["value_s"] / row["baseline_s"]
-        print(
-            f"{row['name']:<{width}}  {_seconds(row['value_s']):>10}  "
-            f"{row['baseline_name']:<{base_width}}  {_seconds(row['baseline_s']):>10}  "
-            f"{ratio:>7.1f}x"
-        )
-
-
-def _seconds(value: float) -> str:
-    return f"{value * 1000:.2f} ms" if value < 1 else f"{value:.2f} s"
-
-
-if __name__ == "__main__":
-    main()

@@ -170,16 +170,3 @@ def run() -> list[dict[str, Any]]:
         finally:
             kernel.close()
     return rows
-
-
-def main() -> None:
-    for row in run():
-        ratio = row["value_s"] / row["baseline_s"]
-        print(
-            f"{row['name']}: {row['value_s'] * 1000:.1f} ms; {row['baseline_name']}:"
-            f" {row['baseline_s'] * 1000:.1f} ms; ratio {ratio:.1f}x"
-        )
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@
 Each figure is the median of REPEATS requests through `worker.handler.stream_handler`, the
 handler the runpod SDK calls in production; nothing here talks to an endpoint.
 
-    python -m benchmarks.bench_worker
+    python benchmarks/run.py worker
 """
 
 from __future__ import annotations
@@ -103,20 +103,3 @@ def run(repeats: int = REPEATS) -> list[dict[str, Any]]:
         handler.EXECUTOR = saved
         loop.run_until_complete(asyncio.sleep(0.05))
         loop.close()
-
-
-def main() -> None:
-    rows = run()
-    width = max(len(row["name"]) for row in rows)
-    base_width = max(len(row["baseline_name"]) for row in rows)
-    print(f"{'measured':<{width}}  {'ms':>8}  {'baseline':<{base_width}}  {'ms':>8}  {'ratio':>8}")
-    for row in rows:
-        value, base = row["value_s"] * 1e3, row["baseline_s"] * 1e3
-        print(
-            f"{row['name']:<{width}}  {value:8.3f}  {row['baseline_name']:<{base_width}}"
-            f"  {base:8.3f}  {value / base:8.2f}"
-        )
-
-
-if __name__ == "__main__":
-    main()

@@ -20,6 +20,7 @@ from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
     "install": "installing the cell's dependencies failed, so the cell did not run",
+    "start": "the worker could not start the process that runs cells, so the cell did not run",
     "timeout": "the cell ran past its time limit and was stopped",
     "crash": "the worker's executor crashed while running the cell",
     "cancelled": "the job was cancelled",
@@ -84,17 +85,29 @@ def _load(response: FunctionResponse) -> CellResult:
             result.values[name] = cloudpickle.loads(blob)
         except Exception as exc:
             result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    for name, module in payload.get("modules", {}).items():
-        try:
-            result.values[name] = importlib.import_module(module)
-        except ImportError:
-            result.problems[name] = f"the module {module} is installed on the worker only"
+    result.values.update(_import_modules(payload.get("modules", {}), result.problems))
     if payload.get("last") is not None:
         result.last = _load_portable(payload["last"], "Out", result.problems)
     result.shown = [
         _load_portable(p, "display()", result.problems) for p in payload.get("shown", [])
     ]
     return result
+
+
+def _import_modules(modules: dict[str, str], problems: dict[str, str]) -> dict[str, Any]:
+    """The modules the cell bound, imported here as the cell imported them there. One the
+    kernel does not have is left out without a note: the cell imported it to use it on the
+    worker (torch on a laptop), not to hand it back. One that fails as it loads is named."""
+    imported = {}
+    for name, module in modules.items():
+        try:
+            imported[name] = importlib.import_module(module)
+        except ImportError:
+            continue
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            problems[name] = f"the module {module} failed to import here: {reason}"
+    return imported
 
 
 def apply(result: CellResult, user_ns: dict[str, Any]) -> None:

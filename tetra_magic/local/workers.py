@@ -231,6 +231,7 @@ class Supervisor:
         self._stopping = False
         logs = state.private_dir(state.server_dir(root) / "workers")
         self.workdir = state.private_dir(state.server_dir(root) / "work")
+        self.kernel_dirs = state.private_dir(state.server_dir(root) / "kernels")
         self.slots = [
             Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
             for i, gpu in enumerate(gpu_plan(gpus, workers))
@@ -381,6 +382,7 @@ class Supervisor:
                 "RUNPOD_DEBUG_LEVEL": level,
                 "PYTHONUNBUFFERED": "1",
                 "TETRA_WORKER_TAKE_AHEAD": "1",
+                "TETRA_WORK_DIR": str(self.kernel_dirs),
                 SERVER_MARK: str(os.getpid()),
                 WORKER_MARK: slot.worker_id,
             }

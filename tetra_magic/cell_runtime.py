@@ -294,7 +294,7 @@ def _pack_outputs(namespace, spec, last):
             continue
         value = namespace[name]
         if isinstance(value, types.ModuleType):
-            modules[name] = value.__name__
+            modules[name] = [value.__name__, *_submodules(name, spec["source"])]
             continue
         try:
             values[name] = _dumps(value)
@@ -304,6 +304,20 @@ def _pack_outputs(namespace, spec, last):
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
     out["last"] = _portable(last) if spec["has_last_expr"] and last is not None else None
     return out
+
+
+def _submodules(name, source):
+    """The submodules `import name.sub` statements in the cell load under `name`: the kernel
+    imports them too, so `name.sub` works there as it does after the same import at home."""
+    import ast
+
+    return sorted(
+        alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.asname is None and alias.name.startswith(name + ".")
+    )
 
 
 def _worth_a_note(errors, namespace, source):

@@ -94,13 +94,16 @@ def _load(response: FunctionResponse) -> CellResult:
     return result
 
 
-def _import_modules(modules: dict[str, str], problems: dict[str, str]) -> dict[str, Any]:
-    """The modules the cell bound, imported here as the cell imported them there. One the
-    kernel does not have is left out without a note: the cell imported it to use it on the
-    worker (torch on a laptop), not to hand it back. One that fails as it loads is named."""
+def _import_modules(modules: dict[str, list[str]], problems: dict[str, str]) -> dict[str, Any]:
+    """The modules the cell bound ({name: [module, submodules it imported under it]}),
+    imported here as the cell imported them there. One the kernel does not have is left out
+    without a note: the cell imported it to use it on the worker (torch on a laptop), not to
+    hand it back. One that fails as it loads is named."""
     imported = {}
-    for name, module in modules.items():
+    for name, (module, *submodules) in modules.items():
         try:
+            for submodule in submodules:
+                importlib.import_module(submodule)
             imported[name] = importlib.import_module(module)
         except ImportError:
             continue

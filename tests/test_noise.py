@@ -3,7 +3,8 @@
 Spent things and things that only mean something in the worker's process (files a `with`
 closed, finished threads, exhausted generators, locks, a pool that was shut down) and modules
 only the worker has come back without a note, as the same cells run locally print nothing
-extra; modules the kernel has come back as modules. What the user would reach for again (a
+extra, nor do names the cell imported from such modules; modules the kernel has come back as
+modules. What the user would reach for again (a
 generator not yet consumed, a running thread, their own object holding a lock) is named.
 Each remote cell is compared with the same cell run locally, in a directory of its own."""
 
@@ -57,9 +58,10 @@ import json as js
 import xml.dom.minidom
 from email import mime
 with open('only_here.py', 'w') as f:
-    f.write('VALUE = 1\\n')
+    f.write('VALUE = 1\\ndef twice(n):\\n    return 2 * n\\n')
 import only_here
-value = only_here.VALUE + 1
+from only_here import twice
+value = twice(only_here.VALUE)
 """
 MODULES_CHECK = (
     "print(js.__name__, xml.dom.minidom.parseString('<a/>').documentElement.tagName,"
@@ -81,16 +83,16 @@ def test_nothing_the_user_would_miss_is_reported(tmp_path: Path, cell: str, chec
 
 
 def test_worker_only_modules_are_left_out_and_kernel_modules_come_back(tmp_path: Path) -> None:
-    """The module only the worker has is not bound in the notebook (it could not be); the
-    kernel's modules are the kernel's own module objects."""
+    """The module only the worker has, and the function the cell imported from it, are not
+    bound in the notebook (they could not be); the kernel's modules are its own objects."""
     cells = run_cells(
         LOAD,
         f"%cd {tmp_path}",
         MODULES,
         "import json, sys\nminidom = sys.modules['xml.dom.minidom']\n"
-        "print('only_here' in dir(), js is json, xml.dom.minidom is minidom)",
+        "print('only_here' in dir(), 'twice' in dir(), js is json, xml.dom.minidom is minidom)",
     )
-    assert cells[-1].stdout == "False True True\n", cells[-1]
+    assert cells[-1].stdout == "False False True True\n", cells[-1]
 
 
 MISSED = """%%tetra --local

@@ -302,6 +302,7 @@ def _pack_outputs(namespace, spec, last):
             errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
     errors = _worth_a_note(errors, namespace, spec["source"])
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
+    out["imported"] = _imported_names(spec["source"])
     out["last"] = _portable(last) if spec["has_last_expr"] and last is not None else None
     return out
 
@@ -333,20 +334,41 @@ def _worth_a_note(errors, namespace, source):
 
 
 def _with_targets(source):
-    """The names `with ... as NAME` binds at the cell's top level (loops and branches too,
-    not inside functions or classes)."""
+    """The names `with ... as NAME` statements bind."""
     import ast
 
-    names, todo = set(), list(ast.parse(source).body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
+    names = set()
+    for node in _cell_level(source):
         if isinstance(node, (ast.With, ast.AsyncWith)):
             targets = [item.optional_vars for item in node.items if item.optional_vars]
             names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
-        todo.extend(ast.iter_child_nodes(node))
     return names
+
+
+def _imported_names(source):
+    """The names import statements bind: what the cell imported to use, not its results."""
+    import ast
+
+    return sorted(
+        alias.asname or alias.name.split(".")[0]
+        for node in _cell_level(source)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+        if alias.name != "*"
+    )
+
+
+def _cell_level(source):
+    """The cell's nodes outside functions and classes (in loops and branches too): those
+    that bind the cell's own names."""
+    import ast
+
+    todo = list(ast.parse(source).body)
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield node
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def _spent(value):

@@ -80,11 +80,14 @@ def _load(response: FunctionResponse) -> CellResult:
     result = CellResult(deleted=list(payload.get("deleted", [])))
     result.problems.update(payload.get("errors", {}))
     result.problems.update(response.unpicklable)
+    imported = set(payload.get("imported", ()))
     for name, blob in payload.get("values", {}).items():
         try:
             result.values[name] = cloudpickle.loads(blob)
         except Exception as exc:
-            result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+            # `from torch import nn` with no torch here is left out silently, as modules are.
+            if not (name in imported and isinstance(exc, ImportError)):
+                result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
     result.values.update(_import_modules(payload.get("modules", {}), result.problems))
     if payload.get("last") is not None:
         result.last = _load_portable(payload["last"], "Out", result.problems)

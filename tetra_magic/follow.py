@@ -31,7 +31,8 @@ from worker.protocol import FunctionResponse
 MIN_POLL = 0.05
 MAX_POLL = 1.0
 QUEUE_POLL = 2.0
-HEALTH_POLL = 5.0  # how often a queued job's endpoint is asked what its workers are doing
+# When a queued job's endpoint is first asked what its workers are doing, and how often after.
+HEALTH_FIRST, HEALTH_POLL = 2.0, 3.0
 
 
 class View(Protocol):
@@ -85,8 +86,11 @@ def follow(
         note = _cancel(client, job_id, view)
         raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
+    for item in _unseen(document.get("output"), len(chunks)):
+        chunks.append(item)
+        view.chunk(item)
     response = _response(document, chunks)
-    for item in _unseen(document.get("output"), len(chunks)) + progress.rest(response):
+    for item in progress.rest(response):
         chunks.append(item)
         view.chunk(item)
     view.status(document["status"])
@@ -111,7 +115,7 @@ class _Poll:
         self.streaming = True  # until /stream turns out to say nothing at all
         self.streamed = False  # whether /stream has delivered anything yet
         self.installing = False
-        self.health_due = HEALTH_POLL
+        self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
 
     def run(self, clock: _Deadline, cancel: threading.Event | None) -> None:
         pause = MIN_POLL
@@ -154,15 +158,15 @@ class _Poll:
         if self.watch is None:
             return
         self.watch.tick(seconds)
-        self.health_due -= seconds
-        if self.health_due > 0:
+        if self.watch.waited < self.health_at:
             return
-        self.health_due = HEALTH_POLL
+        since = self.watch.waited - self.health_read
+        self.health_read, self.health_at = self.watch.waited, self.watch.waited + HEALTH_POLL
         try:
             health = self.client.health()
         except EndpointError:
             return  # an endpoint without /health: the queue timeout still holds
-        note = self.watch.read(health, HEALTH_POLL)
+        note = self.watch.read(health, since)
         if note:
             self.view.chunk({"kind": "note", "text": note})
 

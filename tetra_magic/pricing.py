@@ -57,6 +57,7 @@ class Cost:
     pool: str | None
     price_per_s: float | None
     usd: float | None
+    source: str = f"RunPod flex price as of {PRICES_AS_OF}"
 
     def line(self) -> str:
         """One line for the cell's summary, marked as an estimate."""
@@ -67,8 +68,7 @@ class Cost:
             return f"tetra: {times}; no price known for {self.pool or 'this hardware'}"
         return (
             f"tetra: {times}; estimated cost ${self.usd:.5f} ({self.pool} at"
-            f" ${self.price_per_s:.5f}/s, RunPod flex price as of {PRICES_AS_OF}; start and"
-            " idle time not included)"
+            f" ${self.price_per_s:.5f}/s, {self.source}; start and idle time not included)"
         )
 
 
@@ -104,4 +104,5 @@ def estimate(
         pool=pool,
         price_per_s=price,
         usd=None if price is None else round(billed * price, 6),
+        **({"source": "TetraMagic.gpu_prices"} if pool in (overrides or {}) else {}),
     )

@@ -12,7 +12,7 @@ import pytest
 import test_worker
 from test_worker import Worker, function
 
-from worker import handler
+from worker import executor, handler
 from worker.protocol import decode, encode
 
 # A thread that outlives its request: once GO exists it prints, then creates DONE.
@@ -128,3 +128,13 @@ def test_a_child_that_cannot_start_says_so(
 def test_a_kernel_id_that_is_not_a_plain_name_is_refused(worker: Worker, kernel: str) -> None:
     response = worker.call(as_kernel(kernel, function("def f():\n    return 1\n")))
     assert response.failure == "invalid" and "kernel_id" in response.error
+
+
+def test_a_child_that_never_gets_ready_says_so(worker: Worker) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executor, "_START", "import time; time.sleep(60)")
+        patch.setattr(executor, "START_TIMEOUT_S", 0.5)
+        response = worker.call(function("def f():\n    return 1\n"))
+    assert response.failure == "start"
+    assert response.error == "the process that runs the code was not ready after 0.5 s"
+    assert decode(worker.call(function("def f():\n    return 1\n")).result) == 1

@@ -48,6 +48,8 @@ STREAMS = ("stdout", "stderr")
 # fds 1/2 somewhere the worker cannot see); after a kill, how long to collect the last output.
 MARKER_GRACE_S = 2.0
 DRAIN_GRACE_S = 1.0
+# How long a new child may take to get ready (its imports) before it counts as failed to start.
+START_TIMEOUT_S = 60.0
 # Output one request may stream before the rest is dropped (and counted), so a runaway print
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
@@ -209,7 +211,11 @@ class _Child:
         """Wait for the child's first message, which says it has started; StartError, quoting
         what it printed, if it exits first (a broken package it imports, a bad interpreter)."""
         try:
-            await channel.receive(self.responses)
+            await asyncio.wait_for(channel.receive(self.responses), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StartError(
+                f"the process that runs the code was not ready after {START_TIMEOUT_S:g} s"
+            ) from None
         except (asyncio.IncompleteReadError, ConnectionError):
             try:
                 code = await asyncio.wait_for(self.proc.wait(), DRAIN_GRACE_S)

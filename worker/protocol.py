@@ -74,9 +74,9 @@ class FunctionResponse(BaseModel):
     instance_info: dict[str, Any] | None = None
     # Ours: the exception's type name, and how the request failed: the code raised
     # ("exception"), deps did not install, the process that runs the code did not start
-    # ("start"), the worker ended it ("timeout", "crash"; "cancelled"
-    # is for clients to record a cancel, since a cancelled job sends no response), the request
-    # was unusable ("invalid"), or the worker itself went wrong ("internal").
+    # ("start"), the worker ended it ("timeout", "crash"; "cancelled" is for clients to record
+    # a cancel, since a cancelled job sends no response), the request was unusable
+    # ("invalid"), or the worker itself went wrong ("internal").
     error_type: str | None = None
     failure: (
         Literal[

@@ -314,7 +314,7 @@ def _submodules(name, source):
 
     return sorted(
         alias.name
-        for node in ast.walk(ast.parse(source))
+        for node in _cell_level(source)
         if isinstance(node, ast.Import)
         for alias in node.names
         if alias.asname is None and alias.name.startswith(name + ".")

@@ -174,3 +174,15 @@ def test_each_kernel_has_a_working_directory_of_its_own(
     first_a, first_b, again_a = a.run(cell).stdout, b.run(cell).stdout, a.run(cell).stdout
     assert first_a == again_a and first_a != first_b
     assert Path(first_a.strip()).parent == Path(first_b.strip()).parent
+
+
+def test_a_new_local_endpoint_starts_with_empty_working_directories(tmp_path: Path) -> None:
+    """Files cells wrote under a server that has stopped are gone when the next one starts,
+    as on a fresh container, rather than piling up in the state directory."""
+    from tetra_magic.local import state
+
+    left = state.server_dir(tmp_path) / "kernels" / "0123abcd" / "model.pt"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"weights")
+    with private_local_endpoint(tmp_path, workers=1):
+        assert not left.parent.exists()

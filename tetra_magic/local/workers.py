@@ -231,7 +231,11 @@ class Supervisor:
         self._stopping = False
         logs = state.private_dir(state.server_dir(root) / "workers")
         self.workdir = state.private_dir(state.server_dir(root) / "work")
-        self.kernel_dirs = state.private_dir(state.server_dir(root) / "kernels")
+        # The kernels' working directories start empty with each server, as a new container's
+        # would, so files cells wrote do not pile up in the state dir.
+        kernel_dirs = state.server_dir(root) / "kernels"
+        shutil.rmtree(kernel_dirs, ignore_errors=True)
+        self.kernel_dirs = state.private_dir(kernel_dirs)
         self.slots = [
             Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
             for i, gpu in enumerate(gpu_plan(gpus, workers))

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_published_worker
 from kernels import LiveKernel, as_local, environ, private_local_endpoint, run_cells
+from test_published_worker import LoopbackEndpoint, kernel_env
 
 LOAD = "%load_ext tetra_magic"
+published = test_published_worker.published  # its stand-in published worker, for this module
 PRESET = "TETRA_ISOLATION_PRESET"  # in the worker's own environment
 
 
@@ -186,3 +189,20 @@ def test_a_new_local_endpoint_starts_with_empty_working_directories(tmp_path: Pa
     left.write_bytes(b"weights")
     with private_local_endpoint(tmp_path, workers=1):
         assert not left.parent.exists()
+
+
+def test_env_and_stdin_on_the_published_worker(published: LoopbackEndpoint) -> None:
+    """The published worker runs every kernel's cells in its own long-lived process: there
+    too --env lasts for its cell, and input() ends the cell with the way out."""
+    target = f"%%tetra --endpoint {published.url}"
+    cells = run_cells(
+        LOAD,
+        f"{target} --env TETRA_ISO=one\n{READ_ENV}\nduring = seen",
+        f"{target} --env TETRA_ISO=two\nname = input()",
+        f"{target}\n{READ_ENV}\nafter = seen",
+        "print(during[0], after[0])",
+        env=kernel_env(published),
+    )
+    assert cells[2].error["ename"] == "EOFError"
+    assert "stdin is not available on the worker" in cells[2].error["evalue"]
+    assert cells[-1].stdout == "one None\n", cells

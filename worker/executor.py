@@ -341,7 +341,8 @@ def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
 
 
 class Executor:
-    """One persistent child process; requests run in it one at a time."""
+    """One persistent child process, belonging to the kernel of the latest request; requests
+    run in it one at a time."""
 
     def __init__(self) -> None:
         self._child: _Child | None = None

@@ -423,7 +423,8 @@ def test_ctrl_c_cancels_the_remote_job_and_says_so(streams: bool) -> None:
         " (a worker that does not stream, such as RunPod's published one, may run the code on"
         " until it ends, and start the next job only then)"
     )
-    assert str(info.value) == "job job-9 was cancelled on the endpoint" + ("" if streams else caveat)
+    expected = "job job-9 was cancelled on the endpoint" + ("" if streams else caveat)
+    assert str(info.value) == expected
     assert client.cancelled == ["job-9"]
 
 

@@ -206,3 +206,36 @@ def test_env_and_stdin_on_the_published_worker(published: LoopbackEndpoint) -> N
     assert cells[2].error["ename"] == "EOFError"
     assert "stdin is not available on the worker" in cells[2].error["evalue"]
     assert cells[-1].stdout == "one None\n", cells
+
+
+BREAK_START = """%%tetra --local
+import os, sysconfig
+open('stop-here', 'w').close()
+site = sysconfig.get_paths()['purelib']
+with open(os.path.join(site, 'zz_tetra_isolation_test.pth'), 'w') as f:
+    f.write("import os; os.path.exists('stop-here') and os._exit(3)\\n")
+print(site)
+"""
+
+
+def test_an_executor_that_cannot_start_says_so(kernels: tuple[LiveKernel, LiveKernel]) -> None:
+    """Notebook A's cell leaves the worker's environment unable to start a process in A's
+    working directory (a .pth file that exits there). B's cells still run; A's next cell, which
+    needs a new process once B has had the worker, fails saying the process did not start and
+    the cell did not run, rather than blaming code that never ran."""
+    a, b = kernels
+    broken = a.run(BREAK_START)
+    pth = Path(broken.stdout.strip()) / "zz_tetra_isolation_test.pth"
+    try:
+        assert broken.error is None and pth.exists(), broken
+        assert b.run("%%tetra --local\nprint('B runs')").stdout == "B runs\n"
+        failed = a.run("%%tetra --local\nprint('never')")
+    finally:
+        pth.unlink(missing_ok=True)
+    assert failed.stdout == "" and failed.error["ename"] == "JobFailed"
+    assert failed.error["evalue"].startswith(
+        "the worker could not start the process that runs cells, so the cell did not run:\n"
+        "the process that runs the code exited with status 3 before it was ready"
+    ), failed.error
+    assert "crashed" not in failed.error["evalue"]
+    assert a.run("%%tetra --local\nprint('A runs')").stdout == "A runs\n"

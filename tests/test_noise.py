@@ -50,6 +50,12 @@ for t in threads:
     t.join()
 with ThreadPoolExecutor(2) as pool:
     doubled = list(pool.map(lambda n: 2 * n, numbers))
+import multiprocessing, socket
+process = multiprocessing.Process(target=int)
+process.start()
+process.join()
+connection = socket.socket()
+connection.close()
 """
 SPENT_CHECK = "print(numbers, first, total, sorted(results), doubled)"
 

@@ -63,16 +63,18 @@ def test_breakpoint_says_to_debug_in_the_notebook() -> None:
 
 def test_code_that_expects_no_stdin_carries_on() -> None:
     """EOFError is what a script run without stdin gets, so code written for that works; a
-    subprocess reading stdin reads nothing and ends; the next cell runs normally."""
+    subprocess reading stdin reads nothing and ends; multiprocessing, whose children close
+    stdin as they start, works; the next cell runs normally."""
     cell = (
-        "%%tetra --local --timeout 60\nimport subprocess\n"
+        "%%tetra --local --timeout 60\nimport multiprocessing, subprocess\n"
         "try:\n    name = input()\nexcept EOFError:\n    name = 'default'\n"
-        "piped = subprocess.run(['cat'], capture_output=True, text=True).stdout"
+        "piped = subprocess.run(['cat'], capture_output=True, text=True).stdout\n"
+        "with multiprocessing.Pool(2) as pool:\n    sizes = pool.map(abs, [-1, -2])"
     )
     cells = run_cells(
-        LOAD, cell, "%%tetra --local\nafter = 'ran'", "print(name, repr(piped), after)"
+        LOAD, cell, "%%tetra --local\nafter = 'ran'", "print(name, repr(piped), sizes, after)"
     )
-    assert cells[-1].stdout == "default '' ran\n", cells
+    assert cells[1].stderr == "" and cells[-1].stdout == "default '' [1, 2] ran\n", cells
 
 
 def test_the_stand_ins_last_for_the_cell_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,7 +69,7 @@ def _for_this_cell(env):
         (builtins, "input"): _no_stdin("input()"),
         (getpass, "getpass"): _no_stdin("getpass()"),
         (sys, "breakpointhook"): _no_stdin("breakpoint()"),
-        (sys, "stdin"): _NoStdin(),
+        (sys, "stdin"): _stdin_stand_in(),
     }
     saved = {key: getattr(*key) for key in replaced}
     os.environ.update(env)
@@ -109,23 +109,23 @@ def _no_stdin(what):
     return refuse
 
 
-class _NoStdin:
+def _stdin_stand_in():
     """sys.stdin during a cell: reading it ends the cell with the message, rather than with a
-    bare EOF from /dev/null (or a hang on a worker whose stdin is a terminal)."""
+    bare EOF from /dev/null (or a hang on a worker whose stdin is a terminal). The rest is a
+    stream's (close, fileno...), so code that tidies stdin up, as multiprocessing's children
+    do, works as it does at home."""
+    import io
 
-    def isatty(self):
-        return False
+    class NoStdin(io.TextIOBase):
+        def readable(self):
+            return True
 
-    def read(self, *args):
-        raise EOFError(_stdin_message("reading sys.stdin"))
+        def read(self, *args):
+            raise EOFError(_stdin_message("reading sys.stdin"))
 
-    readline = readlines = read
+        readline = readlines = read
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.read()
+    return NoStdin()
 
 
 def _execute(tree, filename, namespace):

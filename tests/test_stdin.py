@@ -34,6 +34,8 @@ SHAPES = {
     "getpass imported by name": "from getpass import getpass as secret\nanswer = secret('Key: ')",
     "sys.stdin.read": "import sys\nanswer = sys.stdin.read()",
     "iterating sys.stdin": "import sys\nanswer = [line for line in sys.stdin]",
+    "a terminal check first": "import os, sys\n"
+    "answer = sys.stdin.readline() if not os.isatty(sys.stdin.fileno()) else ''",
 }
 
 

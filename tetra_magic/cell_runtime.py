@@ -69,7 +69,7 @@ def _for_this_cell(env):
         (builtins, "input"): _no_stdin("input()"),
         (getpass, "getpass"): _no_stdin("getpass()"),
         (sys, "breakpointhook"): _no_stdin("breakpoint()"),
-        (sys, "stdin"): _stdin_stand_in(),
+        (sys, "stdin"): _stdin_stand_in(sys.stdin),
     }
     saved = {key: getattr(*key) for key in replaced}
     os.environ.update(env)
@@ -109,16 +109,23 @@ def _no_stdin(what):
     return refuse
 
 
-def _stdin_stand_in():
+def _stdin_stand_in(stdin):
     """sys.stdin during a cell: reading it ends the cell with the message, rather than with a
-    bare EOF from /dev/null (or a hang on a worker whose stdin is a terminal). The rest is a
-    stream's (close, fileno...), so code that tidies stdin up, as multiprocessing's children
-    do, works as it does at home."""
+    bare EOF from /dev/null (or a hang on a worker whose stdin is a terminal). The rest is the
+    stream's (`stdin`, the process's own: its fd, its encoding), so code that looks at stdin or
+    tidies it up, as multiprocessing's children do, works as it does at home."""
     import io
 
     class NoStdin(io.TextIOBase):
+        encoding = getattr(stdin, "encoding", None) or "utf-8"
+
         def readable(self):
             return True
+
+        def fileno(self):
+            if stdin is None:
+                raise io.UnsupportedOperation("stdin has no file descriptor")
+            return stdin.fileno()
 
         def read(self, *args):
             raise EOFError(_stdin_message("reading sys.stdin"))

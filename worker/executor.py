@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from worker import channel
+from worker import channel, frames
 from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
 from worker.protocol import Emit, FunctionResponse, chunk
 
@@ -91,22 +91,34 @@ def describe_exit(code: int) -> str:
 
 
 class _Output:
-    """One request's share of the output: forwarded to `emit` up to MAX_OUTPUT_BYTES."""
+    """One request's share of the output: forwarded to `emit` up to MAX_OUTPUT_BYTES of text,
+    with the display frames in its stdout taken out as "display" chunks (the cell's display
+    runtime keeps to limits of its own for those)."""
 
     def __init__(self, emit: Emit) -> None:
         self.emit = emit
+        self.frames = frames.Splitter()
         self.sent = 0
         self.dropped = 0
 
     def __call__(self, kind: str, text: str) -> None:
-        size = len(text.encode())
-        if self.sent + size > MAX_OUTPUT_BYTES:
+        items = self.frames.feed(text) if kind == "stdout" else [chunk(kind, text)]
+        for item in items:
+            self._forward(item)
+
+    def _forward(self, item: dict[str, Any]) -> None:
+        size = len(item["text"].encode())
+        if item["kind"] == "display":
+            self.emit(item)
+        elif self.sent + size > MAX_OUTPUT_BYTES:
             self.dropped += size
-            return
-        self.sent += size
-        self.emit(chunk(kind, text))
+        else:
+            self.sent += size
+            self.emit(item)
 
     def close(self) -> None:
+        for item in self.frames.close():
+            self._forward(item)
         if self.dropped:
             note = f"tetra: {self.dropped} bytes of output past {MAX_OUTPUT_BYTES} were dropped\n"
             self.emit(chunk("stderr", note))

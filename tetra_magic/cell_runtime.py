@@ -51,7 +51,7 @@ def _display_runtime(source):
     import cloudpickle
 
     module = sys.modules.get("tetra_display")
-    if module is None or module.SOURCE != source:
+    if module is None or source != module.SOURCE:
         module = types.ModuleType("tetra_display")
         module.SOURCE = source
         _register_sources({"<tetra_display>": source})

@@ -227,7 +227,9 @@ def display(
     for obj in objs:
         data, md = (obj, {}) if raw else format(obj, include, exclude)
         if data:
-            publish_display_data(data, {**md, **(metadata or {})}, transient=transient, update=update)
+            publish_display_data(
+                data, {**md, **(metadata or {})}, transient=transient, update=update
+            )
     return DisplayHandle(transient["display_id"]) if display_id else None
 
 
@@ -277,7 +279,7 @@ def format(obj, include=None, exclude=None):
             _add(data, metadata, mime, getattr(obj, method)())
     if "image/png" not in data and is_figure(obj):
         _add(data, metadata, "image/png", figure_png(obj))
-    data["text/plain"] = _plain(obj)
+    data.setdefault("text/plain", _plain(obj))
     keep = [m for m in data if (not include or m in include) and m not in (exclude or ())]
     return {m: data[m] for m in keep}, {m: v for m, v in metadata.items() if m in keep}
 
@@ -291,8 +293,12 @@ def _add(data, metadata, mime, value):
 
 
 def _plain(obj):
-    """text/plain: _repr_pretty_ (given a printer that collects its text), else repr()."""
-    if not callable(getattr(type(obj), "_repr_pretty_", None)):
+    """text/plain: _repr_pretty_ (given a printer that collects its text), else repr(), or
+    for an object without a repr of its own, IPython's `<module.Class at 0x...>`."""
+    cls = type(obj)
+    if cls.__repr__ is object.__repr__:
+        return f"<{cls.__module__}.{cls.__qualname__} at {id(obj):#x}>"
+    if not callable(getattr(cls, "_repr_pretty_", None)):
         return repr(obj)
     parts = []
 
@@ -369,8 +375,14 @@ class Latex(TextDisplayObject):
 
 
 class SVG(DisplayObject):
+    """IPython.display.SVG: the document's <svg> element, as IPython extracts it."""
+
     def _repr_svg_(self):
+        from xml.dom import minidom
+
         data = self.data.decode() if isinstance(self.data, bytes) else self.data
+        found = minidom.parseString(data).getElementsByTagName("svg")
+        data = found[0].toxml() if found else data
         return (data, dict(self.metadata)) if self.metadata else data
 
 
@@ -573,4 +585,8 @@ class _BackendLoader:
         from matplotlib.backend_bases import FigureManagerBase
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        module.FigureCanvas, module.FigureManager, module.show = FigureCanvasAgg, FigureManagerBase, show
+        module.FigureCanvas, module.FigureManager, module.show = (
+            FigureCanvasAgg,
+            FigureManagerBase,
+            show,
+        )

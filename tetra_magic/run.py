@@ -15,11 +15,12 @@ from typing import Any
 from tetra_magic import outcome, pythons, targets
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
-from tetra_magic.display import make_view
+from tetra_magic.display import make_view, rich
 from tetra_magic.errors import CellInterrupted, JobFailed, cell_labeler
 from tetra_magic.follow import Followed, follow
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import Packed, pack
+from worker.protocol import FunctionResponse
 
 # Seconds past --timeout before the client gives up on an endpoint that has not stopped the job.
 CLIENT_GRACE = 30.0
@@ -77,7 +78,6 @@ def run_cell(
         raise
     record(followed)
     outcome.apply(result, shell.user_ns)
-    _show(result.shown)
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
 
@@ -132,14 +132,6 @@ def _endpoint_limit(opts: CellOptions) -> float:
     return opts.timeout + CLIENT_GRACE + (INSTALL_ALLOWANCE if installs else 0.0)
 
 
-def _show(objects: list[Any]) -> None:
-    """What the cell passed to display(), shown after its output, as the cell ends."""
-    if objects:
-        from IPython.display import display
-
-        display(*objects)
-
-
 def _report(problems: dict[str, str]) -> None:
     """Values that did not come back, one line each, after the cell's own output."""
     for name, reason in problems.items():
@@ -172,12 +164,17 @@ class _Recorder:
             delay_ms=doc.get("delayTime"),
             execution_ms=doc.get("executionTime"),
             wall_s=None if self.started is None else round(time.time() - self.started, 3),
-            stdout=_text(followed.chunks, "stdout") or (response and response.stdout) or "",
+            stdout=_text(followed.chunks, "stdout") or _plain_stdout(response),
             stderr=_text(followed.chunks, "stderr"),
             worker=response.worker.model_dump() if response and response.worker else None,
             shipped=list(self.packed.shipped),
             error=error,
         )
+
+
+def _plain_stdout(response: FunctionResponse | None) -> str:
+    """The stdout of a worker that does not stream, less the display outputs framed in it."""
+    return rich.plain_text(response.stdout or "") if response else ""
 
 
 def _text(chunks: list[dict[str, Any]], kind: str) -> str:

@@ -161,7 +161,8 @@ def test_matplotlib_figures_show_as_under_the_inline_backend() -> None:
     kernel, two, open_at_end, last, loop = cells[1:]
     assert kernel.stdout == "None\n"  # the kernel has no matplotlib
     assert importlib.util.find_spec("matplotlib") is None
-    assert [s[:2] if s[0] == "display_data" else s for s in _shape(two)] == [
+    # (stderr apart: it may say the cell's `plt` stays on the worker)
+    assert [s[:2] for s in _shape(two) if s[0] != "stderr"] == [
         ("stdout", "before\n"),
         ("display_data", ["image/png", "text/plain"]),
         ("stdout", "between\n"),
@@ -174,11 +175,13 @@ def test_matplotlib_figures_show_as_under_the_inline_backend() -> None:
     assert "non-interactive" not in two.stderr and "Warning" not in two.stderr, two.stderr
     images = [o for o in open_at_end.outputs if o.output_type == "display_data"]
     assert open_at_end.stdout == "drawn\n" and len(images) == 1
-    kinds = [(o.output_type, sorted(o.get("data", {}))) for o in last.outputs]
-    assert kinds[0] == ("display_data", ["image/png", "text/plain"])
-    assert ("execute_result", ["image/png", "text/plain"]) in kinds
-    assert len(kinds) == 3 and last.stdout == "shown\n"  # closed: not shown again at the end
-    assert [s[:2] for s in _shape(loop)] == [
+    kinds = [(o.output_type, sorted(o.data)) for o in last.outputs if "data" in o]
+    assert kinds == [  # closed before the end, so not shown again then
+        ("display_data", ["image/png", "text/plain"]),
+        ("execute_result", ["image/png", "text/plain"]),
+    ]
+    assert last.stdout == "shown\n"
+    assert [s[:2] for s in _shape(loop) if s[0] != "stderr"] == [
         ("display_data", ["image/png", "text/plain"]),
         ("stdout", "epoch 3\n"),
     ]
@@ -204,7 +207,10 @@ def test_an_image_over_the_stream_chunk_limit_arrives_whole() -> None:
 
 
 def test_hundreds_of_outputs_are_capped_with_a_note() -> None:
-    cell = "from IPython.display import HTML, display\nfor i in range(300):\n    display(HTML(f'<p>{i}</p>'))\n"
+    cell = (
+        "from IPython.display import HTML, display\n"
+        "for i in range(300):\n    display(HTML(f'<p>{i}</p>'))\n"
+    )
     capped, small = run_cells(
         LOAD, _remote(cell), _remote(cell, "--env TETRA_MAX_DISPLAYS=5"), timeout=600
     )[1:]
@@ -236,7 +242,10 @@ def test_a_worker_that_does_not_stream_still_shows_displays_in_order(
     tmp_path: Path,
 ) -> None:
     """The published worker's shape: everything in the response's stdout, at the end."""
-    cell = "from IPython.display import HTML, display\nprint('a')\ndisplay(HTML('<b>b</b>'))\nprint('c')\n"
+    cell = (
+        "from IPython.display import HTML, display\n"
+        "print('a')\ndisplay(HTML('<b>b</b>'))\nprint('c')\n"
+    )
     with environ({"TETRA_WORKER_STREAM": "0"}), private_local_endpoint(tmp_path):
         run = run_cells(LOAD, _remote(cell), _remote(cell, "--out rec"), "print(repr(rec.stdout))")
     for remote in run[1:3]:

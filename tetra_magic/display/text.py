@@ -62,7 +62,7 @@ class TextView:
             if message := self.joiner.join(chunk):
                 rich.flush_streams()
                 rich.publish(message)
-        elif kind == "stderr":
+        elif kind in ("stderr", "note"):  # note: the client's own word (what the queue waits for)
             sys.stderr.write(chunk["text"])
             sys.stderr.flush()
         elif kind == "log" and self.verbose:

@@ -203,13 +203,18 @@ class WidgetView:
             for shown in self.displays.get(display_id or "", []):
                 shown.outputs = (output,)
             return
-        self._set(self.output_html, render.text_box(self.output, "tetra-output"))
+        before = self.output_box.children
+        if self.output.segments:  # the text before the display, rendered for good
+            self._set(self.output_html, render.text_box(self.output, "tetra-output"))
+        else:
+            self.output_html.close()
+            before = before[:-1]
         shown = widgets.Output()
         shown.outputs = (output,)
         if display_id:
             self.displays.setdefault(display_id, []).append(shown)
         self.output, self.output_html = render.Terminal(), widgets.HTML()
-        self.output_box.children = (*self.output_box.children, shown, self.output_html)
+        self.output_box.children = (*before, shown, self.output_html)
 
     def _arrive(self) -> None:
         """An output arrives: a clear_output(wait=True) before it happens now."""

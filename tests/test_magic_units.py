@@ -6,6 +6,7 @@ read like local ones."""
 from __future__ import annotations
 
 import asyncio
+import json
 import linecache
 import sys
 import threading
@@ -33,7 +34,7 @@ from tetra_magic.follow import JobTimeout, follow
 from tetra_magic.magic import TetraMagic, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
-from worker import handler
+from worker import frames, handler
 from worker.executor import Executor
 from worker.protocol import FunctionResponse, decode, encode
 
@@ -191,7 +192,9 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering() -> Non
     assert problems["Out"].startswith("cannot be loaded here: ModuleNotFoundError")
 
 
-def test_display_send_drop_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_display_send_drop_and_env(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TETRA_TEST_ENV", "off")  # restored after the cell sets it
     user_ns = {"hidden": 41}
     result = run_here(
@@ -203,7 +206,9 @@ def test_display_send_drop_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         env=(("TETRA_TEST_ENV", "on"),),
     )
     assert user_ns["x"] == 42 and "big" not in user_ns
-    assert result.shown == ["shown", 42]
+    displays = frames.split(capsys.readouterr().out)  # framed among the cell's prints
+    shown = [json.loads(c["text"])["data"]["text/plain"] for c in displays]
+    assert shown == ["'shown'", "42"]
     assert result.last == "on"
 
 

@@ -145,7 +145,10 @@ def _provide_ipython():
     if standing_in:
         for name in _IPYTHON_MODULES:
             sys.modules.pop(name, None)
-    _capture_ipython()
+    try:
+        _capture_ipython()
+    except Exception:  # an IPython that does not load, or unlike any we know: the stand-in
+        _install_stand_in()
 
 
 def _install_stand_in():
@@ -518,9 +521,14 @@ def _flush_figures():
     """Show what is still open, if pyplot is in use with this backend."""
     import sys
 
-    mpl = sys.modules.get("matplotlib")
-    if "matplotlib.pyplot" in sys.modules and mpl.rcParams._get_backend_or_none() == BACKEND:
+    if "matplotlib.pyplot" in sys.modules and _backend(sys.modules["matplotlib"]) == BACKEND:
         show()
+
+
+def _backend(mpl):
+    """The backend chosen so far (None while matplotlib would still pick one itself)."""
+    chosen = getattr(mpl.rcParams, "_get_backend_or_none", None)
+    return chosen() if chosen else mpl.get_backend()
 
 
 def _use_for_matplotlib():
@@ -536,7 +544,7 @@ def _use_for_matplotlib():
 
 
 def _choose_backend(mpl):
-    if mpl.rcParams._get_backend_or_none() is None:
+    if _backend(mpl) is None:
         mpl.rcParams["backend"] = BACKEND
 
 

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernels import CellRun, environ, private_local_endpoint, run_cells, shared_worker_env
+from kernels import (
+    CellRun,
+    LiveKernel,
+    environ,
+    private_local_endpoint,
+    run_cells,
+    shared_worker_env,
+)
 
 LOAD = "%load_ext tetra_magic"
 TEXT_MIMES = ("text/html", "text/markdown", "text/latex", "image/svg+xml", "application/json")
@@ -99,8 +106,14 @@ def _remote(cell: str, options: str = "") -> str:
     return f"%%tetra --local {options}\n{cell}"
 
 
+NO_IPYTHON = "from importlib.machinery import PathFinder\nprint(PathFinder.find_spec('IPython'))"
+
+
 def test_each_display_kind_arrives_as_a_local_cell_shows_it() -> None:
-    _, local, remote = run_cells(LOAD, DISPLAY_KINDS, _remote(DISPLAY_KINDS), timeout=600)
+    _, local, remote, probe = run_cells(
+        LOAD, DISPLAY_KINDS, _remote(DISPLAY_KINDS), _remote(NO_IPYTHON), timeout=600
+    )
+    assert probe.stdout == "None\n"  # the worker has no IPython: the stand-in served
     assert local.error is None and remote.error is None, remote.error
     assert _shape(local)[0] == ("stdout", "after the clear\n")  # the clear did clear
     assert _shape(remote) == _shape(local)
@@ -255,3 +268,34 @@ def test_a_worker_that_does_not_stream_still_shows_displays_in_order(
             ("stdout", "c\n"),
         ]
     assert run[3].stdout == "'a\\nc\\n'\n"
+
+
+def test_a_display_shows_while_the_cell_still_runs(tmp_path: Path) -> None:
+    """The cell waits (on this machine's local endpoint) until the test has seen its display
+    arrive: a display held back until the cell ends would make it give up waiting."""
+    seen = tmp_path / "seen"
+    kernel = LiveKernel()
+    try:
+        assert kernel.run(LOAD).error is None
+        cell = kernel.execute(
+            _remote(
+                "import os, time\nfrom IPython.display import HTML, display\nprint('first')\n"
+                "display(HTML('<b>early</b>'))\nwaited = 0\n"
+                f"while not os.path.exists({str(seen)!r}) and waited < 600:\n"
+                "    time.sleep(0.1)\n    waited += 1\n"
+                "print('seen in time' if waited < 600 else 'not seen')\n"
+            )
+        )
+
+        def shown(run: CellRun) -> bool:
+            return any(o.output_type == "display_data" for o in run.outputs)
+
+        early = kernel.outputs(cell, until=shown, timeout=120)
+        seen.touch()
+        assert [s[:2] for s in _shape(early)] == [
+            ("stdout", "first\n"),
+            ("display_data", ["text/html", "text/plain"]),
+        ]
+        assert kernel.outputs(cell, timeout=120).stdout == "first\nseen in time\n"
+    finally:
+        kernel.close()

@@ -19,7 +19,7 @@ every open figure, and figures still open when the cell ends are shown then.
 """
 
 FRAME_START = "\x00tetra-display:"
-FRAME_END = "\x00"
+FRAME_END = "\n"
 NAME = "tetra_display"
 BACKEND_MODULE = "tetra_display_backend"
 BACKEND = "module://" + BACKEND_MODULE

@@ -3,8 +3,10 @@
 A remote cell's display() calls and figures must reach the notebook in order with its prints,
 which travel on the child's fd 1; so the cell's display runtime (tetra_magic/remote_display.py,
 which writes the same framing from its own constants) writes each display message into stdout
-as START + JSON + END. The JSON is ASCII (binary data is base64) and holds no NUL, so END is
-unambiguous. The worker splits the frames out into "display" chunks as it reads; the notebook
+as START + JSON + END. The JSON is ASCII (binary data is base64) on one line, so the newline
+that ends it is unambiguous; and a frame ends in a newline, not a NUL, so the executor, which
+holds back a trailing NUL as a possible end marker (worker/child.py), passes it on at once.
+The worker splits the frames out into "display" chunks as it reads; the notebook
 does the same for the stdout of a worker that does not stream (the published worker, where the
 frames arrive inside the response's `stdout`).
 """
@@ -16,7 +18,7 @@ from typing import Any
 from worker.protocol import chunk
 
 START = "\x00tetra-display:"
-END = "\x00"
+END = "\n"
 # A frame that never ends (user code printing START) is given up as text past this size.
 MAX_FRAME_CHARS = 256 * 2**20
 

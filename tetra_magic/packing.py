@@ -145,6 +145,7 @@ def pack(
         "sources": _sources(files, cell_file),
         "env": dict(opts.env),
         "display": inspect.getsource(remote_display),
+        "timeout": opts.timeout,  # for workers that do not read the request's own field
     }
     request = FunctionRequest(
         function_name="run_cell",

@@ -281,9 +281,9 @@ def test_a_plot_shows_inside_the_running_cell_and_stays_after_it(
     plot = ".tetra-view img[src^='data:image/png']"
     seen = wait_live_or_done(nb, 6, "", timeout=300, inside=plot)
     assert seen == "live", "the plot only showed once the cell had ended"
-    assert nb.running(6) and "finished" not in nb.output_text(6)
+    assert nb.running(6) and "finished" not in nb.cell(6).locator(".tetra-view").inner_text()
     nb.wait_done(6, timeout=60)
-    output = nb.cell(6).locator(".jp-OutputArea")
+    output = nb.cell(6).locator(".jp-Cell-outputArea")
     assert output.locator(".tetra-view").count() == 0
     assert output.locator("img").count() == 1  # the plot, now an ordinary output of the cell
     text = nb.output_text(6)
@@ -303,6 +303,6 @@ def test_after_save_and_reload_the_cells_still_show_what_ran(nb: lab_page.Notebo
     assert "started" in nb.output_text(3) and "cancelled" in nb.output_text(3)
     assert "IndexError: list index out of range" in nb.output_text(5)
     assert "before the error" in nb.output_text(5)
-    image = nb.cell(6).locator(".jp-OutputArea img")
+    image = nb.cell(6).locator(".jp-Cell-outputArea img")
     assert image.count() == 1 and image.evaluate("(img) => img.naturalWidth > 100")
     assert "finished" in nb.output_text(6)

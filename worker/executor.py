@@ -1,9 +1,10 @@
 """The worker's side of the executor child: start it, hand it requests, follow its output.
 
 `Executor.run` sends one request to the persistent child and returns its FunctionResponse dict,
-calling `emit` with stdout/stderr chunks as the child writes them. Whatever ends a request from
-outside the code (a timeout, a crash, the caller being cancelled) kills the child's whole process
-group, so subprocesses the code started go too; the next request starts a fresh child.
+calling `emit` with stdout/stderr chunks as the child writes them (and "display" chunks for the
+display outputs framed in its stdout). Whatever ends a request from outside the code (a timeout,
+a crash, the caller being cancelled) kills the child's whole process group, so subprocesses the
+code started go too; the next request starts a fresh child.
 
 The child's pipes are read for as long as it lives, not per request, so nothing it writes is
 lost: bytes that follow a request's end marker (a background thread still printing) go to the
@@ -107,10 +108,11 @@ class _Output:
             self._forward(item)
 
     def _forward(self, item: dict[str, Any]) -> None:
-        size = len(item["text"].encode())
         if item["kind"] == "display":
             self.emit(item)
-        elif self.sent + size > MAX_OUTPUT_BYTES:
+            return
+        size = len(item["text"].encode())
+        if self.sent + size > MAX_OUTPUT_BYTES:
             self.dropped += size
         else:
             self.sent += size

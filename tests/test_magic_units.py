@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -64,6 +64,21 @@ def options(**changes: Any) -> CellOptions:
 def packed(cell: str, user_ns: dict[str, Any], **opts: Any):
     analysis = analyse("\n" + transform(cell), FILE)
     return analysis, pack(analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000)
+
+
+@pytest.fixture(autouse=True)
+def ipython_as_it_was() -> Iterator[None]:
+    """run_cell, run in this process, makes IPython's shell publish display frames, as on a
+    worker with IPython; the tests after it get this process's shell back as it was."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    before = InteractiveShell._instance
+    publisher = before.display_pub if before is not None else None
+    yield
+    if before is not None:
+        before.display_pub = publisher
+    elif InteractiveShell._instance is not None:
+        type(InteractiveShell._instance).clear_instance()
 
 
 def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellResult:

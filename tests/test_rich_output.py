@@ -126,6 +126,23 @@ def test_each_display_kind_arrives_as_a_local_cell_shows_it() -> None:
     assert _shape(remote_all) == _shape(local_all)
 
 
+def test_display_names_imported_in_the_notebook_work_in_a_remote_cell() -> None:
+    cells = run_cells(
+        LOAD,
+        "from IPython.display import HTML, Markdown, clear_output, display",
+        _remote(
+            "print('gone')\nclear_output()\ndisplay(HTML('<b>h</b>'), Markdown('*m*'))\n"
+            "HTML('<i>last</i>')"
+        ),
+        timeout=600,
+    )
+    remote = cells[2]
+    assert remote.error is None, remote.error
+    assert [(o.output_type, o.data.get("text/html") or o.data.get("text/markdown")) for o in
+            remote.outputs] == [("display_data", "<b>h</b>"), ("display_data", "*m*"),
+                                ("execute_result", "<i>last</i>")]  # fmt: skip
+
+
 def test_a_worker_with_ipython_uses_its_own_display_machinery() -> None:
     probe = (
         "import importlib.machinery, IPython\n"

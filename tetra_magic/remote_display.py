@@ -39,7 +39,15 @@ _METHODS = {
     "application/json": "_repr_json_",
     "application/javascript": "_repr_javascript_",
 }
-_IPYTHON_MODULES = ("IPython", "IPython.display", "IPython.core", "IPython.core.display")
+# The modules IPython.display's names live in: a notebook's HTML or clear_output, sent with a
+# cell, is looked up in them on the worker.
+_IPYTHON_MODULES = (
+    "IPython",
+    "IPython.display",
+    "IPython.core",
+    "IPython.core.display",
+    "IPython.core.display_functions",
+)
 _cell = {"shown": 0, "bytes": 0, "dropped": 0, "max_shown": MAX_SHOWN, "max_bytes": 0}
 
 
@@ -166,6 +174,7 @@ def _install_stand_in():
     ipython.version_info, ipython.__version__ = (0, 0, 0, "tetra stand-in"), "0+tetra.stand.in"
     ipython.display, ipython.core = modules["IPython.display"], modules["IPython.core"]
     modules["IPython.core"].display = modules["IPython.core.display"]
+    modules["IPython.core"].display_functions = modules["IPython.core.display_functions"]
     sys.modules.update(modules)
 
 

@@ -182,7 +182,7 @@ def test_a_module_only_on_the_worker_is_left_out_silently_and_the_rest_lands() -
     assert result.problems["t"].startswith("cannot be loaded here: ModuleNotFoundError")
 
 
-def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering() -> None:
+def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering_without_a_note() -> None:
     class Frame:
         def __reduce__(self):
             return (__import__, ("no_such_module_here",))
@@ -193,15 +193,14 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering() -> Non
         def __repr__(self) -> str:
             return "Frame(3 rows)"
 
-    value = cell_runtime._portable(Frame())
-    problems: dict[str, str] = {}
-    shown = outcome._load_portable(value, "Out", problems)
-    assert repr(shown) == "Frame(3 rows)"
-    assert shown._repr_mimebundle_() == {
+    portable = cell_runtime._portable(Frame())
+    result = outcome.unpack(FunctionResponse(success=True, result=encode({"last": portable})), {})
+    assert repr(result.last) == "Frame(3 rows)"
+    assert result.last._repr_mimebundle_() == {
         "text/html": "<table>t</table>",
         "text/plain": "Frame(3 rows)",
     }
-    assert problems["Out"].startswith("cannot be loaded here: ModuleNotFoundError")
+    assert result.problems == {}
 
 
 def test_display_send_drop_and_env(

@@ -122,3 +122,21 @@ def test_what_the_user_would_reach_for_is_named() -> None:
     cells = run_cells(LOAD, MISSED, "print(kept, type(Cache).__name__, 'waiting' in dir())")
     assert sorted(NOTE.findall(cells[1].stderr)) == ["cache", "pending", "worker"], cells[1]
     assert cells[2].stdout == "5 type False\n"
+
+
+LAST = """%%tetra --local
+with open('plot_lib.py', 'w') as f:
+    f.write('class Line:\\n    def __repr__(self):\\n        return "[<Line>]"\\n')
+import plot_lib
+plot_lib.Line()
+"""
+
+
+def test_a_last_value_the_kernel_cannot_load_is_shown_without_a_note(tmp_path: Path) -> None:
+    """A cell ending in a value of a package only the worker has (the Line2D list after
+    plt.plot, on a kernel without matplotlib) shows it as the same cell does locally, and
+    says nothing more."""
+    remote = run_cells(LOAD, LAST)[1]
+    local = run_cells(f"%cd {tmp_path}", as_local(LAST))[1]
+    assert remote.error is None and remote.stderr == local.stderr == ""
+    assert remote.results[-1] == local.results[-1] == "[<Line>]"

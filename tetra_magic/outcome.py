@@ -7,6 +7,7 @@ shown, through the repr and rich representations the worker made of it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,7 @@ def _load(response: FunctionResponse) -> CellResult:
                 result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
     result.values.update(_import_modules(payload.get("modules", {}), result.problems))
     if payload.get("last") is not None:
-        result.last = _load_portable(payload["last"], "Out", result.problems)
+        result.last = _load_portable(payload["last"])
     return result
 
 
@@ -129,15 +130,13 @@ def _class_methods(user_ns: dict[str, Any]) -> dict[type, dict[str, Any]]:
     return {cls: dict(vars(cls)) for cls in classes if is_notebook_class(cls)}
 
 
-def _load_portable(portable: dict[str, Any], name: str, problems: dict[str, str]) -> Any:
-    """The value itself, or a stand-in showing the worker's representations of it."""
+def _load_portable(portable: dict[str, Any]) -> Any:
+    """The value itself, or a stand-in showing the worker's representations of it. No note
+    either way: the value is shown as it would be at home (the Line2D list a plotting cell
+    ends with, on a kernel without matplotlib), so nothing the user looks at is missing."""
     if portable.get("blob") is not None:
-        try:
+        with contextlib.suppress(Exception):
             return cloudpickle.loads(portable["blob"])
-        except Exception as exc:
-            problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    elif portable.get("reason"):
-        problems[name] = portable["reason"]
     return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
 
 

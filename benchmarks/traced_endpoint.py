@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,11 +35,10 @@ from tetra_magic.local.jobs import Job, JobStore
 class TracingStore(JobStore):
     """A JobStore that writes a stamped line for every step of a job."""
 
-    trace: Path
+    trace: TextIO  # line-buffered: each line is in the file as soon as it is written
 
     def _stamp(self, job_id: str, event: str) -> None:
-        with open(self.trace, "a") as out:
-            out.write(json.dumps({"job": job_id, "event": event, "t": time.time()}) + "\n")
+        self.trace.write(json.dumps({"job": job_id, "event": event, "t": time.time()}) + "\n")
 
     def submit(self, job_input: Any, policy: Any, *, sync: bool) -> Job:
         job = super().submit(job_input, policy, sync=sync)
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("trace", type=Path)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    TracingStore.trace = args.trace
+    TracingStore.trace = open(args.trace, "a", buffering=1)  # noqa: SIM115 - for the process
     server.JobStore = TracingStore  # type: ignore[misc]  # serve() makes its store from this
     server.run_forever(server.ServerOptions(workers=args.workers), announce=lambda _: None)
 

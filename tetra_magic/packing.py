@@ -143,6 +143,7 @@ def pack(
         "python": platform.python_version_tuple()[:2],
         "sources": _sources(files, cell_file),
         "env": dict(opts.env),
+        "timeout": opts.timeout,  # for workers that do not read the request's own field
     }
     request = FunctionRequest(
         function_name="run_cell",

@@ -248,7 +248,7 @@ class JobStore:
 
     def polling(self, worker_id: str) -> bool:
         """Whether the worker is waiting in job-take with no job running, i.e. would start a
-        new job at once. A worker in the SDK's pause between jobs is up but not idle."""
+        new job at once. A worker between a job's end and its next job-take is up but not idle."""
         return worker_id in self._polling and self.running_on(worker_id) is None
 
     async def _take(self, worker_id: str, deadline: float) -> Job | None:
@@ -272,7 +272,7 @@ class JobStore:
         is running a job. One job per worker: a worker has one executor, so a second job would
         wait behind the first while another worker sits idle. Our workers keep a job-take open
         while they run a job (TETRA_WORKER_TAKE_AHEAD), and it is answered the moment the job
-        ends, instead of the SDK's pause of up to a second between jobs."""
+        ends, before the worker could ask again."""
         if worker_id in self._dead_workers or self.running_on(worker_id) is not None:
             return None
         while self._queue:

@@ -12,8 +12,9 @@ value that fails to load on one side is named and the others still arrive.
 
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
-    of what it bound, the names it deleted, its last expression's value and what it displayed.
-    On the published worker, also the cell's output, which it sent live as progress updates."""
+    of what it bound, the names it deleted and its last expression's value. What it displays
+    goes out with its prints, through the display runtime. On the published worker, also the
+    cell's output, which it sent live as progress updates."""
     live = LiveOutput.on_published_worker(spec.get("timeout"))
     if live is None:
         return _run_cell(spec, blobs)
@@ -30,24 +31,46 @@ def _run_cell(spec, blobs):
 
     os.environ.update(spec.get("env") or {})
     _register_sources(spec.get("sources") or {})
-    shown = []
+    display = _display_runtime(spec["display"])
     namespace = {"__name__": "__main__", "__builtins__": builtins, "get_ipython": _Shell}
-    namespace["display"] = lambda *objs, **_: shown.extend(objs)
+    namespace["display"] = display.display_function()
     namespace.update(_load_inputs(spec, blobs))
     adopt_all(namespace, list(namespace), merge=True)
     filename, source = spec["filename"], spec["source"]
     _register_sources({filename: source})
     tree = ast.parse(source, filename)
     last = None
-    if spec["has_last_expr"]:
-        expr = tree.body.pop()
-        _execute(tree, filename, namespace)
-        last = _execute(ast.Expression(expr.value), filename, namespace)
-    else:
-        _execute(tree, filename, namespace)
-    out = _pack_outputs(namespace, spec, last)
-    out["shown"] = [_portable(obj) for obj in shown]
-    return out
+    try:
+        if spec["has_last_expr"]:
+            expr = tree.body.pop()
+            _execute(tree, filename, namespace)
+            last = _execute(ast.Expression(expr.value), filename, namespace)
+        else:
+            _execute(tree, filename, namespace)
+    finally:
+        display.end()
+    return _pack_outputs(namespace, spec, last)
+
+
+def _display_runtime(source):
+    """The cell's display machinery (tetra_magic/remote_display.py, whose source the request
+    carries), made the module `tetra_display` once per process and readied for this cell.
+    Its classes pickle by value, so a stand-in HTML(...) can come home as a value."""
+    import sys
+    import types
+
+    import cloudpickle
+
+    module = sys.modules.get("tetra_display")
+    if module is None or source != module.SOURCE:
+        module = types.ModuleType("tetra_display")
+        module.SOURCE = source
+        _register_sources({"<tetra_display>": source})
+        exec(compile(source, "<tetra_display>", "exec"), module.__dict__)
+        sys.modules["tetra_display"] = module
+        cloudpickle.register_pickle_by_value(module)
+    module.begin()
+    return module
 
 
 def _execute(tree, filename, namespace):
@@ -229,35 +252,21 @@ def _pack_outputs(namespace, spec, last):
 
 def _portable(value):
     """A value as it can best travel: its pickle (None if it has none), its repr, and its rich
-    representations, so the notebook can show it even where it cannot load it."""
-    try:
-        blob = _dumps(value)
-    except Exception as exc:
-        blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+    representations, so the notebook can show it even where it cannot load it. A figure
+    travels as its image only: the notebook shows it, and needs no matplotlib for that."""
+    import sys
+
+    display = sys.modules["tetra_display"]
+    reason = None
+    if display.is_figure(value):
+        blob = None
     else:
-        reason = None
-    return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": _mime(value)}
-
-
-_MIME_METHODS = {
-    "text/html": "_repr_html_",
-    "text/markdown": "_repr_markdown_",
-    "text/latex": "_repr_latex_",
-    "image/svg+xml": "_repr_svg_",
-    "image/png": "_repr_png_",
-    "image/jpeg": "_repr_jpeg_",
-    "application/json": "_repr_json_",
-}
-
-
-def _mime(value):
-    bundle = {}
-    for mime, method in _MIME_METHODS.items():
-        if callable(getattr(type(value), method, None)):
-            data = _safe(getattr(value, method))
-            if data is not None:
-                bundle[mime] = data
-    return bundle
+        try:
+            blob = _dumps(value)
+        except Exception as exc:
+            blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+    mime = (_safe(display.format, value) or ({}, {}))[0]
+    return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": mime}
 
 
 def _safe(function, *args):
@@ -353,7 +362,8 @@ def _expand_dollars(text, values):
 
 class _Shell:
     """Enough of `get_ipython()` for the IPython syntax a cell may hold (`!cmd`, `x = !cmd`,
-    `%pip`, `%time`): it runs on the worker as IPython would run it at home."""
+    `%pip`, `%time`, `%matplotlib inline`): it runs on the worker as IPython would run it at
+    home."""
 
     def __new__(cls):
         return cls
@@ -385,6 +395,13 @@ class _Shell:
             return _Shell.system(f"{sys.executable} -m uv pip {line} --python {sys.executable}")
         if name == "time":
             return _time(line, sys._getframe(_stack_depth).f_globals)
+        if name == "matplotlib":
+            if line.strip() not in ("", "inline"):
+                raise NotImplementedError(
+                    f"%matplotlib {line}: figures come back from a %%tetra cell as images"
+                    " (inline) only"
+                )
+            return None
         raise NotImplementedError(f"%{name} is not available in a %%tetra cell")
 
     @staticmethod

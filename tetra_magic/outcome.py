@@ -1,8 +1,8 @@
 """Bringing a finished job home: its values into the notebook, or its failure as an exception.
 
 Nothing touches the notebook namespace unless the cell succeeded, and a value that cannot be
-loaded here is named while the others still land. A last value or displayed object that cannot
-be loaded is still shown, through the repr and rich representations the worker made of it.
+loaded here is named while the others still land. A last value that cannot be loaded is still
+shown, through the repr and rich representations the worker made of it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class CellResult:
     reloaded: list[type] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
-    shown: list[Any] = field(default_factory=list)
 
 
 def check(followed: Followed, label: Labeler) -> FunctionResponse:
@@ -91,9 +90,6 @@ def _load(response: FunctionResponse) -> CellResult:
             result.problems[name] = f"the module {module} is installed on the worker only"
     if payload.get("last") is not None:
         result.last = _load_portable(payload["last"], "Out", result.problems)
-    result.shown = [
-        _load_portable(p, "display()", result.problems) for p in payload.get("shown", [])
-    ]
     return result
 
 

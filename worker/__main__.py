@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import runpod
 
@@ -34,7 +35,7 @@ def main() -> None:
     if not production:
         runpod.serverless.start({"handler": plain_handler})
         return
-    config: dict = {"handler": plain_handler}
+    config: dict[str, Any] = {"handler": plain_handler}
     if streaming:
         config = {"handler": stream_handler, "return_aggregate_stream": True}
     print(f"--- tetra worker: runpod {runpod.__version__} job loop, started at once ---")

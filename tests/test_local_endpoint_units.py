@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tetra_magic.local.jobs import JobStore, Policy, PolicyError, Status
+from tetra_magic.local.jobs import JobStore, Policy, PolicyError
 from tetra_magic.local.workers import exit_reason, gpu_plan, visible_gpus
+from tetra_magic.status import JobStatus
 
 
 class Clock:
@@ -99,7 +100,7 @@ def test_a_late_result_does_not_change_a_final_status() -> None:
         store.cancel(job.id)
         assert not store.add_stream(job.id, "w", {"output": "late"})
         assert not store.finish(job.id, "w", {"output": ["late"]})
-        assert job.status is Status.CANCELLED and "output" not in job.doc(0)
+        assert job.status is JobStatus.CANCELLED and "output" not in job.doc(0)
         assert store.counts()["completed"] == 0
 
     run(scenario())
@@ -144,7 +145,7 @@ def test_a_dead_workers_job_fails_and_it_gets_no_more_jobs() -> None:
         await store.take("w", 0)
         store.submit({}, Policy(), sync=False)
         store.worker_gone("w", "the worker exited with signal SIGKILL while running the job")
-        assert job.status is Status.FAILED and "SIGKILL" in job.error
+        assert job.status is JobStatus.FAILED and "SIGKILL" in job.error
         assert await store.take("w", 0) is None
         assert await store.take("v", 0) is not None
 
@@ -157,7 +158,7 @@ def test_execution_timeout_marks_the_job_timed_out_and_stops_it() -> None:
         job = store.submit({}, Policy(execution_timeout=0.05), sync=False)
         await store.take("w", 0)
         assert await job.wait_final(2, store.clock)
-        assert job.status is Status.TIMED_OUT
+        assert job.status is JobStatus.TIMED_OUT
         assert await store.stop_signals("w", 0) == [job.id]
 
     run(scenario())

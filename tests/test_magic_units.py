@@ -31,6 +31,7 @@ from tetra_magic.errors import (
     render_traceback,
 )
 from tetra_magic.follow import JobTimeout, follow
+from tetra_magic.job import check
 from tetra_magic.magic import TetraMagic, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
@@ -383,7 +384,7 @@ def _finish(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> tuple[Any
     followed = follow(client, "job-1", view)  # type: ignore[arg-type]
     view.close(followed.response)
     user_ns: dict[str, Any] = {}
-    result = outcome.unpack(outcome.check(followed, LABEL), user_ns)
+    result = outcome.unpack(check(followed, LABEL), user_ns)
     outcome.apply(result, user_ns)
     return result.last, user_ns, capsys.readouterr().out
 

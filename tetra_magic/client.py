@@ -19,7 +19,6 @@ import httpx
 
 from tetra_magic.errors import TetraError
 
-FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_RETRY_AFTER = 60.0
 # The executionTimeout RunPod accepts: 5 s to 7 days.
 MIN_EXECUTION_MS, MAX_EXECUTION_MS = 5_000, 7 * 24 * 3600 * 1000

@@ -20,27 +20,23 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from tetra_magic.client import FINAL_STATUSES, EndpointClient, EndpointError
+from tetra_magic.client import EndpointClient, EndpointError
 from tetra_magic.errors import CellInterrupted, JobFailed
 from tetra_magic.progress import ProgressOutput
+from tetra_magic.status import JobStatus
 from tetra_magic.waiting import QueueGaveUp, QueueWatch
 from worker.protocol import FunctionResponse
+
+if TYPE_CHECKING:
+    from tetra_magic.display import JobView as View
 
 MIN_POLL = 0.05
 MAX_POLL = 1.0
 QUEUE_POLL = 2.0
 # When a queued job's endpoint is first asked what its workers are doing, and how often after.
 HEALTH_FIRST, HEALTH_POLL = 2.0, 3.0
-
-
-class View(Protocol):
-    """What a display must accept while a job runs. A view with a Cancel button also has a
-    `cancel_requested` threading.Event, set by the click, which the loop checks between polls."""
-
-    def status(self, status: str) -> None: ...
-    def chunk(self, chunk: dict[str, Any]) -> None: ...
 
 
 class JobTimeout(JobFailed):
@@ -57,7 +53,7 @@ class Followed:
     """A finished job: its final status document and the worker's response, if any."""
 
     job_id: str
-    status: str
+    status: JobStatus
     document: dict[str, Any]
     response: FunctionResponse | None
     chunks: list[dict[str, Any]] = field(default_factory=list)
@@ -68,13 +64,12 @@ def follow(
     job_id: str,
     view: View,
     deadline: float | None = None,
-    chunks: list[dict[str, Any]] | None = None,
     watch: QueueWatch | None = None,
 ) -> Followed:
-    """Show a job's output as it comes (collected in `chunks`); return when it is final.
-    Ctrl-C, the Cancel button, the deadline and `watch` giving up on the queue cancel the
-    remote job, then raise."""
-    chunks = [] if chunks is None else chunks
+    """Show a job's output as it comes; return when it is final. Ctrl-C, the Cancel button
+    (the view's `cancel_requested`, where it has one), the deadline and `watch` giving up on
+    the queue cancel the remote job, then raise."""
+    chunks: list[dict[str, Any]] = []
     cancel = getattr(view, "cancel_requested", None)
     progress = ProgressOutput()
     poll = _Poll(client, job_id, view, chunks, progress, watch)
@@ -94,8 +89,9 @@ def follow(
     for item in progress.rest(response):
         chunks.append(item)
         view.chunk(item)
-    view.status(document["status"])
-    return Followed(job_id, document["status"], document, response, chunks)
+    status = JobStatus(document["status"])
+    view.status(status)
+    return Followed(job_id, status, document, response, chunks)
 
 
 class _Poll:
@@ -120,20 +116,20 @@ class _Poll:
         self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
 
     def run(self, clock: _Deadline, cancel: threading.Event | None) -> None:
-        pause, last = MIN_POLL, "IN_QUEUE"
+        pause, last = MIN_POLL, JobStatus.IN_QUEUE
         while True:
             clock.check()
             if cancel is not None and cancel.is_set():
                 raise CancelRequested("Cancel button pressed: nothing came back")
             asked = time.monotonic()
             status, new = self.poll()
-            queued = status == "IN_QUEUE"
+            queued = status is JobStatus.IN_QUEUE
             self.started = self.started or not queued
             clock.paused = queued or self.installing
             if queued:
                 self.queued(clock.since_last)
             self.view.status(status)
-            if status in FINAL_STATUSES:
+            if status.final:
                 return
             if new or status != last:
                 # Something happened, so more may follow at once (the job's end after its
@@ -146,7 +142,7 @@ class _Poll:
             # An endpoint that held the request open while nothing came has waited for us.
             _sleep(pause - (time.monotonic() - asked), cancel)
 
-    def poll(self) -> tuple[str, bool]:
+    def poll(self) -> tuple[JobStatus, bool]:
         """One round of requests: the job's status, and whether any output came."""
         page = self.client.stream(self.job_id) if self.streaming else {}
         if self.streaming and page.get("stream") is None:
@@ -154,10 +150,10 @@ class _Poll:
         items = [item.get("output") for item in page.get("stream") or []]
         self.streamed = self.streamed or bool(items)
         self._deliver(items)
-        status = page.get("status", "IN_QUEUE")
-        if not self.streamed and (not self.streaming or status == "IN_PROGRESS"):
+        status = JobStatus(page.get("status", JobStatus.IN_QUEUE))
+        if not self.streamed and (not self.streaming or status is JobStatus.IN_PROGRESS):
             document = self.client.status(self.job_id)
-            status = document.get("status", status)
+            status = JobStatus(document.get("status", status))
             updates = self.progress.new(document)
             self._deliver(updates)
             items += updates
@@ -233,7 +229,7 @@ def _cancel(client: EndpointClient, job_id: str, view: View) -> str:
             continue  # impatience: try once more, it is quick
         except EndpointError as exc:
             return f"could not be cancelled and may still be running ({exc})"
-        view.status("CANCELLED")
+        view.status(JobStatus.CANCELLED)
         return "was cancelled on the endpoint"
     return "may still be running: cancelling it was interrupted"
 

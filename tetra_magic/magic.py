@@ -23,8 +23,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from tetra_magic import options as cell_options
-from tetra_magic.analysis import analyse, transform
-from tetra_magic.errors import cell_labeler, syntax_error
+from tetra_magic.analysis import transform
 from tetra_magic.gpus import POOLS
 
 _COMMANDS = ("local", "endpoints", "delete")
@@ -140,14 +139,10 @@ class TetraMagic(Magics):
         opts = cell_options.build(self._parse(option_text), self)
         filename = f"<tetra-cell-{number}>"
         linecache.cache[filename] = (len(raw), None, raw.splitlines(True), filename)
-        try:
-            analysis = analyse(source, filename)
-        except SyntaxError as exc:
-            raise syntax_error(exc, cell_labeler(self.shell)) from None
         return run_cell(
             self.shell,
             opts,
-            analysis,
+            source,
             filename,
             display=self.display,
             started=time.time(),

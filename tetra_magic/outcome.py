@@ -15,19 +15,7 @@ from typing import Any
 import cloudpickle
 
 from tetra_magic.cell_runtime import adopt, adopt_all, is_notebook_class
-from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
-from tetra_magic.follow import Followed
 from worker.protocol import FunctionResponse, decode
-
-_FAILURES = {
-    "install": "installing the cell's dependencies failed, so the cell did not run",
-    "start": "the worker could not start the process that runs cells, so the cell did not run",
-    "timeout": "the cell ran past its time limit and was stopped",
-    "crash": "the worker's executor crashed while running the cell",
-    "cancelled": "the job was cancelled",
-    "invalid": "the worker rejected the request",
-    "internal": "the worker failed",
-}
 
 
 @dataclass
@@ -41,26 +29,6 @@ class CellResult:
     reloaded: list[type] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
-
-
-def check(followed: Followed, label: Labeler) -> FunctionResponse:
-    """The worker's response for a COMPLETED job; the job's failure as an exception otherwise."""
-    response = followed.response
-    job = f"job {followed.job_id}"
-    if followed.status == "TIMED_OUT":
-        raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
-    if followed.status == "CANCELLED":
-        raise JobFailed(f"{job} was cancelled on the endpoint")
-    if response is None:
-        error = followed.document.get("error") or "the worker sent no response"
-        raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
-    if not response.success:
-        if response.failure in (None, "exception"):
-            raise remote_error(response.error_type, response.error or "", label)
-        reason = _FAILURES.get(response.failure, "the job failed")
-        detail = clean_detail((response.error or "").rstrip(), label)
-        raise JobFailed(f"{reason}:\n{detail}" if detail else reason)
-    return response
 
 
 def unpack(response: FunctionResponse, user_ns: dict[str, Any]) -> CellResult:

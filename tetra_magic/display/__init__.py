@@ -1,15 +1,31 @@
 """The live view of a running cell: widgets where a frontend can show them, text elsewhere.
 
-Every view takes the same calls from the run: submitted, status, chunk, close.
+Every view takes the same calls from a job (JobView): submitted, status, chunk, close, and
+offers a cancel request.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, Protocol
 
 from tetra_magic.display.text import TextView
 from tetra_magic.options import CellOptions
+from tetra_magic.status import JobStatus
+from worker.protocol import FunctionResponse
+
+
+class JobView(Protocol):
+    """What a display must accept while a job runs. `cancel_requested` is set by a Cancel
+    button (None on a view without one); the follow loop checks it between polls."""
+
+    cancel_requested: threading.Event | None
+
+    def submitted(self, job_id: str, name: str | None) -> None: ...
+    def status(self, status: JobStatus) -> None: ...
+    def chunk(self, chunk: dict[str, Any]) -> None: ...
+    def close(self, response: FunctionResponse | None) -> None: ...
 
 
 def widgets_wanted(shell: Any, display: str) -> bool:
@@ -21,7 +37,7 @@ def widgets_wanted(shell: Any, display: str) -> bool:
     return getattr(shell, "kernel", None) is not None
 
 
-def make_view(shell: Any, opts: CellOptions, display: str) -> Any:
+def make_view(shell: Any, opts: CellOptions, display: str) -> JobView:
     """The view for one cell."""
     if opts.quiet or not widgets_wanted(shell, display):
         return TextView(verbose=opts.verbose, live=opts.stream)

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from tetra_magic.display import rich
+from tetra_magic.status import JobStatus
 from worker.protocol import FunctionResponse
 
 
@@ -22,6 +23,7 @@ class TextView:
     """Prints a job's output streams as they arrive (or all at the end, with --no-stream)."""
 
     QUEUE_NOTICE_S = 20.0
+    cancel_requested = None  # no Cancel button: Ctrl-C cancels
 
     def __init__(self, verbose: bool = False, live: bool = True) -> None:
         self.verbose = verbose
@@ -35,7 +37,7 @@ class TextView:
     def submitted(self, job_id: str, name: str | None) -> None:
         """Job ids vary run to run, so the text view does not print them."""
 
-    def status(self, status: str) -> None:
+    def status(self, status: JobStatus) -> None:
         """Statuses change with timing, so the text view keeps them to itself, but for a long
         wait in the queue."""
         if status != "IN_QUEUE" or self._told_queued or not sys.stderr.isatty():

@@ -28,6 +28,7 @@ from IPython.display import display
 
 from tetra_magic.display import render, rich
 from tetra_magic.display.cancel import route_to_side_thread
+from tetra_magic.status import JobStatus
 from worker.protocol import FunctionResponse
 
 FLUSH_S = 0.2
@@ -93,7 +94,7 @@ class WidgetView:
         self.logs.write("note", f"job {job_id}\n")
         self._render()
 
-    def status(self, status: str) -> None:
+    def status(self, status: JobStatus) -> None:
         """Called on every poll: also the moment to show output gathered since the last one."""
         self.endpoint_status = status
         self._render()

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tetra_magic.status import JobStatus
 
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 MIN_EXECUTION_TIMEOUT_MS = 5_000
@@ -35,21 +36,6 @@ RUNSYNC_RETENTION_S = 60
 STOP_RESEND_S = 1.0
 TOMBSTONES = 2000
 _MISSING: Any = object()  # "no output field", as opposed to an output of None
-
-
-class Status(str, enum.Enum):
-    """RunPod's job statuses; the string values are what the API returns."""
-
-    IN_QUEUE = "IN_QUEUE"
-    IN_PROGRESS = "IN_PROGRESS"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-
-    @property
-    def final(self) -> bool:
-        return self not in (Status.IN_QUEUE, Status.IN_PROGRESS)
 
 
 class PolicyError(ValueError):
@@ -99,7 +85,7 @@ class Job:
     policy: Policy
     sync: bool
     submitted: float
-    status: Status = Status.IN_QUEUE
+    status: JobStatus = JobStatus.IN_QUEUE
     worker_id: str | None = None
     started: float | None = None
     finished: float | None = None
@@ -194,22 +180,22 @@ class JobStore:
         """Cancel a queued or running job; a final job is left as it is."""
         job = self._jobs.get(job_id)
         if job is not None and not job.status.final:
-            self._finalize(job, Status.CANCELLED, error=None)
+            self._finalize(job, JobStatus.CANCELLED, error=None)
         return job
 
     def purge_queue(self) -> int:
         """Cancel every job still waiting in the queue; running jobs are not touched."""
-        return self._end_queued(Status.CANCELLED, "removed from the queue by purge-queue")
+        return self._end_queued(JobStatus.CANCELLED, "removed from the queue by purge-queue")
 
     def fail_queued(self, reason: str) -> int:
         """Fail every queued job (the workers cannot start); returns how many."""
-        return self._end_queued(Status.FAILED, reason)
+        return self._end_queued(JobStatus.FAILED, reason)
 
-    def _end_queued(self, status: Status, reason: str) -> int:
+    def _end_queued(self, status: JobStatus, reason: str) -> int:
         ended = 0
         for job_id in self._queue:
             job = self._jobs.get(job_id)
-            if job is not None and job.status is Status.IN_QUEUE:
+            if job is not None and job.status is JobStatus.IN_QUEUE:
                 self._finalize(job, status, error=reason)
                 ended += 1
         self._queue.clear()
@@ -221,14 +207,14 @@ class JobStore:
         return {
             "completed": self.totals["completed"],
             "failed": self.totals["failed"],
-            "inProgress": live[Status.IN_PROGRESS],
-            "inQueue": live[Status.IN_QUEUE],
+            "inProgress": live[JobStatus.IN_PROGRESS],
+            "inQueue": live[JobStatus.IN_QUEUE],
             "retried": 0,
         }
 
     def running_on(self, worker_id: str) -> Job | None:
         job = self._running.get(worker_id)
-        return job if job is not None and job.status is Status.IN_PROGRESS else None
+        return job if job is not None and job.status is JobStatus.IN_PROGRESS else None
 
     def pending(self) -> int:
         """Jobs not yet final: the server is not idle while there are any."""
@@ -277,7 +263,7 @@ class JobStore:
             return None
         while self._queue:
             job = self._jobs.get(self._queue.popleft())
-            if job is not None and job.status is Status.IN_QUEUE:
+            if job is not None and job.status is JobStatus.IN_QUEUE:
                 self._start(job, worker_id)
                 return job
         return None
@@ -305,7 +291,7 @@ class JobStore:
         """
         if not isinstance(body, dict):
             body = {"output": body}
-        if body.get("status") == Status.IN_PROGRESS.value:
+        if body.get("status") == JobStatus.IN_PROGRESS.value:
             return self._progress(job_id, worker_id, body.get("output"))
         job = self._owned(job_id, worker_id)
         if job is None:
@@ -313,16 +299,16 @@ class JobStore:
         error = body.get("error")
         if error:
             text = error if isinstance(error, str) else repr(error)
-            self._finalize(job, Status.FAILED, error=text, output=body.get("output", _MISSING))
+            self._finalize(job, JobStatus.FAILED, error=text, output=body.get("output", _MISSING))
         else:
-            self._finalize(job, Status.COMPLETED, error=None, output=body.get("output"))
+            self._finalize(job, JobStatus.COMPLETED, error=None, output=body.get("output"))
         return True
 
     def _progress(self, job_id: str, worker_id: str, output: Any) -> bool:
         """A progress update; one that arrives after the job ended (the SDK sends them from a
         thread of their own) is dropped, not taken for a worker still at work on it."""
         job = self._jobs.get(job_id)
-        if job is None or job.worker_id != worker_id or job.status is not Status.IN_PROGRESS:
+        if job is None or job.worker_id != worker_id or job.status is not JobStatus.IN_PROGRESS:
             return False
         job.output, job.has_output = output, True
         job.touch()
@@ -336,10 +322,10 @@ class JobStore:
         lost = [
             job
             for job in self._jobs.values()
-            if job.worker_id == worker_id and job.status is Status.IN_PROGRESS
+            if job.worker_id == worker_id and job.status is JobStatus.IN_PROGRESS
         ]
         for job in lost:
-            self._finalize(job, Status.FAILED, error=reason)
+            self._finalize(job, JobStatus.FAILED, error=reason)
         return lost
 
     async def stop_signals(self, worker_id: str, timeout: float) -> list[str]:
@@ -399,7 +385,7 @@ class JobStore:
         return job
 
     def _start(self, job: Job, worker_id: str) -> None:
-        job.status = Status.IN_PROGRESS
+        job.status = JobStatus.IN_PROGRESS
         job.worker_id = worker_id
         self._running[worker_id] = job
         job.started = self.clock()
@@ -408,15 +394,15 @@ class JobStore:
         job.touch()
 
     def _time_out(self, job: Job) -> None:
-        if job.status is Status.IN_PROGRESS:
+        if job.status is JobStatus.IN_PROGRESS:
             limit = job.policy.execution_timeout
             message = f"the job ran past its execution timeout of {limit:g} s and was stopped"
-            self._finalize(job, Status.TIMED_OUT, error=message)
+            self._finalize(job, JobStatus.TIMED_OUT, error=message)
 
     def _finalize(
-        self, job: Job, status: Status, *, error: str | None, output: Any = _MISSING
+        self, job: Job, status: JobStatus, *, error: str | None, output: Any = _MISSING
     ) -> None:
-        was_running = job.status is Status.IN_PROGRESS
+        was_running = job.status is JobStatus.IN_PROGRESS
         job.status = status
         job.finished = self.clock()
         job.error = error
@@ -425,18 +411,18 @@ class JobStore:
         if job._timer is not None:
             job._timer.cancel()
             job._timer = None
-        if status is Status.COMPLETED:
+        if status is JobStatus.COMPLETED:
             self.totals["completed"] += 1
-        elif status in (Status.FAILED, Status.TIMED_OUT):
+        elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             self.totals["failed"] += 1
-        if was_running and status in (Status.CANCELLED, Status.TIMED_OUT):
+        if was_running and status in (JobStatus.CANCELLED, JobStatus.TIMED_OUT):
             self._send_stop(job.worker_id, job.id)
         if was_running:
             self._wake_takers()  # its worker may be holding a job-take for the next job
         job.touch()
 
     def _expire(self, job: Job, reason: str) -> None:
-        if job.status is Status.IN_PROGRESS and job.worker_id is not None:
+        if job.status is JobStatus.IN_PROGRESS and job.worker_id is not None:
             self._send_stop(job.worker_id, job.id)
         if job._timer is not None:
             job._timer.cancel()

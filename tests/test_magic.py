@@ -253,3 +253,53 @@ def test_loading_is_cheap_and_unload_and_reload_work() -> None:
     assert loaded == [True, True] and timeout == 5.0
     assert unloaded == [False, False]
     assert reloaded == [True, True] and instances == 1
+
+
+def test_out_holds_the_job_which_shows_itself_in_one_line_and_answers_when_finished() -> None:
+    """--out stores the job: a one-line summary (name, status, time, worker, GPU) as text and
+    HTML, its record's fields, and status()/wait() on a finished job; a failed job's too."""
+    cells = run_cells(
+        LOAD,
+        "%%tetra --local --out job --name probe\nprint('hi')\n6 * 7",
+        "job",
+        "print(job.status(), job.status, job.wait(), job.stdout.strip(), job.error)\n"
+        "print(job.worker['worker_id'], ', '.join(job.worker['gpus']) or 'no GPU')\n"
+        "print(*job.to_dict())",
+        "%%tetra --local --out bad\n1 / 0",
+        "print(bad.status(), bad.wait(), bad.error.splitlines()[-1])",
+    )
+    ran, shown, fields, _, failed = cells[1:]
+    assert ran.results == ["42"] and shown.error is None and fields.error is None
+    status, worker = fields.stdout.splitlines()[:2]
+    assert status == "COMPLETED COMPLETED True hi None"
+    worker_id, gpus = worker.split(" ", 1)
+    (out,) = shown.outputs
+    assert re.fullmatch(
+        rf"tetra probe \| COMPLETED \| \d+\.\d s \| {re.escape(worker_id)} \| {re.escape(gpus)}",
+        out.data["text/plain"],
+    )
+    assert out.data["text/html"].count("<tr>") == 1 and "probe" in out.data["text/html"]
+    assert fields.stdout.splitlines()[2].split() == RECORD_FIELDS
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError as exc:
+        here = str(exc)
+    assert failed.error is None and failed.stdout == f"COMPLETED True {here}\n"
+
+
+RECORD_FIELDS = [
+    "id",
+    "status",
+    "endpoint",
+    "name",
+    "delay_ms",
+    "execution_ms",
+    "wall_s",
+    "stdout",
+    "stderr",
+    "worker",
+    "shipped",
+    "error",
+    "billed_s",
+    "cost_estimate_usd",
+]

@@ -142,7 +142,7 @@ class Job(JobRecord):
             client.close()
         self.status = JobStatus.CANCELLED
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self) -> bool:
         """Whether the job has ended. A cell's job has ended by the time the cell returns, so
         there is nothing to wait for."""
         return self.status.final
@@ -161,12 +161,7 @@ class Job(JobRecord):
         """What the job cost on RunPod (an estimate, kept in the record); None elsewhere."""
         if not self._target.billed or self.followed is None:
             return None
-        response = self.followed.response
-        gpu = (
-            response.worker.gpus[0]
-            if response and response.worker and response.worker.gpus
-            else None
-        )
+        gpu = ((self.worker or {}).get("gpus") or [None])[0]
         estimate = pricing.estimate(self.followed.document, gpu, self._target.gpu_ids, prices)
         if estimate is not None:
             self.billed_s, self.cost_estimate_usd = estimate.billed_s, estimate.usd

@@ -119,7 +119,9 @@ class TetraMagic(Magics):
         `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
         command, _, rest = line.strip().partition(" ")
         if command in _COMMANDS:
-            return self._command(command, rest.strip())
+            from tetra_magic import commands
+
+            return commands.run(command, rest.strip())
         option_text, statement = split_line(line, self.tetra.parser)
         if not statement.strip():
             raise UsageError(
@@ -184,20 +186,6 @@ class TetraMagic(Magics):
     def _current_cell(self) -> str | None:
         cells = self._history()
         return cells[-1] if cells else None
-
-    def _command(self, command: str, rest: str) -> Any:
-        if command == "local":
-            from tetra_magic.local.launcher import ensure_running
-
-            print(f"local endpoint: {ensure_running().base_url}")
-            return None
-        if command == "endpoints":
-            from tetra_magic.provision import show_endpoints
-
-            return show_endpoints()
-        from tetra_magic.provision import delete_named
-
-        return delete_named(rest)
 
 
 def split_line(line: str, parser: Any) -> tuple[str, str]:

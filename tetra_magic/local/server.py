@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tetra_magic import credentials
 from tetra_magic.local import state
 from tetra_magic.local.jobs import Job, JobStore, Policy, PolicyError
 from tetra_magic.local.workers import Supervisor, WorkerUrls, default_worker_count, detect_gpus
@@ -100,10 +101,11 @@ def _same(a: str, b: str) -> bool:
 
 
 class SdkCredential:
-    """The key the runpod SDK in our workers will send: the one in ~/.runpod/config.toml."""
+    """The key the runpod SDK in our workers will send: the one in ~/.runpod/config.toml,
+    read again only when the file changes."""
 
     def __init__(self) -> None:
-        self.path = Path(os.path.expanduser("~/.runpod/config.toml"))
+        self.path = credentials.config_file()
         self._mtime: float | None = None
         self._value: str | None = None
 
@@ -118,18 +120,9 @@ class SdkCredential:
 
     def _read(self) -> str | None:
         try:
-            import tomllib as toml  # type: ignore[import-not-found]
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as toml  # type: ignore[import-not-found,no-redef]
-            except ImportError:
-                return None
-        try:
-            with open(self.path, "rb") as handle:
-                key = toml.load(handle).get("default", {}).get("api_key")
-        except (OSError, ValueError, AttributeError):
+            return credentials.config_key(self.path)
+        except (OSError, UnicodeDecodeError, ValueError, ImportError):
             return None
-        return key if isinstance(key, str) and key else None
 
 
 class Api:

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -37,7 +38,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import __version__, gpus
+from tetra_magic import gpus
 from tetra_magic.client import Endpoint
 from tetra_magic.cloud_api import Enum, RunPodGraphQL, api_base, rest_base
 from tetra_magic.errors import TetraError
@@ -73,7 +74,13 @@ def worker_image(worker: WorkerSettings, cpu: bool) -> str:
     if not chosen:
         _check_published_python(cpu)
         chosen = PUBLISHED_CPU_IMAGE if cpu else PUBLISHED_IMAGE
-    return chosen.replace("{python}", python_minor()).replace("{version}", __version__)
+    return chosen.replace("{python}", python_minor()).replace("{version}", _our_version())
+
+
+def _our_version() -> str:
+    """This package's version, from its installed metadata (the package's own __init__ loads
+    the magic, so importing it from here would close an import circle)."""
+    return importlib.metadata.version("tetra-magic")
 
 
 def _check_published_python(cpu: bool) -> None:

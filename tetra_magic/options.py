@@ -18,6 +18,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic.gpus import gpu_ids
+from tetra_magic.runpod_limits import MAX_EXECUTION_MS
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _split_commas(item: str) -> list[str]:
 _VERSION_CONTINUES = re.compile(r"\s*[<>=!~]")
 # What apt-get accepts as a package: a Debian name, maybe :arch, maybe =version.
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
-MAX_TIMEOUT = 7 * 24 * 3600.0  # RunPod's longest execution timeout
+MAX_TIMEOUT = MAX_EXECUTION_MS / 1000  # seconds
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -43,11 +43,10 @@ from tetra_magic import credentials
 from tetra_magic.local import state
 from tetra_magic.local.jobs import Job, JobStore, Policy, PolicyError
 from tetra_magic.local.workers import Supervisor, WorkerUrls, default_worker_count, detect_gpus
+from tetra_magic.runpod_limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT
 
 log = logging.getLogger("tetra_magic.local.server")
 
-RUN_LIMIT = 10_000_000
-RUNSYNC_LIMIT = 20_000_000
 WORKER_POST_LIMIT = 1_000_000_000
 DRAIN_LIMIT = 64_000_000  # read (and drop) oversized bodies up to this, so clients see the 413
 RUNSYNC_WAIT_MS = (1_000, 90_000, 300_000)  # min, default, max of ?wait
@@ -223,13 +222,13 @@ class Api:
 
     async def run(self, request: web.Request) -> web.Response:
         self._client(request)
-        job = self._submit(await self._job_request(request, RUN_LIMIT), sync=False)
+        job = self._submit(await self._job_request(request, RUN_PAYLOAD_LIMIT), sync=False)
         return web.json_response({"id": job.id, "status": job.status.value})
 
     async def runsync(self, request: web.Request) -> web.Response:
         self._client(request)
         wait_s = _wait_param(request) / 1000
-        job = self._submit(await self._job_request(request, RUNSYNC_LIMIT), sync=True)
+        job = self._submit(await self._job_request(request, RUNSYNC_PAYLOAD_LIMIT), sync=True)
         await job.wait_final(wait_s, self.store.clock)
         return web.json_response(job.doc(self.store.clock()))
 

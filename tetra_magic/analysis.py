@@ -68,13 +68,6 @@ class CellAnalysis:
     builtins_read: frozenset[str] = frozenset()
 
 
-def transform(cell: str) -> str:
-    """IPython syntax (`!cmd`, `%magic`, `x = !cmd`) turned into Python, as IPython does it."""
-    from IPython.core.inputtransformer2 import TransformerManager
-
-    return TransformerManager().transform_cell(cell)
-
-
 def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
     """Analyse Python `source` (already transformed); raises SyntaxError as Python would."""
     tree = ast.parse(source, filename)

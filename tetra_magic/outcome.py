@@ -7,6 +7,7 @@ shown, through the repr and rich representations the worker made of it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
     "install": "installing the cell's dependencies failed, so the cell did not run",
+    "start": "the worker could not start the process that runs cells, so the cell did not run",
     "timeout": "the cell ran past its time limit and was stopped",
     "crash": "the worker's executor crashed while running the cell",
     "cancelled": "the job was cancelled",
@@ -78,19 +80,37 @@ def _load(response: FunctionResponse) -> CellResult:
     result = CellResult(deleted=list(payload.get("deleted", [])))
     result.problems.update(payload.get("errors", {}))
     result.problems.update(response.unpicklable)
+    imported = set(payload.get("imported", ()))
     for name, blob in payload.get("values", {}).items():
         try:
             result.values[name] = cloudpickle.loads(blob)
         except Exception as exc:
-            result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    for name, module in payload.get("modules", {}).items():
-        try:
-            result.values[name] = importlib.import_module(module)
-        except ImportError:
-            result.problems[name] = f"the module {module} is installed on the worker only"
+            # `from torch import nn` with no torch here is left out silently, as modules are.
+            if not (name in imported and isinstance(exc, ImportError)):
+                result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+    result.values.update(_import_modules(payload.get("modules", {}), result.problems))
     if payload.get("last") is not None:
-        result.last = _load_portable(payload["last"], "Out", result.problems)
+        result.last = _load_portable(payload["last"])
     return result
+
+
+def _import_modules(modules: dict[str, list[str]], problems: dict[str, str]) -> dict[str, Any]:
+    """The modules the cell bound ({name: [module, submodules it imported under it]}),
+    imported here as the cell imported them there. One the kernel does not have is left out
+    without a note: the cell imported it to use it on the worker (torch on a laptop), not to
+    hand it back. One that fails as it loads is named."""
+    imported = {}
+    for name, (module, *submodules) in modules.items():
+        try:
+            for submodule in submodules:
+                importlib.import_module(submodule)
+            imported[name] = importlib.import_module(module)
+        except ImportError:
+            continue
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            problems[name] = f"the module {module} failed to import here: {reason}"
+    return imported
 
 
 def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
@@ -110,15 +130,13 @@ def _class_methods(user_ns: dict[str, Any]) -> dict[type, dict[str, Any]]:
     return {cls: dict(vars(cls)) for cls in classes if is_notebook_class(cls)}
 
 
-def _load_portable(portable: dict[str, Any], name: str, problems: dict[str, str]) -> Any:
-    """The value itself, or a stand-in showing the worker's representations of it."""
+def _load_portable(portable: dict[str, Any]) -> Any:
+    """The value itself, or a stand-in showing the worker's representations of it. No note
+    either way: the value is shown as it would be at home (the Line2D list a plotting cell
+    ends with, on a kernel without matplotlib), so nothing the user looks at is missing."""
     if portable.get("blob") is not None:
-        try:
+        with contextlib.suppress(Exception):
             return cloudpickle.loads(portable["blob"])
-        except Exception as exc:
-            problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    elif portable.get("reason"):
-        problems[name] = portable["reason"]
     return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
 
 

@@ -62,7 +62,15 @@ def options(**changes: Any) -> CellOptions:
 
 def packed(cell: str, user_ns: dict[str, Any], **opts: Any):
     analysis = analyse("\n" + transform(cell), FILE)
-    return analysis, pack(analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000)
+    request = pack(
+        analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000, label=kernel_label
+    )
+    return analysis, request
+
+
+def kernel_label(filename: str) -> str | None:
+    """Cells as the kernel names them: `notebook()`'s files are In[2]."""
+    return "Cell In[2]" if filename.startswith("/tmp/ipykernel_1/") else LABEL(filename)
 
 
 def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellResult:
@@ -72,7 +80,7 @@ def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellRes
     kwargs = {k: decode(v) for k, v in request.request.kwargs.items()}
     value = cell_runtime.run_cell(**kwargs)
     response = FunctionResponse(success=True, result=encode(value))
-    result = outcome.unpack(response, user_ns)
+    result = outcome.unpack(response)
     outcome.apply(result, user_ns)
     return result
 
@@ -160,7 +168,8 @@ def test_a_module_only_on_the_worker_is_named_and_the_rest_lands() -> None:
     _, request = packed("import worker_only_mod\nt = worker_only_mod.Thing()\nn = 1", {})
     value = cell_runtime.run_cell(**{k: decode(v) for k, v in request.request.kwargs.items()})
     del sys.modules["worker_only_mod"]
-    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)), {})
+    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)))
+    outcome.apply(result, {})
     assert result.values == {"n": 1}
     assert (
         result.problems["worker_only_mod"]
@@ -180,9 +189,10 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering() -> Non
         def __repr__(self) -> str:
             return "Frame(3 rows)"
 
-    value = cell_runtime._portable(Frame())
+    names = cell_runtime.MainNames({})
+    value = names.portable(Frame())
     problems: dict[str, str] = {}
-    shown = outcome._load_portable(value, "Out", problems)
+    shown = outcome._load_portable(names, value, "Out", problems)
     assert repr(shown) == "Frame(3 rows)"
     assert shown._repr_mimebundle_() == {
         "text/html": "<table>t</table>",
@@ -240,16 +250,12 @@ def test_payload_over_the_limit_names_sizes() -> None:
 def test_earlier_cells_travel_with_the_functions_defined_in_them() -> None:
     user_ns = notebook("def inv(v):\n    return 1 / v\n", "/tmp/ipykernel_1/cell3.py")
     analysis = analyse("\ninv(0)", FILE)
-    request = pack(
-        analysis,
-        user_ns,
-        options(),
-        filename=FILE,
-        limit=10**7,
-        cell_file=lambda n: "ipykernel" in n,
-    )
+    request = pack(analysis, user_ns, options(), filename=FILE, limit=10**7, label=kernel_label)
     spec = decode(request.request.kwargs["spec"])
     assert spec["sources"] == {"/tmp/ipykernel_1/cell3.py": "def inv(v):\n    return 1 / v\n"}
+    assert spec["definitions"] == {
+        "inv": ["def inv(v):\n    return 1 / v\n", "/tmp/ipykernel_1/cell3.py", 1]
+    }
 
 
 # --------------------------------------------------------------------------- tracebacks
@@ -367,7 +373,7 @@ def _finish(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> tuple[Any
     followed = follow(client, "job-1", view)  # type: ignore[arg-type]
     view.close(followed.response)
     user_ns: dict[str, Any] = {}
-    result = outcome.unpack(outcome.check(followed, LABEL), user_ns)
+    result = outcome.unpack(outcome.check(followed, LABEL, user_ns))
     outcome.apply(result, user_ns)
     return result.last, user_ns, capsys.readouterr().out
 

@@ -5,38 +5,66 @@ worker calls, so it must be self-contained: standard library and cloudpickle onl
 the functions, nothing from tetra_magic. That is what lets the published tetra worker run a cell
 too. (The kernel imports a few of its helpers as well, so both sides share one definition.)
 
-Values travel as cloudpickle bytes inside the arguments and the result, one blob per name, so a
-value that fails to load on one side is named and the others still arrive.
+Values travel as pickles inside the arguments and the result, one blob per name, so a value that
+fails to load on one side is named and the others still arrive. How the notebook's own functions
+and classes travel is `MainNames`' job: by name, with the source of their definition, never as
+bytecode when that can be helped (see its docstring).
 """
 
 
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
-    of what it bound, the names it deleted, its last expression's value and what it displayed."""
-    import ast
+    of what it bound or changed in place, the names it deleted, its last expression's value and
+    what it displayed."""
     import builtins
     import os
+    import sys
+    import types
 
     os.environ.update(spec.get("env") or {})
     _register_sources(spec.get("sources") or {})
     shown = []
-    namespace = {"__name__": "__main__", "__builtins__": builtins, "get_ipython": _Shell}
+    # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
+    # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
+    main = types.ModuleType("__main__")
+    namespace = main.__dict__
+    namespace.update({"__builtins__": builtins, "get_ipython": _Shell})
     namespace["display"] = lambda *objs, **_: shown.extend(objs)
-    namespace.update(_load_inputs(spec, blobs))
-    adopt_all(namespace, list(namespace), merge=True)
-    filename, source = spec["filename"], spec["source"]
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        names = MainNames(namespace, spec.get("definitions"), blobs, spec["modules"])
+        inputs = _load_inputs(names, spec)
+        names.refer_to(_cell_definitions(spec["filename"], spec["source"]))
+        digests = {name: _digest(names, value) for name, value in inputs.items()}
+        last = _run_source(spec, names)
+        names.refresh()
+        out = _pack_outputs(names, spec, last, inputs, digests)
+        out["shown"] = [names.portable(obj) for obj in shown]
+        out["definitions"] = names.sent
+        return out
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+def _run_source(spec, names):
+    """Run the cell's code; its last expression's value (None without one). An exception the
+    cell raises is packed for the notebook, which raises it as the user's own exception."""
+    import ast
+
+    filename, source, namespace = spec["filename"], spec["source"], names.namespace
     _register_sources({filename: source})
     tree = ast.parse(source, filename)
-    last = None
-    if spec["has_last_expr"]:
+    try:
+        if not spec["has_last_expr"]:
+            return _execute(tree, filename, namespace)
         expr = tree.body.pop()
         _execute(tree, filename, namespace)
-        last = _execute(ast.Expression(expr.value), filename, namespace)
-    else:
-        _execute(tree, filename, namespace)
-    out = _pack_outputs(namespace, spec, last)
-    out["shown"] = [_portable(obj) for obj in shown]
-    return out
+        return _execute(ast.Expression(expr.value), filename, namespace)
+    except Exception as exc:
+        exc.tetra_exception = _pack_exception(names, exc)
+        raise
 
 
 def _execute(tree, filename, namespace):
@@ -63,13 +91,27 @@ def _register_sources(sources):
         linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
 
-def _load_inputs(spec, blobs):
-    values = {}
-    for alias, names in spec["modules"].items():
-        values[alias] = _import(alias, names)
-    for name, blob in blobs.items():
-        values[name] = _load_input(spec, name, blob)
-    return values
+def _load_inputs(names, spec):
+    """Every value the kernel sent, bound in the namespace; {name: value} of the data among
+    them (not modules, not definitions), whose changes in place the notebook must get back."""
+    import platform
+
+    inputs = {}
+    for name in [*spec["modules"], *names.definitions, *names.blobs]:
+        try:
+            names.ensure(name)
+        except Exception as exc:
+            hint = ""
+            if tuple(spec["python"]) != platform.python_version_tuple()[:2]:
+                notebook, here = ".".join(spec["python"]), platform.python_version()
+                hint = f" (the notebook runs Python {notebook}, this worker {here})"
+            raise RuntimeError(
+                f"notebook variable {name!r} could not be loaded on the worker:"
+                f" {type(exc).__name__}: {exc}{hint}"
+            ) from None
+        if name in names.blobs and name not in names.definitions and name in names.namespace:
+            inputs[name] = names.namespace[name]
+    return inputs
 
 
 def _import(alias, names):
@@ -88,116 +130,40 @@ def _import(alias, names):
     return module
 
 
-def _load_input(spec, name, blob):
-    import platform
+def _cell_definitions(filename, source):
+    """{name: [source, filename, line]} of the functions and classes the cell defines at its
+    top level: those can travel home as source."""
+    import ast
 
-    import cloudpickle
+    lines = source.splitlines(True)
+    found = {}
+    for node in ast.parse(source, filename).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            text = "".join(lines[first - 1 : node.end_lineno])
+            found[node.name] = [text, filename, first]
+    return found
+
+
+def _digest(names, value):
+    """A fingerprint of `value`'s pickle (None if it cannot be pickled here)."""
+    import hashlib
 
     try:
-        return cloudpickle.loads(blob)
-    except Exception as exc:
-        hint = ""
-        if tuple(spec["python"]) != platform.python_version_tuple()[:2]:
-            hint = (
-                f" (the notebook runs Python {'.'.join(spec['python'])}, this worker"
-                f" {platform.python_version()}: functions travel as bytecode, which does"
-                " not load across Python versions)"
-            )
-        raise RuntimeError(
-            f"notebook variable {name!r} could not be loaded on the worker:"
-            f" {type(exc).__name__}: {exc}{hint}"
-        ) from None
+        return hashlib.blake2b(names.dumps(value), digest_size=16).digest()
+    except Exception:
+        return None
 
 
-def adopt_all(namespace, names, merge):
-    """Make the notebook functions and classes named `names` live in `namespace`, as they do
-    at home.
-
-    cloudpickle gives a function shipped by value a private copy of the globals it uses, so
-    a helper from an earlier cell would not see what this cell assigns, and a class that made
-    the round trip would come home with methods reading stale copies. Here each gets
-    `namespace` as its globals; with `merge`, the globals it carried fill in names the
-    namespace lacks (the helper's own helpers, which the cell itself does not name).
-    """
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        value = namespace[name]
-        for carried in _foreign_globals(value, namespace):
-            for key, item in carried.items():
-                if merge and key not in namespace and not key.startswith("__"):
-                    namespace[key] = item
-                    todo.append(key)
-        adopted = adopt(value, namespace)
-        if adopted is not value:
-            namespace[name] = adopted
-        if is_notebook_class(type(value)):
-            adopt(type(value), namespace)
-
-
-def _is_notebook_function(value, namespace):
+def _pack_outputs(names, spec, last, inputs, digests):
+    """The blobs of what the cell bound, and of the inputs it changed in place: those are
+    pickled again and compared with their pickle as they arrived, so an unchanged input does not
+    travel back."""
+    import hashlib
     import types
 
-    return (
-        isinstance(value, types.FunctionType)
-        and value.__module__ == "__main__"
-        and value.__globals__ is not namespace
-    )
-
-
-def is_notebook_class(value):
-    return isinstance(value, type) and value.__module__ == "__main__"
-
-
-def _methods(cls):
-    """(attribute, function, rewrap) for each function a notebook class holds."""
-    for attr, item in list(vars(cls).items()):
-        if isinstance(item, (staticmethod, classmethod)):
-            yield attr, item.__func__, type(item)
-        else:
-            yield attr, item, None
-
-
-def _foreign_globals(value, namespace):
-    """The carried globals of `value` (a function, or a class's methods) that are not
-    `namespace`."""
-    if _is_notebook_function(value, namespace):
-        return [value.__globals__]
-    classes = [c for c in (value, type(value)) if is_notebook_class(c)]
-    return [
-        item.__globals__
-        for cls in classes
-        for _, item, _ in _methods(cls)
-        if _is_notebook_function(item, namespace)
-    ]
-
-
-def adopt(value, namespace):
-    """`value` with `namespace` as the globals of its notebook functions: a new function, or
-    the same class with its methods rebound; anything else as it is."""
-    import types
-
-    if _is_notebook_function(value, namespace):
-        new = types.FunctionType(
-            value.__code__, namespace, value.__name__, value.__defaults__, value.__closure__
-        )
-        new.__kwdefaults__ = value.__kwdefaults__
-        new.__dict__.update(value.__dict__)
-        for attr in ("__qualname__", "__doc__", "__module__", "__annotations__"):
-            setattr(new, attr, getattr(value, attr))
-        return new
-    if is_notebook_class(value):
-        for attr, item, rewrap in _methods(value):
-            if _is_notebook_function(item, namespace):
-                new = adopt(item, namespace)
-                setattr(value, attr, rewrap(new) if rewrap else new)
-    return value
-
-
-def _pack_outputs(namespace, spec, last):
-    import types
-
-    values, modules, errors, deleted = {}, {}, {}, []
+    values, modules, errors, deleted, changed = {}, {}, {}, [], []
+    namespace = names.namespace
     for name in spec["binds"]:
         if name not in namespace:
             if name in spec["deletes"]:
@@ -208,24 +174,330 @@ def _pack_outputs(namespace, spec, last):
             modules[name] = value.__name__
             continue
         try:
-            values[name] = _dumps(value)
+            values[name] = names.dumps(value)
         except Exception as exc:
             errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+    for name, value in inputs.items():
+        if name in values or name in errors or namespace.get(name) is not value:
+            continue
+        try:
+            blob = names.dumps(value)
+        except Exception:
+            continue
+        if hashlib.blake2b(blob, digest_size=16).digest() != digests[name]:
+            values[name] = blob
+            changed.append(name)
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
-    out["last"] = _portable(last) if spec["has_last_expr"] and last is not None else None
+    out["changed"] = changed
+    out["last"] = names.portable(last) if spec["has_last_expr"] and last is not None else None
     return out
 
 
-def _portable(value):
-    """A value as it can best travel: its pickle (None if it has none), its repr, and its rich
-    representations, so the notebook can show it even where it cannot load it."""
+def _pack_exception(names, exc):
+    """The exception the cell raised and those chained to it, each pickled on its own (None
+    where one cannot be), with the links between them: [[blob, cause, context, suppress], ...],
+    as a base64 string the worker puts in its response."""
+    import base64
+    import pickle
+
+    chain, index = [], {}
+
+    def visit(error):
+        if error is None or len(chain) >= 32:
+            return None
+        if id(error) in index:
+            return index[id(error)]
+        index[id(error)] = position = len(chain)
+        chain.append(None)
+        try:
+            blob = names.dumps(error)
+        except Exception:
+            blob = None
+        cause, context = visit(error.__cause__), visit(error.__context__)
+        chain[position] = [blob, cause, context, error.__suppress_context__]
+        return position
+
+    visit(exc)
+    return base64.b64encode(pickle.dumps(chain)).decode("ascii")
+
+
+# Types that are never a notebook definition: pickling skips the name lookup for them.
+_PLAIN = (int, float, str, bytes, bool, complex, type(None), list, tuple, dict, set)
+_HEADER = b"tetra-pickle"
+
+
+class MainNames:
+    """One side's `__main__` namespace (the notebook's, or the cell's on the worker) and how
+    its objects travel to the other side.
+
+    A function or class the notebook (or the cell) defined travels by name: the pickle holds a
+    reference to it, resolved on loading against the other side's `__main__`, so a value of a
+    notebook class comes back an instance of the notebook's very class, never a copy that would
+    replace or patch it. Where the other side lacks the definition, its source goes along
+    (`sent`) and is executed there in `__main__` on first use: source works across Python
+    versions, and the functions get `__main__`'s globals as at home. What has no known source
+    (a lambda, a function made inside another) goes as cloudpickle's bytecode, its globals
+    still `__main__`'s; every blob's header says which Python made it and whether it holds
+    bytecode, and such a blob is refused, before anything in it runs, on another minor version.
+
+    `referable(name)` says whether the other side can have the top-level definition `name`:
+    None (no), [] (it has it already), or [source, filename, line] (send that).
+    """
+
+    def __init__(self, namespace, definitions=None, blobs=None, modules=None, referable=None):
+        self.namespace = namespace
+        self.definitions = dict(definitions or {})  # name -> [source, filename, line]
+        self.blobs = dict(blobs or {})
+        self.modules = dict(modules or {})
+        self.referable = referable or (lambda name: None)
+        self.sent = {}  # definitions the other side needs, by name
+        self.referred = set()  # top-level names the pickles made so far refer to
+        self.bytecode = []  # globals read by functions that went as bytecode
+        self.bind = namespace.__setitem__
+        self._known = {}
+        self._ids = None
+        self._done = set()
+        self._busy = set()
+
+    def refer_to(self, cell_definitions):
+        """On the worker, once the inputs are in: what the notebook already has (the inputs
+        as they arrived) is referred to by name; the cell's own top-level definitions travel
+        as their source."""
+        home = {id(value): name for name, value in self.namespace.items()}
+
+        def referable(name):
+            value = self.namespace.get(name)
+            if home.get(id(value)) == name:
+                return []
+            return cell_definitions.get(name)
+
+        self.referable = referable
+        self.refresh()
+
+    def refresh(self):
+        """Forget what was worked out about the namespace's names (the cell changed them)."""
+        self._known, self._ids, self.sent = {}, None, {}
+
+    # -- pickling -------------------------------------------------------------------------
+
+    def dumps(self, value, files=None, to_cpu=True):
+        """`value`'s blob: a header naming this Python and any bytecode inside, then the
+        pickle."""
+        import io
+        import platform
+
+        buffer = io.BytesIO()
+        pickler = _pickler_class()(buffer, self, files, to_cpu)
+        pickler.dump(value)
+        python = ".".join(platform.python_version_tuple()[:2])
+        code = pickler.code_of or "-"
+        return b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()) + buffer.getvalue()
+
+    def portable(self, value):
+        """A value as it can best travel: its blob (None if it has none), its repr, and its
+        rich representations, so the notebook can show it even where it cannot load it."""
+        try:
+            blob = self.dumps(value)
+        except Exception as exc:
+            blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+        else:
+            reason = None
+        return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": _mime(value)}
+
+    def path(self, obj):
+        """The name (or dotted path) under which the other side finds `obj`; None if it
+        cannot."""
+        if isinstance(obj, _PLAIN) or not _definition_like(obj):
+            return None
+        if self._ids is None:
+            self._ids = {id(v): k for k, v in self.namespace.items() if _definition_like(v)}
+        path = None
+        qualname = getattr(obj, "__qualname__", None)
+        if (
+            getattr(obj, "__module__", None) == "__main__"
+            and isinstance(qualname, str)
+            and "<" not in qualname
+            and _lookup(self.namespace, qualname) is obj
+        ):
+            path = qualname
+        if path is None:
+            path = self._ids.get(id(obj))
+        if path is None:
+            return None
+        top = path.partition(".")[0]
+        if top not in self._known:
+            self._known[top] = self.referable(top)
+        found = self._known[top]
+        if found is None:
+            return None
+        if found:
+            self.sent[top] = found
+        self.referred.add(top)
+        return path
+
+    # -- loading --------------------------------------------------------------------------
+
+    def ensure(self, name):
+        """Bind `name` in the namespace from what came for it (a module to import, a
+        definition to execute, a blob to load), once; the names a definition uses first."""
+        if name in self._done or name in self._busy:
+            return
+        self._busy.add(name)
+        try:
+            if name in self.modules:
+                self.bind(name, _import(name, self.modules[name]))
+            elif name in self.definitions:
+                self._define(name)
+            elif name in self.blobs:
+                self.bind(name, self.load(name, self.blobs[name]))
+        finally:
+            self._busy.discard(name)
+            self._done.add(name)
+
+    def _define(self, name):
+        source, filename, line = self.definitions[name]
+        code = compile("\n" * (line - 1) + source, filename, "exec")
+        for used in global_names(code):
+            if used != name:
+                self.ensure(used)
+        exec(code, self.namespace)
+
+    def load(self, label, blob):
+        """The value in `blob`; refused, before anything in it runs, if it holds bytecode of
+        another Python minor version."""
+        import io
+        import pickle
+        import platform
+
+        head, _, body = blob.partition(b"\n")
+        parts = head.decode("ascii", "replace").split(" ")
+        if len(parts) != 3 or parts[0] != _HEADER.decode():
+            raise ValueError(f"{label!r} is not a tetra pickle")
+        made_by, code = parts[1], parts[2]
+        here = ".".join(platform.python_version_tuple()[:2])
+        if code != "-" and made_by != here:
+            raise VersionMismatch(
+                f"{label!r} holds {code}, compiled to bytecode by Python {made_by}; Python"
+                f" {here} here cannot run another version's bytecode, so it was not loaded."
+                " Functions and classes defined with def/class at the top level of a cell"
+                " travel as source and work across versions; lambdas and functions made inside"
+                " other functions do not"
+            )
+        unpickler = pickle.Unpickler(io.BytesIO(body))
+        unpickler.persistent_load = self._resolve
+        builtins = self.namespace.get("__builtins__")
+        try:
+            return unpickler.load()
+        finally:
+            if builtins is not None:  # cloudpickle sets a loaded function's globals' builtins
+                self.namespace["__builtins__"] = builtins
+
+    def _resolve(self, reference):
+        import pickle
+
+        if reference == ("namespace",):
+            return self.namespace
+        _, path = reference
+        top = path.partition(".")[0]
+        self.ensure(top)
+        if top not in self.namespace:
+            raise pickle.UnpicklingError(f"{top!r} is not defined here")
+        return _lookup(self.namespace, path)
+
+
+class VersionMismatch(Exception):
+    """A blob holds bytecode of another Python minor version."""
+
+
+def _definition_like(obj):
+    """Functions and classes, and wrappers of functions (functools.cache, decorators that use
+    functools.wraps): what a `def` or `class` statement binds."""
+    import types
+
+    if isinstance(obj, (type, types.FunctionType)):
+        return True
     try:
-        blob = _dumps(value)
-    except Exception as exc:
-        blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
-    else:
-        reason = None
-    return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": _mime(value)}
+        return callable(obj) and "__wrapped__" in vars(obj)
+    except TypeError:
+        return False
+
+
+def _lookup(namespace, path):
+    top, *rest = path.split(".")
+    value = namespace.get(top)
+    for attr in rest:
+        value = getattr(value, attr, None)
+    return value
+
+
+def global_names(code):
+    """The global names `code` (and the code nested in it) reads: what a definition needs
+    from `__main__` when it is executed and when its functions run."""
+    import dis
+    import types
+
+    found = []
+    for instruction in dis.get_instructions(code):
+        loads = instruction.opname in ("LOAD_NAME", "LOAD_GLOBAL", "LOAD_FROM_DICT_OR_GLOBALS")
+        if loads and instruction.argval not in found:
+            found.append(instruction.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found += [name for name in global_names(const) if name not in found]
+    return found
+
+
+_PICKLERS = {}
+
+
+def _pickler_class():
+    """cloudpickle's Pickler, with notebook definitions referred to by name (persistent ids)
+    and functions shipped as bytecode given `__main__`'s globals instead of a private copy."""
+    if "class" in _PICKLERS:
+        return _PICKLERS["class"]
+    import sys
+    import types
+
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def __init__(self, file, names, files, to_cpu):
+            super().__init__(file)
+            self.names, self.files, self.to_cpu = names, files, to_cpu
+            self.code_of = None
+
+        def persistent_id(self, obj):
+            if obj is self.names.namespace:
+                return ("namespace",)
+            path = self.names.path(obj)
+            return None if path is None else ("main", path)
+
+        def reducer_override(self, obj):
+            if isinstance(obj, types.FunctionType) and obj.__globals__ is self.names.namespace:
+                return self._main_function(obj)
+            if isinstance(obj, types.CodeType):
+                self.code_of = self.code_of or getattr(obj, "co_qualname", obj.co_name)
+                if self.files is not None:
+                    self.files.add(obj.co_filename)
+                constructor, args = self.dispatch_table[types.CodeType](obj)
+                named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+                return constructor, tuple(named)
+            torch = sys.modules.get("torch") if self.to_cpu else None
+            if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
+                return obj.detach().cpu().__reduce_ex__(self.proto)
+            return super().reducer_override(obj)
+
+        def _main_function(self, func):
+            """cloudpickle's by-value reduction, but with `__main__` itself as the globals
+            (a reference, resolved on loading) instead of a copy of the globals it reads;
+            the names it reads travel as names of their own (`MainNames.bytecode`)."""
+            self.names.bytecode += global_names(func.__code__)
+            make, args, state, items, pairs, setstate = self._dynamic_function_reduce(func)
+            state[1]["__globals__"] = {}
+            return make, (args[0], self.names.namespace, *args[2:]), state, items, pairs, setstate
+
+    _PICKLERS["class"] = Pickler
+    return Pickler
 
 
 _MIME_METHODS = {
@@ -254,38 +526,6 @@ def _safe(function, *args):
         return function(*args)
     except Exception:
         return None
-
-
-def _dumps(value):
-    return dumps(value, to_cpu=True)
-
-
-def dumps(value, files=None, to_cpu=False):
-    """cloudpickle, keeping the file names of code shipped by value (noted in `files`), so
-    tracebacks and linecache can find the cells it came from; with `to_cpu`, tensors on an
-    accelerator are stored as their CPU copies, for a notebook that has none."""
-    import io
-    import sys
-    import types
-
-    import cloudpickle
-
-    class Pickler(cloudpickle.Pickler):
-        def reducer_override(self, obj):
-            if isinstance(obj, types.CodeType):
-                if files is not None:
-                    files.add(obj.co_filename)
-                constructor, args = self.dispatch_table[types.CodeType](obj)
-                named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
-                return constructor, tuple(named)
-            torch = sys.modules.get("torch") if to_cpu else None
-            if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
-                return obj.detach().cpu().__reduce_ex__(self.proto)
-            return super().reducer_override(obj)
-
-    buffer = io.BytesIO()
-    Pickler(buffer).dump(value)
-    return buffer.getvalue()
 
 
 def expansion_fields(command):

@@ -65,13 +65,13 @@ def run_cell(
         opts,
         filename=filename,
         limit=endpoint.payload_limit,
-        cell_file=lambda name: label(name) is not None,
+        label=label,
     )
     record = _Recorder(shell, opts, endpoint, packed, started)
     view = make_view(shell, opts, display)
     followed = _submit(endpoint, opts, packed, view, record)
     try:
-        result = outcome.unpack(outcome.check(followed, label), shell.user_ns)
+        result = outcome.unpack(outcome.check(followed, label, shell.user_ns))
     except BaseException as exc:
         record(followed, error=str(exc))
         raise

@@ -173,6 +173,8 @@ def _pack_outputs(names, spec, last, inputs, digests):
         if isinstance(value, types.ModuleType):
             modules[name] = value.__name__
             continue
+        if inputs.get(name, values) is value:
+            continue  # `arr *= 2`: the input itself, changed in place or not (below)
         try:
             values[name] = names.dumps(value)
         except Exception as exc:

@@ -42,6 +42,7 @@ class JobRecord:
     stderr: str = ""
     worker: dict[str, Any] | None = None
     shipped: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,8 +76,8 @@ def run_cell(
     except BaseException as exc:
         record(followed, error=str(exc))
         raise
-    record(followed)
     outcome.apply(result, shell.user_ns)
+    record(followed, returned=sorted(result.values))
     _show(result.shown)
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
@@ -160,7 +161,9 @@ class _Recorder:
         self.shell, self.opts, self.endpoint = shell, opts, endpoint
         self.packed, self.started = packed, started
 
-    def __call__(self, followed: Followed, error: str | None = None) -> None:
+    def __call__(
+        self, followed: Followed, error: str | None = None, returned: list[str] | None = None
+    ) -> None:
         if not self.opts.out:
             return
         doc, response = followed.document, followed.response
@@ -176,6 +179,7 @@ class _Recorder:
             stderr=_text(followed.chunks, "stderr"),
             worker=response.worker.model_dump() if response and response.worker else None,
             shipped=list(self.packed.shipped),
+            returned=returned or [],
             error=error,
         )
 

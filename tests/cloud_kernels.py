@@ -3,6 +3,7 @@ the runpod SDK's variables, and a key distinctive enough to grep for."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from kernels import CellRun, run_cells
@@ -10,6 +11,12 @@ from runpod_fakes import FakeRunPod
 
 KEY = "rpa_TETRATESTKEY_7f3a9c1e5b2d4f60_DO_NOT_LEAK"
 LOAD = "%load_ext tetra_magic"
+# What every cell that ran on RunPod prints last on stderr: its billed time and estimated cost.
+COST_LINE = re.compile(
+    r"tetra: queued \d+\.\d s, ran \d+\.\d s, billed \d+ s; estimated cost \$\d+\.\d{5}"
+    r" \((?P<pool>\w+) at \$\d\.\d{5}/s, (?P<source>RunPod flex price as of \d{4}-\d\d"
+    r"|TetraMagic.gpu_prices); start and idle time not included\)\n"
+)
 
 
 def kernel_env(fake: FakeRunPod, home: Path, key: str | None = KEY) -> dict[str, str]:

@@ -274,6 +274,9 @@ class FakeRunPod:
         self.api_key = api_key
         self.queue_seconds = queue_seconds
         self.worker_python: str | None = None  # report another Python than the real one
+        # What /health reports of the workers, as RunPod does while a cold start is slow, no
+        # GPU of the type is free, or workers crash at start; None: counted from the jobs.
+        self.workers: dict[str, int] | None = None
         self.limits = dict(RATE_LIMITS)
         self.operations: list[Operation] = []
         self.requests: list[Request] = []
@@ -511,7 +514,7 @@ class FakeRunPod:
                     "inQueue": count("IN_QUEUE"),
                     "retried": 0,
                 },
-                "workers": {"idle": 0, "running": count("IN_PROGRESS")},
+                "workers": self.workers or {"idle": 0, "running": count("IN_PROGRESS")},
             }
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:

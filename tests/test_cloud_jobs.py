@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_kernels import KEY, ok, run_cloud, runpod_config
+from cloud_kernels import COST_LINE, KEY, ok, run_cloud, runpod_config
 from runpod_fakes import FakeRunPod
 
 from tetra_magic.client import Endpoint, EndpointClient
@@ -116,7 +116,7 @@ def test_another_python_on_the_worker_is_explained_once(fake: FakeRunPod, tmp_pa
     assert f"this notebook Python {platform.python_version()}" in note
     assert "travel to the worker as bytecode" in note and "TetraMagic.worker_image" in note
     assert runs[1].results == ["8"]
-    assert ok(runs[2]).stderr == "" and runs[2].results == ["10"]
+    assert COST_LINE.fullmatch(ok(runs[2]).stderr) and runs[2].results == ["10"]
 
 
 # ------------------------------------------------------------------ the follow loop in-process

@@ -13,15 +13,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from cloud_kernels import KEY, LOAD, kernel_env, ok, run_cloud
+from cloud_kernels import COST_LINE, KEY, LOAD, kernel_env, ok, run_cloud
 from kernels import run_cells
 from runpod_fakes import FakeRunPod
 
 from tetra_magic import provision
 from tetra_magic.options import CellOptions
 
-IMAGE = f"runpod/tetra-rp:magic-0.1.0-py{provision.python_minor()}"
-CPU_IMAGE = IMAGE.replace("tetra-rp:", "tetra-rp-cpu:")
+IMAGE = f"runpod/flash:py{provision.python_minor()}-latest"
+CPU_IMAGE = f"runpod/flash-cpu:py{provision.python_minor()}-latest"
 POOLS = {"A100": "AMPERE_80", "H100": "ADA_80_PRO", "H200": "HOPPER_141", "4090": "ADA_24"}
 
 
@@ -42,7 +42,8 @@ def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path
         assert run.results == [str(n * 2)]
         assert "created RunPod endpoint tetra-magic-" in run.stderr
     assert "'NVIDIA GeForce RTX 4090'" in runs[4].results[0]
-    assert ok(runs[5]).results == ["14"] and runs[5].stderr == ""  # known: no provisioning
+    assert ok(runs[5]).results == ["14"]  # known: no provisioning, only the cost line
+    assert COST_LINE.fullmatch(runs[5].stderr)["pool"] == "AMPERE_80"
 
     (template,) = [op.args["input"] for op in fake.mutations("saveTemplate")]
     assert template["imageName"] == IMAGE and template["isServerless"] is True

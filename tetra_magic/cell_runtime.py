@@ -15,7 +15,18 @@ bytecode when that can be helped (see its docstring).
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
     of what it bound or changed in place, the names it deleted, its last expression's value and
-    what it displayed."""
+    what it displayed. On the published worker, also the cell's output, which it sent live as
+    progress updates."""
+    live = LiveOutput.on_published_worker()
+    if live is None:
+        return _run_cell(spec, blobs)
+    with live:
+        out = _run_cell(spec, blobs)
+    out["output"] = live.chunks
+    return out
+
+
+def _run_cell(spec, blobs):
     import builtins
     import os
     import sys
@@ -634,3 +645,116 @@ def _time(statement, namespace):
         value = None
     print(f"Wall time: {time.perf_counter() - start:.3f} s")
     return value
+
+
+class LiveOutput:
+    """The cell's stdout and stderr as RunPod progress updates, on the published worker.
+
+    That worker runs this code in its own process, under the runpod SDK, with stdout captured
+    into a buffer that it returns only when the job ends. From inside, the output can go out
+    sooner: RunPod shows a job's latest progress update as its `/status` output while it is
+    IN_PROGRESS. Each update carries the output since the first chunk that fits in
+    PROGRESS_BYTES (a client that missed an update misses nothing), and the final result
+    carries all of it, so the client shows every chunk exactly once, in order. Our own worker
+    streams output itself; there (and wherever no runpod job is running in this process) this
+    stays off.
+    """
+
+    PERIOD_S = 0.5
+    PROGRESS_BYTES = 256 * 1024
+    KEEP_BYTES = 16 * 1024 * 1024
+
+    def __init__(self, send):
+        import threading
+
+        self.send = send
+        self.chunks = []
+        self.size = 0
+        self.dropped = 0
+        self.sent = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    @classmethod
+    def on_published_worker(cls):
+        """A LiveOutput for the one job the runpod SDK in this process is running, if any."""
+        import sys
+
+        state = sys.modules.get("runpod.serverless.modules.worker_state")
+        progress = sys.modules.get("runpod.serverless.modules.rp_progress")
+        if state is None or progress is None:
+            return None
+        jobs = list(state.JobsProgress())
+        if len(jobs) != 1:
+            return None  # none, or several at once: no way to tell which one is this cell's
+        job = {"id": str(jobs[0].id)}
+        return cls(lambda value: progress.progress_update(job, value))
+
+    def write(self, kind, text):
+        if not text:
+            return
+        with self.lock:
+            size = len(text.encode("utf-8", "replace"))
+            if self.size + size > self.KEEP_BYTES:
+                self.dropped += size
+                return
+            self.size += size
+            # A chunk already published is final: the client counts chunks, not characters.
+            if len(self.chunks) > self.sent and self.chunks[-1]["kind"] == kind:
+                self.chunks[-1] = {"kind": kind, "text": self.chunks[-1]["text"] + text}
+            else:
+                self.chunks.append({"kind": kind, "text": text})
+
+    def __enter__(self):
+        import sys
+        import threading
+
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = _Tee(sys.stdout, "stdout", self)
+        sys.stderr = _Tee(sys.stderr, "stderr", self)
+        self.thread = threading.Thread(target=self._publish, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        sys.stdout, sys.stderr = self.saved
+        self.stop.set()
+        self.thread.join()
+        if self.dropped:
+            note = f"tetra: {self.dropped} bytes of output past {self.KEEP_BYTES} were dropped\n"
+            self.chunks.append({"kind": "stderr", "text": note})
+
+    def _publish(self):
+        while not self.stop.wait(self.PERIOD_S):
+            with self.lock:
+                count = len(self.chunks)
+                if count == self.sent:
+                    continue
+                first, size = count, 0
+                while (
+                    first > 0 and size + len(self.chunks[first - 1]["text"]) <= self.PROGRESS_BYTES
+                ):
+                    first -= 1
+                    size += len(self.chunks[first]["text"])
+                window = [dict(chunk) for chunk in self.chunks[first:]]
+                self.sent = count
+            try:
+                self.send({"tetra_progress": {"first": first, "chunks": window}})
+            except Exception:
+                return  # best effort: the output still arrives with the result
+
+
+class _Tee:
+    """A text stream that writes through to `stream` and records what passes into `live`."""
+
+    def __init__(self, stream, kind, live):
+        self.stream, self.kind, self.live = stream, kind, live
+
+    def write(self, text):
+        self.live.write(self.kind, text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

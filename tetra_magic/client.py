@@ -66,6 +66,12 @@ class Endpoint:
     api_key: str
     payload_limit: int = PAYLOAD_LIMIT
     key_source: str = ""
+    # What it runs, for messages and cost estimates: the worker image, the GPU names the user
+    # asked for ("A100"), RunPod's pools for them ("AMPERE_80"), and whether RunPod bills it.
+    image: str = ""
+    gpus: tuple[str, ...] = ()
+    gpu_ids: tuple[str, ...] = ()
+    billed: bool = False
 
     def __repr__(self) -> str:  # never show the key
         return f"Endpoint({self.base_url}/{self.endpoint_id})"
@@ -112,6 +118,10 @@ class EndpointClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/cancel/{job_id}", job_id=job_id)
+
+    def health(self) -> dict[str, Any]:
+        """The endpoint's job and worker counts (RunPod's `/health`)."""
+        return self._call("GET", "/health")
 
     def _call(self, method: str, path: str, job_id: str | None = None, **kwargs: Any) -> Any:
         delay = 0.5

@@ -3,13 +3,16 @@
 /stream gives output as it is produced; /status gives the final result. The loop polls /stream
 (a RunPod-compatible endpoint holds it open briefly while nothing is new), slows down while the
 job waits in the queue, and reads /status once the job is final. A worker that does not stream
-(the published tetra worker) is handled the same way: its output simply arrives all at the end.
+(the published standard worker) sends nothing to /stream; until something comes there, the
+loop also reads /status, where the cell runtime's progress updates carry its output live
+(progress.py).
 
 While the job is IN_QUEUE (a RunPod cold start can take minutes) nothing can arrive, so the loop
 polls at most every QUEUE_POLL seconds, far inside RunPod's per-endpoint limit of 2000 /status
 and /stream requests per 10 s even with many kernels on one endpoint (the client backs off on
 429), and time in the queue, or installing the cell's dependencies, does not count against
-the cell's deadline: --timeout limits the run, not the wait for a worker or for pip.
+the cell's deadline: --timeout limits the run, not the wait for a worker or for pip. The wait
+for a worker has its own bound and explanations instead (waiting.py, from /health).
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from typing import Any, Protocol
 
 from tetra_magic.client import FINAL_STATUSES, EndpointClient, EndpointError
 from tetra_magic.errors import CellInterrupted, JobFailed
+from tetra_magic.progress import ProgressOutput
+from tetra_magic.waiting import QueueGaveUp, QueueWatch
 from worker.protocol import FunctionResponse
 
 MIN_POLL = 0.05
 MAX_POLL = 1.0
 QUEUE_POLL = 2.0
+# When a queued job's endpoint is first asked what its workers are doing, and how often after.
+HEALTH_FIRST, HEALTH_POLL = 2.0, 3.0
 
 
 class View(Protocol):
@@ -62,56 +69,115 @@ def follow(
     view: View,
     deadline: float | None = None,
     chunks: list[dict[str, Any]] | None = None,
+    watch: QueueWatch | None = None,
 ) -> Followed:
     """Show a job's output as it comes (collected in `chunks`); return when it is final.
-    Ctrl-C, the Cancel button and the deadline cancel the remote job, then raise."""
+    Ctrl-C, the Cancel button, the deadline and `watch` giving up on the queue cancel the
+    remote job, then raise."""
     chunks = [] if chunks is None else chunks
     cancel = getattr(view, "cancel_requested", None)
+    progress = ProgressOutput()
     try:
-        _poll(client, job_id, view, deadline, chunks, cancel)
+        _Poll(client, job_id, view, chunks, progress, watch).run(_Deadline(deadline), cancel)
     except KeyboardInterrupt:
         note = _cancel(client, job_id, view)
         raise CellInterrupted(f"job {job_id} {note}") from None
-    except (JobTimeout, CancelRequested) as exc:
+    except (JobTimeout, CancelRequested, QueueGaveUp) as exc:
         note = _cancel(client, job_id, view)
         raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
     for item in _unseen(document.get("output"), len(chunks)):
         chunks.append(item)
         view.chunk(item)
+    response = _response(document, chunks)
+    for item in progress.rest(response):
+        chunks.append(item)
+        view.chunk(item)
     view.status(document["status"])
-    return Followed(job_id, document["status"], document, _response(document, chunks), chunks)
+    return Followed(job_id, document["status"], document, response, chunks)
 
 
-def _poll(
-    client: EndpointClient,
-    job_id: str,
-    view: View,
-    deadline: float | None,
-    chunks: list[dict[str, Any]],
-    cancel: threading.Event | None,
-) -> None:
-    pause, streaming, installing = MIN_POLL, True, False
-    clock = _Deadline(deadline)
-    while True:
-        clock.check()
-        if cancel is not None and cancel.is_set():
-            raise CancelRequested("Cancel button pressed: nothing came back")
-        asked = time.monotonic()
-        page = client.stream(job_id) if streaming else client.status(job_id)
-        new = [item.get("output") for item in page.get("stream", [])] if streaming else []
-        installing = _deliver(new, chunks, view, installing)
+class _Poll:
+    """The polling loop of one job: /stream for workers that stream (ours), /status for the
+    progress updates of one that does not (the published worker), /health while it queues."""
+
+    def __init__(
+        self,
+        client: EndpointClient,
+        job_id: str,
+        view: View,
+        chunks: list[dict[str, Any]],
+        progress: ProgressOutput,
+        watch: QueueWatch | None,
+    ) -> None:
+        self.client, self.job_id, self.view = client, job_id, view
+        self.chunks, self.progress, self.watch = chunks, progress, watch
+        self.streaming = True  # until /stream turns out to say nothing at all
+        self.streamed = False  # whether /stream has delivered anything yet
+        self.installing = False
+        self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
+
+    def run(self, clock: _Deadline, cancel: threading.Event | None) -> None:
+        pause = MIN_POLL
+        while True:
+            clock.check()
+            if cancel is not None and cancel.is_set():
+                raise CancelRequested("Cancel button pressed: nothing came back")
+            asked = time.monotonic()
+            status, new = self.poll()
+            queued = status == "IN_QUEUE"
+            clock.paused = queued or self.installing
+            if queued:
+                self.queued(clock.since_last)
+            self.view.status(status)
+            if status in FINAL_STATUSES:
+                return
+            pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
+            # An endpoint that held the request open while nothing came has waited for us.
+            _sleep(pause - (time.monotonic() - asked), cancel)
+
+    def poll(self) -> tuple[str, bool]:
+        """One round of requests: the job's status, and whether any output came."""
+        page = self.client.stream(self.job_id) if self.streaming else {}
+        if self.streaming and page.get("stream") is None:
+            self.streaming = False  # an endpoint whose /stream says nothing: /status only
+        items = [item.get("output") for item in page.get("stream") or []]
+        self.streamed = self.streamed or bool(items)
+        self._deliver(items)
         status = page.get("status", "IN_QUEUE")
-        queued = status == "IN_QUEUE"
-        clock.paused = queued or installing
-        view.status(status)
-        if status in FINAL_STATUSES:
+        if not self.streamed and (not self.streaming or status == "IN_PROGRESS"):
+            document = self.client.status(self.job_id)
+            status = document.get("status", status)
+            updates = self.progress.new(document)
+            self._deliver(updates)
+            items += updates
+        return status, bool(items)
+
+    def queued(self, seconds: float) -> None:
+        """Time in the queue: counted against the queue timeout; /health read now and then."""
+        if self.watch is None:
             return
-        if page.get("stream") is None and streaming:
-            streaming = False  # an endpoint whose /stream says nothing: follow /status only
-        pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
-        # An endpoint that held the request open while nothing came has waited for us.
-        _sleep(pause - (time.monotonic() - asked), cancel)
+        self.watch.tick(seconds)
+        if self.watch.waited < self.health_at:
+            return
+        since = self.watch.waited - self.health_read
+        self.health_read, self.health_at = self.watch.waited, self.watch.waited + HEALTH_POLL
+        try:
+            health = self.client.health()
+        except EndpointError:
+            return  # an endpoint without /health: the queue timeout still holds
+        note = self.watch.read(health, since)
+        if note:
+            self.view.chunk({"kind": "note", "text": note})
+
+    def _deliver(self, items: list[Any]) -> None:
+        """Hand new chunks to the view, noting whether the worker is installing deps."""
+        for item in items:
+            if isinstance(item, dict):
+                self.chunks.append(item)
+                self.view.chunk(item)
+                if item.get("kind") == "phase":
+                    self.installing = item.get("text") == "installing"
 
 
 class _Deadline:
@@ -119,25 +185,16 @@ class _Deadline:
 
     def __init__(self, at: float | None) -> None:
         self.at, self.last, self.paused = at, time.monotonic(), True
+        self.since_last = 0.0
 
     def check(self) -> None:
         now = time.monotonic()
+        self.since_last = now - self.last
         if self.at is not None and self.paused:
-            self.at += now - self.last
+            self.at += self.since_last
         self.last = now
         if self.at is not None and now > self.at:
             raise JobTimeout("the cell ran past its time limit without the endpoint stopping it")
-
-
-def _deliver(items: list[Any], chunks: list[dict[str, Any]], view: View, installing: bool) -> bool:
-    """Hand new chunks to the view; whether the worker is (still) installing dependencies."""
-    for item in items:
-        if isinstance(item, dict):
-            chunks.append(item)
-            view.chunk(item)
-            if item.get("kind") == "phase":
-                installing = item.get("text") == "installing"
-    return installing
 
 
 def _sleep(seconds: float, cancel: threading.Event | None) -> None:

@@ -52,12 +52,12 @@ class TetraMagic(Magics):
     worker_image = Unicode(
         "",
         help="GPU worker image ({python} and {version} are filled in); default"
-        " $TETRA_MAGIC_WORKER_IMAGE, else runpod/tetra-rp:magic-{version}-py{python}.",
+        " $TETRA_MAGIC_WORKER_IMAGE, else RunPod's published runpod/flash:py{python}-latest.",
     ).tag(config=True)
     cpu_worker_image = Unicode(
         "",
         help="CPU worker image for --cpu; default $TETRA_MAGIC_CPU_WORKER_IMAGE, else"
-        " runpod/tetra-rp-cpu:magic-{version}-py{python}.",
+        " RunPod's published runpod/flash-cpu:py{python}-latest.",
     ).tag(config=True)
     worker_env = Dict(help="Environment variables of the workers (not secrets).").tag(config=True)
     gpu_count = Int(1, help="GPUs per worker.").tag(config=True)
@@ -65,6 +65,13 @@ class TetraMagic(Magics):
     workers_max = Int(3, help="Most workers an endpoint scales to.").tag(config=True)
     idle_timeout = Int(5, help="Seconds an idle worker stays up for the next job.").tag(config=True)
     endpoint_timeout = Int(600, help="Endpoint-wide execution timeout, seconds.").tag(config=True)
+    queue_timeout = Float(
+        1200.0, help="Seconds a cell may wait for a worker before its job is cancelled."
+    ).tag(config=True)
+    gpu_prices = Dict(
+        help="USD per second by RunPod GPU pool (e.g. {'AMPERE_80': 0.00076}), overriding the"
+        " built-in table used for cost estimates."
+    ).tag(config=True)
 
     @magic_arguments()
     @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")
@@ -122,7 +129,13 @@ class TetraMagic(Magics):
         except SyntaxError as exc:
             raise syntax_error(exc, cell_labeler(self.shell)) from None
         return run_cell(
-            self.shell, opts, analysis, filename, display=self.display, started=time.time()
+            self.shell,
+            opts,
+            analysis,
+            filename,
+            display=self.display,
+            started=time.time(),
+            prices=dict(self.gpu_prices),
         )
 
     def _parse(self, option_text: str) -> Any:

@@ -39,6 +39,7 @@ class CellOptions:
     send: tuple[str, ...] = ()
     drop: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    queue_timeout: float = 1200.0
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -164,7 +165,14 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         send=_split_names("--send", args.send),
         drop=_split_names("--drop", args.drop),
         env=parse_env(args.env),
+        queue_timeout=_positive("TetraMagic.queue_timeout", defaults.queue_timeout),
     )
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise UsageError(f"{name} must be a number of seconds above 0, not {value:g}")
+    return float(value)
 
 
 def _default_gpus(defaults: Any) -> tuple[str, ...]:

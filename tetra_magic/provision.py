@@ -8,15 +8,16 @@ what it found, so only its first cell per configuration asks RunPod. The templat
 disk) is named by its own hash and shared by endpoints that differ only in hardware or scaling.
 A file lock in the state dir keeps two kernels of one machine from creating the same endpoint.
 
-Settings are TetraMagic's traitlets (`%config TetraMagic.workers_max = 5`); the worker image may
-also come from TETRA_MAGIC_WORKER_IMAGE / TETRA_MAGIC_CPU_WORKER_IMAGE. Our images are built
-from Dockerfile (CUDA/PyTorch base) and Dockerfile-cpu (slim Python base), one tag per Python
-minor version, because notebook functions travel as bytecode that loads only on the Python that
-made it:
+Settings are TetraMagic's traitlets (`%config TetraMagic.workers_max = 5`). With no image
+configured, endpoints run RunPod's published standard worker: the image RunPod's own client
+(the `runpod-flash` package, `get_image_name`) uses for live serverless functions, one per
+Python minor version, so notebook functions load on the worker:
 
-    runpod/tetra-rp:magic-0.1.0-py3.11        runpod/tetra-rp-cpu:magic-0.1.0-py3.11
+    runpod/flash:py3.11-latest        runpod/flash-cpu:py3.11-latest
 
-A configured image may say `{python}` and `{version}` to get the same per-kernel tag.
+Our own worker image (Dockerfile, Dockerfile-cpu) is the upgrade: `TetraMagic.worker_image`, or
+TETRA_MAGIC_WORKER_IMAGE / TETRA_MAGIC_CPU_WORKER_IMAGE; `{python}` and `{version}` in it are
+filled in for this kernel.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ from tetra_magic.options import CellOptions
 
 PREFIX = "tetra-magic-"
 TEMPLATE_PREFIX = PREFIX + "tpl-"
-DEFAULT_IMAGE = "runpod/tetra-rp:magic-{version}-py{python}"
-DEFAULT_CPU_IMAGE = "runpod/tetra-rp-cpu:magic-{version}-py{python}"
+# The published standard worker, as runpod-flash 1.21.0's get_image_name("gpu"|"cpu", python)
+# names it (tests/test_cloud_provision.py checks these against the installed runpod-flash).
+PUBLISHED_IMAGE = "runpod/flash:py{python}-latest"
+PUBLISHED_CPU_IMAGE = "runpod/flash-cpu:py{python}-latest"
+PUBLISHED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 IMAGE_ENV = "TETRA_MAGIC_WORKER_IMAGE"
 CPU_IMAGE_ENV = "TETRA_MAGIC_CPU_WORKER_IMAGE"
 CONTAINER_DISK_GB = 20  # room for --deps such as torch on top of the image
@@ -114,12 +118,29 @@ def python_minor() -> str:
 
 
 def worker_image(worker: WorkerSettings, cpu: bool) -> str:
-    """The image for a GPU or CPU endpoint: setting, else environment variable, else our
-    default, with {python} and {version} filled in for this kernel."""
+    """The image for a GPU or CPU endpoint: setting, else environment variable, else the
+    published standard worker for this kernel's Python; {python} and {version} filled in.
+    UsageError, before anything is provisioned, when no published image fits this Python."""
     configured = worker.cpu_image if cpu else worker.image
-    default = DEFAULT_CPU_IMAGE if cpu else DEFAULT_IMAGE
-    chosen = configured or os.environ.get(CPU_IMAGE_ENV if cpu else IMAGE_ENV, "") or default
+    chosen = configured or os.environ.get(CPU_IMAGE_ENV if cpu else IMAGE_ENV, "")
+    if not chosen:
+        _check_published_python(cpu)
+        chosen = PUBLISHED_CPU_IMAGE if cpu else PUBLISHED_IMAGE
     return chosen.replace("{python}", python_minor()).replace("{version}", __version__)
+
+
+def _check_published_python(cpu: bool) -> None:
+    if python_minor() in PUBLISHED_PYTHONS:
+        return
+    setting, env = ("cpu_worker_image", CPU_IMAGE_ENV) if cpu else ("worker_image", IMAGE_ENV)
+    raise UsageError(
+        f"this kernel runs Python {python_minor()}, and RunPod publishes its standard worker"
+        f" image for Python {', '.join(PUBLISHED_PYTHONS)} only (notebook functions load only"
+        " on the Python that made them). Use a kernel on one of those, or build our worker for"
+        f' this Python (tools/build_worker_image.sh, Dockerfile; README "Worker images"),'
+        f" push it, and set %config TetraMagic.{setting} = 'you/tetra-worker:py{{python}}'"
+        f" (or ${env})."
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +222,16 @@ def provisioned(options: CellOptions, key: str, source: str) -> Endpoint:
     """The RunPod endpoint for these options: remembered, found on RunPod, or created there."""
     spec = spec_for(options, settings())
     endpoint_id = _known.get(_cache_key(key, spec.name)) or _find_or_create(spec, key, source)
-    return Endpoint(targets.rest_base(), endpoint_id, key, key_source=source)
+    return Endpoint(
+        targets.rest_base(),
+        endpoint_id,
+        key,
+        key_source=source,
+        image=spec.image,
+        gpus=options.gpus,
+        gpu_ids=spec.gpu_ids,
+        billed=True,
+    )
 
 
 def _cache_key(key: str, name: str) -> tuple[str, str, str]:

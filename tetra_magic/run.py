@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tetra_magic import outcome, pythons, targets
+from tetra_magic import outcome, pricing, pythons, targets
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
 from tetra_magic.display import make_view
@@ -20,6 +20,7 @@ from tetra_magic.errors import CellInterrupted, JobFailed, cell_labeler
 from tetra_magic.follow import Followed, follow
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import Packed, pack
+from tetra_magic.waiting import QueueWatch
 
 # Seconds past --timeout before the client gives up on an endpoint that has not stopped the job.
 CLIENT_GRACE = 30.0
@@ -44,6 +45,9 @@ class JobRecord:
     shipped: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
     error: str | None = None
+    # On RunPod: seconds billed for the run, and the estimated price (pricing.py).
+    billed_s: int | None = None
+    cost_estimate_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,8 +60,10 @@ def run_cell(
     filename: str,
     display: str = "auto",
     started: float | None = None,
+    prices: dict[str, float] | None = None,
 ) -> Any:
-    """Run the analysed cell remotely; return its last value (None if it has none)."""
+    """Run the analysed cell remotely; return its last value (None if it has none).
+    `prices` overrides RunPod's per-second GPU prices (pool id -> USD) for cost estimates."""
     endpoint = targets.resolve(opts)
     label = cell_labeler(shell)
     packed = pack(
@@ -71,6 +77,9 @@ def run_cell(
     record = _Recorder(shell, opts, endpoint, packed, started)
     view = make_view(shell, opts, display)
     followed = _submit(endpoint, opts, packed, view, record)
+    record.cost = _cost(endpoint, followed, prices)
+    if record.cost is not None:
+        print(record.cost.line(), file=sys.stderr)
     try:
         result = outcome.unpack(outcome.check(followed, label, shell.user_ns))
     except BaseException as exc:
@@ -94,7 +103,8 @@ def _submit(
         job_id, client = _start(client, opts, packed)
         view.submitted(job_id, opts.name)
         deadline = time.monotonic() + opts.timeout + CLIENT_GRACE
-        followed = follow(client, job_id, view, deadline, chunks)
+        watch = QueueWatch(opts.queue_timeout, client.endpoint.image, client.endpoint.gpus)
+        followed = follow(client, job_id, view, deadline, chunks, watch)
     except BaseException as exc:
         view.close(None)  # a live widget must not outlive the cell (Ctrl-C, Cancel, errors)
         if job_id is not None:
@@ -133,6 +143,17 @@ def _endpoint_limit(opts: CellOptions) -> float:
     return opts.timeout + CLIENT_GRACE + (INSTALL_ALLOWANCE if installs else 0.0)
 
 
+def _cost(
+    endpoint: Endpoint, followed: Followed, prices: dict[str, float] | None
+) -> pricing.Cost | None:
+    """What a job on RunPod cost (an estimate); None elsewhere, or if it never ran."""
+    if not endpoint.billed:
+        return None
+    worker = followed.response.worker if followed.response else None
+    gpu = worker.gpus[0] if worker and worker.gpus else None
+    return pricing.estimate(followed.document, gpu, endpoint.gpu_ids, prices)
+
+
 def _show(objects: list[Any]) -> None:
     """What the cell passed to display(), shown after its output, as the cell ends."""
     if objects:
@@ -160,6 +181,7 @@ class _Recorder:
     ) -> None:
         self.shell, self.opts, self.endpoint = shell, opts, endpoint
         self.packed, self.started = packed, started
+        self.cost: pricing.Cost | None = None
 
     def __call__(
         self, followed: Followed, error: str | None = None, returned: list[str] | None = None
@@ -181,6 +203,8 @@ class _Recorder:
             shipped=list(self.packed.shipped),
             returned=returned or [],
             error=error,
+            billed_s=self.cost.billed_s if self.cost else None,
+            cost_estimate_usd=self.cost.usd if self.cost else None,
         )
 
 

@@ -95,7 +95,7 @@ def explicit(endpoint: str, key: str | None, source: str) -> Endpoint:
         raise TetraError(
             f"--endpoint {endpoint}: no RunPod API key found; set {KEY_ENV} or run `runpod config`"
         )
-    return Endpoint(rest_base(), endpoint, key, key_source=source)
+    return Endpoint(rest_base(), endpoint, key, key_source=source, billed=True)
 
 
 def resolve(options: CellOptions) -> Endpoint:

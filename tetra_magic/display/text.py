@@ -54,7 +54,7 @@ class TextView:
             self.printed_stdout = True
             sys.stdout.write(chunk["text"])
             sys.stdout.flush()
-        elif kind == "stderr":
+        elif kind in ("stderr", "note"):  # note: the client's own word (what the queue waits for)
             sys.stderr.write(chunk["text"])
             sys.stderr.flush()
         elif kind == "log" and self.verbose:

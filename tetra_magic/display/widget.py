@@ -65,6 +65,7 @@ class WidgetView:
         self.succeeded: bool | None = None
         self.error_type: str | None = None
         self.where = ""
+        self.note = ""  # what the job waits for, while it is queued
         self.closed = False
         self.streams: list[tuple[str, str]] = []  # (stdout|stderr, text), in arrival order
         self.output = render.Terminal()
@@ -103,6 +104,9 @@ class WidgetView:
             self.logs.write("log", chunk["text"])
             lines = [line.strip() for line in chunk["text"].splitlines() if line.strip()]
             self._last_log = lines[-1] if lines else self._last_log
+        elif kind == "note":
+            self.note = chunk["text"].strip()
+            self.logs.write("note", chunk["text"])
         elif kind == "phase":
             self.phase = chunk["text"]
             self.logs.write("note", f"[{self.phase}]\n")
@@ -181,7 +185,7 @@ class WidgetView:
             return
         self._set(self.status_html, self._status_html())
         waiting = self._label() in ("submitting", "queued")
-        where = self.where or ("waiting for a worker…" if waiting else "")
+        where = self.where or ((self.note or "waiting for a worker…") if waiting else "")
         self._set(self.where_html, render.muted_line(where))
         if self._dirty:
             self._set(self.output_html, render.text_box(self.output, "tetra-output"))

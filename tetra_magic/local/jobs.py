@@ -301,19 +301,32 @@ class JobStore:
 
         A body with a truthy "error" fails the job, as the SDK means it; otherwise its "output"
         (for a streaming handler: the aggregated list, or [] without return_aggregate_stream)
-        is the job's output.
+        is the job's output. A body with `"status": "IN_PROGRESS"` is a progress update (the
+        SDK's `progress_update`): the job goes on, and `/status` shows it as the output.
         """
+        if not isinstance(body, dict):
+            body = {"output": body}
+        if body.get("status") == Status.IN_PROGRESS.value:
+            return self._progress(job_id, worker_id, body.get("output"))
         job = self._owned(job_id, worker_id)
         if job is None:
             return False
-        if not isinstance(body, dict):
-            body = {"output": body}
         error = body.get("error")
         if error:
             text = error if isinstance(error, str) else repr(error)
             self._finalize(job, Status.FAILED, error=text, output=body.get("output", _MISSING))
         else:
             self._finalize(job, Status.COMPLETED, error=None, output=body.get("output"))
+        return True
+
+    def _progress(self, job_id: str, worker_id: str, output: Any) -> bool:
+        """A progress update; one that arrives after the job ended (the SDK sends them from a
+        thread of their own) is dropped, not taken for a worker still at work on it."""
+        job = self._jobs.get(job_id)
+        if job is None or job.worker_id != worker_id or job.status is not Status.IN_PROGRESS:
+            return False
+        job.output, job.has_output = output, True
+        job.touch()
         return True
 
     def worker_gone(self, worker_id: str, reason: str) -> list[Job]:

@@ -1,0 +1,170 @@
+"""A first cell on RunPod: the published image by default, a wait that explains itself and ends,
+and what the cell cost. Against FakeRunPod, the loopback stand-in for RunPod's GraphQL and
+serverless REST APIs (its `/health` reports the worker states RunPod's docs describe)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from cloud_kernels import COST_LINE, KEY, ok, run_cloud
+from runpod_fakes import FakeRunPod
+
+from tetra_magic import provision
+from tetra_magic.client import Endpoint, EndpointClient
+from tetra_magic.display.text import TextView
+from tetra_magic.follow import follow
+from tetra_magic.waiting import QueueGaveUp, QueueWatch
+from worker.protocol import FunctionRequest
+
+IMAGE = f"runpod/flash:py{provision.python_minor()}-latest"
+
+
+def test_default_images_are_the_ones_runpod_flash_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our default follows RunPod's own client: same repositories, tag and Python versions."""
+    from runpod_flash.core.resources import constants
+
+    for variable in ("FLASH_GPU_IMAGE", "FLASH_CPU_IMAGE", "FLASH_IMAGE_TAG"):
+        monkeypatch.delenv(variable, raising=False)
+    assert set(provision.PUBLISHED_PYTHONS) == set(constants.GPU_PYTHON_VERSIONS)
+    assert set(provision.PUBLISHED_PYTHONS) == set(constants.CPU_PYTHON_VERSIONS)
+    for python in provision.PUBLISHED_PYTHONS:
+        monkeypatch.setattr(provision, "python_minor", lambda python=python: python)
+        settings = provision.WorkerSettings()
+        for cpu, kind in ((False, "gpu"), (True, "cpu")):
+            assert provision.worker_image(settings, cpu) == constants.get_image_name(kind, python)
+
+
+def test_a_python_without_a_published_image_is_refused_before_provisioning(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.error import UsageError
+
+    from tetra_magic.options import CellOptions
+
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(provision, "python_minor", lambda: "3.9")
+    options = CellOptions(
+        gpus=("A100",), gpu_ids=("AMPERE_80",), cpu=False, dependencies=(),
+        system_dependencies=(), endpoint=None, local=False, timeout=60, name=None, out=None,
+        stream=True, quiet=False, verbose=False,
+    )  # fmt: skip
+    with pytest.raises(UsageError) as info:
+        provision.provisioned(options, KEY, "test")
+    message = str(info.value)
+    assert "Python 3.9" in message and "3.10, 3.11, 3.12, 3.13" in message
+    assert "TetraMagic.worker_image" in message and "tools/build_worker_image.sh" in message
+    assert fake.operations == []  # nothing was looked up or created
+
+
+# ------------------------------------------------------------------ waiting for a worker
+
+
+def submit(fake: FakeRunPod) -> tuple[EndpointClient, str]:
+    endpoint_id = fake.add_endpoint("wait-test")
+    endpoint = Endpoint(f"{fake.url}/v2", endpoint_id, KEY, image=IMAGE, gpus=("A100",))
+    client = EndpointClient(endpoint)
+    request = FunctionRequest(function_name="f", function_code="def f():\n    return 1\n")
+    return client, client.run(request.model_dump(exclude_none=True), 60)
+
+
+def wait_for_worker(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch, timeout: float = 60.0
+) -> tuple[str, str, BaseException | None]:
+    """Follow one job with the text view; (its stderr, its final status, what was raised)."""
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    client, job_id = submit(fake)
+    raised = None
+    try:
+        follow(client, job_id, TextView(), watch=QueueWatch(timeout, IMAGE, ("A100",)))
+    except QueueGaveUp as exc:
+        raised = exc
+    finally:
+        client.close()
+    return stderr.getvalue(), fake.jobs[job_id].status, raised
+
+
+def cancels(fake: FakeRunPod) -> list[str]:
+    return [r.path for r in fake.requests if r.method == "POST" and "/cancel/" in r.path]
+
+
+def test_no_gpu_free_says_so_once_and_suggests_others(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.workers = {"idle": 0, "initializing": 0, "throttled": 2, "unhealthy": 0}
+    fake.queue_seconds = 8.0
+    stderr, status, raised = wait_for_worker(fake, monkeypatch)
+    assert raised is None and status == "COMPLETED"
+    assert stderr == (
+        "tetra: no A100 is free on RunPod right now; waiting for one (more GPU types start"
+        " sooner: e.g. --gpu A100 H100 L40S)\n"
+    )
+
+
+def test_a_slow_cold_start_names_the_image(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.workers = {"idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0}
+    fake.queue_seconds = 8.0
+    stderr, status, raised = wait_for_worker(fake, monkeypatch)
+    assert raised is None and status == "COMPLETED"
+    assert stderr == (
+        f"tetra: a worker is starting: its first start pulls the image {IMAGE} and can take"
+        " several minutes\n"
+    )
+
+
+def test_workers_that_keep_failing_end_the_wait_and_blame_the_image(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.workers = {"idle": 0, "initializing": 0, "throttled": 0, "unhealthy": 3}
+    fake.queue_seconds = 120.0
+    stderr, status, raised = wait_for_worker(fake, monkeypatch)
+    assert stderr == "" and isinstance(raised, QueueGaveUp) and status == "CANCELLED"
+    assert "keep failing to start (3 unhealthy)" in str(raised)
+    assert f"The likely cause is the image ({IMAGE}) or its start command" in str(raised)
+    assert "was cancelled on the endpoint" in str(raised) and len(cancels(fake)) == 1
+
+
+def test_the_queue_timeout_cancels_the_job(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One unhealthy worker is worth a word, not giving up; the queue timeout still ends it."""
+    fake.workers = {"idle": 0, "initializing": 0, "throttled": 0, "unhealthy": 1}
+    fake.queue_seconds = 120.0
+    stderr, status, raised = wait_for_worker(fake, monkeypatch, timeout=4.0)
+    assert stderr == "tetra: workers are failing to start (1 unhealthy); RunPod is retrying them\n"
+    assert isinstance(raised, QueueGaveUp) and status == "CANCELLED"
+    assert "no worker took the job within TetraMagic.queue_timeout (4 s)" in str(raised)
+    assert len(cancels(fake)) == 1
+
+
+def test_queue_timeout_and_prices_are_settings_and_the_cost_is_recorded(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%config TetraMagic.gpu_prices = {'AMPERE_80': 0.01}",
+        "%%tetra --gpu A100 --out rec\nx = 2",
+        "rec.billed_s, rec.cost_estimate_usd, rec.execution_ms is not None",
+    )
+    line = COST_LINE.fullmatch(ok(runs[1]).stderr.splitlines(True)[-1])
+    assert line and line["pool"] == "AMPERE_80" and "at $0.01000/s" in line[0]
+    assert line["source"] == "TetraMagic.gpu_prices"
+    billed, usd, ran = eval(ok(runs[2]).results[0])
+    assert ran and billed >= 1 and usd == pytest.approx(billed * 0.01)
+
+    fake.queue_seconds = 120.0
+    runs = run_cloud(
+        fake, tmp_path, "%config TetraMagic.queue_timeout = 2", "%%tetra --gpu A100\nx = 3", "x"
+    )
+    assert runs[1].error["ename"] == "QueueGaveUp"
+    assert "TetraMagic.queue_timeout (2 s)" in runs[1].error["evalue"]
+    assert "was cancelled on the endpoint" in runs[1].error["evalue"]
+    assert runs[2].error["ename"] == "NameError"  # nothing came back
+    assert len(cancels(fake)) == 1

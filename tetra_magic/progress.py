@@ -1,0 +1,68 @@
+"""A cell's output on the published worker, which does not stream: from RunPod progress updates.
+
+The cell runtime (cell_runtime.LiveOutput) publishes the output it has seen as the job's
+progress: `/status` of an IN_PROGRESS job then has `output: {"tetra_progress": {"first": i,
+"chunks": [...]}}`, the chunks from index i on. Its final result carries every chunk under
+"output". `ProgressOutput` hands each chunk on once, in order: chunks past a gap (updates
+missed between polls that the window no longer covers) wait for the final result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.protocol import FunctionResponse, decode
+
+KEY = "tetra_progress"
+
+
+class ProgressOutput:
+    """What progress updates have delivered so far, by chunk index."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.stdout = ""
+
+    def new(self, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks of a `/status` document's progress update not delivered before."""
+        output = document.get("output")
+        update = output.get(KEY) if isinstance(output, dict) else None
+        if not isinstance(update, dict):
+            return []
+        first, chunks = int(update.get("first", 0)), update.get("chunks") or []
+        if first > self.delivered:
+            return []
+        return self._take(chunks[self.delivered - first :])
+
+    def rest(self, response: FunctionResponse | None) -> list[dict[str, Any]]:
+        """The chunks no update delivered, from the final response; its `stdout` is then
+        cleared, so no view shows the output twice. Without the runtime's record (the cell
+        failed), the part of `stdout` past what was shown, when it continues it."""
+        if response is None:
+            return []
+        payload = _payload(response)
+        if isinstance(payload.get("output"), list):
+            response.stdout = None
+            return self._take(payload["output"][self.delivered :])
+        if not self.delivered:
+            return []
+        text, response.stdout = response.stdout or "", None
+        if text.startswith(self.stdout) and len(text) > len(self.stdout):
+            return self._take([{"kind": "stdout", "text": text[len(self.stdout) :]}])
+        return []
+
+    def _take(self, chunks: list[Any]) -> list[dict[str, Any]]:
+        taken = [c for c in chunks if isinstance(c, dict)]
+        self.delivered += len(taken)
+        self.stdout += "".join(c.get("text", "") for c in taken if c.get("kind") == "stdout")
+        return taken
+
+
+def _payload(response: FunctionResponse) -> dict[str, Any]:
+    if not response.success or not response.result:
+        return {}
+    try:
+        payload = decode(response.result)
+    except Exception:
+        return {}  # outcome.unpack reports a result that does not load
+    return payload if isinstance(payload, dict) else {}

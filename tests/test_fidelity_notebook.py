@@ -6,10 +6,13 @@ and with the marked cells remote (tests/twins.py), and compares what the user se
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from kernels import CellRun, private_local_endpoint
+from kernels import CellRun, private_local_endpoint, shared_worker_env
 from twins import Remote, assert_same, run_twins
 
 
@@ -228,9 +231,22 @@ view_sum = int(arr.sum())
 """
 
 
-def test_numpy_arrays_changed_in_place_come_back() -> None:
-    pytest.importorskip("numpy")
+@pytest.fixture(scope="module")
+def numpy_dir() -> str:
+    """numpy for the kernels, in a directory of its own that their first cell puts on sys.path:
+    the test environment itself must not have it (notebooks/ show it as worker-only)."""
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    target = Path(shared_worker_env()).parent / f"numpy-for-kernels-{python}"
+    if not (target / "numpy").is_dir():
+        uv = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", sys.executable]
+        subprocess.run([*uv, "--target", str(target), "numpy"], check=True, timeout=600)
+    return str(target)
+
+
+def test_numpy_arrays_changed_in_place_come_back(numpy_dir: str) -> None:
+    """`arr *= 2` changes the array itself: a view of it taken before sees the change."""
     twins = run_twins(
+        f"import sys\nsys.path.insert(0, {numpy_dir!r})\n"
         "import numpy as np\narr = np.arange(6)\nfirst = arr[:3]",
         Remote(NUMPY_CHANGE, "--deps numpy"),
         "print(arr, first, view_sum)",

@@ -96,8 +96,12 @@ def _pickle_needed(
 
 
 def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
+    dunder = name.startswith("__") and name.endswith("__")  # `__name__` in a class body
     return (
-        name in user_ns and not _IPYTHON_NAMES.match(name) and not _ipython_display(user_ns[name])
+        name in user_ns
+        and not dunder
+        and not _IPYTHON_NAMES.match(name)
+        and not _ipython_display(user_ns[name])
     )
 
 

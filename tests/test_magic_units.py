@@ -498,3 +498,24 @@ def test_line_magic_splits_options_from_the_statement(
 def test_line_magic_names_an_unknown_option() -> None:
     with pytest.raises(UsageError, match=r"unknown option --frob; options: --gpu, --cpu"):
         split_line("--frob x", TetraMagic.tetra.parser)
+
+
+def test_loading_never_alters_an_existing_class() -> None:
+    """A class the notebook made inside a function has no name to travel by, so it goes by
+    value; the copy that comes back must not overwrite the notebook's class (cloudpickle
+    would, having seen it before in this process)."""
+
+    def make() -> type:
+        class Local:
+            def get(self) -> int:
+                return 1
+
+        return Local
+
+    cls = make()
+    before = dict(vars(cls))
+    names = cell_runtime.MainNames({})
+    copy = names.load("obj", names.dumps(cls()))
+    assert type(copy) is cls and copy.get() == 1
+    after = {k: v for k, v in vars(cls).items() if k != "__slotnames__"}  # pickle's own cache
+    assert after.keys() == before.keys() and all(after[k] is v for k, v in before.items())

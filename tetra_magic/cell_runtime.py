@@ -379,7 +379,6 @@ class MainNames:
         """The value in `blob`; refused, before anything in it runs, if it holds bytecode of
         another Python minor version."""
         import io
-        import pickle
         import platform
 
         head, _, body = blob.partition(b"\n")
@@ -396,7 +395,7 @@ class MainNames:
                 " travel as source and work across versions; lambdas and functions made inside"
                 " other functions do not"
             )
-        unpickler = pickle.Unpickler(io.BytesIO(body))
+        unpickler = _unpickler_class()(io.BytesIO(body))
         unpickler.persistent_load = self._resolve
         builtins = self.namespace.get("__builtins__")
         try:
@@ -461,6 +460,33 @@ def global_names(code):
 
 
 _PICKLERS = {}
+
+
+def _unpickler_class():
+    """pickle's Unpickler, except that a class cloudpickle shipped by value and finds it has
+    already (it was pickled in this process: one the notebook made inside a function, say) is
+    taken as it is, not overwritten with the shipped copy's attributes: loading never alters
+    an existing class."""
+    if "unpickler" in _PICKLERS:
+        return _PICKLERS["unpickler"]
+    import pickle
+    import sys
+
+    class Unpickler(pickle.Unpickler):
+        def __init__(self, file):
+            super().__init__(file)
+            module = sys.modules.get("cloudpickle.cloudpickle")
+            tracked = getattr(module, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", {})
+            self.existing = {id(cls) for cls in list(tracked.keys())}
+
+        def find_class(self, module, name):
+            found = super().find_class(module, name)
+            if module != "cloudpickle.cloudpickle" or name != "_class_setstate":
+                return found
+            return lambda cls, state: cls if id(cls) in self.existing else found(cls, state)
+
+    _PICKLERS["unpickler"] = Unpickler
+    return Unpickler
 
 
 def _pickler_class():

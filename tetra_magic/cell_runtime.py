@@ -499,15 +499,17 @@ def _pickler_class():
 
     import cloudpickle
 
+    plain = frozenset(_PLAIN)
+
     class Pickler(cloudpickle.Pickler):
         def __init__(self, file, names, files, to_cpu):
             super().__init__(file)
             self.names, self.files, self.to_cpu = names, files, to_cpu
             self.code_of = None
 
-        def persistent_id(self, obj):
-            if obj is self.names.namespace:
-                return ("namespace",)
+        def persistent_id(self, obj):  # called for every object: the common case goes first
+            if type(obj) in plain:
+                return ("namespace",) if obj is self.names.namespace else None
             path = self.names.path(obj)
             return None if path is None else ("main", path)
 

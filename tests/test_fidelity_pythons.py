@@ -21,16 +21,14 @@ import pytest
 from kernels import environ, private_local_endpoint, run_cells, shared_worker_env
 from twins import LOAD, Remote, assert_same, run_twins
 
+from tetra_magic.local.environment import python_version
+
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _minor(python: str) -> str | None:
-    probe = [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
-    try:
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
+    version = python_version(python)
+    return ".".join(version.split()[0].split(".")[:2]) if version else None
 
 
 def other_python() -> tuple[str, str] | None:

@@ -132,11 +132,16 @@ def _usable(python: Path) -> bool:
     """Whether the venv's python runs and is the workers' Python version."""
     if not python.exists():
         return False
-    want = sys.version if "TETRA_MAGIC_WORKER_PYTHON" not in os.environ else _version(interpreter())
-    return want is not None and _version(str(python)) == want.strip()
+    want = (
+        sys.version
+        if "TETRA_MAGIC_WORKER_PYTHON" not in os.environ
+        else python_version(interpreter())
+    )
+    return want is not None and python_version(str(python)) == want.strip()
 
 
-def _version(python: str) -> str | None:
+def python_version(python: str) -> str | None:
+    """`python`'s sys.version; None if it does not run."""
     probe = [python, "-c", "import sys; print(sys.version)"]
     try:
         out = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=True)

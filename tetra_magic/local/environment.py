@@ -132,12 +132,8 @@ def _usable(python: Path) -> bool:
     """Whether the venv's python runs and is the workers' Python version."""
     if not python.exists():
         return False
-    want = (
-        sys.version
-        if "TETRA_MAGIC_WORKER_PYTHON" not in os.environ
-        else python_version(interpreter())
-    )
-    return want is not None and python_version(str(python)) == want.strip()
+    want = python_version(interpreter())
+    return want is not None and python_version(str(python)) == want
 
 
 def python_version(python: str) -> str | None:
@@ -165,8 +161,7 @@ def _uv() -> str:
 def _create(env: Path, log: Callable[[str], None]) -> None:
     if env.exists():
         shutil.rmtree(env)
-    python = os.environ.get("TETRA_MAGIC_WORKER_PYTHON") or sys.executable
-    _run([_uv(), "venv", "--quiet", "--python", python, str(env)], log)
+    _run([_uv(), "venv", "--quiet", "--python", interpreter(), str(env)], log)
 
 
 def _copy_worker(package: Path, python: Path) -> None:

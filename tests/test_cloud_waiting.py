@@ -22,8 +22,11 @@ from worker.protocol import FunctionRequest
 IMAGE = f"runpod/flash:py{provision.python_minor()}-latest"
 
 
-def test_default_images_are_the_ones_runpod_flash_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_images_are_the_ones_runpod_flash_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Our default follows RunPod's own client: same repositories, tag and Python versions."""
+    monkeypatch.chdir(tmp_path)  # runpod_flash logs into ./.flash/ when imported
     from runpod_flash.core.resources import constants
 
     for variable in ("FLASH_GPU_IMAGE", "FLASH_CPU_IMAGE", "FLASH_IMAGE_TAG"):

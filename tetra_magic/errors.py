@@ -147,13 +147,21 @@ def remote_error(
         # named as cells, and the message, notes and chain as Python printed them there.
         raised._render_traceback_ = lambda: render_traceback(traceback_text, label)  # type: ignore[attr-defined]
         return raised
-    name = error_type or "RemoteError"
+    last_line = traceback_text.rstrip().splitlines()[-1] if traceback_text.strip() else ""
+    name = error_type or _type_named_by(last_line) or "RemoteError"
     cls = _error_class(name)
-    last_line = traceback_text.rstrip().splitlines()[-1] if traceback_text.strip() else name
+    last_line = last_line or name
     error = cls(last_line.partition(": ")[2] or last_line)
     error.remote_traceback = traceback_text
     error.label = label
     return error
+
+
+def _type_named_by(last_line: str) -> str | None:
+    """The exception type a traceback's last line names ("ValueError: bad" -> "ValueError",
+    "mod.Error" -> "Error"), for workers that send only the traceback (the published one)."""
+    name = last_line.partition(":")[0].strip().rpartition(".")[2]
+    return name if name.isidentifier() and name[0].isupper() else None
 
 
 def _error_class(name: str) -> type[RemoteCellError]:

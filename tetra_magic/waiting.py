@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from tetra_magic.errors import JobFailed
 
-# A cold start that ends quickly needs no explanation; a slow one, or a problem, does.
+# A cold start that ends quickly needs no explanation; a slow one, or a problem, does. (Only
+# where an image is pulled: the local endpoint's workers start from a venv on this machine.)
 STARTING_NOTE_AFTER_S = 5.0
 # Workers keep failing to start: this many unhealthy at once, or any for this long with none
 # up, and waiting longer will not help.
@@ -76,11 +77,11 @@ class QueueWatch:
                 f"no {gpus} is free on RunPod right now; waiting for one (more GPU types start"
                 f" sooner: {_gpu_hint(self.gpus)})",
             )
-        if count["initializing"] and self.waited >= STARTING_NOTE_AFTER_S:
-            image = f" pulls the image {self.image} and" if self.image else ""
+        if count["initializing"] and self.image and self.waited >= STARTING_NOTE_AFTER_S:
             return self._once(
                 "initializing",
-                f"a worker is starting: its first start{image} can take several minutes",
+                f"a worker is starting: its first start pulls the image {self.image} and can take"
+                " several minutes",
             )
         return None
 

@@ -1,0 +1,188 @@
+"""Cells on RunPod's published standard worker, which does not stream.
+
+The worker is tests/published_worker.py, a stand-in that runs requests the way the published
+worker's live path does, under the real runpod SDK job loop. It takes its jobs from our local
+endpoint's HTTP API (real aiohttp, on loopback), served here with no workers of its own: the
+same RunPod job API the SDK speaks on RunPod, progress updates included. Kernels reach it with
+`--endpoint URL`, as a user reaches any RunPod-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+from kernels import LiveKernel, environ, private_local_endpoint, run_cells
+from test_worker_endpoint import until
+
+from tetra_magic.local.jobs import JobStore
+from tetra_magic.local.server import Api
+from tetra_magic.local.workers import WorkerUrls
+
+STAND_IN = Path(__file__).with_name("published_worker.py")
+ENDPOINT_ID = "published"
+
+
+class LoopbackEndpoint:
+    """Our endpoint's HTTP API in a thread of this process, for workers started elsewhere."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_urlsafe(16)
+        self.base = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        runner = web.AppRunner(Api(JobStore(), None, self.token, ENDPOINT_ID).app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}/v2"
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/{ENDPOINT_ID}"
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackEndpoint]:
+    """The endpoint, with one stand-in published worker taking its jobs."""
+    endpoint = LoopbackEndpoint()
+    home = tmp_path_factory.mktemp("published-home")  # no ~/.runpod key for the SDK to prefer
+    env = {
+        **os.environ,
+        **WorkerUrls(endpoint.url).env(),
+        "HOME": str(home),
+        "RUNPOD_POD_ID": "published-1",
+        "RUNPOD_AI_API_KEY": endpoint.token,
+        "RUNPOD_LOG_LEVEL": "ERROR",
+        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+        "RUNPOD_SKIP_GPU_CHECK": "true",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, str(STAND_IN)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=home,
+        start_new_session=True,  # the SDK's ping process goes with it
+    )
+    try:
+        yield endpoint
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        endpoint.close()
+
+
+def kernel_env(endpoint: LoopbackEndpoint) -> dict[str, str]:
+    return {"RUNPOD_API_KEY": endpoint.token, "TETRA_MAGIC_DISPLAY": "text"}
+
+
+SLOW = "print('first', flush=True)\nimport time\ntime.sleep(3)\nprint('second')\nx = 5\nx * 2"
+
+
+def test_output_appears_before_the_job_ends_and_exactly_once(
+    published: LoopbackEndpoint,
+) -> None:
+    with environ(kernel_env(published)):
+        kernel = LiveKernel()
+    try:
+        assert kernel.run("%load_ext tetra_magic").error is None
+        cell = kernel.execute(f"%%tetra --endpoint {published.url}\n{SLOW}")
+        early = kernel.outputs(cell, until=lambda run: "first" in run.stdout, timeout=60)
+        assert "second" not in early.stdout and early.results == []  # the job still runs
+        done = kernel.outputs(cell, timeout=60)
+        assert done.error is None, done.error
+        assert done.stdout == "first\nsecond\n" and done.results == ["10"]
+        assert kernel.run("x").results == ["5"]
+    finally:
+        kernel.close()
+
+
+CELLS = [
+    "y = 21\ndef double(v):\n    return 2 * v",
+    "%%tetra {target}\nimport sys\nprint('out')\nprint('err', file=sys.stderr)\nz = double(y)"
+    "\nz + 1",
+    "z",
+    "%%tetra {target}\nw = 1\nraise ValueError(f'bad value {{y}}')",
+    "'w' in dir()",
+    "%%tetra {target}\nfor i in range(3):\n    print(i)",
+]
+
+
+def test_values_and_errors_come_back_as_on_our_worker(
+    published: LoopbackEndpoint, tmp_path: Path
+) -> None:
+    on_published = run_cells(
+        "%load_ext tetra_magic",
+        *(c.format(target=f"--endpoint {published.url}") for c in CELLS),
+        env=kernel_env(published),
+    )[1:]
+    with private_local_endpoint(tmp_path / "home", workers=1):
+        ours = run_cells(
+            "%load_ext tetra_magic",
+            *(c.format(target="--local") for c in CELLS),
+            env={"TETRA_MAGIC_HOME": str(tmp_path / "home"), "TETRA_MAGIC_DISPLAY": "text"},
+        )[1:]
+    for theirs, mine in zip(on_published, ours, strict=True):
+        assert (theirs.results, theirs.stdout) == (mine.results, mine.stdout)
+        assert (theirs.error or {}).get("ename") == (mine.error or {}).get("ename")
+    assert on_published[1].results == ["43"] and on_published[2].results == ["42"]
+    assert "err" in on_published[1].stderr
+    assert "bad value 21" in on_published[3].error["evalue"]
+    assert on_published[4].results == ["False"]  # a failed cell leaves nothing behind
+
+
+def test_a_progress_update_is_the_status_output_while_the_job_runs(
+    published: LoopbackEndpoint,
+) -> None:
+    """What RunPod documents for progress_update, on our endpoint: /status of the running job
+    shows the latest update as its output, and the final output replaces it."""
+    http = httpx.Client(
+        base_url=published.url, headers={"Authorization": f"Bearer {published.token}"}
+    )
+    source = (
+        "def f():\n    import runpod, time\n"
+        "    from runpod.serverless.modules.worker_state import JobsProgress\n"
+        "    job = {'id': next(iter(JobsProgress())).id}\n"
+        "    runpod.serverless.progress_update(job, {'step': 1})\n    time.sleep(2)\n"
+        "    return 'done'\n"
+    )
+    job = http.post("/run", json={"input": {"function_name": "f", "function_code": source}}).json()[
+        "id"
+    ]
+    update = until(
+        lambda: (doc := http.get(f"/status/{job}").json()).get("output") and doc, 30, "no update"
+    )
+    assert update["status"] == "IN_PROGRESS" and update["output"] == {"step": 1}
+    final = until(
+        lambda: (doc := http.get(f"/status/{job}").json())["status"] == "COMPLETED" and doc,
+        30,
+        "never completed",
+    )
+    assert final["output"]["success"] is True and "step" not in final["output"]
+    http.close()

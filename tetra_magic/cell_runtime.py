@@ -74,6 +74,7 @@ def _run_source(spec, names):
         _execute(tree, filename, namespace)
         return _execute(ast.Expression(expr.value), filename, namespace)
     except Exception as exc:
+        names.refresh()
         exc.tetra_exception = _pack_exception(names, exc)
         raise
 
@@ -264,7 +265,6 @@ class MainNames:
         self.modules = dict(modules or {})
         self.referable = referable or (lambda name: None)
         self.sent = {}  # definitions the other side needs, by name
-        self.referred = set()  # top-level names the pickles made so far refer to
         self.bytecode = []  # globals read by functions that went as bytecode
         self.bind = namespace.__setitem__
         self._known = {}
@@ -276,11 +276,10 @@ class MainNames:
         """On the worker, once the inputs are in: what the notebook already has (the inputs
         as they arrived) is referred to by name; the cell's own top-level definitions travel
         as their source."""
-        home = {id(value): name for name, value in self.namespace.items()}
+        home = dict(self.namespace)
 
         def referable(name):
-            value = self.namespace.get(name)
-            if home.get(id(value)) == name:
+            if name in home and self.namespace.get(name) is home[name]:
                 return []
             return cell_definitions.get(name)
 
@@ -345,7 +344,6 @@ class MainNames:
             return None
         if found:
             self.sent[top] = found
-        self.referred.add(top)
         return path
 
     # -- loading --------------------------------------------------------------------------
@@ -382,7 +380,7 @@ class MainNames:
         import platform
 
         head, _, body = blob.partition(b"\n")
-        parts = head.decode("ascii", "replace").split(" ")
+        parts = head.decode("utf-8", "replace").split(" ")
         if len(parts) != 3 or parts[0] != _HEADER.decode():
             raise ValueError(f"{label!r} is not a tetra pickle")
         made_by, code = parts[1], parts[2]

@@ -112,6 +112,9 @@ def _load_inputs(names, spec):
     for name in [*spec["modules"], *names.definitions, *names.blobs]:
         try:
             names.ensure(name)
+        except VersionMismatch as exc:
+            message = f"notebook variable {name!r} was not loaded on the worker: {exc}"
+            raise RuntimeError(message) from None
         except Exception as exc:
             hint = ""
             if tuple(spec["python"]) != platform.python_version_tuple()[:2]:

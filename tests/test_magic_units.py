@@ -519,3 +519,14 @@ def test_loading_never_alters_an_existing_class() -> None:
     assert type(copy) is cls and copy.get() == 1
     after = {k: v for k, v in vars(cls).items() if k != "__slotnames__"}  # pickle's own cache
     assert after.keys() == before.keys() and all(after[k] is v for k, v in before.items())
+
+
+def test_a_lambda_travels_with_the_cells_globals_not_a_copy_of_them() -> None:
+    """A lambda has no statement of its own to travel as, so it goes as bytecode; on the worker
+    it reads the cell's globals as it would read the notebook's at home (what the cell assigns
+    included), and nothing else of the notebook travels with it (the lock would not pickle)."""
+    user_ns = notebook(
+        "import threading\nlock = threading.Lock()\nscale = 3\ntimes = lambda v: v * scale\n"
+    )
+    result = run_here("scale = 5\ny = times(2)\ntimes(1)", user_ns)
+    assert (user_ns["y"], result.last, user_ns["times"](1)) == (10, 5, 5)

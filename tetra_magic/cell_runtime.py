@@ -270,8 +270,7 @@ class MainNames:
         self.sent = {}  # definitions the other side needs, by name
         self.bytecode = []  # globals read by functions that went as bytecode
         self.bind = namespace.__setitem__
-        self._known = {}
-        self._ids = None
+        self._known, self._ids, self._paths = {}, None, {}
         self._done = set()
         self._busy = set()
 
@@ -291,7 +290,7 @@ class MainNames:
 
     def refresh(self):
         """Forget what was worked out about the namespace's names (the cell changed them)."""
-        self._known, self._ids, self.sent = {}, None, {}
+        self._known, self._ids, self._paths, self.sent = {}, None, {}, {}
 
     # -- pickling -------------------------------------------------------------------------
 
@@ -321,7 +320,15 @@ class MainNames:
 
     def path(self, obj):
         """The name (or dotted path) under which the other side finds `obj`; None if it
-        cannot."""
+        cannot. Worked out once per object (a class is met once per instance pickled)."""
+        cached = self._paths.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        path = self._path(obj)
+        self._paths[id(obj)] = (obj, path)
+        return path
+
+    def _path(self, obj):
         if isinstance(obj, _PLAIN) or not _definition_like(obj):
             return None
         if self._ids is None:
@@ -396,8 +403,7 @@ class MainNames:
                 " travel as source and work across versions; lambdas and functions made inside"
                 " other functions do not"
             )
-        unpickler = _unpickler_class()(io.BytesIO(body))
-        unpickler.persistent_load = self._resolve
+        unpickler = _unpickler_class()(io.BytesIO(body), self)
         builtins = self.namespace.get("__builtins__")
         try:
             return unpickler.load()
@@ -405,12 +411,11 @@ class MainNames:
             if builtins is not None:  # cloudpickle sets a loaded function's globals' builtins
                 self.namespace["__builtins__"] = builtins
 
-    def _resolve(self, reference):
+    def resolve(self, path):
+        """The definition at `path` in the namespace, defined from its source first if that
+        came along."""
         import pickle
 
-        if reference == ("namespace",):
-            return self.namespace
-        _, path = reference
         top = path.partition(".")[0]
         self.ensure(top)
         if top not in self.namespace:
@@ -461,6 +466,31 @@ def global_names(code):
 
 
 _PICKLERS = {}
+_MARKERS = "_tetra_main"
+
+
+def _markers():
+    """A module of two markers, registered in sys.modules so that pickle can name them: in a
+    pickle, `main(path)` stands for a notebook definition and `namespace()` for `__main__`'s
+    globals; the loader (`_unpickler_class`) puts this side's in their place."""
+    import sys
+    import types
+
+    module = sys.modules.get(_MARKERS)
+    if module is None:
+        module = types.ModuleType(_MARKERS)
+
+        def main(path):
+            raise RuntimeError("a tetra pickle is loaded with MainNames.load")
+
+        def namespace():
+            raise RuntimeError("a tetra pickle is loaded with MainNames.load")
+
+        for marker in (main, namespace):
+            marker.__module__, marker.__qualname__ = _MARKERS, marker.__name__
+            setattr(module, marker.__name__, marker)
+        sys.modules[_MARKERS] = module
+    return module
 
 
 def _unpickler_class():
@@ -474,13 +504,16 @@ def _unpickler_class():
     import sys
 
     class Unpickler(pickle.Unpickler):
-        def __init__(self, file):
+        def __init__(self, file, names):
             super().__init__(file)
+            self.names = names
             module = sys.modules.get("cloudpickle.cloudpickle")
             tracked = getattr(module, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", {})
             self.existing = {id(cls) for cls in list(tracked.keys())}
 
         def find_class(self, module, name):
+            if module == _MARKERS:
+                return self.names.resolve if name == "main" else lambda: self.names.namespace
             found = super().find_class(module, name)
             if module != "cloudpickle.cloudpickle" or name != "_class_setstate":
                 return found
@@ -491,8 +524,8 @@ def _unpickler_class():
 
 
 def _pickler_class():
-    """cloudpickle's Pickler, with notebook definitions referred to by name (persistent ids)
-    and functions shipped as bytecode given `__main__`'s globals instead of a private copy."""
+    """cloudpickle's Pickler, with notebook definitions referred to by name (`_markers`) and
+    functions shipped as bytecode given `__main__`'s globals instead of a private copy."""
     if "class" in _PICKLERS:
         return _PICKLERS["class"]
     import sys
@@ -501,6 +534,10 @@ def _pickler_class():
     import cloudpickle
 
     plain = frozenset(_PLAIN)
+    markers = _markers()
+    # Stands for `__main__`'s globals in a function's reduction: pickle never offers a dict to
+    # reducer_override, so the namespace itself could not be replaced by the marker.
+    namespace_token = type("Namespace", (), {})()
 
     class Pickler(cloudpickle.Pickler):
         def __init__(self, file, names, files, to_cpu):
@@ -508,13 +545,14 @@ def _pickler_class():
             self.names, self.files, self.to_cpu = names, files, to_cpu
             self.code_of = None
 
-        def persistent_id(self, obj):  # called for every object: the common case goes first
+        def reducer_override(self, obj):  # not for builtin containers: common cases first
             if type(obj) in plain:
-                return ("namespace",) if obj is self.names.namespace else None
-            path = self.names.path(obj)
-            return None if path is None else ("main", path)
-
-        def reducer_override(self, obj):
+                return NotImplemented
+            if obj is namespace_token:
+                return markers.namespace, ()
+            path = self.names.path(obj) if callable(obj) else None  # definitions are callable
+            if path is not None:
+                return markers.main, (path,)
             if isinstance(obj, types.FunctionType) and obj.__globals__ is self.names.namespace:
                 return self._main_function(obj)
             if isinstance(obj, types.CodeType):
@@ -536,7 +574,7 @@ def _pickler_class():
             self.names.bytecode += global_names(func.__code__)
             make, args, state, items, pairs, setstate = self._dynamic_function_reduce(func)
             state[1]["__globals__"] = {}
-            return make, (args[0], self.names.namespace, *args[2:]), state, items, pairs, setstate
+            return make, (args[0], namespace_token, *args[2:]), state, items, pairs, setstate
 
     _PICKLERS["class"] = Pickler
     return Pickler

@@ -68,22 +68,28 @@ def test_a_python_without_a_published_image_is_refused_before_provisioning(
 
 def submit(fake: FakeRunPod) -> tuple[EndpointClient, str]:
     endpoint_id = fake.add_endpoint("wait-test")
-    endpoint = Endpoint(f"{fake.url}/v2", endpoint_id, KEY, image=IMAGE, gpus=("A100",))
+    endpoint = Endpoint(
+        f"{fake.url}/v2", endpoint_id, KEY, image=IMAGE, gpus=("A100",), billed=True
+    )
     client = EndpointClient(endpoint)
     request = FunctionRequest(function_name="f", function_code="def f():\n    return 1\n")
     return client, client.run(request.model_dump(exclude_none=True), 60)
 
 
 def wait_for_worker(
-    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch, timeout: float = 60.0
+    fake: FakeRunPod,
+    monkeypatch: pytest.MonkeyPatch,
+    timeout: float = 60.0,
+    watch: QueueWatch | None = None,
 ) -> tuple[str, str, BaseException | None]:
     """Follow one job with the text view; (its stderr, its final status, what was raised)."""
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     client, job_id = submit(fake)
     raised = None
+    watch = watch or QueueWatch(timeout, IMAGE, ("A100",), cold_starts=True)
     try:
-        follow(client, job_id, TextView(), watch=QueueWatch(timeout, IMAGE, ("A100",)))
+        follow(client, job_id, TextView(), watch=watch)
     except QueueGaveUp as exc:
         raised = exc
     finally:
@@ -130,7 +136,26 @@ def test_workers_that_keep_failing_end_the_wait_and_blame_the_image(
     assert stderr == "" and isinstance(raised, QueueGaveUp) and status == "CANCELLED"
     assert "keep failing to start (3 unhealthy)" in str(raised)
     assert f"The likely cause is the image ({IMAGE}) or its start command" in str(raised)
-    assert "was cancelled on the endpoint" in str(raised) and len(cancels(fake)) == 1
+    assert str(raised).count("cancelled") == 1 and len(cancels(fake)) == 1
+    assert str(raised).endswith("was cancelled on the endpoint")
+
+
+def test_a_slow_start_of_an_endpoint_of_ones_own_is_explained_without_an_image(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--endpoint ID`: the image and GPUs are unknown; the notes and hints do without them."""
+    fake.workers = {"idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0}
+    fake.queue_seconds = 120.0
+    watch = QueueWatch(10.0, cold_starts=True)
+    stderr, status, raised = wait_for_worker(fake, monkeypatch, watch=watch)
+    assert stderr == (
+        "tetra: a worker is starting: its first start pulls the worker image and can take"
+        " several minutes\n"
+    )
+    assert isinstance(raised, QueueGaveUp) and status == "CANCELLED"
+    assert "%config TetraMagic.queue_timeout = 3600" in str(raised)
+    assert "look at the endpoint's workers in RunPod's console" in str(raised)
+    assert "--gpu" not in str(raised)
 
 
 def test_the_queue_timeout_cancels_the_job(
@@ -143,6 +168,7 @@ def test_the_queue_timeout_cancels_the_job(
     assert stderr == "tetra: workers are failing to start (1 unhealthy); RunPod is retrying them\n"
     assert isinstance(raised, QueueGaveUp) and status == "CANCELLED"
     assert "no worker took the job within TetraMagic.queue_timeout (4 s)" in str(raised)
+    assert "allow more GPU types (e.g. --gpu A100 H100 L40S)" in str(raised)
     assert len(cancels(fake)) == 1
 
 
@@ -152,7 +178,7 @@ def test_queue_timeout_and_prices_are_settings_and_the_cost_is_recorded(
     runs = run_cloud(
         fake,
         tmp_path,
-        "%config TetraMagic.gpu_prices = {'AMPERE_80': 0.01}",
+        "%config TetraMagic.gpu_prices = {'a100': 0.01}",  # a GPU name, or its RunPod pool id
         "%%tetra --gpu A100 --out rec\nx = 2",
         "rec.billed_s, rec.cost_estimate_usd, rec.execution_ms is not None",
     )
@@ -171,3 +197,42 @@ def test_queue_timeout_and_prices_are_settings_and_the_cost_is_recorded(
     assert "was cancelled on the endpoint" in runs[1].error["evalue"]
     assert runs[2].error["ename"] == "NameError"  # nothing came back
     assert len(cancels(fake)) == 1
+
+
+def test_bad_settings_are_refused_when_set(fake: FakeRunPod, tmp_path: Path) -> None:
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%config TetraMagic.gpu_prices = {'AMPERE_80': 'cheap'}",
+        "%config TetraMagic.gpu_prices = {'A101': 0.001}",
+        "%config TetraMagic.gpu_prices = {'A100': -1}",
+        "%config TetraMagic.queue_timeout = -5",
+        "%config TetraMagic.gpu_prices = {'h100': 0.002, 'AMPERE_80': 0.001}",
+        "%config TetraMagic.gpu_prices",
+    )
+    # %config reports a refused value on stderr and keeps the old one
+    assert "must be a float, but a value of 'cheap'" in runs[0].stderr
+    assert "'A101' is not a GPU this table prices" in runs[1].stderr
+    assert "AMPERE_80" in runs[1].stderr
+    assert "gpu_prices" in runs[2].stderr and "-1" in runs[2].stderr
+    assert "queue_timeout" in runs[3].stderr and "-5" in runs[3].stderr
+    assert ok(runs[5]).results == ["{'ADA_80_PRO': 0.002, 'AMPERE_80': 0.001}"]
+    assert fake.operations == []  # nothing reached RunPod
+
+
+def test_the_price_is_the_gpus_when_the_worker_names_it_else_an_upper_bound() -> None:
+    from tetra_magic.gpus import ALL_POOLS
+    from tetra_magic.pricing import FLEX_PRICES, estimate
+
+    ran = {"delayTime": 1500, "executionTime": 2100}
+    named = estimate(ran, "NVIDIA RTX A4000", ALL_POOLS)
+    assert (named.pool, named.upper_bound, named.billed_s) == ("AMPERE_16", False, 3)
+    assert named.usd == pytest.approx(3 * FLEX_PRICES["AMPERE_16"])
+    unknown = estimate(ran, None, ALL_POOLS)
+    assert (unknown.pool, unknown.upper_bound) == ("BLACKWELL_180", True)
+    assert "at most $0.00720 (BLACKWELL_180" in unknown.line()
+    exact = estimate(ran, None, ("NVIDIA A100-SXM4-80GB",))
+    assert (exact.pool, exact.upper_bound) == ("AMPERE_80", False)
+    cpu = estimate(ran, None, ())
+    assert cpu.usd is None and "no price known for CPU workers" in cpu.line()
+    assert estimate({"delayTime": 900}, None, ALL_POOLS) is None  # never ran: nothing billed

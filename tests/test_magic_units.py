@@ -410,8 +410,12 @@ def test_a_failed_job_reads_as_a_sentence_not_json(capsys: pytest.CaptureFixture
     assert str(info.value) == "job job-1 failed: <class 'MemoryError'>: worker ran out"
 
 
-def test_ctrl_c_cancels_the_remote_job_and_says_so() -> None:
-    client = FakeClient([], {})
+@pytest.mark.parametrize("streams", [True, False])
+def test_ctrl_c_cancels_the_remote_job_and_says_so(streams: bool) -> None:
+    """A worker that streams stops the code; of one that does not, the message says it may
+    run on (RunPod's published worker cannot stop a running cell)."""
+    info_chunk = {"output": {"kind": "info", "worker_id": "w", "python": "3.11.7"}}
+    client = FakeClient([{"status": "IN_PROGRESS", "stream": [info_chunk] if streams else []}], {})
 
     def interrupt(n: int) -> None:
         if n == 2:
@@ -421,7 +425,12 @@ def test_ctrl_c_cancels_the_remote_job_and_says_so() -> None:
     with pytest.raises(CellInterrupted) as info:
         follow(client, "job-9", TextView())  # type: ignore[arg-type]
     assert isinstance(info.value, KeyboardInterrupt)
-    assert str(info.value) == "job job-9 was cancelled on the endpoint"
+    caveat = (
+        " (a worker that does not stream, such as RunPod's published one, may run the code on"
+        " until it ends, and start the next job only then)"
+    )
+    expected = "job job-9 was cancelled on the endpoint" + ("" if streams else caveat)
+    assert str(info.value) == expected
     assert client.cancelled == ["job-9"]
 
 

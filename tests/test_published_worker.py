@@ -123,6 +123,25 @@ def test_output_appears_before_the_job_ends_and_exactly_once(
         kernel.close()
 
 
+def test_the_cells_timeout_stops_it_on_a_worker_that_does_not_know_it(
+    published: LoopbackEndpoint,
+) -> None:
+    """The published worker's request has no timeout field; the runtime stops the cell."""
+    runs = run_cells(
+        "%load_ext tetra_magic",
+        f"%%tetra --endpoint {published.url} --timeout 2\nimport time\n"
+        "for i in range(100):\n    print(i, flush=True)\n    time.sleep(0.1)\ndone = True",
+        f"%%tetra --endpoint {published.url}\nprint('next')",
+        "'done' in dir()",
+        env=kernel_env(published),
+    )
+    assert runs[1].error["ename"] == "TimeoutError"
+    assert "the cell ran past its 2 s timeout and was stopped" in runs[1].error["evalue"]
+    printed = runs[1].stdout.split()
+    assert printed == [str(i) for i in range(len(printed))] and 5 < len(printed) < 40
+    assert runs[2].stdout == "next\n" and runs[3].results == ["False"]
+
+
 CELLS = [
     "y = 21\ndef double(v):\n    return 2 * v",
     "%%tetra {target}\nimport sys\nprint('out')\nprint('err', file=sys.stderr)\nz = double(y)"

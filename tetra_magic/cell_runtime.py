@@ -17,7 +17,7 @@ def run_cell(spec, blobs):
     of what it bound or changed in place, the names it deleted, its last expression's value and
     what it displayed. On the published worker, also the cell's output, which it sent live as
     progress updates."""
-    live = LiveOutput.on_published_worker()
+    live = LiveOutput.on_published_worker(spec.get("timeout"))
     if live is None:
         return _run_cell(spec, blobs)
     with live:
@@ -725,16 +725,24 @@ class LiveOutput:
     carries all of it, so the client shows every chunk exactly once, in order. Our own worker
     streams output itself; there (and wherever no runpod job is running in this process) this
     stays off.
+
+    That worker also knows nothing of the cell's --timeout (it is not a field of its request),
+    so here the cell's thread is interrupted with a TimeoutError once it has run that long: the
+    Python code stops there (a call stuck in C code only when it returns to Python).
     """
 
     PERIOD_S = 0.5
     PROGRESS_BYTES = 256 * 1024
     KEEP_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, send):
+    def __init__(self, send, timeout=None):
         import threading
+        import time
 
         self.send = send
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timeout = timeout
+        self.cell_thread = threading.get_ident()
         self.chunks = []
         self.size = 0
         self.dropped = 0
@@ -743,8 +751,9 @@ class LiveOutput:
         self.stop = threading.Event()
 
     @classmethod
-    def on_published_worker(cls):
-        """A LiveOutput for the one job the runpod SDK in this process is running, if any."""
+    def on_published_worker(cls, timeout=None):
+        """A LiveOutput for the one job the runpod SDK in this process is running, if any;
+        the cell is stopped after `timeout` seconds."""
         import sys
 
         state = sys.modules.get("runpod.serverless.modules.worker_state")
@@ -755,7 +764,7 @@ class LiveOutput:
         if len(jobs) != 1:
             return None  # none, or several at once: no way to tell which one is this cell's
         job = {"id": str(jobs[0].id)}
-        return cls(lambda value: progress.progress_update(job, value))
+        return cls(lambda value: progress.progress_update(job, value), timeout)
 
     def write(self, kind, text):
         if not text:
@@ -794,7 +803,12 @@ class LiveOutput:
             self.chunks.append({"kind": "stderr", "text": note})
 
     def _publish(self):
+        import time
+
         while not self.stop.wait(self.PERIOD_S):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.deadline = None
+                self._interrupt()
             with self.lock:
                 count = len(self.chunks)
                 if count == self.sent:
@@ -811,6 +825,27 @@ class LiveOutput:
                 self.send({"tetra_progress": {"first": first, "chunks": window}})
             except Exception:
                 return  # best effort: the output still arrives with the result
+
+    def _interrupt(self):
+        """Raise a TimeoutError in the cell's thread, at its next Python instruction."""
+        import ctypes
+
+        message = f"the cell ran past its {self.timeout:g} s timeout and was stopped"
+        body = {"__init__": _fixed_message(message), "__module__": "builtins"}
+        error = type("TimeoutError", (TimeoutError,), body)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self.cell_thread), ctypes.py_object(error)
+        )
+
+
+def _fixed_message(message):
+    """An __init__ giving an exception `message` whatever it is raised with (an exception
+    raised in another thread is raised as a class, with no arguments)."""
+
+    def __init__(self, *args):
+        TimeoutError.__init__(self, message)
+
+    return __init__
 
 
 class _Tee:

@@ -162,5 +162,8 @@ class EndpointClient:
         if response.status_code == 404 and job_id:
             raise EndpointError(f"job {job_id} is unknown to the endpoint (expired or never ran)")
         if response.status_code == 404:
-            raise EndpointNotFound(f"{self.endpoint!r} does not exist (404): {detail}")
+            raise EndpointNotFound(
+                f"{self.endpoint!r} does not exist (404): {detail}. Check the endpoint id in"
+                " RunPod's console (`%tetra endpoints` lists those the magic made)"
+            )
         raise EndpointError(f"{response.status_code} from the endpoint: {detail}")

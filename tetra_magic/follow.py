@@ -77,13 +77,14 @@ def follow(
     chunks = [] if chunks is None else chunks
     cancel = getattr(view, "cancel_requested", None)
     progress = ProgressOutput()
+    poll = _Poll(client, job_id, view, chunks, progress, watch)
     try:
-        _Poll(client, job_id, view, chunks, progress, watch).run(_Deadline(deadline), cancel)
+        poll.run(_Deadline(deadline), cancel)
     except KeyboardInterrupt:
-        note = _cancel(client, job_id, view)
+        note = _cancel(client, job_id, view) + poll.cancel_caveat()
         raise CellInterrupted(f"job {job_id} {note}") from None
     except (JobTimeout, CancelRequested, QueueGaveUp) as exc:
-        note = _cancel(client, job_id, view)
+        note = _cancel(client, job_id, view) + poll.cancel_caveat()
         raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
     for item in _unseen(document.get("output"), len(chunks)):
@@ -114,6 +115,7 @@ class _Poll:
         self.chunks, self.progress, self.watch = chunks, progress, watch
         self.streaming = True  # until /stream turns out to say nothing at all
         self.streamed = False  # whether /stream has delivered anything yet
+        self.started = False  # whether a worker has taken the job
         self.installing = False
         self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
 
@@ -126,6 +128,7 @@ class _Poll:
             asked = time.monotonic()
             status, new = self.poll()
             queued = status == "IN_QUEUE"
+            self.started = self.started or not queued
             clock.paused = queued or self.installing
             if queued:
                 self.queued(clock.since_last)
@@ -152,6 +155,16 @@ class _Poll:
             self._deliver(updates)
             items += updates
         return status, bool(items)
+
+    def cancel_caveat(self) -> str:
+        """What a cancel may not do: a worker that does not stream (RunPod's published one)
+        runs the cell inside its job loop, which cannot stop it."""
+        if not self.started or self.streamed:
+            return ""
+        return (
+            " (a worker that does not stream, such as RunPod's published one, may run the code"
+            " on until it ends, and start the next job only then)"
+        )
 
     def queued(self, seconds: float) -> None:
         """Time in the queue: counted against the queue timeout; /health read now and then."""

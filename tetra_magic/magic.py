@@ -20,11 +20,12 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from tetra_magic import options as cell_options
 from tetra_magic.analysis import analyse, transform
 from tetra_magic.errors import cell_labeler, syntax_error
+from tetra_magic.gpus import POOLS
 
 _COMMANDS = ("local", "endpoints", "delete")
 
@@ -66,12 +67,27 @@ class TetraMagic(Magics):
     idle_timeout = Int(5, help="Seconds an idle worker stays up for the next job.").tag(config=True)
     endpoint_timeout = Int(600, help="Endpoint-wide execution timeout, seconds.").tag(config=True)
     queue_timeout = Float(
-        1200.0, help="Seconds a cell may wait for a worker before its job is cancelled."
+        1200.0, min=1.0, help="Seconds a cell may wait for a worker before its job is cancelled."
     ).tag(config=True)
     gpu_prices = Dict(
-        help="USD per second by RunPod GPU pool (e.g. {'AMPERE_80': 0.00076}), overriding the"
-        " built-in table used for cost estimates."
+        value_trait=Float(min=0.0),
+        help="USD per second by GPU (a name like A100, or a RunPod pool id like AMPERE_80),"
+        " overriding the built-in table used for cost estimates.",
     ).tag(config=True)
+
+    @validate("gpu_prices")
+    def _pools_priced(self, proposal: Any) -> dict[str, float]:
+        """Prices keyed by RunPod pool ids, whichever GPU names the user keyed them by."""
+        prices = {}
+        for name, price in proposal["value"].items():
+            pool = POOLS.get(str(name).lower(), str(name).upper())
+            if pool not in POOLS.values():
+                raise TraitError(
+                    f"TetraMagic.gpu_prices: {name!r} is not a GPU this table prices; use a name"
+                    f" such as A100 or a RunPod pool id: {', '.join(dict.fromkeys(POOLS.values()))}"
+                )
+            prices[pool] = price
+        return prices
 
     @magic_arguments()
     @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")

@@ -165,14 +165,8 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         send=_split_names("--send", args.send),
         drop=_split_names("--drop", args.drop),
         env=parse_env(args.env),
-        queue_timeout=_positive("TetraMagic.queue_timeout", defaults.queue_timeout),
+        queue_timeout=defaults.queue_timeout,
     )
-
-
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise UsageError(f"{name} must be a number of seconds above 0, not {value:g}")
-    return float(value)
 
 
 def _default_gpus(defaults: Any) -> tuple[str, ...]:

@@ -196,6 +196,7 @@ def pack(
         "sources": _sources(files, label),
         "definitions": names.sent,
         "env": dict(opts.env),
+        "timeout": opts.timeout,  # for workers that do not read the request's own field
     }
     request = FunctionRequest(
         function_name="run_cell",

@@ -28,7 +28,8 @@ FLEX_PRICES: dict[str, float] = {
     "HOPPER_141": 0.00155,  # H200
     "BLACKWELL_180": 0.00240,  # B200
 }
-# Words in a GPU's reported name (torch.cuda.get_device_name, nvidia-smi) -> its pool.
+# Words in a GPU's name (as the worker reports it, or an exact RunPod GPU type) -> its pool;
+# the first that matches wins, so "a4000" is tried before "a40" and "l40" before "l4".
 _NAME_POOLS = (
     ("b200", "BLACKWELL_180"),
     ("h200", "HOPPER_141"),
@@ -38,12 +39,12 @@ _NAME_POOLS = (
     ("6000 ada", "ADA_48_PRO"),
     ("4090", "ADA_24"),
     ("a6000", "AMPERE_48"),
-    ("a40", "AMPERE_48"),
-    ("l4", "AMPERE_24"),
-    ("a5000", "AMPERE_24"),
-    ("3090", "AMPERE_24"),
     ("a4000", "AMPERE_16"),
     ("a4500", "AMPERE_16"),
+    ("a5000", "AMPERE_24"),
+    ("a40", "AMPERE_48"),
+    ("l4", "AMPERE_24"),
+    ("3090", "AMPERE_24"),
 )
 
 
@@ -58,6 +59,7 @@ class Cost:
     price_per_s: float | None
     usd: float | None
     source: str = f"RunPod flex price as of {PRICES_AS_OF}"
+    upper_bound: bool = False  # the worker did not say its GPU: the dearest one allowed
 
     def line(self) -> str:
         """One line for the cell's summary, marked as an estimate."""
@@ -65,22 +67,35 @@ class Cost:
             f"queued {self.queued_s:.1f} s, ran {self.execution_s:.1f} s, billed {self.billed_s} s"
         )
         if self.usd is None:
-            return f"tetra: {times}; no price known for {self.pool or 'this hardware'}"
+            what = self.pool or "CPU workers"
+            return f"tetra: {times}; no price known for {what} (TetraMagic.gpu_prices sets one)"
+        cost = "at most" if self.upper_bound else "estimated cost"
         return (
-            f"tetra: {times}; estimated cost ${self.usd:.5f} ({self.pool} at"
+            f"tetra: {times}; {cost} ${self.usd:.5f} ({self.pool} at"
             f" ${self.price_per_s:.5f}/s, {self.source}; start and idle time not included)"
         )
 
 
-def pool_of(gpu_name: str | None, gpu_ids: tuple[str, ...], prices: dict[str, float]) -> str | None:
-    """The pool a job ran on: from the worker's GPU name when it gave one, else the dearest of
-    the pools the endpoint allows (an upper bound); None for CPU endpoints."""
-    name = (gpu_name or "").lower()
-    for word, pool in _NAME_POOLS:
-        if word in name:
-            return pool
-    known = [g for g in gpu_ids if g in prices]
-    return max(known, key=prices.__getitem__) if known else (gpu_ids[0] if gpu_ids else None)
+def pool_named(name: str) -> str | None:
+    """The pool of a GPU by its name ("NVIDIA A100 80GB PCIe" -> "AMPERE_80"), if known."""
+    name = name.lower()
+    return next((pool for word, pool in _NAME_POOLS if word in name), None)
+
+
+def pool_of(
+    gpu_name: str | None, gpu_ids: tuple[str, ...], prices: dict[str, float]
+) -> tuple[str | None, bool]:
+    """The pool a job ran on, and whether that is a guess: the worker's GPU when it named one,
+    else the endpoint's one pool, else the dearest of those it allows (an upper bound)."""
+    if gpu_name and (pool := pool_named(gpu_name)):
+        return pool, False
+    pools = list(dict.fromkeys(pool_named(g) or g for g in gpu_ids))
+    if len(pools) == 1:
+        return pools[0], False
+    known = [p for p in pools if p in prices]
+    if known:
+        return max(known, key=prices.__getitem__), True
+    return (pools[0] if pools else None), False
 
 
 def estimate(
@@ -89,12 +104,13 @@ def estimate(
     gpu_ids: tuple[str, ...],
     overrides: dict[str, float] | None = None,
 ) -> Cost | None:
-    """The cost of the job whose final `/status` document this is; None if it never ran."""
+    """The cost of the job whose final `/status` document this is; None if it never ran.
+    `overrides` (pool id -> USD per second) replace or add to FLEX_PRICES."""
     execution_ms = document.get("executionTime")
     if execution_ms is None:
         return None
     prices = {**FLEX_PRICES, **(overrides or {})}
-    pool = pool_of(gpu_name, gpu_ids, prices)
+    pool, upper_bound = pool_of(gpu_name, gpu_ids, prices)
     billed = math.ceil(execution_ms / 1000)
     price = prices.get(pool) if pool else None
     return Cost(
@@ -104,5 +120,6 @@ def estimate(
         pool=pool,
         price_per_s=price,
         usd=None if price is None else round(billed * price, 6),
+        upper_bound=upper_bound,
         **({"source": "TetraMagic.gpu_prices"} if pool in (overrides or {}) else {}),
     )

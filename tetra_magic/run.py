@@ -103,7 +103,8 @@ def _submit(
         job_id, client = _start(client, opts, packed)
         view.submitted(job_id, opts.name)
         deadline = time.monotonic() + opts.timeout + CLIENT_GRACE
-        watch = QueueWatch(opts.queue_timeout, client.endpoint.image, client.endpoint.gpus)
+        target = client.endpoint
+        watch = QueueWatch(opts.queue_timeout, target.image, target.gpus, target.billed)
         followed = follow(client, job_id, view, deadline, chunks, watch)
     except BaseException as exc:
         view.close(None)  # a live widget must not outlive the cell (Ctrl-C, Cancel, errors)

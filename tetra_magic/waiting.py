@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from tetra_magic.errors import JobFailed
 
 # A cold start that ends quickly needs no explanation; a slow one, or a problem, does. (Only
-# where an image is pulled: the local endpoint's workers start from a venv on this machine.)
+# where an image is pulled, as on RunPod: the local endpoint's workers start from a venv here.)
 STARTING_NOTE_AFTER_S = 5.0
 # Workers keep failing to start: this many unhealthy at once, or any for this long with none
 # up, and waiting longer will not help.
@@ -32,12 +32,14 @@ class QueueGaveUp(JobFailed):
 
 @dataclass
 class QueueWatch:
-    """Follows one job's time in the queue. `image` and `gpus` name what the endpoint runs
-    ("" and () where unknown), for messages; `timeout` is TetraMagic.queue_timeout (s)."""
+    """Follows one job's time in the queue. `timeout` is TetraMagic.queue_timeout (s); `image`
+    and `gpus` name what the endpoint runs ("" and () where unknown), for messages;
+    `cold_starts`: its workers start by pulling an image (RunPod), which is worth explaining."""
 
     timeout: float
     image: str = ""
     gpus: tuple[str, ...] = ()
+    cold_starts: bool = False
     waited: float = 0.0
     unhealthy_for: float = 0.0
     told: set[str] = field(default_factory=set)
@@ -46,10 +48,15 @@ class QueueWatch:
         """Count `seconds` more in the queue; QueueGaveUp past the timeout."""
         self.waited += seconds
         if self.waited > self.timeout:
+            other = (
+                f"allow more GPU types ({_gpu_hint(self.gpus)})"
+                if self.gpus
+                else "look at the endpoint's workers in RunPod's console"
+            )
             raise QueueGaveUp(
-                f"no worker took the job within TetraMagic.queue_timeout ({self.timeout:g} s),"
-                " so it was cancelled. Raise the setting for slow cold starts, or allow more"
-                f" GPU types ({_gpu_hint(self.gpus)})"
+                f"no worker took the job within TetraMagic.queue_timeout ({self.timeout:g} s)."
+                " For a slow cold start raise it (%config TetraMagic.queue_timeout = 3600), or"
+                f" {other}"
             )
 
     def read(self, health: dict, since_last: float) -> str | None:
@@ -77,11 +84,11 @@ class QueueWatch:
                 f"no {gpus} is free on RunPod right now; waiting for one (more GPU types start"
                 f" sooner: {_gpu_hint(self.gpus)})",
             )
-        if count["initializing"] and self.image and self.waited >= STARTING_NOTE_AFTER_S:
+        if count["initializing"] and self.cold_starts and self.waited >= STARTING_NOTE_AFTER_S:
+            image = f"the image {self.image}" if self.image else "the worker image"
             return self._once(
                 "initializing",
-                f"a worker is starting: its first start pulls the image {self.image} and can take"
-                " several minutes",
+                f"a worker is starting: its first start pulls {image} and can take several minutes",
             )
         return None
 
@@ -94,9 +101,9 @@ class QueueWatch:
     def _failing(self, unhealthy: int) -> str:
         image = self.image or "the worker image"
         return (
-            f"the endpoint's workers keep failing to start ({unhealthy} unhealthy), so the job was"
-            f" cancelled. The likely cause is the image ({image}) or its start command: check"
-            " that it exists and can be pulled, and read the worker logs in RunPod's console"
+            f"the endpoint's workers keep failing to start ({unhealthy} unhealthy). The likely"
+            f" cause is the image ({image}) or its start command: check that it exists and can"
+            " be pulled, and read the worker logs in RunPod's console"
         )
 
 

@@ -61,7 +61,9 @@ def _run_cell(spec, blobs):
 
 def _run_source(spec, names):
     """Run the cell's code; its last expression's value (None without one). An exception the
-    cell raises is packed for the notebook, which raises it as the user's own exception."""
+    cell raises is packed for the notebook, which raises it as the user's own exception: the
+    pack rides as a last note on the exception, since every worker (the published one too)
+    sends the exception's traceback text home, notes included."""
     import ast
 
     filename, source, namespace = spec["filename"], spec["source"], names.namespace
@@ -75,7 +77,9 @@ def _run_source(spec, names):
         return _execute(ast.Expression(expr.value), filename, namespace)
     except Exception as exc:
         names.refresh()
-        exc.tetra_exception = _pack_exception(names, exc)
+        packed = _pack_exception(names, exc)
+        if len(packed) <= _NOTE_LIMIT and hasattr(exc, "add_note"):
+            exc.add_note(_EXCEPTION_NOTE + packed)
         raise
 
 
@@ -210,10 +214,26 @@ def _pack_outputs(names, spec, last, inputs, digests):
     return out
 
 
+_EXCEPTION_NOTE = "tetra-exception:"
+_NOTE_LIMIT = 256 * 1024  # a larger exception comes home as a stand-in of the same name
+
+
+def exception_note(text):
+    """`text` (a remote traceback) without the note `_run_source` added, and that note's pack
+    (None if it has none)."""
+    kept, packed = [], None
+    for line in text.splitlines(True):
+        if line.startswith(_EXCEPTION_NOTE):
+            packed = line[len(_EXCEPTION_NOTE) :].strip()
+        else:
+            kept.append(line)
+    return "".join(kept), packed
+
+
 def _pack_exception(names, exc):
     """The exception the cell raised and those chained to it, each pickled on its own (None
     where one cannot be), with the links between them: [[blob, cause, context, suppress], ...],
-    as a base64 string the worker puts in its response."""
+    as one base64 line."""
     import base64
     import pickle
 

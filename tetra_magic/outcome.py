@@ -15,7 +15,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from tetra_magic.cell_runtime import MainNames, VersionMismatch
+from tetra_magic.cell_runtime import MainNames, VersionMismatch, exception_note
 from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
 from tetra_magic.follow import Followed
 from worker.protocol import FunctionResponse, decode
@@ -59,8 +59,8 @@ def check(
         raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
     if not response.success:
         if response.failure in (None, "exception"):
-            raised = _raised(response.exception, user_ns)
-            raise remote_error(response.error_type, response.error or "", label, raised)
+            text, packed = exception_note(response.error or "")
+            raise remote_error(response.error_type, text, label, _raised(packed, user_ns))
         reason = _FAILURES.get(response.failure, "the job failed")
         detail = clean_detail((response.error or "").rstrip(), label)
         raise JobFailed(f"{reason}:\n{detail}" if detail else reason)

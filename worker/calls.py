@@ -123,9 +123,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     except RequestError as exc:
         return _failure(str(exc), "RequestError", "invalid")
     except BaseException as exc:  # SystemExit and KeyboardInterrupt end the request, not the child
-        packed = getattr(exc, "tetra_exception", None)
-        extra = {"exception": packed} if isinstance(packed, str) else {}
-        return _failure(user_traceback(exc), type(exc).__name__, "exception", **extra)
+        return _failure(user_traceback(exc), type(exc).__name__, "exception")
     value = outcome.pop("value")
     try:
         result, unpicklable = encode_result(value)

@@ -77,9 +77,6 @@ class FunctionResponse(BaseModel):
         Literal["exception", "install", "timeout", "crash", "cancelled", "invalid", "internal"]
         | None
     ) = None
-    # Ours: the exception the code raised, as the code itself packed it (a str it set as the
-    # exception's `tetra_exception`), so the client can raise the user's own exception.
-    exception: str | None = None
     # Ours: result entries that could not be pickled, by name, with the reason.
     unpicklable: dict[str, str] = Field(default_factory=dict)
     worker: WorkerInfo | None = None

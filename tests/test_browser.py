@@ -50,6 +50,9 @@ CELLS = [
     # 5: a remote error
     "%%tetra --local --name broken\nvalues = [1, 2]\nprint('before the error')\n"
     "total = values[5]\n",
+    # 6: a plot, shown while the cell still runs
+    "%%tetra --local --name plot --deps matplotlib\nimport time\nimport matplotlib.pyplot as plt\n"
+    "print('plotting')\nplt.plot([1, 3, 2])\nplt.show()\ntime.sleep(8)\nprint('finished')\n",
 ]
 
 # Records every text the status lines show, as they change, with the page's clock.
@@ -144,17 +147,20 @@ def states(nb: lab_page.NotebookPage, name: str) -> list[str]:
             if row["text"].split(" ")[1] == name]  # fmt: skip
 
 
-def wait_live_or_done(nb: lab_page.NotebookPage, index: int, text: str, timeout: float) -> str:
-    """'live' once `text` shows in the cell's live output box, 'done' if the cell ended first."""
+def wait_live_or_done(
+    nb: lab_page.NotebookPage, index: int, text: str, timeout: float, inside: str = ".tetra-output"
+) -> str:
+    """'live' once `text` shows in the element `inside` the cell (its live output box), 'done'
+    if the cell ended first."""
     cell = f".jp-Notebook .jp-Cell:nth-child({index + 1})"
     handle = nb.page.wait_for_function(
-        """([cell, text]) => {
-          const out = document.querySelector(cell + ' .tetra-output');
+        """([cell, text, inside]) => {
+          const out = document.querySelector(cell + ' ' + inside);
           if (out && out.innerText.includes(text)) return 'live';
           const prompt = document.querySelector(cell + ' .jp-InputPrompt');
           return /\\[\\d+\\]/.test(prompt?.innerText || '') ? 'done' : false;
         }""",
-        arg=[cell, text],
+        arg=[cell, text, inside],
         timeout=timeout * 1000,
     )
     return handle.json_value()
@@ -267,6 +273,23 @@ def test_a_remote_error_reads_as_a_traceback_of_the_cell(nb: lab_page.NotebookPa
     assert output.index("before the error") < output.index("Traceback")
 
 
+def test_a_plot_shows_inside_the_running_cell_and_stays_after_it(
+    nb: lab_page.NotebookPage,
+) -> None:
+    nb.run(6)
+    # matplotlib is installed first
+    plot = ".tetra-view img[src^='data:image/png']"
+    seen = wait_live_or_done(nb, 6, "", timeout=300, inside=plot)
+    assert seen == "live", "the plot only showed once the cell had ended"
+    assert nb.running(6) and "finished" not in nb.cell(6).locator(".tetra-view").inner_text()
+    nb.wait_done(6, timeout=60)
+    output = nb.cell(6).locator(".jp-Cell-outputArea")
+    assert output.locator(".tetra-view").count() == 0
+    assert output.locator("img").count() == 1  # the plot, now an ordinary output of the cell
+    text = nb.output_text(6)
+    assert text.index("plotting") < text.index("finished")
+
+
 def test_after_save_and_reload_the_cells_still_show_what_ran(nb: lab_page.NotebookPage) -> None:
     nb.save()
     nb.page.reload()
@@ -274,9 +297,12 @@ def test_after_save_and_reload_the_cells_still_show_what_ran(nb: lab_page.Notebo
     page_text = nb.page.locator(".jp-Notebook").inner_text()
     assert "Loading widget" not in page_text and "Error displaying widget" not in page_text
     assert nb.page.locator(".tetra-view").count() == 0  # no live panel left anywhere
-    assert nb.page.locator(".tetra-summary").count() == 4
+    assert nb.page.locator(".tetra-summary").count() == 5
     assert "row 59\nsecond line" in nb.output_text(1)
     assert "installed" in nb.output_text(2)
     assert "started" in nb.output_text(3) and "cancelled" in nb.output_text(3)
     assert "IndexError: list index out of range" in nb.output_text(5)
     assert "before the error" in nb.output_text(5)
+    image = nb.cell(6).locator(".jp-Cell-outputArea img")
+    assert image.count() == 1 and image.evaluate("(img) => img.naturalWidth > 100")
+    assert "finished" in nb.output_text(6)

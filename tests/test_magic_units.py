@@ -6,12 +6,13 @@ read like local ones."""
 from __future__ import annotations
 
 import asyncio
+import json
 import linecache
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -33,7 +34,7 @@ from tetra_magic.follow import JobTimeout, follow
 from tetra_magic.magic import TetraMagic, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
-from worker import handler
+from worker import frames, handler
 from worker.executor import Executor
 from worker.protocol import FunctionResponse, decode, encode
 
@@ -71,6 +72,21 @@ def packed(cell: str, user_ns: dict[str, Any], **opts: Any):
 def kernel_label(filename: str) -> str | None:
     """Cells as the kernel names them: `notebook()`'s files are In[2]."""
     return "Cell In[2]" if filename.startswith("/tmp/ipykernel_1/") else LABEL(filename)
+
+
+@pytest.fixture(autouse=True)
+def ipython_as_it_was() -> Iterator[None]:
+    """run_cell, run in this process, makes IPython's shell publish display frames, as on a
+    worker with IPython; the tests after it get this process's shell back as it was."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    before = InteractiveShell._instance
+    publisher = before.display_pub if before is not None else None
+    yield
+    if before is not None:
+        before.display_pub = publisher
+    elif InteractiveShell._instance is not None:
+        type(InteractiveShell._instance).clear_instance()
 
 
 def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellResult:
@@ -201,7 +217,9 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering() -> Non
     assert problems["Out"].startswith("cannot be loaded here: ModuleNotFoundError")
 
 
-def test_display_send_drop_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_display_send_drop_and_env(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TETRA_TEST_ENV", "off")  # restored after the cell sets it
     user_ns = {"hidden": 41}
     result = run_here(
@@ -213,7 +231,9 @@ def test_display_send_drop_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         env=(("TETRA_TEST_ENV", "on"),),
     )
     assert user_ns["x"] == 42 and "big" not in user_ns
-    assert result.shown == ["shown", 42]
+    displays = frames.split(capsys.readouterr().out)  # framed among the cell's prints
+    shown = [json.loads(c["text"])["data"]["text/plain"] for c in displays]
+    assert shown == ["'shown'", "42"]
     assert result.last == "on"
 
 

@@ -207,6 +207,38 @@ def test_a_progress_update_is_the_status_output_while_the_job_runs(
     http.close()
 
 
+DISPLAYS = (
+    "%%tetra {target}\nfrom IPython.display import HTML, Image, display\nimport base64\n"
+    "print('before')\ndisplay(HTML('<b>table</b>'))\nprint('between')\n"
+    "display(Image(base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))\nprint('after')\n"
+)
+
+
+def test_display_outputs_arrive_in_order_as_on_our_worker(
+    published: LoopbackEndpoint, tmp_path: Path
+) -> None:
+    """The published worker returns displays inside its stdout (live, through progress
+    updates): they come out as display outputs among the prints, as from our worker."""
+    theirs = run_cells(
+        "%load_ext tetra_magic",
+        DISPLAYS.format(target=f"--endpoint {published.url}"),
+        env=kernel_env(published),
+    )[1]
+    with private_local_endpoint(tmp_path / "home", workers=1):
+        mine = run_cells(
+            "%load_ext tetra_magic",
+            DISPLAYS.format(target="--local"),
+            env={"TETRA_MAGIC_HOME": str(tmp_path / "home"), "TETRA_MAGIC_DISPLAY": "text"},
+        )[1]
+
+    def shape(outputs: list) -> list:
+        return [(o.output_type, o.get("text"), o.get("data")) for o in outputs]
+
+    assert shape(theirs.outputs) == shape(mine.outputs)
+    assert [o.output_type for o in mine.outputs] == ["stream", "display_data"] * 2 + ["stream"]
+
+
 RAISES = "class ValidationError(ValueError):\n    pass"
 RAISING = (
     "err = ValidationError('row 3 is invalid\\ncolumn age is empty')\n"

@@ -10,6 +10,7 @@ subshell in its header) must cancel a cell whose main thread is busy following t
 from __future__ import annotations
 
 import html
+import json
 import queue
 import re
 import threading
@@ -191,6 +192,48 @@ def test_close_leaves_a_static_summary_and_the_output_as_streams(
     assert streams.out == "out 1\nout 2\n" and streams.err == "err 1\n"
     view.close(None)  # a second close (the run's error path) changes nothing
     assert len(view.handle.updates) == 1
+
+
+def display_chunk(kind: str = "display", **message: Any) -> dict[str, Any]:
+    """A "display" chunk as the worker sends it: one display message as JSON."""
+    return {"kind": "display", "text": json.dumps({"type": kind, **message})}
+
+
+def html_chunk(markup: str, display_id: str | None = None) -> dict[str, Any]:
+    data = {"text/html": markup, "text/plain": "<HTML>"}
+    return display_chunk(data=data, metadata={}, display_id=display_id)
+
+
+def test_displays_show_inside_the_panel_between_the_text_around_them(shown: list[Any]) -> None:
+    view = new_view()
+    view.chunk({"kind": "stdout", "text": "epoch 0\n"})
+    view.chunk(html_chunk("<b>plot 0</b>", display_id="loss"))
+    view.chunk({"kind": "stdout", "text": "epoch 1\n"})
+    view.status("IN_PROGRESS")
+    pieces = view.output_box.children
+    assert [type(p).__name__ for p in pieces] == ["HTML", "Output", "HTML"]
+    assert text(pieces[0].value) == "epoch 0\n" and text(pieces[2].value) == "epoch 1\n"
+    assert pieces[1].outputs[0]["data"]["text/html"] == "<b>plot 0</b>"
+    view.chunk(display_chunk("update", data={"text/html": "<b>plot 1</b>"}, display_id="loss"))
+    assert pieces[1].outputs[0]["data"]["text/html"] == "<b>plot 1</b>"  # updated in place
+    view.chunk(display_chunk("clear", wait=True))
+    assert view.output_box.children == pieces  # wait=True: cleared when the next output comes
+    view.chunk(html_chunk("<b>only</b>"))
+    [only, after] = view.output_box.children
+    assert only.outputs[0]["data"]["text/html"] == "<b>only</b>" and after.value == ""
+    assert all(p.comm is None for p in pieces)  # the cleared pieces are closed
+    view.close(None)
+    assert only.comm is None and after.comm is None
+
+
+def test_a_display_split_across_chunks_is_joined(shown: list[Any]) -> None:
+    view = new_view()
+    whole = html_chunk("<i>" + "x" * 1000 + "</i>")["text"]
+    for start in range(0, len(whole), 300):
+        piece = {"kind": "display", "text": whole[start : start + 300]}
+        view.chunk({**piece, "more": True} if start + 300 < len(whole) else piece)
+    [plot, _] = view.output_box.children
+    assert plot.outputs[0]["data"]["text/html"] == "<i>" + "x" * 1000 + "</i>"
 
 
 def test_a_remote_error_shows_failed_with_its_type(shown: list[Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -486,3 +487,45 @@ def test_the_code_cannot_see_the_job_queue_key(
     handler.EXECUTOR.close()  # the next request starts a child with this environment
     source = "def f():\n    import os\n    return os.environ.get('RUNPOD_AI_API_KEY', 'absent')\n"
     assert decode(worker.call(function(source)).result) == "absent"
+
+
+DISPLAYS = """
+def f(source, image):
+    import sys, types
+    module = types.ModuleType('tetra_display')
+    sys.modules['tetra_display'] = module
+    exec(source, module.__dict__)
+    module.begin()
+    print('before')
+    module.display(module.Image(image), module.HTML('<b>small</b>'))
+    print('after')
+"""
+
+
+def test_display_outputs_come_in_order_and_in_chunks_a_stream_accepts(worker: Worker) -> None:
+    """An image bigger than RunPod's 1 MB stream chunk is cut into pieces that each fit, and the
+    notebook's joiner makes it whole again; the plain handler frames it in its stdout."""
+    import inspect
+
+    from tetra_magic import remote_display
+    from tetra_magic.display import rich
+
+    image = b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20)
+    request = function(DISPLAYS, args=[encode(inspect.getsource(remote_display)), encode(image)])
+    chunks = worker.stream(request)
+    assert all(len(json.dumps(c)) < 2**20 for c in chunks)
+    joiner = rich.Joiner()
+    shown = []
+    for item in chunks:
+        if item["kind"] == "stdout":
+            shown.append(item["text"])
+        elif item["kind"] == "display" and (message := joiner.join(item)):
+            shown.append(message["data"])
+    assert [c["kind"] for c in chunks].count("display") > 3  # the image came in pieces
+    assert shown[0] == "before\n" and shown[-1] == "after\n"
+    assert base64.b64decode(shown[1]["image/png"]) == image
+    assert shown[2]["text/html"] == "<b>small</b>" and len(shown) == 4
+    plain = FunctionResponse.model_validate(worker.plain(request)["output"])
+    record = rich.Record.of_stdout(plain.stdout or "")
+    assert [kind for kind, _ in record.items] == ["stdout", "display", "display", "stdout"]
+    assert base64.b64decode(record.items[1][1]["data"]["image/png"]) == image

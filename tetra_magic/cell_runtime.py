@@ -14,9 +14,9 @@ bytecode when that can be helped (see its docstring).
 
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
-    of what it bound or changed in place, the names it deleted, its last expression's value and
-    what it displayed. On the published worker, also the cell's output, which it sent live as
-    progress updates."""
+    of what it bound or changed in place, the names it deleted and its last expression's value.
+    What it displays goes out with its prints, through the display runtime. On the published
+    worker, also the cell's output, which it sent live as progress updates."""
     live = LiveOutput.on_published_worker(spec.get("timeout"))
     if live is None:
         return _run_cell(spec, blobs)
@@ -34,13 +34,13 @@ def _run_cell(spec, blobs):
 
     os.environ.update(spec.get("env") or {})
     _register_sources(spec.get("sources") or {})
-    shown = []
+    display = _display_runtime(spec["display"])
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
     # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
     main = types.ModuleType("__main__")
     namespace = main.__dict__
     namespace.update({"__builtins__": builtins, "get_ipython": _Shell})
-    namespace["display"] = lambda *objs, **_: shown.extend(objs)
+    namespace["display"] = display.display_function()
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
     try:
@@ -48,10 +48,12 @@ def _run_cell(spec, blobs):
         inputs = _load_inputs(names, spec)
         names.refer_to(_cell_definitions(spec["filename"], spec["source"]))
         digests = {name: _digest(names, value) for name, value in inputs.items()}
-        last = _run_source(spec, names)
+        try:
+            last = _run_source(spec, names)
+        finally:
+            display.end()
         names.refresh()
         out = _pack_outputs(names, spec, last, inputs, digests)
-        out["shown"] = [names.portable(obj) for obj in shown]
         out["definitions"] = names.sent
         return out
     finally:
@@ -81,6 +83,27 @@ def _run_source(spec, names):
         if len(packed) <= _NOTE_LIMIT and hasattr(exc, "add_note"):
             exc.add_note(_EXCEPTION_NOTE + packed)
         raise
+
+
+def _display_runtime(source):
+    """The cell's display machinery (tetra_magic/remote_display.py, whose source the request
+    carries), made the module `tetra_display` once per process and readied for this cell.
+    Its classes pickle by value, so a stand-in HTML(...) can come home as a value."""
+    import sys
+    import types
+
+    import cloudpickle
+
+    module = sys.modules.get("tetra_display")
+    if module is None or source != module.SOURCE:
+        module = types.ModuleType("tetra_display")
+        module.SOURCE = source
+        _register_sources({"<tetra_display>": source})
+        exec(compile(source, "<tetra_display>", "exec"), module.__dict__)
+        sys.modules["tetra_display"] = module
+        cloudpickle.register_pickle_by_value(module)
+    module.begin()
+    return module
 
 
 def _execute(tree, filename, namespace):
@@ -329,14 +352,22 @@ class MainNames:
 
     def portable(self, value):
         """A value as it can best travel: its blob (None if it has none), its repr, and its
-        rich representations, so the notebook can show it even where it cannot load it."""
-        try:
-            blob = self.dumps(value)
-        except Exception as exc:
-            blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+        rich representations, so the notebook can show it even where it cannot load it. A
+        figure travels as its image only: the notebook shows it, and needs no matplotlib for
+        that."""
+        import sys
+
+        display = sys.modules["tetra_display"]
+        reason = None
+        if display.is_figure(value):
+            blob = None
         else:
-            reason = None
-        return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": _mime(value)}
+            try:
+                blob = self.dumps(value)
+            except Exception as exc:
+                blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+        mime = (_safe(display.format, value) or ({}, {}))[0]
+        return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": mime}
 
     def path(self, obj):
         """The name (or dotted path) under which the other side finds `obj`; None if it
@@ -600,27 +631,6 @@ def _pickler_class():
     return Pickler
 
 
-_MIME_METHODS = {
-    "text/html": "_repr_html_",
-    "text/markdown": "_repr_markdown_",
-    "text/latex": "_repr_latex_",
-    "image/svg+xml": "_repr_svg_",
-    "image/png": "_repr_png_",
-    "image/jpeg": "_repr_jpeg_",
-    "application/json": "_repr_json_",
-}
-
-
-def _mime(value):
-    bundle = {}
-    for mime, method in _MIME_METHODS.items():
-        if callable(getattr(type(value), method, None)):
-            data = _safe(getattr(value, method))
-            if data is not None:
-                bundle[mime] = data
-    return bundle
-
-
 def _safe(function, *args):
     try:
         return function(*args)
@@ -682,7 +692,8 @@ def _expand_dollars(text, values):
 
 class _Shell:
     """Enough of `get_ipython()` for the IPython syntax a cell may hold (`!cmd`, `x = !cmd`,
-    `%pip`, `%time`): it runs on the worker as IPython would run it at home."""
+    `%pip`, `%time`, `%matplotlib inline`): it runs on the worker as IPython would run it at
+    home."""
 
     def __new__(cls):
         return cls
@@ -714,6 +725,13 @@ class _Shell:
             return _Shell.system(f"{sys.executable} -m uv pip {line} --python {sys.executable}")
         if name == "time":
             return _time(line, sys._getframe(_stack_depth).f_globals)
+        if name == "matplotlib":
+            if line.strip() not in ("", "inline"):
+                raise NotImplementedError(
+                    f"%matplotlib {line}: figures come back from a %%tetra cell as images"
+                    " (inline) only"
+                )
+            return None
         raise NotImplementedError(f"%{name} is not available in a %%tetra cell")
 
     @staticmethod

@@ -3,8 +3,8 @@
 Nothing touches the notebook namespace unless the cell succeeded, and a value that cannot be
 loaded here is named while the others still land. A cell that raised raises the user's own
 exception here, an instance of the notebook's class, so `except ValueError` catches it. A last
-value or displayed object that cannot be loaded is still shown, through the repr and rich
-representations the worker made of it.
+value that cannot be loaded is still shown, through the repr and rich representations the
+worker made of it.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ _FAILURES = {
 @dataclass
 class CellResult:
     """What a successful cell hands back to the notebook: its payload as the worker sent it,
-    then, once `apply` has loaded it, the values that landed, the last value and what was
-    displayed, and a reason for each value that did not come back."""
+    then, once `apply` has loaded it, the values that landed, the last value, and a reason for
+    each value that did not come back."""
 
     payload: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
-    shown: list[Any] = field(default_factory=list)
 
 
 def check(
@@ -129,9 +128,6 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
         user_ns.pop(name, None)
     if payload.get("last") is not None:
         result.last = _load_portable(names, payload["last"], "Out", result.problems)
-    result.shown = [
-        _load_portable(names, p, "display()", result.problems) for p in payload.get("shown", [])
-    ]
 
 
 def _load_problem(exc: Exception) -> str:

@@ -3,8 +3,9 @@
 Each value is pickled on its own, so an unpicklable one is named before anything is sent.
 Modules are shipped by name and imported again on the worker: pickling a module is impossible,
 and re-importing is what the user means by `np`. The request calls `run_cell` from
-`cell_runtime`, whose source travels as the function code, so the request is one the published
-tetra worker would run as well.
+`cell_runtime`, whose source travels as the function code (with `remote_display`'s, the cell's
+display machinery, in the spec), so the request is one the published tetra worker would run as
+well.
 
 Functions and classes from earlier cells travel as the source of their `def`/`class` statement
 (`cell_runtime.MainNames`, `tetra_magic.definitions`), with the names those read, and with them
@@ -25,7 +26,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import cell_runtime, definitions
+from tetra_magic import cell_runtime, definitions, remote_display
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
@@ -196,6 +197,7 @@ def pack(
         "sources": _sources(files, label),
         "definitions": names.sent,
         "env": dict(opts.env),
+        "display": inspect.getsource(remote_display),
         "timeout": opts.timeout,  # for workers that do not read the request's own field
     }
     request = FunctionRequest(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker import frames
 from worker.protocol import FunctionResponse, decode
 
 KEY = "tetra_progress"
@@ -22,6 +23,7 @@ class ProgressOutput:
     def __init__(self) -> None:
         self.delivered = 0
         self.stdout = ""
+        self.frames = frames.Splitter()
 
     def new(self, document: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks of a `/status` document's progress update not delivered before."""
@@ -52,10 +54,16 @@ class ProgressOutput:
         return []
 
     def _take(self, chunks: list[Any]) -> list[dict[str, Any]]:
+        """Chunks counted as the runtime counts them, then handed on with the display outputs
+        framed in their stdout taken out (worker/frames.py), as our worker sends them."""
         taken = [c for c in chunks if isinstance(c, dict)]
         self.delivered += len(taken)
         self.stdout += "".join(c.get("text", "") for c in taken if c.get("kind") == "stdout")
-        return taken
+        return [
+            piece
+            for c in taken
+            for piece in (self.frames.feed(c.get("text", "")) if c.get("kind") == "stdout" else [c])
+        ]
 
 
 def _payload(response: FunctionResponse) -> dict[str, Any]:

@@ -15,12 +15,13 @@ from typing import Any
 from tetra_magic import outcome, pricing, pythons, targets
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
-from tetra_magic.display import make_view
+from tetra_magic.display import make_view, rich
 from tetra_magic.errors import CellInterrupted, JobFailed, cell_labeler
 from tetra_magic.follow import Followed, follow
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import Packed, pack
 from tetra_magic.waiting import QueueWatch
+from worker.protocol import FunctionResponse
 
 # Seconds past --timeout before the client gives up on an endpoint that has not stopped the job.
 CLIENT_GRACE = 30.0
@@ -87,7 +88,6 @@ def run_cell(
         raise
     outcome.apply(result, shell.user_ns)
     record(followed, returned=sorted(result.values))
-    _show(result.shown)
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
 
@@ -155,14 +155,6 @@ def _cost(
     return pricing.estimate(followed.document, gpu, endpoint.gpu_ids, prices)
 
 
-def _show(objects: list[Any]) -> None:
-    """What the cell passed to display(), shown after its output, as the cell ends."""
-    if objects:
-        from IPython.display import display
-
-        display(*objects)
-
-
 def _report(problems: dict[str, str]) -> None:
     """Values that did not come back, one line each, after the cell's own output."""
     for name, reason in problems.items():
@@ -198,7 +190,7 @@ class _Recorder:
             delay_ms=doc.get("delayTime"),
             execution_ms=doc.get("executionTime"),
             wall_s=None if self.started is None else round(time.time() - self.started, 3),
-            stdout=_text(followed.chunks, "stdout") or (response and response.stdout) or "",
+            stdout=_text(followed.chunks, "stdout") or _plain_stdout(response),
             stderr=_text(followed.chunks, "stderr"),
             worker=response.worker.model_dump() if response and response.worker else None,
             shipped=list(self.packed.shipped),
@@ -207,6 +199,11 @@ class _Recorder:
             billed_s=self.cost.billed_s if self.cost else None,
             cost_estimate_usd=self.cost.usd if self.cost else None,
         )
+
+
+def _plain_stdout(response: FunctionResponse | None) -> str:
+    """The stdout of a worker that does not stream, less the display outputs framed in it."""
+    return rich.plain_text(response.stdout or "") if response else ""
 
 
 def _text(chunks: list[dict[str, Any]], kind: str) -> str:

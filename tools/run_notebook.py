@@ -76,8 +76,9 @@ def execute(path: Path) -> nbformat.NotebookNode:
 
 
 def settle_streams(nb: nbformat.NotebookNode) -> None:
-    """Merge each cell's stream outputs into one stdout and one stderr output, in that order,
-    ahead of its other outputs.
+    """Merge each run of consecutive stream outputs into one stdout and one stderr output, in
+    that order, keeping the runs where they are among the cell's other outputs (a plot between
+    two prints stays between them).
 
     The kernel flushes stdout and stderr separately, in pieces whose number and interleaving
     change from run to run; nbval merges them the same way before comparing, so this changes
@@ -87,19 +88,20 @@ def settle_streams(nb: nbformat.NotebookNode) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        texts = {"stdout": "", "stderr": ""}
-        others = []
-        for output in cell.outputs:
-            if output.output_type == "stream" and output.name in texts:
-                texts[output.name] += output.text
-            else:
-                others.append(output)
-        streams = [
-            nbformat.v4.new_output("stream", name=name, text=text)
-            for name, text in texts.items()
-            if text
-        ]
-        cell.outputs = streams + others
+        settled: list[nbformat.NotebookNode] = []
+        run: list[nbformat.NotebookNode] = []
+        for output in [*cell.outputs, None]:
+            if output is not None and output.output_type == "stream":
+                run.append(output)
+                continue
+            for name in ("stdout", "stderr"):
+                text = "".join(o.text for o in run if o.name == name)
+                if text:
+                    settled.append(nbformat.v4.new_output("stream", name=name, text=text))
+            run = []
+            if output is not None:
+                settled.append(output)
+        cell.outputs = settled
 
 
 def text_of(output: nbformat.NotebookNode) -> str:

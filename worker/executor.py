@@ -1,9 +1,10 @@
 """The worker's side of the executor child: start it, hand it requests, follow its output.
 
 `Executor.run` sends one request to the persistent child and returns its FunctionResponse dict,
-calling `emit` with stdout/stderr chunks as the child writes them. Whatever ends a request from
-outside the code (a timeout, a crash, the caller being cancelled) kills the child's whole process
-group, so subprocesses the code started go too; the next request starts a fresh child.
+calling `emit` with stdout/stderr chunks as the child writes them (and "display" chunks for the
+display outputs framed in its stdout). Whatever ends a request from outside the code (a timeout,
+a crash, the caller being cancelled) kills the child's whole process group, so subprocesses the
+code started go too; the next request starts a fresh child.
 
 The child's pipes are read for as long as it lives, not per request, so nothing it writes is
 lost: bytes that follow a request's end marker (a background thread still printing) go to the
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from worker import channel
+from worker import channel, frames
 from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
 from worker.protocol import Emit, FunctionResponse, chunk
 
@@ -91,22 +92,35 @@ def describe_exit(code: int) -> str:
 
 
 class _Output:
-    """One request's share of the output: forwarded to `emit` up to MAX_OUTPUT_BYTES."""
+    """One request's share of the output: forwarded to `emit` up to MAX_OUTPUT_BYTES of text,
+    with the display frames in its stdout taken out as "display" chunks (the cell's display
+    runtime keeps to limits of its own for those)."""
 
     def __init__(self, emit: Emit) -> None:
         self.emit = emit
+        self.frames = frames.Splitter()
         self.sent = 0
         self.dropped = 0
 
     def __call__(self, kind: str, text: str) -> None:
-        size = len(text.encode())
+        items = self.frames.feed(text) if kind == "stdout" else [chunk(kind, text)]
+        for item in items:
+            self._forward(item)
+
+    def _forward(self, item: dict[str, Any]) -> None:
+        if item["kind"] == "display":
+            self.emit(item)
+            return
+        size = len(item["text"].encode())
         if self.sent + size > MAX_OUTPUT_BYTES:
             self.dropped += size
-            return
-        self.sent += size
-        self.emit(chunk(kind, text))
+        else:
+            self.sent += size
+            self.emit(item)
 
     def close(self) -> None:
+        for item in self.frames.close():
+            self._forward(item)
         if self.dropped:
             note = f"tetra: {self.dropped} bytes of output past {MAX_OUTPUT_BYTES} were dropped\n"
             self.emit(chunk("stderr", note))

@@ -3,7 +3,8 @@
 `stream_handler` is the default: an async generator of output chunks, batched so one goes out at
 least every BATCH_SECONDS while there is output, ending with a "response" chunk that carries the
 FunctionResponse. `plain_handler` returns just the FunctionResponse dict, with all output in its
-`stdout`, as the published tetra worker does (TETRA_WORKER_STREAM=0, and `--test_input` runs).
+`stdout` (display outputs framed in it, in order), as the published tetra worker does
+(TETRA_WORKER_STREAM=0, and `--test_input` runs).
 
 Either way the request runs as part of the task the runpod SDK gave the job, so when the SDK stops
 a job (cancel, or the endpoint's timeout) by cancelling that task, the executor child running the
@@ -20,12 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker import deps
+from worker import deps, frames
 from worker.executor import Executor
 from worker.info import worker_info
 from worker.protocol import Emit, FunctionRequest, FunctionResponse, chunk
 
 BATCH_SECONDS = 0.1
+# RunPod takes stream chunks of at most 1 MB; a chunk's text may double as JSON escapes it.
+STREAM_CHUNK_CHARS = 400_000
 TEXT_KINDS = ("stdout", "stderr", "log")
 EXECUTOR = Executor()
 log = logging.getLogger(__name__)
@@ -58,7 +61,9 @@ async def process(job: dict[str, Any], emit: Emit, stdout_kinds: tuple[str, ...]
     captured: list[str] = []
 
     def record(item: dict[str, Any]) -> None:
-        if item["kind"] in stdout_kinds:
+        if item["kind"] == "display" and "display" in stdout_kinds:
+            captured.append(frames.encode(item["text"]))  # in order, as the published worker's
+        elif item["kind"] in stdout_kinds:
             captured.append(item["text"])
         emit(item)
 
@@ -132,6 +137,22 @@ async def _batched(queue: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
         last_sent = loop.time()
 
 
+def _pieces(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """`item` as stream chunks RunPod accepts (1 MB at most): a long text is cut into several
+    chunks of its kind; a display's pieces are marked `more`, but for the last."""
+    text = item.get("text", "")
+    if len(text) <= STREAM_CHUNK_CHARS:
+        return [item]
+    pieces = [
+        {**item, "text": text[at : at + STREAM_CHUNK_CHARS]}
+        for at in range(0, len(text), STREAM_CHUNK_CHARS)
+    ]
+    if item["kind"] == "display":
+        for piece in pieces[:-1]:
+            piece["more"] = True
+    return pieces
+
+
 def _cancel_with_caller(work: asyncio.Task) -> None:
     """Cancel `work` when the SDK's task for this job ends. The SDK may cancel that task while
     this generator sits at a yield (its stream post in flight), where no exception reaches the
@@ -149,7 +170,8 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     _cancel_with_caller(work)
     try:
         async for item in _batched(queue):
-            yield item
+            for piece in _pieces(item):
+                yield piece
         exc = work.exception()
         response = _internal_failure(exc) if exc else work.result()
         yield chunk("response", response=response)
@@ -160,6 +182,6 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 async def plain_handler(job: dict[str, Any]) -> dict[str, Any]:
     """The published worker's shape: the FunctionResponse dict, all output in its `stdout`."""
     try:
-        return await process(job, lambda _: None, TEXT_KINDS)
+        return await process(job, lambda _: None, (*TEXT_KINDS, "display"))
     except Exception as exc:
         return _internal_failure(exc)

@@ -10,6 +10,9 @@ Our worker streams. Each item it yields is a `Chunk` dict; the last item of a jo
 kind "response" carrying the `FunctionResponse`. The response is nested rather than yielded bare
 because the runpod SDK turns any streamed dict with a truthy "error" key into a job failure and
 drops the rest of it (stdout, worker info), which would lose exactly what a failed cell needs.
+A "display" chunk carries one display message of the cell (display_data, its update, or
+clear_output) as JSON in its text (worker/frames.py); one too big for a stream chunk is split
+into consecutive "display" chunks, all but the last marked `more`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from worker.codec import decode, encode
 
-ChunkKind = Literal["stdout", "stderr", "log", "phase", "info", "response"]
+ChunkKind = Literal["stdout", "stderr", "log", "phase", "info", "display", "response"]
 # What the worker is doing, in "phase" chunks: installing deps, starting an executor, running.
 PHASES = ("installing", "starting", "running")
 

@@ -1,4 +1,5 @@
-"""The plain-text view: remote stdout and stderr printed as the cell's own streams.
+"""The plain-text view: remote stdout and stderr printed as the cell's own streams, and its
+display outputs (plots, tables, display()) published as ordinary display outputs among them.
 
 This is what terminal IPython, nbval and CI see, so it prints nothing time-dependent: no job
 ids, no timings, no progress. Worker logs (installer output, phases) go to stderr only when
@@ -13,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from tetra_magic.display import rich
 from worker.protocol import FunctionResponse
 
 
@@ -24,7 +26,8 @@ class TextView:
     def __init__(self, verbose: bool = False, live: bool = True) -> None:
         self.verbose = verbose
         self.live = live
-        self.printed_stdout = False
+        self.streamed = False  # stdout or displays arrived while the job ran
+        self.joiner = rich.Joiner()
         self._held: list[dict[str, Any]] = []
         self._queued_since: float | None = None
         self._told_queued = False
@@ -51,9 +54,14 @@ class TextView:
     def _show(self, chunk: dict[str, Any]) -> None:
         kind = chunk.get("kind")
         if kind == "stdout":
-            self.printed_stdout = True
+            self.streamed = True
             sys.stdout.write(chunk["text"])
             sys.stdout.flush()
+        elif kind == "display":
+            self.streamed = True
+            if message := self.joiner.join(chunk):
+                rich.flush_streams()
+                rich.publish(message)
         elif kind in ("stderr", "note"):  # note: the client's own word (what the queue waits for)
             sys.stderr.write(chunk["text"])
             sys.stderr.flush()
@@ -63,9 +71,10 @@ class TextView:
             sys.stderr.write(f"[tetra] {chunk['text']}\n")
 
     def close(self, response: FunctionResponse | None) -> None:
-        """Show held output; print stdout the worker did not stream (the published worker)."""
+        """Show held output; show the stdout the worker did not stream (the published worker),
+        displays included."""
         for chunk in self._held:
             self._show(chunk)
-        if response is not None and response.stdout and not self.printed_stdout:
-            sys.stdout.write(response.stdout)
-            sys.stdout.flush()
+        if response is not None and response.stdout and not self.streamed:
+            for chunk in rich.stdout_chunks(response.stdout):
+                self._show(chunk)

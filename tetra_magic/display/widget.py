@@ -1,13 +1,16 @@
 """The widget view: one compact live panel per cell while it runs.
 
 The panel has a status line (state, elapsed time, and a Cancel button), a line saying where the
-job runs once the worker reports it, the cell's stdout and stderr in a box that scrolls rather
-than grows without bound, and the worker's logs (installer output, phases) folded away.
+job runs once the worker reports it, the cell's stdout and stderr in boxes that scroll rather
+than grow without bound, with its plots and other display outputs between them where the cell
+made them (clear_output and update_display act inside the panel), and the worker's logs
+(installer output, phases) folded away.
 
 When the job ends the panel is replaced (same display id) by a static summary, and the output is
-printed again as the cell's ordinary streams, in the order it came: a saved and reopened
-notebook shows what ran, with no widget left to load. The remote error, if any, is raised by
-the magic after that, so it lands below the output, as it would for a local cell.
+shown again as the cell's ordinary streams and display_data outputs, in the order it came: a
+saved and reopened notebook shows what ran, plots included, with no widget left to load. The
+remote error, if any, is raised by the magic after that, so it lands below the output, as it
+would for a local cell.
 
 The follow loop calls `status` on every poll, so the elapsed time moves while the job waits;
 output is re-rendered at most every FLUSH_S, since each render sends the whole box.
@@ -15,8 +18,6 @@ output is re-rendered at most every FLUSH_S, since each render sends the whole b
 
 from __future__ import annotations
 
-import itertools
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
-from tetra_magic.display import render
+from tetra_magic.display import render, rich
 from tetra_magic.display.cancel import route_to_side_thread
 from worker.protocol import FunctionResponse
 
@@ -67,8 +68,11 @@ class WidgetView:
         self.where = ""
         self.note = ""  # what the job waits for, while it is queued
         self.closed = False
-        self.streams: list[tuple[str, str]] = []  # (stdout|stderr, text), in arrival order
-        self.output = render.Terminal()
+        self.record = rich.Record()  # the outputs as the notebook will keep them
+        self.joiner = rich.Joiner()
+        self.output = render.Terminal()  # the text since the last display, shown in output_html
+        self.displays: dict[str, list[widgets.Output]] = {}  # live displays by display id
+        self.clear_next = False
         self.logs = render.Terminal(limit=30_000, note="… earlier log lines are trimmed\n")
         self._last_log = ""
         self._dirty = False
@@ -97,9 +101,15 @@ class WidgetView:
     def chunk(self, chunk: dict[str, Any]) -> None:
         kind = chunk.get("kind")
         if kind in ("stdout", "stderr"):
-            self.streams.append((kind, chunk["text"]))
+            self.record.text(kind, chunk["text"])
             if self.live:
+                self._arrive()
                 self.output.write(kind, chunk["text"])
+        elif kind == "display":
+            if message := self.joiner.join(chunk):
+                self.record.display(message)
+                if self.live:
+                    self._show(message)
         elif kind == "log":
             self.logs.write("log", chunk["text"])
             lines = [line.strip() for line in chunk["text"].splitlines() if line.strip()]
@@ -133,7 +143,7 @@ class WidgetView:
         summary = render.summary_html(status, self.where, self.logs)
         plain = f"{self.name}: {self._label()} · {self._elapsed(final=True)}"
         self.handle.update({"text/html": summary, "text/plain": plain}, raw=True)
-        for widget in self._widgets:
+        for widget in [*self.output_box.children, *self._widgets]:
             widget.close()
         self._replay(response)
 
@@ -151,25 +161,72 @@ class WidgetView:
         head.add_class("tetra-head")
         self.where_html = widgets.HTML()
         self.output_html = widgets.HTML()
+        self.output_box = widgets.VBox([self.output_html])
         self.logs_html = widgets.HTML()
         # Opened and closed by the frontend alone; never changed from here once shown, since a
         # frontend that sends comms over subshells may update it from another thread.
         self.logs_box = widgets.Accordion(
             children=[self.logs_html], titles=("worker logs",), selected_index=None
         )
-        self.panel = widgets.VBox([style, head, self.where_html, self.output_html, self.logs_box])
+        self.panel = widgets.VBox([style, head, self.where_html, self.output_box, self.logs_box])
         self.panel.add_class("tetra-view")
         self._widgets = [
             self.panel,
             self.logs_box,
             self.logs_html,
-            self.output_html,
+            self.output_box,
             self.where_html,
             head,
             self.cancel_button,
             self.status_html,
             style,
         ]
+
+    # -- display outputs, live inside the panel ------------------------------------------------
+
+    def _show(self, message: dict[str, Any]) -> None:
+        """A display message as the frontend would apply it, but inside the panel: a plot
+        between the text before and after it, an update in place, a clear of the panel."""
+        if message["type"] == "clear":
+            self.clear_next = bool(message.get("wait"))
+            if not self.clear_next:
+                self._clear()
+            return
+        self._arrive()
+        output = {
+            "output_type": "display_data",
+            "data": message.get("data") or {},
+            "metadata": message.get("metadata") or {},
+        }
+        display_id = message.get("display_id")
+        if message["type"] == "update":
+            for shown in self.displays.get(display_id or "", []):
+                shown.outputs = (output,)
+            return
+        before = self.output_box.children
+        if self.output.segments:  # the text before the display, rendered for good
+            self._set(self.output_html, render.text_box(self.output, "tetra-output"))
+        else:
+            self.output_html.close()
+            before = before[:-1]
+        shown = widgets.Output()
+        shown.outputs = (output,)
+        if display_id:
+            self.displays.setdefault(display_id, []).append(shown)
+        self.output, self.output_html = render.Terminal(), widgets.HTML()
+        self.output_box.children = (*before, shown, self.output_html)
+
+    def _arrive(self) -> None:
+        """An output arrives: a clear_output(wait=True) before it happens now."""
+        if self.clear_next:
+            self._clear()
+
+    def _clear(self) -> None:
+        for piece in self.output_box.children:
+            piece.close()
+        self.output, self.output_html = render.Terminal(), widgets.HTML()
+        self.output_box.children = (self.output_html,)
+        self.displays, self.clear_next = {}, False
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         """Runs in the kernel's side thread (see cancel.py), while the cell still runs. It only
@@ -239,11 +296,9 @@ class WidgetView:
         return render.elapsed_text(time.monotonic() - self.started, final)
 
     def _replay(self, response: FunctionResponse | None) -> None:
-        """The output again, as the cell's own streams: what the saved notebook keeps."""
-        streams = self.streams
-        if not streams and response is not None and response.stdout:
-            streams = [("stdout", response.stdout)]
-        for kind, group in itertools.groupby(streams, key=lambda item: item[0]):
-            stream = sys.stdout if kind == "stdout" else sys.stderr
-            stream.write("".join(text for _, text in group))
-            stream.flush()  # the two streams buffer apart: flush to keep their order
+        """The output again, as the cell's own streams and displays: what the saved notebook
+        keeps. A worker that does not stream (the published one) sent it all in its stdout."""
+        record = self.record
+        if not record.items and response is not None and response.stdout:
+            record = rich.Record.of_stdout(response.stdout)
+        record.replay()

@@ -321,7 +321,8 @@ class MainNames:
         """On the worker, once the inputs are in: what the notebook already has (the inputs
         as they arrived) is referred to by name; the cell's own top-level definitions travel
         as their source."""
-        home = dict(self.namespace)
+        sent = [*self.blobs, *self.definitions]  # not the worker's own `display`, say
+        home = {name: self.namespace[name] for name in sent if name in self.namespace}
 
         def referable(name):
             if name in home and self.namespace.get(name) is home[name]:

@@ -5,8 +5,8 @@
 Rows (`run()` returns them; benchmarks/run.py prints the table):
 - trivial job round trip: POST /runsync of `return 1`, until its COMPLETED answer, with a
   worker waiting in job-take, against a bare loopback HTTP round trip (a stdlib server in
-  another process, same keep-alive client). Most of it is the runpod SDK's job loop, which
-  looks for taken jobs to start every 0.1 s.
+  another process, same keep-alive client): the job handed over, the worker's chunks and
+  job-done posted (each one HTTP round trip of the runpod SDK's), the executor child's run.
 - remote print to client: from `print()` in the executor child to the client holding the line,
   read by a /stream loop as the magic reads it; the worker's own 0.1 s batching of output is
   part of this figure (a lone line goes out at once; bursts are batched per 0.1 s).
@@ -99,7 +99,7 @@ def _local_endpoint() -> Iterator[LocalEndpoint]:
 
 
 def _wait_idle(endpoint: LocalEndpoint, need: int = WORKERS, timeout: float = 300) -> None:
-    """Wait until `need` workers wait in job-take (the SDK pauses up to 1 s after a job)."""
+    """Wait until `need` workers wait in job-take (a worker asks again once its job ended)."""
     headers = {"Authorization": f"Bearer {endpoint.api_key}"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

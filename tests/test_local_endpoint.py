@@ -251,7 +251,7 @@ def test_health_reports_jobs_and_workers(sdk: runpod.Endpoint, endpoint: LocalEn
     after = sdk.health()
     assert after["jobs"]["completed"] == before["jobs"]["completed"] + 1
     assert after["workers"]["ready"] == WORKERS
-    # The worker that ran it asks for work again after the SDK's pause of up to a second.
+    # The worker that ran it is idle again once it asks for work after the job.
     _until(lambda: sdk.health()["workers"]["idle"] == WORKERS, 5, "a worker never came back")
 
 

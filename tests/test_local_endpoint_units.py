@@ -58,7 +58,7 @@ def test_results_are_kept_30_min_for_run_and_1_min_for_runsync() -> None:
 
 def test_a_busy_worker_gets_no_second_job_and_its_waiting_take_gets_the_next_at_once() -> None:
     """Each worker runs one job at a time; a job-take it holds while busy is answered the
-    moment its job ends, so back-to-back cells do not wait for the SDK's pause."""
+    moment its job ends, so back-to-back cells do not wait for the worker to ask again."""
 
     async def scenario() -> None:
         store = JobStore(Clock())

@@ -36,7 +36,8 @@ ENDPOINT_ID = "published"
 class LoopbackEndpoint:
     """Our endpoint's HTTP API in a thread of this process, for workers started elsewhere."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: JobStore | None = None) -> None:
+        self.store = store or JobStore()
         self.token = secrets.token_urlsafe(16)
         self.base = ""
         self._ready = threading.Event()
@@ -48,7 +49,7 @@ class LoopbackEndpoint:
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        runner = web.AppRunner(Api(JobStore(), None, self.token, ENDPOINT_ID).app())
+        runner = web.AppRunner(Api(self.store, None, self.token, ENDPOINT_ID).app())
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

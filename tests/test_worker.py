@@ -251,6 +251,15 @@ def test_traceback_shows_user_lines_without_worker_frames(worker: Worker) -> Non
     )
 
 
+def test_code_sent_again_under_another_name_tracebacks_to_that_name(worker: Worker) -> None:
+    """The child compiles code it has seen before only once (every cell sends the same cell
+    runtime); each request's traceback still names its own source."""
+    source = "def f():\n    return 1 / 0\n"
+    for name in ("<cell In[5]>", "<cell In[6]>"):
+        response = worker.call(function(source, source_name=name))
+        assert f'File "{name}", line 2, in f\n    return 1 / 0' in response.error
+
+
 def test_segfault_then_next_request_runs(worker: Worker) -> None:
     before = pid_of(worker)
     source = "def f():\n    import os, signal\n    print('last words')\n"
@@ -383,11 +392,12 @@ def test_installed_system_deps_need_no_apt(worker: Worker) -> None:
 
 
 def test_cancel_through_the_sdk_stop_channel(worker: Worker) -> None:
-    """The SDK's JobScaler, with its job source and stop channel fed from here (its hooks for
-    local testing), stops the job by cancelling its task: the code and its subprocess die, the
-    worker loop carries on and runs the next job."""
+    """The worker's job loop (the SDK's JobScaler, worker/loop.py), with its job source and stop
+    channel fed from here (the SDK's hooks for local testing), stops the job by cancelling its
+    task: the code and its subprocess die, the loop carries on and runs the next job."""
     from runpod.serverless.modules.rp_job import run_job_generator
-    from runpod.serverless.modules.rp_scale import JobScaler
+
+    from worker.loop import JobLoop
 
     source = (
         "def f():\n    import os, subprocess, time\n    p = subprocess.Popen(['sleep', '60'])\n"
@@ -421,7 +431,7 @@ def test_cancel_through_the_sdk_stop_channel(worker: Worker) -> None:
             "jobs_handler": handle,
             "stop_signals_fetcher": stop_signals,
         }
-        scaler = JobScaler(config)
+        scaler = JobLoop(config)
         loop = asyncio.create_task(scaler.run())
         first = f"job-{worker.count}"
         while not any("pids" in c["text"] for c in outputs.get(first, [])):

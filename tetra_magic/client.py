@@ -77,6 +77,23 @@ class Endpoint:
         return f"Endpoint({self.base_url}/{self.endpoint_id})"
 
 
+def _new_http(url: str, api_key: str, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    return httpx.Client(
+        base_url=url,
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        transport=transport,
+        verify=_tls(),
+    )
+
+
+@functools.cache
+def _kept_http(url: str, api_key: str) -> httpx.Client:
+    """One HTTP client per endpoint for the life of the kernel, so a cell reuses the connection
+    the one before it opened rather than paying a TCP handshake (on RunPod, TLS too) again."""
+    return _new_http(url, api_key)
+
+
 class EndpointClient:
     """Submit, follow and cancel jobs on one endpoint."""
 
@@ -90,16 +107,18 @@ class EndpointClient:
         self.endpoint = endpoint
         self.retries = retries
         self.max_backoff = max_backoff
-        self._http = httpx.Client(
-            base_url=f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}",
-            headers={"Authorization": f"Bearer {endpoint.api_key}"},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            transport=transport,
-            verify=_tls(),
+        url = f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}"
+        self._own = transport is not None
+        self._http = (
+            _new_http(url, endpoint.api_key, transport)
+            if self._own
+            else _kept_http(url, endpoint.api_key)
         )
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connection, unless it is the one kept for the endpoint."""
+        if self._own:
+            self._http.close()
 
     def run(self, job_input: dict[str, Any], execution_timeout: float | None = None) -> str:
         """Queue a job; return its id."""

@@ -120,7 +120,7 @@ class _Poll:
         self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
 
     def run(self, clock: _Deadline, cancel: threading.Event | None) -> None:
-        pause = MIN_POLL
+        pause, last = MIN_POLL, "IN_QUEUE"
         while True:
             clock.check()
             if cancel is not None and cancel.is_set():
@@ -135,7 +135,14 @@ class _Poll:
             self.view.status(status)
             if status in FINAL_STATUSES:
                 return
-            pause = MIN_POLL if new else min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
+            if new or status != last:
+                # Something happened, so more may follow at once (the job's end after its
+                # response chunk): ask again now. An endpoint that holds /stream open while
+                # nothing is new does the waiting; on one that does not, the next quiet poll
+                # pauses again.
+                pause, last = MIN_POLL / 2, status
+                continue
+            pause = min(pause * 2, QUEUE_POLL if queued else MAX_POLL)
             # An endpoint that held the request open while nothing came has waited for us.
             _sleep(pause - (time.monotonic() - asked), cancel)
 

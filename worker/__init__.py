@@ -9,5 +9,5 @@
 - TETRA_UV: the uv executable to install Python dependencies with (default: the `uv` package's).
 - TETRA_MAX_OUTPUT_BYTES: how much output one request may stream (default 16 MiB).
 - TETRA_WORKER_TAKE_AHEAD=1: ask for the next job while one runs (set by the local endpoint;
-  see `worker.__main__` for why it is off elsewhere).
+  see `worker.loop` for why it is off elsewhere).
 """

@@ -17,6 +17,7 @@ import inspect
 import sys
 import uuid
 from datetime import datetime, timezone
+from types import CodeType
 from typing import Any
 
 from worker.codec import decode
@@ -29,6 +30,9 @@ DEFAULT_SOURCE_NAME = "<tetra>"
 # the child (which is the life of the worker unless a crash, timeout or cancel replaces it).
 INSTANCES: dict[str, Any] = {}
 METADATA: dict[str, dict[str, Any]] = {}
+# Compiled request code, by its text (see `_compile`); cleared when it holds this many.
+_COMPILED: dict[str, CodeType] = {}
+COMPILED_KEPT = 16
 
 
 class RequestError(Exception):
@@ -45,10 +49,31 @@ def _load(code: str | None, name: str, source_name: str) -> Any:
     if not code or not name:
         raise RequestError("the request needs both the code and the name to call in it")
     namespace: dict[str, Any] = {"__name__": "__tetra__"}
-    exec(compile(code, register_source(code, source_name), "exec"), namespace)
+    exec(_compile(code, register_source(code, source_name)), namespace)
     if name not in namespace:
         raise RequestError(f"{name!r} is not defined by the request's code")
     return namespace[name]
+
+
+def _compile(code: str, filename: str) -> CodeType:
+    """`code` compiled under `filename`. Every cell sends the same ~500-line cell runtime, whose
+    compiling would cost milliseconds per request: code seen before is compiled once and its
+    code objects are renamed (tracebacks name each request's own source)."""
+    compiled = _COMPILED.get(code)
+    if compiled is None:
+        compiled = compile(code, filename, "exec")
+        if len(_COMPILED) >= COMPILED_KEPT:
+            _COMPILED.clear()
+        _COMPILED[code] = compiled
+    return _renamed(compiled, filename)
+
+
+def _renamed(code: CodeType, filename: str) -> CodeType:
+    """`code`, and the code objects nested in it, under `filename`."""
+    if code.co_filename == filename:
+        return code
+    consts = tuple(_renamed(c, filename) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _decode_all(args: list[str] | None, kwargs: dict[str, str] | None) -> tuple[list, dict]:

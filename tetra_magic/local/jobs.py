@@ -166,6 +166,7 @@ class JobStore:
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._dead_workers: set[str] = set()
         self._polling = collections.Counter[str]()  # worker id -> job-take requests waiting
+        self._running: dict[str, Job] = {}  # worker id -> the job it was last given
         # worker id -> {job id: when the stop was last sent (None: not yet)}
         self._stops: dict[str, dict[str, float | None]] = {}
         self._stops_changed: dict[str, asyncio.Event] = {}
@@ -226,10 +227,8 @@ class JobStore:
         }
 
     def running_on(self, worker_id: str) -> Job | None:
-        for job in self._jobs.values():
-            if job.worker_id == worker_id and job.status is Status.IN_PROGRESS:
-                return job
-        return None
+        job = self._running.get(worker_id)
+        return job if job is not None and job.status is Status.IN_PROGRESS else None
 
     def pending(self) -> int:
         """Jobs not yet final: the server is not idle while there are any."""
@@ -249,7 +248,7 @@ class JobStore:
 
     def polling(self, worker_id: str) -> bool:
         """Whether the worker is waiting in job-take with no job running, i.e. would start a
-        new job at once. A worker in the SDK's pause between jobs is up but not idle."""
+        new job at once. A worker between a job's end and its next job-take is up but not idle."""
         return worker_id in self._polling and self.running_on(worker_id) is None
 
     async def _take(self, worker_id: str, deadline: float) -> Job | None:
@@ -273,7 +272,7 @@ class JobStore:
         is running a job. One job per worker: a worker has one executor, so a second job would
         wait behind the first while another worker sits idle. Our workers keep a job-take open
         while they run a job (TETRA_WORKER_TAKE_AHEAD), and it is answered the moment the job
-        ends, instead of the SDK's pause of up to a second between jobs."""
+        ends, before the worker could ask again."""
         if worker_id in self._dead_workers or self.running_on(worker_id) is not None:
             return None
         while self._queue:
@@ -402,6 +401,7 @@ class JobStore:
     def _start(self, job: Job, worker_id: str) -> None:
         job.status = Status.IN_PROGRESS
         job.worker_id = worker_id
+        self._running[worker_id] = job
         job.started = self.clock()
         loop = asyncio.get_running_loop()
         job._timer = loop.call_later(job.policy.execution_timeout, self._time_out, job)
@@ -441,6 +441,8 @@ class JobStore:
         if job._timer is not None:
             job._timer.cancel()
         del self._jobs[job.id]
+        if job.worker_id is not None and self._running.get(job.worker_id) is job:
+            del self._running[job.worker_id]
         self._gone[job.id] = reason
         while len(self._gone) > TOMBSTONES:
             self._gone.popitem(last=False)

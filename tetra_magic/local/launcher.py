@@ -30,6 +30,8 @@ DEFAULT_IDLE_TIMEOUT = 2 * 3600.0
 _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 # Loopback never goes through an HTTP proxy, whatever HTTP_PROXY says.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# The record of the server last found answering here, and its endpoint (see `running`).
+_confirmed: tuple[dict[str, Any], LocalEndpoint] | None = None
 
 
 class LocalEndpointError(RuntimeError):
@@ -51,12 +53,25 @@ class LocalEndpoint:
 
 
 def running() -> LocalEndpoint | None:
-    """The recorded server for this Python, if it is up, accepts our token and runs our code."""
+    """The recorded server for this Python, if it is up, accepts our token and runs our code.
+
+    Every cell asks. Once a server has answered /health with our token, its record (pid, URL)
+    identifies it: while the record stays the same and its process is alive, the answer is
+    known without the round trip.
+    """
+    global _confirmed
     record = state.read_record()
     if record is None or record.get("code") != state.code_fingerprint():
         return None
+    pid = record.get("pid")
+    known = _confirmed is not None and _confirmed[0] == record and isinstance(pid, int)
+    if known and state.pid_alive(pid):
+        return _confirmed[1]
     endpoint = _endpoint(record, state.token())
-    return endpoint if endpoint is not None and _answers(endpoint) else None
+    if endpoint is None or not _answers(endpoint):
+        return None
+    _confirmed = (record, endpoint)
+    return endpoint
 
 
 def ensure_running(

@@ -138,14 +138,22 @@ def code_fingerprint() -> str:
     """A hash of the worker package and of this package's sources.
 
     A server records it; a kernel whose copy differs (tetra-magic upgraded, or the worker
-    edited in a checkout) replaces that server rather than sending jobs to old code.
+    edited in a checkout) replaces that server rather than sending jobs to old code. Every
+    cell asks, so the hash is kept while no file changed (size and mtime).
     """
-    digest = hashlib.sha256()
     spec = importlib.util.find_spec("worker")
     folders = [Path(__file__).parent]
     if spec is not None and spec.origin is not None:
         folders.append(Path(spec.origin).parent)
-    for folder in folders:
-        for path in sorted(folder.glob("*.py")):
+    paths = [path for folder in folders for path in sorted(folder.glob("*.py"))]
+    signature = tuple((str(p), s.st_size, s.st_mtime_ns) for p in paths for s in [p.stat()])
+    if signature not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for path in paths:
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+        _FINGERPRINTS.clear()
+        _FINGERPRINTS[signature] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[signature]
+
+
+_FINGERPRINTS: dict[tuple[tuple[str, int, int], ...], str] = {}

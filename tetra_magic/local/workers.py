@@ -1,11 +1,11 @@
-"""The worker supervisor: N `python -m worker` processes under the runpod SDK's production loop.
+"""The worker supervisor: N `python -m worker` processes in the runpod SDK's production mode.
 
 Each worker is our real worker, started exactly as RunPod starts it: the `RUNPOD_WEBHOOK_*`
-variables point its SDK job loop at this server, which it then polls for jobs, streams to and
-reports to. All workers start at boot rather than on demand: the SDK loop pauses a second
-after each job before asking for the next, so a second idle worker already waiting in job-take
-is what keeps back-to-back cells fast, and a worker started on demand would add the SDK's
-~2 s import to the very job that needed it.
+variables point its job loop at this server, which it then polls for jobs, streams to and
+reports to. All workers start at boot rather than on demand: a worker started on demand would
+add the SDK's ~2 s import to the very job that needed it. TETRA_WORKER_TAKE_AHEAD=1 has each
+worker keep a job-take open while it runs a job, which this server answers the moment the job
+ends, so back-to-back cells find a worker waiting.
 
 A worker that dies is restarted; the job it was running fails with the reason ("the worker
 exited with signal SIGKILL while running the job"). Its executor child (its own session, so a
@@ -404,8 +404,8 @@ class Supervisor:
     def health(self) -> dict[str, int]:
         """The /health "workers" section, in RunPod's terms.
 
-        running: has a job; idle: waiting in job-take now; ready: up (idle, running, or in
-        the SDK's pause between jobs); initializing: starting; unhealthy: failing to start.
+        running: has a job; idle: waiting in job-take now; ready: up (idle, running, or between
+        a job's end and its next job-take); initializing: starting; unhealthy: failing to start.
         """
         counts = dict.fromkeys(
             ("idle", "initializing", "ready", "running", "throttled", "unhealthy"), 0

@@ -4,7 +4,9 @@
   with none (the metadata check that keeps uv, and the network, out of the warm path);
 - isolation: a request through the streaming handler and the executor child, against calling
   the same function in this process (validation, pickling, the pipes, the response);
-- a cold executor: the first request of a fresh worker, which starts the child process.
+- a cold executor: the first request of a fresh worker, which starts the child process;
+- another kernel: a request whose kernel differs from the last one's, which gets a fresh
+  executor so that nothing of the other kernel's reaches it.
 
 Each figure is the median of REPEATS requests through `worker.handler.stream_handler`, the
 handler the runpod SDK calls in production; nothing here talks to an endpoint.
@@ -73,6 +75,8 @@ async def _measure(repeats: int) -> list[dict[str, Any]]:
     no_deps = await _median(_request(TINY, 1), repeats)
     warm_deps = await _median(_request(TINY, 1, dependencies=WARM_DEPS), repeats)
     work = await _median(_request(WORK, WORK_N), repeats)
+    kernels = [_request(TINY, 1, kernel_id=f"kernel-{i % 2}") for i in range(repeats)]
+    switching = statistics.median([await _one(job) for job in kernels])
     return [
         _row("request, deps already installed", warm_deps, "request, no deps", no_deps),
         _row(
@@ -88,6 +92,9 @@ async def _measure(repeats: int) -> list[dict[str, Any]]:
             _in_process(WORK, WORK_N, repeats),
         ),
         _row("first request (starts the executor)", cold, "request, tiny function", no_deps),
+        _row(
+            "request from another kernel than the last", switching, "request, same kernel", no_deps
+        ),
     ]
 
 

@@ -125,3 +125,9 @@ class LiveKernel:
     def close(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)
+
+
+def as_local(source: str) -> str:
+    """A %%tetra cell as the same cell run in the kernel: its magic line removed."""
+    first, _, rest = source.partition("\n")
+    return rest if first.startswith("%%tetra") else source

@@ -16,23 +16,28 @@ def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
     of what it bound or changed in place, the names it deleted and its last expression's value.
     What it displays goes out with its prints, through the display runtime. On the published
-    worker, also the cell's output, which it sent live as progress updates."""
-    live = LiveOutput.on_published_worker(spec.get("timeout"))
-    if live is None:
-        return _run_cell(spec, blobs)
-    with live:
-        out = _run_cell(spec, blobs)
-    out["output"] = live.chunks
-    return out
+    worker, also the cell's output, which it sent live as progress updates.
+
+    Its --env variables, and the stand-ins for stdin, last for this cell only, however it ends:
+    the same process runs later cells (other kernels' too, on the published worker)."""
+    restore = _for_this_cell(spec.get("env") or {})
+    try:
+        live = LiveOutput.on_published_worker(spec.get("timeout"))
+        if live is None:
+            return _run_cell(spec, blobs)
+        with live:
+            out = _run_cell(spec, blobs)
+        out["output"] = live.chunks
+        return out
+    finally:
+        restore()
 
 
 def _run_cell(spec, blobs):
     import builtins
-    import os
     import sys
     import types
 
-    os.environ.update(spec.get("env") or {})
     _register_sources(spec.get("sources") or {})
     display = _display_runtime(spec["display"])
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
@@ -104,6 +109,86 @@ def _display_runtime(source):
         cloudpickle.register_pickle_by_value(module)
     module.begin()
     return module
+
+
+def _for_this_cell(env):
+    """Set the cell's --env variables, and make what would wait for someone to type (input(),
+    getpass(), breakpoint(), reading sys.stdin) fail at once, saying how to pass the value
+    instead: nobody can type on a worker. Returns what puts everything back."""
+    import builtins
+    import getpass
+    import os
+    import sys
+
+    saved_env = {name: os.environ.get(name) for name in env}
+    replaced = {
+        (builtins, "input"): _no_stdin("input()"),
+        (getpass, "getpass"): _no_stdin("getpass()"),
+        (sys, "breakpointhook"): _no_stdin("breakpoint()"),
+        (sys, "stdin"): _stdin_stand_in(sys.stdin),
+    }
+    saved = {key: getattr(*key) for key in replaced}
+    os.environ.update(env)
+    for (owner, attr), value in replaced.items():
+        setattr(owner, attr, value)
+
+    def restore():
+        for (owner, attr), value in saved.items():
+            setattr(owner, attr, value)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    return restore
+
+
+def _stdin_message(what):
+    if what == "breakpoint()":
+        return (
+            "breakpoint() waits for debugger commands, and stdin is not available on the"
+            " worker: debug the code in a cell without %%tetra"
+        )
+    return (
+        f"{what} waits for someone to type, and stdin is not available on the worker: ask in"
+        " the notebook instead (`value = input()` in a cell without %%tetra) and use `value`"
+        " in this cell; for a secret, set it in the kernel's environment and pass it with"
+        " --env NAME"
+    )
+
+
+def _no_stdin(what):
+    def refuse(*args, **kwargs):
+        raise EOFError(_stdin_message(what))
+
+    return refuse
+
+
+def _stdin_stand_in(stdin):
+    """sys.stdin during a cell: reading it ends the cell with the message, rather than with a
+    bare EOF from /dev/null (or a hang on a worker whose stdin is a terminal). The rest is the
+    stream's (`stdin`, the process's own: its fd, its encoding), so code that looks at stdin or
+    tidies it up, as multiprocessing's children do, works as it does at home."""
+    import io
+
+    class NoStdin(io.TextIOBase):
+        encoding = getattr(stdin, "encoding", None) or "utf-8"
+
+        def readable(self):
+            return True
+
+        def fileno(self):
+            if stdin is None:
+                raise io.UnsupportedOperation("stdin has no file descriptor")
+            return stdin.fileno()
+
+        def read(self, *args):
+            raise EOFError(_stdin_message("reading sys.stdin"))
+
+        readline = readlines = read
+
+    return NoStdin()
 
 
 def _execute(tree, filename, namespace):
@@ -213,7 +298,7 @@ def _pack_outputs(names, spec, last, inputs, digests):
             continue
         value = namespace[name]
         if isinstance(value, types.ModuleType):
-            modules[name] = value.__name__
+            modules[name] = [value.__name__, *_submodules(name, spec["source"])]
             continue
         if inputs.get(name, values) is value:
             continue  # `arr *= 2`: the input itself, changed in place or not (below)
@@ -231,10 +316,101 @@ def _pack_outputs(names, spec, last, inputs, digests):
         if hashlib.blake2b(blob, digest_size=16).digest() != digests[name]:
             values[name] = blob
             changed.append(name)
+    errors = _worth_a_note(errors, namespace, spec["source"])
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
     out["changed"] = changed
+    out["imported"] = _imported_names(spec["source"])
     out["last"] = names.portable(last) if spec["has_last_expr"] and last is not None else None
     return out
+
+
+def _submodules(name, source):
+    """The submodules `import name.sub` statements in the cell load under `name`: the kernel
+    imports them too, so `name.sub` works there as it does after the same import at home."""
+    import ast
+
+    return sorted(
+        alias.name
+        for node in _cell_level(source)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.asname is None and alias.name.startswith(name + ".")
+    )
+
+
+def _worth_a_note(errors, namespace, source):
+    """The values that could not travel which the user would miss. Left out without a note:
+    what is spent or only means something in the worker's process (see `_spent`), and names a
+    `with` statement bound, whose block has already closed them (files, pools, sessions)."""
+    with_bound = _with_targets(source)
+    return {
+        name: reason
+        for name, reason in errors.items()
+        if name not in with_bound and not _spent(namespace[name])
+    }
+
+
+def _with_targets(source):
+    """The names `with ... as NAME` statements bind."""
+    import ast
+
+    names = set()
+    for node in _cell_level(source):
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            targets = [item.optional_vars for item in node.items if item.optional_vars]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def _imported_names(source):
+    """The names import statements bind: what the cell imported to use, not its results."""
+    import ast
+
+    return sorted(
+        alias.asname or alias.name.split(".")[0]
+        for node in _cell_level(source)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+        if alias.name != "*"
+    )
+
+
+def _cell_level(source):
+    """The cell's nodes outside functions and classes (in loops and branches too): those
+    that bind the cell's own names."""
+    import ast
+
+    todo = list(ast.parse(source).body)
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield node
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def _spent(value):
+    """Whether a value is over or bound to this process, so nobody misses it at home: a closed
+    file or socket, a finished thread or process, an exhausted generator, a lock or other
+    thread synchronisation, or a non-empty list, tuple, set or dict of only such things."""
+    import inspect
+    import sys
+    import threading
+
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return bool(value) and all(_spent(item) for item in value)
+    if inspect.isgenerator(value):
+        return inspect.getgeneratorstate(value) == inspect.GEN_CLOSED
+    socket, process = sys.modules.get("socket"), sys.modules.get("multiprocessing.process")
+    if socket is not None and isinstance(value, socket.socket):
+        return value.fileno() == -1
+    runs = (threading.Thread, process.BaseProcess) if process else threading.Thread
+    if isinstance(value, runs):
+        return not value.is_alive()
+    sync = (threading.Condition, threading.Semaphore, threading.Event, threading.Barrier)
+    locks = (type(threading.Lock()), type(threading.RLock()))
+    return isinstance(value, (*sync, *locks)) or _safe(getattr, value, "closed") is True
 
 
 _EXCEPTION_NOTE = "tetra-exception:"

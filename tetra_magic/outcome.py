@@ -10,6 +10,7 @@ worker made of it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import pickle
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
     "install": "installing the cell's dependencies failed, so the cell did not run",
+    "start": "the worker could not start the process that runs cells, so the cell did not run",
     "timeout": "the cell ran past its time limit and was stopped",
     "crash": "the worker's executor crashed while running the cell",
     "cancelled": "the job was cancelled",
@@ -98,6 +100,25 @@ def unpack(response: FunctionResponse) -> CellResult:
     return result
 
 
+def _import_modules(modules: dict[str, list[str]], problems: dict[str, str]) -> dict[str, Any]:
+    """The modules the cell bound ({name: [module, submodules it imported under it]}),
+    imported here as the cell imported them there. One the kernel does not have is left out
+    without a note: the cell imported it to use it on the worker (torch on a laptop), not to
+    hand it back. One that fails as it loads is named."""
+    imported = {}
+    for name, (module, *submodules) in modules.items():
+        try:
+            for submodule in submodules:
+                importlib.import_module(submodule)
+            imported[name] = importlib.import_module(module)
+        except ImportError:
+            continue
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            problems[name] = f"the module {module} failed to import here: {reason}"
+    return imported
+
+
 def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
     """Write the cell's bindings into the notebook namespace, naming each one that cannot be
     loaded here. Definitions the cell made are executed here from their source; values of
@@ -114,20 +135,21 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
             user_ns[name] = value
 
     names.bind = bind
+    imported = set(payload.get("imported", ()))
     for name in [*payload.get("definitions", {}), *values]:
         try:
             names.ensure(name)
         except Exception as exc:
-            result.problems[name] = _load_problem(exc)
-    for name, module in payload.get("modules", {}).items():
-        try:
-            user_ns[name] = result.values[name] = importlib.import_module(module)
-        except ImportError:
-            result.problems[name] = f"the module {module} is installed on the worker only"
+            # `from torch import nn` with no torch here is left out silently, as modules are.
+            if not (name in imported and isinstance(exc, ImportError)):
+                result.problems[name] = _load_problem(exc)
+    modules = _import_modules(payload.get("modules", {}), result.problems)
+    result.values.update(modules)
+    user_ns.update(modules)
     for name in payload.get("deleted", []):
         user_ns.pop(name, None)
     if payload.get("last") is not None:
-        result.last = _load_portable(names, payload["last"], "Out", result.problems)
+        result.last = _load_portable(names, payload["last"])
 
 
 def _load_problem(exc: Exception) -> str:
@@ -158,17 +180,13 @@ def update_in_place(old: Any, new: Any) -> bool:
     return True
 
 
-def _load_portable(
-    names: MainNames, portable: dict[str, Any], name: str, problems: dict[str, str]
-) -> Any:
-    """The value itself, or a stand-in showing the worker's representations of it."""
+def _load_portable(names: MainNames, portable: dict[str, Any]) -> Any:
+    """The value itself, or a stand-in showing the worker's representations of it. No note
+    either way: the value is shown as it would be at home (the Line2D list a plotting cell
+    ends with, on a kernel without matplotlib), so nothing the user looks at is missing."""
     if portable.get("blob") is not None:
-        try:
-            return names.load(name, portable["blob"])
-        except Exception as exc:
-            problems[name] = _load_problem(exc)
-    elif portable.get("reason"):
-        problems[name] = portable["reason"]
+        with contextlib.suppress(Exception):
+            return names.load("Out", portable["blob"])
     return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
 
 

@@ -19,6 +19,7 @@ import inspect
 import linecache
 import platform
 import re
+import secrets
 import sys
 import types
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
 from worker.protocol import FunctionRequest, encode
 
+# This kernel, to the worker: its cells share an executor process and a working directory there,
+# apart from other kernels' (one id per process, so a restarted kernel starts clean too).
+KERNEL_ID = secrets.token_hex(8)
 # Names IPython keeps in the user namespace for itself; never the cell's inputs.
 _IPYTHON_NAMES = re.compile(r"^(In|Out|get_ipython|exit|quit|_+|_i+|_i\d+|_\d+|_ih|_oh|_dh)$")
 
@@ -208,6 +212,7 @@ def pack(
         system_dependencies=list(opts.system_dependencies) or None,
         timeout=opts.timeout,
         source_name=f"<tetra-runtime {filename}>",
+        kernel_id=KERNEL_ID,
     )
     size = len(request.model_dump_json()) + len('{"input": }')
     _check_size(blobs, size, limit)

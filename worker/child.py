@@ -6,11 +6,12 @@ Its fds 1 and 2 are pipes the worker reads, so output from C extensions and subp
 captured as well as Python's own prints.
 
 Requests arrive on stdin (then replaced by /dev/null, so user code cannot read them) and
-responses go out on the pipe whose fd is argv[1], both framed by `worker.channel`; a fatal signal
-writes the Python stack to the file whose fd is argv[2], for the worker to quote. After each
-request the child flushes every output buffer, puts fds 1 and 2 back as they were, and writes
-that request's end marker to both, before its response: once the worker has the response and
-both markers, it has every byte of that request's output.
+responses go out on the pipe whose fd is argv[1] (after a first message saying the child is
+ready), both framed by `worker.channel`; a fatal signal writes the Python stack to the file
+whose fd is argv[2], for the worker to quote. After each request the child flushes every
+output buffer, puts fds 1 and 2 back as they were, and writes that request's end marker to
+both, before its response: once the worker has the response and both markers, it has every
+byte of that request's output.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def serve(requests: Any, responses: int, streams: Streams) -> None:
 
 
 def main() -> None:
-    """`python -m worker.child RESPONSE_FD CRASH_FD PARENT_PID`."""
+    """Started as `python -c "...main()" RESPONSE_FD CRASH_FD PARENT_PID` (see
+    `worker.executor`); says it is ready on the response pipe, then serves."""
     responses, crash_log, parent = (int(arg) for arg in sys.argv[1:4])
     _die_with_parent(parent)
     for fd in (responses, crash_log):
@@ -95,8 +97,5 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     faulthandler.enable(crash_log)  # a segfault leaves the Python stack where the worker reads it
+    channel.write(responses, {"ready": True})
     serve(requests, responses, Streams())
-
-
-if __name__ == "__main__":
-    main()

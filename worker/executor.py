@@ -9,6 +9,14 @@ code started go too; the next request starts a fresh child.
 The child's pipes are read for as long as it lives, not per request, so nothing it writes is
 lost: bytes that follow a request's end marker (a background thread still printing) go to the
 next request, or wait in a small backlog until there is one.
+
+A child belongs to one notebook kernel (the request's `kernel_id`): it runs in that kernel's own
+working directory, and a request from another kernel replaces it with a fresh child, so nothing
+one notebook's code leaves behind (threads still printing, environment, imports it patched)
+reaches another notebook; the same kernel's next cell gets its late output, as in Jupyter. The
+child starts without its working directory first on sys.path (`python -m` would put it there),
+so a file a cell writes (a json.py) cannot shadow what the child imports; it comes last, so a
+cell can still import a module an earlier cell of its kernel wrote, as at home.
 """
 
 from __future__ import annotations
@@ -41,14 +49,19 @@ STREAMS = ("stdout", "stderr")
 # fds 1/2 somewhere the worker cannot see); after a kill, how long to collect the last output.
 MARKER_GRACE_S = 2.0
 DRAIN_GRACE_S = 1.0
+# How long a new child may take to get ready (its imports) before it counts as failed to start.
+START_TIMEOUT_S = 60.0
 # Output one request may stream before the rest is dropped (and counted), so a runaway print
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
 BACKLOG_BYTES = 2**16
 _WORKER_ONLY_ENV = ("RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_")
+# `python -c` with the working directory moved from the front of sys.path to its end (-P would
+# drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
+_START = "import sys; sys.path.append(sys.path.pop(0)); from worker.child import main; main()"
 
 _WORKER_DIR = re.escape(str(Path(__file__).resolve().parent) + os.sep)
-_INTERNAL_FRAME = re.compile(rf'File "({_WORKER_DIR}|<frozen runpy>)')
+_INTERNAL_FRAME = re.compile(rf'File "({_WORKER_DIR}|<string>", line 1 in <module>)')
 SIGNAL_HINTS = {
     signal.SIGSEGV: "a segmentation fault, usually in C extension code",
     signal.SIGABRT: "an abort, usually a failed assertion in C code",
@@ -77,6 +90,28 @@ def _user_frames(crash_log: IO) -> str:
     report = crash_log.read().decode(errors="replace")
     lines = [line for line in report.splitlines() if not _INTERNAL_FRAME.search(line)]
     return "\n\n" + "\n".join(lines).strip() if report else ""
+
+
+class StartError(Exception):
+    """The executor child could not start, so no code ran."""
+
+
+def _how(code: int) -> str:
+    """'with status 1' / 'killed by SIGKILL'."""
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"with status {code}"
+
+
+def workdir(kernel_id: str | None) -> Path:
+    """One kernel's working directory, under $TETRA_WORK_DIR (default: one in the temp dir),
+    kept for the worker's life so a kernel's files are still there for its later cells."""
+    default = Path(tempfile.gettempdir()) / f"tetra-work-{os.getuid()}"
+    base = os.environ.get("TETRA_WORK_DIR") or default
+    path = Path(base) / (kernel_id or "no-kernel")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"its working directory could not be made: {exc}") from None
+    return path
 
 
 def describe_exit(code: int) -> str:
@@ -147,14 +182,16 @@ class _Child:
         ]
 
     @classmethod
-    async def start(cls) -> _Child:
+    async def start(cls, workdir: Path) -> _Child:
+        """A child running in `workdir`, once it is ready for requests; StartError if it
+        never gets there."""
         read_fd, write_fd = os.pipe()
         crash_log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "worker.child",
+                "-c",
+                _START,
                 str(write_fd),
                 str(crash_log.fileno()),
                 str(os.getpid()),
@@ -163,6 +200,7 @@ class _Child:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                cwd=workdir,
                 env=_child_env(),
             )
         except BaseException:
@@ -175,7 +213,36 @@ class _Child:
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(responses), os.fdopen(read_fd, "rb", buffering=0)
         )
-        return cls(proc, responses, crash_log)
+        child = cls(proc, responses, crash_log)
+        try:
+            await child._until_ready()
+        except BaseException:
+            child.close()
+            raise
+        return child
+
+    async def _until_ready(self) -> None:
+        """Wait for the child's first message, which says it has started; StartError, quoting
+        what it printed, if it exits first (a broken package it imports, a bad interpreter)."""
+        try:
+            await asyncio.wait_for(channel.receive(self.responses), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StartError(
+                f"the process that runs the code was not ready after {START_TIMEOUT_S:g} s"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            try:
+                code = await asyncio.wait_for(self.proc.wait(), DRAIN_GRACE_S)
+            except asyncio.TimeoutError:
+                how = "closed its channel"
+            else:
+                how = f"exited {_how(code)}"
+            await self.drain()
+            output = "".join(text for _, text in self.backlog).strip()
+            raise StartError(
+                f"the process that runs the code {how} before it was ready"
+                + (f"; it printed:\n{output}" if output else "")
+            ) from None
 
     @property
     def alive(self) -> bool:
@@ -271,9 +338,11 @@ class _Child:
 
 def _child_env() -> dict[str, str]:
     """The worker's environment, with unbuffered Python and the worker package importable,
-    less the runpod SDK's job-queue credentials: the code has no business taking jobs."""
+    less the runpod SDK's job-queue credentials: the code has no business taking jobs.
+    PYTHONPATH entries are made absolute: relative ones would mean the kernel's directory."""
     root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    path = os.pathsep.join([root, *(os.path.abspath(p) for p in inherited if p)])
     env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ONLY_ENV)}
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
@@ -286,10 +355,12 @@ def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
 
 
 class Executor:
-    """One persistent child process; requests run in it one at a time."""
+    """One persistent child process, belonging to the kernel of the latest request; requests
+    run in it one at a time."""
 
     def __init__(self) -> None:
         self._child: _Child | None = None
+        self._kernel: str | None = None
         self._lock = asyncio.Lock()
         atexit.register(self._kill)
 
@@ -304,11 +375,13 @@ class Executor:
             self._child.close()
             self._child = None
 
-    async def _ready(self, emit: Emit) -> _Child:
-        if self._child is None or not self._child.alive:
+    async def _ready(self, emit: Emit, kernel: str | None) -> _Child:
+        """The kernel's child: the running one if it is that kernel's, else a new one."""
+        if self._child is None or not self._child.alive or self._kernel != kernel:
             self.close()
             emit(chunk("phase", "starting"))
-            self._child = await _Child.start()
+            self._child = await _Child.start(workdir(kernel))
+            self._kernel = kernel
         emit(chunk("phase", "running"))
         return self._child
 
@@ -317,7 +390,10 @@ class Executor:
     ) -> dict[str, Any]:
         """Run one request; its FunctionResponse dict. Cancelling this kills the running code."""
         async with self._lock:
-            child = await self._ready(emit)
+            try:
+                child = await self._ready(emit, request.get("kernel_id"))
+            except StartError as exc:
+                return _failure(str(exc), "ExecutorStartError", "start")
             output = _Output(emit)
             child.attach(output)
             try:

@@ -51,6 +51,10 @@ class FunctionRequest(BaseModel):
     timeout: float | None = None
     # Ours: the file name the code is registered under, so tracebacks can name it.
     source_name: str | None = None
+    # Ours: the notebook kernel the request comes from. Requests of one kernel share an executor
+    # process and a working directory; another kernel's request gets a fresh process, so what
+    # one kernel's code leaves running (a thread still printing) never reaches another kernel.
+    kernel_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class WorkerInfo(BaseModel):
@@ -72,12 +76,15 @@ class FunctionResponse(BaseModel):
     instance_id: str | None = None
     instance_info: dict[str, Any] | None = None
     # Ours: the exception's type name, and how the request failed: the code raised
-    # ("exception"), deps did not install, the worker ended it ("timeout", "crash"; "cancelled"
-    # is for clients to record a cancel, since a cancelled job sends no response), the request
-    # was unusable ("invalid"), or the worker itself went wrong ("internal").
+    # ("exception"), deps did not install, the process that runs the code did not start
+    # ("start"), the worker ended it ("timeout", "crash"; "cancelled" is for clients to record
+    # a cancel, since a cancelled job sends no response), the request was unusable
+    # ("invalid"), or the worker itself went wrong ("internal").
     error_type: str | None = None
     failure: (
-        Literal["exception", "install", "timeout", "crash", "cancelled", "invalid", "internal"]
+        Literal[
+            "exception", "install", "start", "timeout", "crash", "cancelled", "invalid", "internal"
+        ]
         | None
     ) = None
     # Ours: result entries that could not be pickled, by name, with the reason.

@@ -231,6 +231,11 @@ class Supervisor:
         self._stopping = False
         logs = state.private_dir(state.server_dir(root) / "workers")
         self.workdir = state.private_dir(state.server_dir(root) / "work")
+        # The kernels' working directories start empty with each server, as a new container's
+        # would, so files cells wrote do not pile up in the state dir.
+        kernel_dirs = state.server_dir(root) / "kernels"
+        shutil.rmtree(kernel_dirs, ignore_errors=True)
+        self.kernel_dirs = state.private_dir(kernel_dirs)
         self.slots = [
             Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
             for i, gpu in enumerate(gpu_plan(gpus, workers))
@@ -381,6 +386,7 @@ class Supervisor:
                 "RUNPOD_DEBUG_LEVEL": level,
                 "PYTHONUNBUFFERED": "1",
                 "TETRA_WORKER_TAKE_AHEAD": "1",
+                "TETRA_WORK_DIR": str(self.kernel_dirs),
                 SERVER_MARK: str(os.getpid()),
                 WORKER_MARK: slot.worker_id,
             }

@@ -4,8 +4,14 @@ and what comes back, so each case here is a cell a user could write."""
 from __future__ import annotations
 
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 
-from tetra_magic.analysis import analyse, transform
+from tetra_magic.analysis import analyse
+
+
+def transform(cell: str) -> str:
+    """IPython syntax turned into Python as the shell does it by default."""
+    return TransformerManager().transform_cell(cell)
 
 
 def facts(cell: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tetra_magic import targets
+from tetra_magic import credentials
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def write_config(home: Path, text: str) -> Path:
 def test_the_environment_variable_comes_first(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_config(home, '[default]\napi_key = "from-file"\n')
     monkeypatch.setenv("RUNPOD_API_KEY", " from-env \n")
-    key, source = targets.api_key()
+    key, source = credentials.api_key()
     assert key == "from-env" and source == "the RUNPOD_API_KEY environment variable"
     assert repr(key) == "<RunPod API key>" and "from-env" not in repr((key, source))
     assert f"Bearer {key}" == "Bearer from-env"
@@ -35,7 +35,7 @@ def test_the_environment_variable_comes_first(home: Path, monkeypatch: pytest.Mo
 
 def test_the_config_file_default_profile(home: Path) -> None:
     path = write_config(home, '[other]\napi_key = "no"\n[default]\napi_key = "from-file"\n')
-    assert targets.api_key() == ("from-file", str(path))
+    assert credentials.api_key() == ("from-file", str(path))
 
 
 @pytest.mark.parametrize(
@@ -49,8 +49,8 @@ def test_the_config_file_default_profile(home: Path) -> None:
 )
 def test_a_config_file_without_a_usable_key_is_named(home: Path, text: str, problem: str) -> None:
     path = write_config(home, text)
-    assert targets.api_key() == (None, f"{path} ({problem})")
+    assert credentials.api_key() == (None, f"{path} ({problem})")
 
 
 def test_no_key_anywhere(home: Path) -> None:
-    assert targets.api_key() == (None, "")
+    assert credentials.api_key() == (None, "")

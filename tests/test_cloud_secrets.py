@@ -19,7 +19,7 @@ CELLS = [
     "print(rec)\nrec.to_dict()",
     "%%tetra --gpu A100 --verbose\nraise ValueError('boom')",
     "%tetra endpoints",
-    "from tetra_magic import targets\nprint(targets.api_key())\ntargets.resolve",
+    "from tetra_magic import credentials, targets\nprint(credentials.api_key())\ntargets.resolve",
     "%%tetra --gpu A100\nanswer * 2",
     "%tetra delete no-such-endpoint",
 ]

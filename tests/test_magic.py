@@ -253,3 +253,26 @@ def test_loading_is_cheap_and_unload_and_reload_work() -> None:
     assert loaded == [True, True] and timeout == 5.0
     assert unloaded == [False, False]
     assert reloaded == [True, True] and instances == 1
+
+
+SAY = """\
+def say(lines):
+    return [f"print({x[4:].strip()!r})\\n" if x.startswith("say ") else x for x in lines]
+get_ipython().input_transformers_post.append(say)
+"""
+
+
+def test_input_transformers_the_user_configured_apply_to_remote_cells() -> None:
+    """A cell reads as the shell would read it here: `say hi` is the user's own syntax."""
+    cells = run_cells(
+        LOAD,
+        SAY,
+        "say hi\nsay there",
+        "%%tetra --local\nsay hi\nsay there",
+        "%tetra --local say hi",
+    )
+    local, remote, line = cells[2:]
+    for cell in cells:
+        assert cell.error is None, cell.error
+    assert remote.stdout == local.stdout == "hi\nthere\n"
+    assert line.stdout == "hi\n"

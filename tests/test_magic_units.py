@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from IPython.core.error import UsageError
+from IPython.core.inputtransformer2 import TransformerManager
 
 from tetra_magic import cell_runtime, outcome
-from tetra_magic.analysis import analyse, transform
+from tetra_magic.analysis import analyse
 from tetra_magic.client import Endpoint, EndpointClient, EndpointError
 from tetra_magic.display.text import TextView
 from tetra_magic.errors import (
@@ -31,7 +32,7 @@ from tetra_magic.errors import (
     render_traceback,
 )
 from tetra_magic.follow import JobTimeout, follow
-from tetra_magic.magic import TetraMagic, split_line
+from tetra_magic.magic import TetraMagic, parse_options, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
 from worker import frames, handler
@@ -62,7 +63,7 @@ def options(**changes: Any) -> CellOptions:
 
 
 def packed(cell: str, user_ns: dict[str, Any], **opts: Any):
-    analysis = analyse("\n" + transform(cell), FILE)
+    analysis = analyse("\n" + TransformerManager().transform_cell(cell), FILE)
     request = pack(
         analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000, label=kernel_label
     )
@@ -509,20 +510,23 @@ def test_a_lost_connection_is_retried_then_named_with_the_job() -> None:
             "--gpu A100,H100 --deps 'torch>=2'",
             "torch.zeros(1)",
         ),
-        ("--timeout=5 --local -- --x", "--timeout=5 --local", " --x"),
+        ("--timeout=5 --local -- --x", "--timeout=5 --local", "--x"),
+        ("--gpu A100  print('a   b')", "--gpu A100", "print('a   b')"),
         ("--quiet", "--quiet", ""),
     ],
 )
 def test_line_magic_splits_options_from_the_statement(
     line: str, options: str, statement: str
 ) -> None:
-    parser = TetraMagic.tetra.parser
-    assert split_line(line, parser) == (options + (" " if statement and options else ""), statement)
+    """The statement as written; the options as %%tetra's own parser reads them."""
+    args, rest = split_line(line, TetraMagic.tetra_line.parser)
+    assert rest == statement
+    assert args == parse_options(options)
 
 
 def test_line_magic_names_an_unknown_option() -> None:
     with pytest.raises(UsageError, match=r"unknown option --frob; options: --gpu, --cpu"):
-        split_line("--frob x", TetraMagic.tetra.parser)
+        split_line("--frob x", TetraMagic.tetra_line.parser)
 
 
 def test_loading_never_alters_an_existing_class() -> None:

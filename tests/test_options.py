@@ -7,7 +7,7 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import get_ipython
 
 from tetra_magic.gpus import gpu_ids
-from tetra_magic.magic import TetraMagic
+from tetra_magic.magic import TetraMagic, parse_options
 from tetra_magic.options import build, split_packages
 
 
@@ -17,7 +17,7 @@ def magic() -> TetraMagic:
 
 
 def parse(magic: TetraMagic, line: str):
-    return build(magic._parse(line), magic)
+    return build(parse_options(line), magic)
 
 
 def test_gpu_names_map_to_runpod_pools(magic: TetraMagic) -> None:

@@ -33,19 +33,9 @@ _DEFINITE = (
     ast.ClassDef,
     ast.Expr,
 )
-_SCOPES = (
-    ast.FunctionDef,
-    ast.AsyncFunctionDef,
-    ast.ClassDef,
-    ast.Lambda,
-    ast.ListComp,
-    ast.SetComp,
-    ast.DictComp,
-    ast.GeneratorExp,
-)
-_OWN_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_NAMED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_COMPREHENSION_NODES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _COMPREHENSIONS = ("listcomp", "setcomp", "dictcomp", "genexpr")
-_TRIES = tuple({ast.Try, getattr(ast, "TryStar", ast.Try)})
 # A line IPython's transformer wrote for `%magic args` or `!cmd`, maybe after `x = `.
 _MAGIC_LINE = re.compile(
     r"^(?P<head>\s*(?:[\w.\[\], ]+=\s*)?)get_ipython\(\)\."
@@ -68,13 +58,6 @@ class CellAnalysis:
     builtins_read: frozenset[str] = frozenset()
 
 
-def transform(cell: str) -> str:
-    """IPython syntax (`!cmd`, `%magic`, `x = !cmd`) turned into Python, as IPython does it."""
-    from IPython.core.inputtransformer2 import TransformerManager
-
-    return TransformerManager().transform_cell(cell)
-
-
 def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
     """Analyse Python `source` (already transformed); raises SyntaxError as Python would."""
     tree = ast.parse(source, filename)
@@ -85,17 +68,18 @@ def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
         seen, seen_tree = source, tree
     table = symtable.symtable(seen, filename, "exec")
     nested = list(_nested_tables(table))
-    reads = _Reads(nested).block(seen_tree.body, set())
+    cell = _Cell(nested)
+    cell.block(seen_tree.body, set())
     body = tree.body
     has_last = bool(body) and isinstance(body[-1], ast.Expr) and not source.rstrip().endswith(";")
     builtin_names = set(dir(builtins))
     return CellAnalysis(
         source=source,
-        reads=frozenset(reads - builtin_names),
+        reads=frozenset(cell.reads - builtin_names),
         binds=frozenset(_module_bindings(table, nested)),
         has_last_expr=has_last,
-        deletes=frozenset(_deletions(seen_tree)),
-        builtins_read=frozenset(reads & builtin_names),
+        deletes=frozenset(cell.deletes | (cell.deleted_in_scopes & cell.declared_global)),
+        builtins_read=frozenset(cell.reads & builtin_names),
     )
 
 
@@ -146,60 +130,160 @@ def _is_expression(text: str) -> bool:
     return True
 
 
-class _Reads:
-    """Walks statements in order, tracking names certainly bound so far. A loop or `with`
-    target is bound inside its body; bindings inside branches, loops and `try` are not
-    certain after them."""
+class _Cell(ast.NodeVisitor):
+    """One walk over the cell. Its own statements are taken in order, tracking the names
+    certainly bound so far: a loop or `with` target is bound inside its body; bindings inside
+    branches, loops and `try` are not certain after them. Inside functions, lambdas, classes
+    and comprehensions, symtable decides what is read; the walk there only notes `global`
+    declarations and `del`, and the `:=` targets that bind in the cell's scope."""
 
     def __init__(self, nested: list[symtable.SymbolTable]) -> None:
         self.nested = nested
+        self.bound: set[str] = set()  # certainly bound so far, on this path
+        self.stores: set[str] = set()  # bound by the statement being walked
+        self.scopes: list[ast.AST] = []  # the nested scopes the walk is inside
+        self.reads: set[str] = set()
+        self.deletes: set[str] = set()  # `del`, `except ... as` in the cell's own scope
+        self.deleted_in_scopes: set[str] = set()
+        self.declared_global: set[str] = set()
 
-    def block(self, body: list[ast.stmt], bound: set[str]) -> set[str]:
-        reads: set[str] = set()
+    def visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.stmt) and not self.scopes:
+            getattr(self, f"statement_{type(node).__name__}", self.simple)(node)
+        else:
+            super().visit(node)
+
+    def block(self, body: list[ast.stmt], bound: set[str]) -> None:
+        outer, self.bound = self.bound, bound
         for stmt in body:
-            reads |= self.statement(stmt, bound)
-        return reads
+            self.visit(stmt)
+        self.bound = outer
 
-    def statement(self, stmt: ast.stmt, bound: set[str]) -> set[str]:
-        if isinstance(stmt, (ast.For, ast.AsyncFor)):
-            reads = self.expr(stmt.iter, bound)
-            reads |= self.block(stmt.body, bound | _stores(stmt.target))
-            return reads | self.block(stmt.orelse, set(bound))
-        if isinstance(stmt, (ast.With, ast.AsyncWith)):
-            reads = set()
-            for item in stmt.items:
-                reads |= self.expr(item.context_expr, bound)
-                if item.optional_vars is not None:
-                    bound |= _stores(item.optional_vars)
-            return reads | self.block(stmt.body, bound)
-        if isinstance(stmt, (ast.If, ast.While)):
-            reads = self.expr(stmt.test, bound)
-            bound |= _stores(stmt.test)  # a walrus in the test always runs
-            return reads | self.block(stmt.body, set(bound)) | self.block(stmt.orelse, set(bound))
-        if isinstance(stmt, _TRIES):
-            reads = self.block(stmt.body, set(bound))
-            for handler in stmt.handlers:
-                reads |= self.expr(handler.type, bound) if handler.type else set()
-                reads |= self.block(handler.body, bound | {handler.name} - {None})
-            return reads | self.block(stmt.orelse + stmt.finalbody, set(bound))
-        if isinstance(stmt, ast.Match):
-            return self.match(stmt, bound)
-        reads = self.expr(stmt, bound)
+    def walk(self, node: ast.AST) -> set[str]:
+        """Note what `node` reads (not yet bound); return the names it binds."""
+        outer, self.stores = self.stores, set()
+        ast.NodeVisitor.visit(self, node)
+        stores, self.stores = self.stores, outer
+        return stores
+
+    # ------------------------------------------------------------ the cell's statements
+
+    def simple(self, stmt: ast.stmt) -> None:
+        stores = self.walk(stmt)
         if isinstance(stmt, _DEFINITE):
-            bound |= _stores(stmt)
-        return reads
+            self.bound |= stores
 
-    def match(self, stmt: ast.Match, bound: set[str]) -> set[str]:
-        reads = self.expr(stmt.subject, bound)
+    def statement_For(self, stmt: ast.For | ast.AsyncFor) -> None:
+        self.walk(stmt.iter)
+        self.block(stmt.body, self.bound | self.walk(stmt.target))
+        self.block(stmt.orelse, set(self.bound))
+
+    def statement_With(self, stmt: ast.With | ast.AsyncWith) -> None:
+        for item in stmt.items:
+            self.walk(item.context_expr)
+            if item.optional_vars is not None:
+                self.bound |= self.walk(item.optional_vars)
+        self.block(stmt.body, self.bound)
+
+    def statement_If(self, stmt: ast.If | ast.While) -> None:
+        self.bound |= self.walk(stmt.test)  # a walrus in the test always runs
+        self.block(stmt.body, set(self.bound))
+        self.block(stmt.orelse, set(self.bound))
+
+    def statement_Try(self, stmt: ast.Try) -> None:
+        self.block(stmt.body, set(self.bound))
+        for handler in stmt.handlers:
+            if handler.type:
+                self.walk(handler.type)
+            if handler.name:  # Python deletes it when the handler ends
+                self.deletes.add(handler.name)
+            self.block(handler.body, self.bound | {handler.name} - {None})
+        self.block(stmt.orelse + stmt.finalbody, set(self.bound))
+
+    def statement_Match(self, stmt: ast.Match) -> None:
+        self.walk(stmt.subject)
         for case in stmt.cases:
-            inside = bound | _captures(case.pattern)
-            reads |= self.expr(case.pattern, bound)
-            reads |= self.expr(case.guard, inside) if case.guard else set()
-            reads |= self.block(case.body, set(inside))
-        return reads
+            inside = self.bound | self.walk(case.pattern)
+            outer, self.bound = self.bound, inside
+            if case.guard:
+                self.walk(case.guard)
+            self.bound = outer
+            self.block(case.body, set(inside))
 
-    def expr(self, node: ast.AST, bound: set[str]) -> set[str]:
-        return _loads(node, self.nested) - bound
+    statement_AsyncFor = statement_For
+    statement_AsyncWith = statement_With
+    statement_While = statement_If
+    statement_TryStar = statement_Try
+
+    # ------------------------------------------------------------ names
+
+    def read(self, name: str) -> None:
+        if name not in self.bound:
+            self.reads.add(name)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if self.scopes:
+            return
+        if isinstance(node.ctx, ast.Store):
+            self.stores.add(node.id)
+        else:
+            self.read(node.id)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if not self.scopes and isinstance(node.target, ast.Name):
+            self.read(node.target.id)  # `x += 1` reads x first
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        """`:=` binds in the cell's scope, from comprehensions too (`[y := f(v) for v in vs]`)."""
+        if all(isinstance(s, _COMPREHENSION_NODES) for s in self.scopes):
+            self.stores.add(node.target.id)
+        self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if not self.scopes:
+            self.stores |= {(a.asname or a.name).split(".")[0] for a in node.names}
+
+    visit_ImportFrom = visit_Import
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+        if self.scopes:
+            self.deleted_in_scopes |= names
+        else:
+            self.deletes |= names
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.declared_global.update(node.names)
+
+    def visit_match_capture(self, node: ast.MatchAs | ast.MatchStar | ast.MatchMapping) -> None:
+        name = getattr(node, "name", None) or getattr(node, "rest", None)
+        if name and not self.scopes:
+            self.stores.add(name)
+        self.generic_visit(node)
+
+    visit_MatchAs = visit_MatchStar = visit_MatchMapping = visit_match_capture
+
+    # ------------------------------------------------------------ nested scopes
+
+    def visit_scope(self, node: ast.AST) -> None:
+        """A function, lambda, class or comprehension: what it evaluates where it stands
+        (defaults, decorators, bases, a comprehension's first iterable) reads here; what its
+        body reads from the cell, symtable says."""
+        if not self.scopes:
+            for part in _scope_outer_parts(node):
+                self.visit(part)
+            self.reads |= _reads_in_scopes(node, self.nested) - self.bound
+            if isinstance(node, _NAMED_SCOPES):
+                self.stores.add(node.name)
+        self.scopes.append(node)
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_scope
+    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_scope
+    visit_GeneratorExp = visit_scope
 
 
 def _nested_tables(table: symtable.SymbolTable):
@@ -213,16 +297,16 @@ def _span(node: ast.AST) -> range:
     return range(start, (node.end_lineno or node.lineno) + 1)
 
 
-def _loads(node: ast.AST, nested: list[symtable.SymbolTable]) -> set[str]:
-    """Module globals `node` may read: its own loads plus those of scopes defined inside it."""
-    names = set(_module_loads(node))
-    if not hasattr(node, "lineno"):
-        return names
+def _reads_in_scopes(node: ast.AST, nested: list[symtable.SymbolTable]) -> set[str]:
+    """Module globals read by the scopes defined in `node`'s lines."""
     lines = _span(node)
-    for table in nested:
-        if table.get_lineno() in lines:
-            names |= {s.get_name() for s in table.get_symbols() if _reads_global(table, s)}
-    return names
+    return {
+        s.get_name()
+        for table in nested
+        if table.get_lineno() in lines
+        for s in table.get_symbols()
+        if _reads_global(table, s)
+    }
 
 
 def _reads_global(table: symtable.SymbolTable, symbol: symtable.Symbol) -> bool:
@@ -231,43 +315,6 @@ def _reads_global(table: symtable.SymbolTable, symbol: symtable.Symbol) -> bool:
     if not (symbol.is_global() and symbol.is_referenced()):
         return False
     return not (table.get_name() in _COMPREHENSIONS and symbol.is_assigned())
-
-
-def _captures(pattern: ast.AST) -> set[str]:
-    """Names a `case` pattern binds when it matches."""
-    names = set()
-    for node in ast.walk(pattern):
-        name = getattr(node, "name", None) or getattr(node, "rest", None)
-        if isinstance(node, (ast.MatchAs, ast.MatchStar, ast.MatchMapping)) and name:
-            names.add(name)
-    return names
-
-
-def _stores(stmt: ast.AST) -> set[str]:
-    """Names `stmt` binds at module level."""
-    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {stmt.name}
-    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
-    names = {
-        node.id
-        for node in _walk_module_scope(stmt)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
-    }
-    return names | _comprehension_walrus(stmt)
-
-
-def _comprehension_walrus(node: ast.AST) -> set[str]:
-    """Targets of `:=` inside comprehensions, which bind in the enclosing (module) scope."""
-    names = set()
-    todo = [node]
-    while todo:
-        current = todo.pop()
-        if isinstance(current, ast.NamedExpr) and isinstance(current.target, ast.Name):
-            names.add(current.target.id)
-        if not isinstance(current, _OWN_SCOPES):
-            todo.extend(ast.iter_child_nodes(current))
-    return names
 
 
 def _module_bindings(table: symtable.SymbolTable, nested: list[symtable.SymbolTable]) -> set[str]:
@@ -284,40 +331,6 @@ def _module_bindings(table: symtable.SymbolTable, nested: list[symtable.SymbolTa
             if s.is_declared_global() and (s.is_assigned() or s.is_imported())
         }
     return names
-
-
-def _deletions(tree: ast.Module) -> set[str]:
-    """Names the cell may leave unbound: `del` at module level or of a `global` name, and the
-    target of `except ... as name`, which Python deletes when the handler ends."""
-    declared = {
-        name for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names
-    }
-    module = list(_walk_module_scope(tree))
-    names = {h.name for h in module if isinstance(h, ast.ExceptHandler) and h.name}
-    return names | _deleted(module) | (_deleted(ast.walk(tree)) & declared)
-
-
-def _deleted(nodes) -> set[str]:
-    return {
-        t.id
-        for n in nodes
-        if isinstance(n, ast.Delete)
-        for t in n.targets
-        if isinstance(t, ast.Name)
-    }
-
-
-def _walk_module_scope(node: ast.AST):
-    """ast.walk that does not enter nested scopes (their names are theirs, or in symtable)."""
-    todo = _scope_outer_parts(node) if isinstance(node, _SCOPES) else [node]
-    while todo:
-        current = todo.pop()
-        yield current
-        for child in ast.iter_child_nodes(current):
-            if isinstance(child, _SCOPES):
-                todo.extend(_scope_outer_parts(child))
-            else:
-                todo.append(child)
 
 
 def _scope_outer_parts(scope: ast.AST) -> list[ast.AST]:
@@ -338,14 +351,3 @@ def _scope_outer_parts(scope: ast.AST) -> list[ast.AST]:
     if isinstance(scope, ast.ClassDef):
         return [*scope.decorator_list, *scope.bases, *(k.value for k in scope.keywords)]
     return [scope.generators[0].iter]
-
-
-def _module_loads(stmt: ast.AST) -> list[str]:
-    """Names `stmt` loads at module scope (an augmented assignment loads its target first)."""
-    names = []
-    for node in _walk_module_scope(stmt):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Load, ast.Del)):
-            names.append(node.id)
-        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-            names.append(node.target.id)
-    return names

@@ -18,12 +18,10 @@ from typing import Any
 import httpx
 
 from tetra_magic.errors import TetraError
+from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_RETRY_AFTER = 60.0
-# The executionTimeout RunPod accepts: 5 s to 7 days.
-MIN_EXECUTION_MS, MAX_EXECUTION_MS = 5_000, 7 * 24 * 3600 * 1000
-PAYLOAD_LIMIT = 10_000_000  # RunPod's /run limit, which the local endpoint enforces too
 
 
 def retry_after(value: str | None) -> float | None:
@@ -64,7 +62,7 @@ class Endpoint:
     base_url: str
     endpoint_id: str
     api_key: str
-    payload_limit: int = PAYLOAD_LIMIT
+    payload_limit: int = RUN_PAYLOAD_LIMIT
     key_source: str = ""
     # What it runs, for messages and cost estimates: the worker image, the GPU names the user
     # asked for ("A100"), RunPod's pools for them ("AMPERE_80"), and whether RunPod bills it.

@@ -29,6 +29,7 @@ from tetra_magic.options import ENV_NAME
 
 T = TypeVar("T")
 GRAPHQL_DEFAULT = "https://api.runpod.io"
+RUNPOD_REST = "https://api.runpod.ai/v2"
 
 _TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerless } } }"
 _ENDPOINT_SELECTION = (
@@ -144,6 +145,11 @@ class RunPodGraphQL:
 def api_base() -> str:
     """Where the SDK sends GraphQL (it reads this variable on every call)."""
     return os.environ.get("RUNPOD_API_BASE_URL", GRAPHQL_DEFAULT)
+
+
+def rest_base() -> str:
+    """RunPod's serverless REST base; the runpod SDK's variable moves it (tests, proxies)."""
+    return os.environ.get("RUNPOD_ENDPOINT_BASE_URL", RUNPOD_REST).rstrip("/")
 
 
 def _runpod() -> Any:

@@ -13,21 +13,70 @@ statement starts at the first word that is not an option, or after `--`.
 
 from __future__ import annotations
 
+import argparse
 import linecache
+import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from tetra_magic import options as cell_options
-from tetra_magic.analysis import analyse, transform
+from tetra_magic.analysis import analyse
 from tetra_magic.errors import cell_labeler, syntax_error
 from tetra_magic.gpus import POOLS
 
 _COMMANDS = ("local", "endpoints", "delete")
+_REPEATABLE = {"nargs": "+", "action": "append"}
+# The options of %%tetra and of %tetra's one-line form (flags, argparse's keywords).
+_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--gpu",), {**_REPEATABLE, "metavar": "NAME", "help": "GPU type(s), e.g. A100"}),
+    (("--cpu",), {"action": "store_true", "help": "run on a CPU worker"}),
+    (("--deps",), {**_REPEATABLE, "metavar": "PKG", "help": "pip packages"}),
+    (("--system-deps",), {**_REPEATABLE, "metavar": "PKG", "help": "apt packages"}),
+    (("--endpoint",), {"metavar": "ID_OR_URL", "help": "use this endpoint, skip provisioning"}),
+    (("--local",), {"action": "store_true", "help": "run on the embedded local endpoint"}),
+    (
+        ("--timeout",),
+        {"type": float, "metavar": "SECONDS", "help": "cancel the cell after this long"},
+    ),
+    (("--name",), {"help": "a name for the job, shown in the view and the --out record"}),
+    (("--out",), {"metavar": "VAR", "help": "store the job's record (id, status, timings) in VAR"}),
+    (("--no-stream",), {"action": "store_true", "help": "show output only when the cell ends"}),
+    (("--quiet",), {"action": "store_true", "help": "show no live view, only the cell's output"}),
+    (("--verbose",), {"action": "store_true", "help": "show worker logs in the text view"}),
+    (("--send",), {**_REPEATABLE, "metavar": "VAR", "help": "also send these names"}),
+    (("--drop",), {**_REPEATABLE, "metavar": "VAR", "help": "do not bring these back"}),
+    (("--env",), {**_REPEATABLE, "metavar": "NAME[=VALUE]", "help": "worker env vars"}),
+)
+
+
+def _options(one_line: bool) -> Callable[[Any], Any]:
+    """magic_arguments' decorators for the options. In the one-line form each takes one value
+    (`--gpu A100,H100`: a list would swallow the statement) and the statement is the rest."""
+
+    def decorate(func: Any) -> Any:
+        if one_line:
+            func = argument(
+                "statement", nargs=argparse.REMAINDER, help="the statement to run remotely"
+            )(func)
+        for flags, keywords in reversed(_OPTIONS):
+            if one_line and keywords.get("nargs") == "+":
+                keywords = {**keywords, "nargs": 1}  # still a list of lists, as %%tetra's
+            func = argument(*flags, **keywords)(func)
+        return magic_arguments(name="tetra")(func)
+
+    return decorate
+
+
+def _usage() -> str:
+    flags = [flag for flags, _ in _OPTIONS for flag in flags]
+    return f"%%tetra options: {' '.join(flags)} (see %%tetra? for help)"
 
 
 @magics_class
@@ -89,55 +138,43 @@ class TetraMagic(Magics):
             prices[pool] = price
         return prices
 
-    @magic_arguments()
-    @argument("--gpu", nargs="+", action="append", metavar="NAME", help="GPU type(s), e.g. A100")
-    @argument("--cpu", action="store_true", help="run on a CPU worker")
-    @argument("--deps", nargs="+", action="append", metavar="PKG", help="pip packages")
-    @argument("--system-deps", nargs="+", action="append", metavar="PKG", help="apt packages")
-    @argument("--endpoint", metavar="ID_OR_URL", help="use this endpoint, skip provisioning")
-    @argument("--local", action="store_true", help="run on the embedded local endpoint")
-    @argument("--timeout", type=float, metavar="SECONDS", help="cancel the cell after this long")
-    @argument("--name", help="a name for the job, shown in the view and the --out record")
-    @argument("--out", metavar="VAR", help="store the job's record (id, status, timings) in VAR")
-    @argument("--no-stream", action="store_true", help="show output only when the cell ends")
-    @argument("--quiet", action="store_true", help="show no live view, only the cell's output")
-    @argument("--verbose", action="store_true", help="show worker logs in the text view")
-    @argument("--send", nargs="+", action="append", metavar="VAR", help="also send these names")
-    @argument("--drop", nargs="+", action="append", metavar="VAR", help="do not bring these back")
-    @argument("--env", nargs="+", action="append", metavar="NAME[=VALUE]", help="worker env vars")
+    @_options(one_line=False)
     @cell_magic
     def tetra(self, line: str, cell: str) -> Any:
         """Run this cell remotely; its variables come back, its last value is displayed."""
         number = self._cell_number()
         raw = f"%%tetra {line}\n{cell}"
         # A leading newline keeps line numbers equal to the cell's: line 1 is the %%tetra line.
-        return self._run(line, "\n" + transform(cell), number, raw)
+        return self._run(parse_options(line), "\n" + self.shell.transform_cell(cell), number, raw)
 
+    @_options(one_line=True)
     @line_magic("tetra")
     def tetra_line(self, line: str) -> Any:
         """`%tetra [options] statement` runs one statement remotely; `%tetra local`,
         `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
         command, _, rest = line.strip().partition(" ")
         if command in _COMMANDS:
-            return self._command(command, rest.strip())
-        option_text, statement = split_line(line, self.tetra.parser)
-        if not statement.strip():
+            from tetra_magic import commands
+
+            return commands.run(command, rest.strip())
+        args, statement = split_line(line, self.tetra_line.parser)
+        if not statement:
             raise UsageError(
                 "%tetra: give a statement to run remotely (`%tetra [options] statement`), or a"
-                f" command: {', '.join(_COMMANDS)}. Whole cells: %%tetra.\n{self._usage()}"
+                f" command: {', '.join(_COMMANDS)}. Whole cells: %%tetra.\n{_usage()}"
             )
         number = self._cell_number()
         raw = self._current_cell() or f"%tetra {line}\n"
         lineno = _line_of(raw, line)
         if lineno is None:
             raw, lineno = f"%tetra {line}\n", 1
-        source = "\n" * (lineno - 1) + transform(statement.strip())
-        return self._run(option_text, source, number, raw)
+        source = "\n" * (lineno - 1) + self.shell.transform_cell(statement)
+        return self._run(args, source, number, raw)
 
-    def _run(self, option_text: str, source: str, number: int, raw: str) -> Any:
+    def _run(self, args: argparse.Namespace, source: str, number: int, raw: str) -> Any:
         from tetra_magic.run import run_cell
 
-        opts = cell_options.build(self._parse(option_text), self)
+        opts = cell_options.build(args, self)
         filename = f"<tetra-cell-{number}>"
         linecache.cache[filename] = (len(raw), None, raw.splitlines(True), filename)
         try:
@@ -153,21 +190,6 @@ class TetraMagic(Magics):
             started=time.time(),
             prices=dict(self.gpu_prices),
         )
-
-    def _parse(self, option_text: str) -> Any:
-        """magic_arguments' parse, with the valid options listed when one is not, and values
-        unquoted (IPython splits the line keeping quotes: `--deps 'torch>=2'`)."""
-        try:
-            args = parse_argstring(self.tetra, option_text)
-        except UsageError as exc:
-            raise UsageError(f"{exc}\n{self._usage()}") from None
-        for key, value in vars(args).items():
-            setattr(args, key, _unquote(value))
-        return args
-
-    def _usage(self) -> str:
-        flags = [f for action in self.tetra.parser._actions for f in action.option_strings]
-        return f"%%tetra options: {' '.join(flags)} (see %%tetra? for help)"
 
     def _cell_number(self) -> int:
         """This cell's In[] number. The input history holds the cell before it runs on every
@@ -185,40 +207,49 @@ class TetraMagic(Magics):
         cells = self._history()
         return cells[-1] if cells else None
 
-    def _command(self, command: str, rest: str) -> Any:
-        if command == "local":
-            from tetra_magic.local.launcher import ensure_running
 
-            print(f"local endpoint: {ensure_running().base_url}")
-            return None
-        if command == "endpoints":
-            from tetra_magic.provision import show_endpoints
-
-            return show_endpoints()
-        from tetra_magic.provision import delete_named
-
-        return delete_named(rest)
+def parse_options(option_text: str) -> argparse.Namespace:
+    """%%tetra's options, with the valid ones listed when one is not."""
+    try:
+        return _unquoted(TetraMagic.tetra.parser.parse_argstring(option_text))
+    except UsageError as exc:
+        raise UsageError(f"{exc}\n{_usage()}") from None
 
 
-def split_line(line: str, parser: Any) -> tuple[str, str]:
-    """`--gpu A100 --local x = f(y)` -> ("--gpu A100 --local", "x = f(y)"): options (each
-    taking at most one value) up to the first word that is not one, or up to `--`."""
-    takes_value = {
-        flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings
-    }
-    position = 0
-    while True:
-        start = _skip_space(line, position)
-        word, position = _word(line, start)
-        if word == "--":
-            return line[:start], line[position:]
-        if not word.startswith("--"):
-            return line[:start], line[start:]
-        flag = word.partition("=")[0]
-        if flag not in takes_value:
-            raise UsageError(f"%tetra: unknown option {flag}; options: {', '.join(takes_value)}")
-        if takes_value[flag] and "=" not in word:
-            position = _word(line, _skip_space(line, position))[1]
+def split_line(line: str, parser: Any) -> tuple[argparse.Namespace, str]:
+    """`--gpu A100 --local x = f(y)` -> (the options, "x = f(y)"), by the line form's parser
+    (`tetra_line.parser`): its options take one value each, and the statement is the rest of
+    the line from the first word that is not an option, or after `--`, as written."""
+    try:
+        args, unknown = parser.parse_argstring(line, partial=True)
+    except UsageError as exc:
+        raise UsageError(f"%tetra: {exc}\n{_usage()}") from None
+    if unknown:
+        flags = ", ".join(flag for flags, _ in _OPTIONS for flag in flags)
+        raise UsageError(f"%tetra: unknown option {unknown[0].partition('=')[0]}; options: {flags}")
+    words = args.statement
+    del args.statement
+    ends = len(arg_split(line, strict=False)) - len(words) + (words[:1] == ["--"])
+    return _unquoted(args), _after_words(line, ends)
+
+
+def _after_words(line: str, count: int) -> str:
+    """The line after its first `count` words, split as IPython splits a magic's arguments."""
+    lexer = shlex.shlex(line, posix=False)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        for _ in range(count):
+            lexer.get_token()
+    except ValueError:  # an unclosed quote runs to the end of the line
+        return ""
+    return line[lexer.instream.tell() :].strip()
+
+
+def _unquoted(args: argparse.Namespace) -> argparse.Namespace:
+    """Values unquoted (IPython splits the line keeping quotes: `--deps 'torch>=2'`)."""
+    for key, value in vars(args).items():
+        setattr(args, key, _unquote(value))
+    return args
 
 
 def _unquote(value: Any) -> Any:
@@ -228,22 +259,6 @@ def _unquote(value: Any) -> Any:
     if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
     return value
-
-
-def _skip_space(line: str, position: int) -> int:
-    return len(line) - len(line[position:].lstrip())
-
-
-def _word(line: str, start: int) -> tuple[str, int]:
-    """The word at `start` (a quoted one whole) and where it ends."""
-    if start < len(line) and line[start] in "'\"":
-        close = line.find(line[start], start + 1)
-        end = len(line) if close < 0 else close + 1
-        return line[start:end], end
-    end = start
-    while end < len(line) and not line[end].isspace():
-        end += 1
-    return line[start:end], end
 
 
 def _line_of(cell: str, magic_line: str) -> int | None:

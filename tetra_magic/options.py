@@ -8,6 +8,7 @@ accepts in every error, so a typo is caught before anything is packed or sent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import keyword
 import os
 import re
@@ -17,6 +18,53 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic.gpus import gpu_ids
+from tetra_magic.runpod_limits import MAX_EXECUTION_MS
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the endpoints the magic provisions make and scale their workers (TetraMagic's
+    settings; each distinct value is its own endpoint)."""
+
+    image: str = ""
+    cpu_image: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    gpu_count: int = 1
+    workers_min: int = 0
+    workers_max: int = 3
+    idle_timeout: int = 5
+    execution_timeout: int = 600
+
+    def __post_init__(self) -> None:
+        _at_least("gpu_count", self.gpu_count, 1)
+        _at_least("workers_min", self.workers_min, 0)
+        _at_least("workers_max", self.workers_max, max(self.workers_min, 1))
+        _at_least("idle_timeout", self.idle_timeout, 1)
+        _at_least("execution_timeout", self.execution_timeout, 5)
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UsageError(f"TetraMagic.{name} must be at least {low}, not {value}")
+
+
+# WorkerSettings field -> TetraMagic trait, where the names differ.
+_TRAITS = {
+    "image": "worker_image",
+    "cpu_image": "cpu_worker_image",
+    "env": "worker_env",
+    "execution_timeout": "endpoint_timeout",
+}
+
+
+def worker_settings(magic: Any) -> WorkerSettings:
+    """The worker settings as the magic holds them now (`%config TetraMagic.workers_max = 5`)."""
+    values = {
+        f.name: getattr(magic, _TRAITS.get(f.name, f.name))
+        for f in dataclasses.fields(WorkerSettings)
+    }
+    values["env"] = tuple(sorted((str(k), str(v)) for k, v in dict(values["env"]).items()))
+    return WorkerSettings(**values)
 
 
 @dataclass(frozen=True)
@@ -40,6 +88,7 @@ class CellOptions:
     drop: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     queue_timeout: float = 1200.0
+    worker: WorkerSettings = WorkerSettings()
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -67,7 +116,7 @@ def _split_commas(item: str) -> list[str]:
 _VERSION_CONTINUES = re.compile(r"\s*[<>=!~]")
 # What apt-get accepts as a package: a Debian name, maybe :arch, maybe =version.
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
-MAX_TIMEOUT = 7 * 24 * 3600.0  # RunPod's longest execution timeout
+MAX_TIMEOUT = MAX_EXECUTION_MS / 1000  # seconds
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -166,6 +215,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         drop=_split_names("--drop", args.drop),
         env=parse_env(args.env),
         queue_timeout=defaults.queue_timeout,
+        worker=worker_settings(defaults),
     )
 
 

@@ -8,7 +8,8 @@ what it found, so only its first cell per configuration asks RunPod. The templat
 disk) is named by its own hash and shared by endpoints that differ only in hardware or scaling.
 A file lock in the state dir keeps two kernels of one machine from creating the same endpoint.
 
-Settings are TetraMagic's traitlets (`%config TetraMagic.workers_max = 5`). With no image
+Settings are TetraMagic's traitlets (`%config TetraMagic.workers_max = 5`), which reach this
+module in the cell's options (`CellOptions.worker`). With no image
 configured, endpoints run RunPod's published standard worker: the image RunPod's own client
 (the `runpod-flash` package, `get_image_name`) uses for live serverless functions, one per
 Python minor version, so notebook functions load on the worker:
@@ -26,6 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -36,11 +38,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import __version__, gpus, targets
+from tetra_magic import gpus
 from tetra_magic.client import Endpoint
-from tetra_magic.cloud_api import Enum, RunPodGraphQL, api_base
+from tetra_magic.cloud_api import Enum, RunPodGraphQL, api_base, rest_base
 from tetra_magic.errors import TetraError
-from tetra_magic.options import CellOptions
+from tetra_magic.options import CellOptions, WorkerSettings
+from tetra_magic.state_dir import home
 
 PREFIX = "tetra-magic-"
 TEMPLATE_PREFIX = PREFIX + "tpl-"
@@ -58,61 +61,6 @@ _NAME = re.compile(rf"^{PREFIX}(?P<label>.+)-(?P<digest>[0-9a-f]{{10}})(?:-fb)?$
 _known: dict[tuple[str, str, str], str] = {}
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """How our endpoints' workers are made and scaled (TetraMagic's settings)."""
-
-    image: str = ""
-    cpu_image: str = ""
-    env: tuple[tuple[str, str], ...] = ()
-    gpu_count: int = 1
-    workers_min: int = 0
-    workers_max: int = 3
-    idle_timeout: int = 5
-    execution_timeout: int = 600
-
-    def __post_init__(self) -> None:
-        _at_least("gpu_count", self.gpu_count, 1)
-        _at_least("workers_min", self.workers_min, 0)
-        _at_least("workers_max", self.workers_max, max(self.workers_min, 1))
-        _at_least("idle_timeout", self.idle_timeout, 1)
-        _at_least("execution_timeout", self.execution_timeout, 5)
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise UsageError(f"TetraMagic.{name} must be at least {low}, not {value}")
-
-
-# WorkerSettings field -> TetraMagic trait, where the names differ.
-_TRAITS = {
-    "image": "worker_image",
-    "cpu_image": "cpu_worker_image",
-    "env": "worker_env",
-    "execution_timeout": "endpoint_timeout",
-}
-
-
-def settings(magic: Any = None) -> WorkerSettings:
-    """The settings of the loaded TetraMagic (defaults where it is not loaded)."""
-    magic = magic or _loaded_magic()
-    values = {
-        f.name: getattr(magic, _TRAITS.get(f.name, f.name))
-        for f in dataclasses.fields(WorkerSettings)
-        if magic is not None and hasattr(magic, _TRAITS.get(f.name, f.name))
-    }
-    if "env" in values:
-        values["env"] = tuple(sorted((str(k), str(v)) for k, v in dict(values["env"]).items()))
-    return WorkerSettings(**values)
-
-
-def _loaded_magic() -> Any:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell.magics_manager.registry.get("TetraMagic") if shell is not None else None
-
-
 def python_minor() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -126,7 +74,13 @@ def worker_image(worker: WorkerSettings, cpu: bool) -> str:
     if not chosen:
         _check_published_python(cpu)
         chosen = PUBLISHED_CPU_IMAGE if cpu else PUBLISHED_IMAGE
-    return chosen.replace("{python}", python_minor()).replace("{version}", __version__)
+    return chosen.replace("{python}", python_minor()).replace("{version}", _our_version())
+
+
+def _our_version() -> str:
+    """This package's version, from its installed metadata (the package's own __init__ loads
+    the magic, so importing it from here would close an import circle)."""
+    return importlib.metadata.version("tetra-magic")
 
 
 def _check_published_python(cpu: bool) -> None:
@@ -220,10 +174,10 @@ def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
 
 def provisioned(options: CellOptions, key: str, source: str) -> Endpoint:
     """The RunPod endpoint for these options: remembered, found on RunPod, or created there."""
-    spec = spec_for(options, settings())
+    spec = spec_for(options, options.worker)
     endpoint_id = _known.get(_cache_key(key, spec.name)) or _find_or_create(spec, key, source)
     return Endpoint(
-        targets.rest_base(),
+        rest_base(),
         endpoint_id,
         key,
         key_source=source,
@@ -280,8 +234,6 @@ def _say_created(spec: EndpointSpec, endpoint_id: str) -> None:
 @contextlib.contextmanager
 def _machine_lock() -> Iterator[None]:
     """Only one kernel of this machine provisions at a time (the others then find its work)."""
-    from tetra_magic.local.state import home
-
     with open(home() / "provision.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -337,26 +289,3 @@ def forget(endpoint_id: str) -> None:
     """Drop what this kernel remembers of an endpoint (deleted here or elsewhere)."""
     for cached in [k for k, v in _known.items() if v == endpoint_id]:
         del _known[cached]
-
-
-def _credentials() -> tuple[str, str]:
-    key, source = targets.api_key()
-    if key is None:
-        raise TetraError(
-            "no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (endpoints live on"
-            " RunPod; cells without a key run on the local endpoint)"
-        )
-    return key, source
-
-
-def show_endpoints() -> None:
-    """`%tetra endpoints`."""
-    print(endpoint_table(our_endpoints(*_credentials())))
-
-
-def delete_named(name: str) -> None:
-    """`%tetra delete NAME`."""
-    if not name:
-        raise UsageError("%tetra delete NAME: name the endpoint (see %tetra endpoints)")
-    gone = delete(name, *_credentials())
-    print(f"deleted RunPod endpoint {gone['name']} ({gone['id']})")

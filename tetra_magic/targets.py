@@ -3,72 +3,23 @@
 Nothing past this module knows which it is talking to: both are an `Endpoint` for the same
 REST client, differing only in base URL, credentials and limits.
 
-The key comes from RUNPOD_API_KEY, else from the runpod CLI's ~/.runpod/config.toml (its
-`[default]` profile). It travels as an `ApiKey`, a str whose repr hides it, so a verbose
-traceback that prints local variables cannot print the key.
+The key is credentials.api_key()'s; an endpoint this module does not name itself comes from
+provision, which depends on nothing here.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
+from tetra_magic import provision
 from tetra_magic.client import Endpoint
+from tetra_magic.cloud_api import rest_base
+from tetra_magic.credentials import KEY_ENV, api_key
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 
-RUNPOD_REST = "https://api.runpod.ai/v2"
-KEY_ENV = "RUNPOD_API_KEY"
 _told_local = False
-
-
-class ApiKey(str):
-    """A RunPod API key: its value where a request needs it, never in a repr."""
-
-    def __repr__(self) -> str:
-        return "<RunPod API key>"
-
-
-def config_file() -> Path:
-    """The runpod CLI's credentials file (`runpod config` writes it)."""
-    return Path.home() / ".runpod" / "config.toml"
-
-
-def api_key() -> tuple[ApiKey | None, str]:
-    """The RunPod API key and where it was read from (for messages; never the key itself).
-    Without a key, the second item names an unreadable config file, or is empty."""
-    if key := os.environ.get(KEY_ENV, "").strip():
-        return ApiKey(key), f"the {KEY_ENV} environment variable"
-    path = config_file()
-    if not path.is_file():
-        return None, ""
-    toml = _toml()
-    try:
-        data = toml.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, toml.TOMLDecodeError) as exc:
-        return None, f"{path} (unreadable: {type(exc).__name__})"
-    profile = data.get("default")
-    key = profile.get("api_key") if isinstance(profile, dict) else None
-    if isinstance(key, str) and key.strip():
-        return ApiKey(key.strip()), str(path)
-    return None, f"{path} (no api_key in its [default] profile)"
-
-
-def _toml() -> Any:
-    """tomllib (Python 3.11+), or tomli, its backport, on 3.10."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    return tomllib
-
-
-def rest_base() -> str:
-    """RunPod's serverless REST base; the runpod SDK's variable moves it (tests, proxies)."""
-    return os.environ.get("RUNPOD_ENDPOINT_BASE_URL", RUNPOD_REST).rstrip("/")
 
 
 def local() -> Endpoint:
@@ -109,9 +60,7 @@ def resolve(options: CellOptions) -> Endpoint:
     if key is None:
         _say_local_once(source)
         return local()
-    from tetra_magic.provision import provisioned
-
-    return provisioned(options, key, source)
+    return provision.provisioned(options, key, source)
 
 
 def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
@@ -120,9 +69,7 @@ def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
     endpoint, so the error stands."""
     if options.local or options.endpoint or api_key()[0] is None:
         return None
-    from tetra_magic.provision import forget
-
-    forget(gone.endpoint_id)
+    provision.forget(gone.endpoint_id)
     return resolve(options)
 
 

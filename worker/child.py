@@ -20,12 +20,12 @@ import contextlib
 import ctypes
 import faulthandler
 import os
-import signal
 import sys
 from typing import Any
 
 from worker import channel
 from worker.calls import run
+from worker.parent_death import die_with_parent
 
 MARKER_PREFIX = b"\x00tetra-end:"
 MARKER_SUFFIX = b"\x00"
@@ -40,8 +40,7 @@ def end_marker(token: str) -> bytes:
 
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when the worker dies, so hung code never outlives it."""
-    if sys.platform.startswith("linux"):
-        LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
 

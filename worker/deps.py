@@ -24,6 +24,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from worker.protocol import Emit, chunk
+from worker.uv_binary import find_uv
 
 ERROR_LINES = 40
 _apt_lists_updated = False
@@ -123,15 +124,10 @@ def uv_binary() -> str:
     """TETRA_UV if set, else the `uv` package's binary, else uv on PATH."""
     if os.environ.get("TETRA_UV"):
         return os.environ["TETRA_UV"]
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found is None:
-            raise InstallError("uv is not installed in the worker environment") from None
-        return found
+    found = find_uv()
+    if found is None:
+        raise InstallError("uv is not installed in the worker environment")
+    return found
 
 
 async def _run(argv: list[str], env: dict[str, str], emit: Emit) -> list[str]:

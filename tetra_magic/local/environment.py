@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tetra_magic.local import state
+from worker.uv_binary import find_uv
 
 ENV_FORMAT = 1
 RUNPOD_PIN = "runpod==1.12.0"
@@ -147,15 +148,10 @@ def python_version(python: str) -> str | None:
 
 
 def _uv() -> str:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found is None:
-            raise WorkerEnvError("uv is needed to make the worker environment") from None
-        return found
+    found = find_uv()
+    if found is None:
+        raise WorkerEnvError("uv is needed to make the worker environment")
+    return found
 
 
 def _create(env: Path, log: Callable[[str], None]) -> None:

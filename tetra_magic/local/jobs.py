@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS
+
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
-MIN_EXECUTION_TIMEOUT_MS = 5_000
-MAX_EXECUTION_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 DEFAULT_TTL_MS = 24 * 3600 * 1000
 MIN_TTL_MS = 10_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
@@ -83,8 +83,8 @@ class Policy:
             raw,
             "executionTimeout",
             DEFAULT_EXECUTION_TIMEOUT_MS,
-            MIN_EXECUTION_TIMEOUT_MS,
-            MAX_EXECUTION_TIMEOUT_MS,
+            MIN_EXECUTION_MS,
+            MAX_EXECUTION_MS,
         )
         ttl = _policy_ms(raw, "ttl", DEFAULT_TTL_MS, MIN_TTL_MS, MAX_TTL_MS)
         return cls(execution_timeout=timeout / 1000, ttl=ttl / 1000)

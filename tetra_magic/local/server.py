@@ -39,14 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
+from tetra_magic import credentials
 from tetra_magic.local import state
 from tetra_magic.local.jobs import Job, JobStore, Policy, PolicyError
 from tetra_magic.local.workers import Supervisor, WorkerUrls, default_worker_count, detect_gpus
+from tetra_magic.runpod_limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT
 
 log = logging.getLogger("tetra_magic.local.server")
 
-RUN_LIMIT = 10_000_000
-RUNSYNC_LIMIT = 20_000_000
 WORKER_POST_LIMIT = 1_000_000_000
 DRAIN_LIMIT = 64_000_000  # read (and drop) oversized bodies up to this, so clients see the 413
 RUNSYNC_WAIT_MS = (1_000, 90_000, 300_000)  # min, default, max of ?wait
@@ -100,10 +100,11 @@ def _same(a: str, b: str) -> bool:
 
 
 class SdkCredential:
-    """The key the runpod SDK in our workers will send: the one in ~/.runpod/config.toml."""
+    """The key the runpod SDK in our workers will send: the one in ~/.runpod/config.toml,
+    read again only when the file changes."""
 
     def __init__(self) -> None:
-        self.path = Path(os.path.expanduser("~/.runpod/config.toml"))
+        self.path = credentials.config_file()
         self._mtime: float | None = None
         self._value: str | None = None
 
@@ -118,18 +119,9 @@ class SdkCredential:
 
     def _read(self) -> str | None:
         try:
-            import tomllib as toml  # type: ignore[import-not-found]
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as toml  # type: ignore[import-not-found,no-redef]
-            except ImportError:
-                return None
-        try:
-            with open(self.path, "rb") as handle:
-                key = toml.load(handle).get("default", {}).get("api_key")
-        except (OSError, ValueError, AttributeError):
+            return credentials.config_key(self.path)
+        except (OSError, UnicodeDecodeError, ValueError, ImportError):
             return None
-        return key if isinstance(key, str) and key else None
 
 
 class Api:
@@ -230,13 +222,13 @@ class Api:
 
     async def run(self, request: web.Request) -> web.Response:
         self._client(request)
-        job = self._submit(await self._job_request(request, RUN_LIMIT), sync=False)
+        job = self._submit(await self._job_request(request, RUN_PAYLOAD_LIMIT), sync=False)
         return web.json_response({"id": job.id, "status": job.status.value})
 
     async def runsync(self, request: web.Request) -> web.Response:
         self._client(request)
         wait_s = _wait_param(request) / 1000
-        job = self._submit(await self._job_request(request, RUNSYNC_LIMIT), sync=True)
+        job = self._submit(await self._job_request(request, RUNSYNC_PAYLOAD_LIMIT), sync=True)
         await job.wait_final(wait_s, self.store.clock)
         return web.json_response(job.doc(self.store.clock()))
 

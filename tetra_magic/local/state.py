@@ -27,27 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tetra_magic.state_dir import home, private_dir
+
 TOKEN_FILE = "token"
 RECORD_FILE = "server.json"
 LOG_LIMIT = 5 * 1024 * 1024  # the size past which a server or worker log is cut back
-
-
-def home() -> Path:
-    """The state dir, created private (0700) so the token and logs are the user's alone."""
-    path = Path(os.environ.get("TETRA_MAGIC_HOME") or Path.home() / ".cache" / "tetra-magic")
-    return private_dir(path)
-
-
-def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed, readable by its owner only.
-
-    A directory that already exists is left as it is: TETRA_MAGIC_HOME may name a directory
-    the user shares on purpose, and the token file is 0600 on its own.
-    """
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-    return path
 
 
 def python_tag() -> str:

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from typing import Any
 
 from tetra_magic.local import environment, state
 from tetra_magic.local.jobs import JobStore
+from worker.parent_death import die_with_parent
 
 log = logging.getLogger("tetra_magic.local.workers")
 
@@ -155,22 +154,6 @@ def kill_strays() -> int:
     return kill_marked(
         SERVER_MARK, lambda value: not value.isdigit() or not state.pid_alive(int(value))
     )
-
-
-def _parent_death_signal() -> Any:
-    """A preexec function giving the child SIGKILL when this process dies (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return preexec
 
 
 @dataclass
@@ -320,7 +303,7 @@ class Supervisor:
                 cwd=self.workdir,
                 env=self._env(slot),
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=die_with_parent,
             )
         log.info("started worker %s (pid %d)", slot.worker_id, slot.process.pid)
 

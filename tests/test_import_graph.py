@@ -1,0 +1,97 @@
+"""The code flows one way: no module of tetra_magic imports, however indirectly, one that
+imports it back, counting imports inside functions (which only hide a circle until they run);
+and the worker, which runs where tetra_magic is not installed, never imports tetra_magic."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("tetra_magic", "worker")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+
+def imported(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """The modules of ours that `path` imports anywhere in it: `from a import b` counts as
+    a.b where that is a module, else as a."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
+        else:
+            continue
+        found |= {t for t in targets if t in known}
+    return found - {name}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported(path, name, known) for name, path in known.items()}
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for after in sorted(edges[node]):
+            if after not in index:
+                visit(after)
+                low[node] = min(low[node], low[after])
+            elif after in stack:
+                low[node] = min(low[node], index[after])
+        if low[node] == index[node]:
+            group = []
+            while (member := stack.pop()) != node:
+                group.append(member)
+            if group:
+                found.append(sorted([node, *group]))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle_in_tetra_magic_or_the_worker() -> None:
+    assert circles(graph()) == []
+
+
+def test_the_worker_never_imports_tetra_magic() -> None:
+    edges = graph()
+    leaks = {
+        name: sorted(t for t in targets if t.startswith("tetra_magic"))
+        for name, targets in edges.items()
+        if name.startswith("worker")
+    }
+    assert {name: found for name, found in leaks.items() if found} == {}
+
+
+def test_the_graph_sees_imports_inside_functions() -> None:
+    """The check itself: a function-level import is an edge, and a circle is found."""
+    edges = graph()
+    assert "tetra_magic.magic" in edges["tetra_magic"]  # inside load_ipython_extension
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

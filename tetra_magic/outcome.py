@@ -136,12 +136,19 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
 
     names.bind = bind
     imported = set(payload.get("imported", ()))
+    worker_packages = {m[0].partition(".")[0] for m in payload.get("modules", {}).values()}
     for name in [*payload.get("definitions", {}), *values]:
         try:
             names.ensure(name)
         except Exception as exc:
-            # `from torch import nn` with no torch here is left out silently, as modules are.
-            if not (name in imported and isinstance(exc, ImportError)):
+            # `from torch import nn` with no torch here is left out silently, as modules are;
+            # so is a value of a package the cell imported to use there (a figure, its axes).
+            missing = getattr(exc, "name", None) or ""
+            silent = (name in imported and isinstance(exc, ImportError)) or (
+                isinstance(exc, ModuleNotFoundError)
+                and missing.partition(".")[0] in worker_packages
+            )
+            if not silent:
                 result.problems[name] = _load_problem(exc)
     modules = _import_modules(payload.get("modules", {}), result.problems)
     result.values.update(modules)

@@ -67,12 +67,17 @@ def shared_worker_env() -> str:
 
 
 @contextlib.contextmanager
-def private_local_endpoint(home: Path, workers: int = 2) -> Iterator[None]:
+def private_local_endpoint(
+    home: Path, workers: int = 2, worker_env: str | None = None
+) -> Iterator[None]:
     """A local endpoint of its own (state in `home`), started now so its workers come up
     while the kernels start; kernels started inside use it. Stopped at the end."""
     from tetra_magic.local import launcher
 
-    values = {"TETRA_MAGIC_HOME": str(home), "TETRA_MAGIC_WORKER_ENV": shared_worker_env()}
+    values = {
+        "TETRA_MAGIC_HOME": str(home),
+        "TETRA_MAGIC_WORKER_ENV": worker_env or shared_worker_env(),
+    }
     with environ(values):
         launcher.ensure_running(workers=workers, idle_timeout=None)
         try:

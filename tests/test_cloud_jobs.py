@@ -114,7 +114,7 @@ def test_another_python_on_the_worker_is_explained_once(fake: FakeRunPod, tmp_pa
     note = ok(runs[1]).stderr
     assert f"the worker runs Python {fake.worker_python}" in note
     assert f"this notebook Python {platform.python_version()}" in note
-    assert "travel to the worker as bytecode" in note and "TetraMagic.worker_image" in note
+    assert "travel as source" in note and "TetraMagic.worker_image" in note
     assert runs[1].results == ["8"]
     assert COST_LINE.fullmatch(ok(runs[2]).stderr) and runs[2].results == ["10"]
 

@@ -95,7 +95,7 @@ def test_a_remote_cell_reads_like_a_local_one() -> None:
     assert after.stdout == (
         '307 100 Point 8 a "a/b" False mine\n'
         "COMPLETED 'total is 307\\nshell 10\\n'"
-        " ['Point', 'Rich', 'add5', 'base', 'gone', 'helper', 'square', 'times'] 3. None\n"
+        " ['Point', 'Rich', 'add5', 'base', 'gone', 'helper', 'scale', 'square', 'times'] 3. None\n"
     )
     assert rich.outputs[0].data["text/html"] == "<b>rich</b>"
     assert line.stdout == "30 100\n"
@@ -299,6 +299,7 @@ RECORD_FIELDS = [
     "stderr",
     "worker",
     "shipped",
+    "returned",
     "error",
     "billed_s",
     "cost_estimate_usd",

@@ -32,7 +32,6 @@ from tetra_magic.errors import (
     render_traceback,
 )
 from tetra_magic.follow import JobTimeout, follow
-from tetra_magic.job import check
 from tetra_magic.magic import TetraMagic, parse_options, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
@@ -65,7 +64,15 @@ def options(**changes: Any) -> CellOptions:
 
 def packed(cell: str, user_ns: dict[str, Any], **opts: Any):
     analysis = analyse("\n" + TransformerManager().transform_cell(cell), FILE)
-    return analysis, pack(analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000)
+    request = pack(
+        analysis, user_ns, options(**opts), filename=FILE, limit=10_000_000, label=kernel_label
+    )
+    return analysis, request
+
+
+def kernel_label(filename: str) -> str | None:
+    """Cells as the kernel names them: `notebook()`'s files are In[2]."""
+    return "Cell In[2]" if filename.startswith("/tmp/ipykernel_1/") else LABEL(filename)
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +97,7 @@ def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellRes
     kwargs = {k: decode(v) for k, v in request.request.kwargs.items()}
     value = cell_runtime.run_cell(**kwargs)
     response = FunctionResponse(success=True, result=encode(value))
-    result = outcome.unpack(response, user_ns)
+    result = outcome.unpack(response)
     outcome.apply(result, user_ns)
     return result
 
@@ -178,7 +185,8 @@ def test_a_module_only_on_the_worker_is_left_out_silently_and_the_rest_lands() -
     _, request = packed("import worker_only_mod\nt = worker_only_mod.Thing()\nn = 1", {})
     value = cell_runtime.run_cell(**{k: decode(v) for k, v in request.request.kwargs.items()})
     del sys.modules["worker_only_mod"]
-    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)), {})
+    result = outcome.unpack(FunctionResponse(success=True, result=encode(value)))
+    outcome.apply(result, {})
     assert result.values == {"n": 1}
     assert list(result.problems) == ["t"]
     assert result.problems["t"].startswith("cannot be loaded here: ModuleNotFoundError")
@@ -195,8 +203,9 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering_without_
         def __repr__(self) -> str:
             return "Frame(3 rows)"
 
-    portable = cell_runtime._portable(Frame())
-    result = outcome.unpack(FunctionResponse(success=True, result=encode({"last": portable})), {})
+    portable = cell_runtime.MainNames({}).portable(Frame())
+    result = outcome.unpack(FunctionResponse(success=True, result=encode({"last": portable})))
+    outcome.apply(result, {})
     assert repr(result.last) == "Frame(3 rows)"
     assert result.last._repr_mimebundle_() == {
         "text/html": "<table>t</table>",
@@ -258,16 +267,12 @@ def test_payload_over_the_limit_names_sizes() -> None:
 def test_earlier_cells_travel_with_the_functions_defined_in_them() -> None:
     user_ns = notebook("def inv(v):\n    return 1 / v\n", "/tmp/ipykernel_1/cell3.py")
     analysis = analyse("\ninv(0)", FILE)
-    request = pack(
-        analysis,
-        user_ns,
-        options(),
-        filename=FILE,
-        limit=10**7,
-        cell_file=lambda n: "ipykernel" in n,
-    )
+    request = pack(analysis, user_ns, options(), filename=FILE, limit=10**7, label=kernel_label)
     spec = decode(request.request.kwargs["spec"])
     assert spec["sources"] == {"/tmp/ipykernel_1/cell3.py": "def inv(v):\n    return 1 / v\n"}
+    assert spec["definitions"] == {
+        "inv": ["def inv(v):\n    return 1 / v\n", "/tmp/ipykernel_1/cell3.py", 1]
+    }
 
 
 # --------------------------------------------------------------------------- tracebacks
@@ -385,7 +390,7 @@ def _finish(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> tuple[Any
     followed = follow(client, "job-1", view)  # type: ignore[arg-type]
     view.close(followed.response)
     user_ns: dict[str, Any] = {}
-    result = outcome.unpack(check(followed, LABEL), user_ns)
+    result = outcome.unpack(outcome.check(followed, LABEL, user_ns))
     outcome.apply(result, user_ns)
     return result.last, user_ns, capsys.readouterr().out
 
@@ -522,3 +527,35 @@ def test_line_magic_splits_options_from_the_statement(
 def test_line_magic_names_an_unknown_option() -> None:
     with pytest.raises(UsageError, match=r"unknown option --frob; options: --gpu, --cpu"):
         split_line("--frob x", TetraMagic.tetra_line.parser)
+
+
+def test_loading_never_alters_an_existing_class() -> None:
+    """A class the notebook made inside a function has no name to travel by, so it goes by
+    value; the copy that comes back must not overwrite the notebook's class (cloudpickle
+    would, having seen it before in this process)."""
+
+    def make() -> type:
+        class Local:
+            def get(self) -> int:
+                return 1
+
+        return Local
+
+    cls = make()
+    before = dict(vars(cls))
+    names = cell_runtime.MainNames({})
+    copy = names.load("obj", names.dumps(cls()))
+    assert type(copy) is cls and copy.get() == 1
+    after = {k: v for k, v in vars(cls).items() if k != "__slotnames__"}  # pickle's own cache
+    assert after.keys() == before.keys() and all(after[k] is v for k, v in before.items())
+
+
+def test_a_lambda_travels_with_the_cells_globals_not_a_copy_of_them() -> None:
+    """A lambda has no statement of its own to travel as, so it goes as bytecode; on the worker
+    it reads the cell's globals as it would read the notebook's at home (what the cell assigns
+    included), and nothing else of the notebook travels with it (the lock would not pickle)."""
+    user_ns = notebook(
+        "import threading\nlock = threading.Lock()\nscale = 3\ntimes = lambda v: v * scale\n"
+    )
+    result = run_here("scale = 5\ny = times(2)\ntimes(1)", user_ns)
+    assert (user_ns["y"], result.last, user_ns["times"](1)) == (10, 5, 5)

@@ -238,3 +238,35 @@ def test_display_outputs_arrive_in_order_as_on_our_worker(
 
     assert shape(theirs.outputs) == shape(mine.outputs)
     assert [o.output_type for o in mine.outputs] == ["stream", "display_data"] * 2 + ["stream"]
+
+
+RAISES = "class ValidationError(ValueError):\n    pass"
+RAISING = (
+    "err = ValidationError('row 3 is invalid\\ncolumn age is empty')\n"
+    "err.add_note('in data.csv')\nraise err"
+)
+CAUGHT = (
+    "import sys\nerror = sys.last_value\n"
+    "print(type(error) is ValidationError, isinstance(error, ValueError), repr(str(error)),"
+    " error.__notes__)"
+)
+
+
+def test_the_users_own_exception_comes_home_from_the_published_worker(
+    published: LoopbackEndpoint,
+) -> None:
+    """It carries no protocol field of ours: the exception travels as a note in the traceback
+    text the worker returns, which the notebook takes off again."""
+    remote = run_cells(
+        "%load_ext tetra_magic",
+        RAISES,
+        f"%%tetra --endpoint {published.url}\n{RAISING}",
+        CAUGHT,
+        env=kernel_env(published),
+    )[1:]
+    local = run_cells(RAISES, RAISING, CAUGHT)
+    assert remote[2].stdout == local[2].stdout and local[2].stdout.startswith("True True")
+    error, expected = remote[1].error, local[1].error
+    assert (error["ename"], error["evalue"]) == (expected["ename"], expected["evalue"])
+    traceback = "\n".join(error["traceback"])
+    assert "in data.csv" in traceback and "tetra-exception" not in traceback

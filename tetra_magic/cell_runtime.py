@@ -5,16 +5,18 @@ worker calls, so it must be self-contained: standard library and cloudpickle onl
 the functions, nothing from tetra_magic. That is what lets the published tetra worker run a cell
 too. (The kernel imports a few of its helpers as well, so both sides share one definition.)
 
-Values travel as cloudpickle bytes inside the arguments and the result, one blob per name, so a
-value that fails to load on one side is named and the others still arrive.
+Values travel as pickles inside the arguments and the result, one blob per name, so a value that
+fails to load on one side is named and the others still arrive. How the notebook's own functions
+and classes travel is `MainNames`' job: by name, with the source of their definition, never as
+bytecode when that can be helped (see its docstring).
 """
 
 
 def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
-    of what it bound, the names it deleted and its last expression's value. What it displays
-    goes out with its prints, through the display runtime. On the published worker, also the
-    cell's output, which it sent live as progress updates.
+    of what it bound or changed in place, the names it deleted and its last expression's value.
+    What it displays goes out with its prints, through the display runtime. On the published
+    worker, also the cell's output, which it sent live as progress updates.
 
     Its --env variables, and the stand-ins for stdin, last for this cell only, however it ends:
     the same process runs later cells (other kernels' too, on the published worker)."""
@@ -32,29 +34,60 @@ def run_cell(spec, blobs):
 
 
 def _run_cell(spec, blobs):
-    import ast
     import builtins
+    import sys
+    import types
 
     _register_sources(spec.get("sources") or {})
     display = _display_runtime(spec["display"])
-    namespace = {"__name__": "__main__", "__builtins__": builtins, "get_ipython": _Shell}
+    # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
+    # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
+    main = types.ModuleType("__main__")
+    namespace = main.__dict__
+    namespace.update({"__builtins__": builtins, "get_ipython": _Shell})
     namespace["display"] = display.display_function()
-    namespace.update(_load_inputs(spec, blobs))
-    adopt_all(namespace, list(namespace), merge=True)
-    filename, source = spec["filename"], spec["source"]
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        names = MainNames(namespace, spec.get("definitions"), blobs, spec["modules"])
+        inputs = _load_inputs(names, spec)
+        names.refer_to(_cell_definitions(spec["filename"], spec["source"]))
+        digests = {name: _digest(names, value) for name, value in inputs.items()}
+        try:
+            last = _run_source(spec, names)
+        finally:
+            display.end()
+        names.refresh()
+        out = _pack_outputs(names, spec, last, inputs, digests)
+        out["definitions"] = names.sent
+        return out
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+def _run_source(spec, names):
+    """Run the cell's code; its last expression's value (None without one). An exception the
+    cell raises is packed for the notebook, which raises it as the user's own exception: the
+    pack rides as a last note on the exception, since every worker (the published one too)
+    sends the exception's traceback text home, notes included."""
+    import ast
+
+    filename, source, namespace = spec["filename"], spec["source"], names.namespace
     _register_sources({filename: source})
     tree = ast.parse(source, filename)
-    last = None
     try:
-        if spec["has_last_expr"]:
-            expr = tree.body.pop()
-            _execute(tree, filename, namespace)
-            last = _execute(ast.Expression(expr.value), filename, namespace)
-        else:
-            _execute(tree, filename, namespace)
-    finally:
-        display.end()
-    return _pack_outputs(namespace, spec, last)
+        if not spec["has_last_expr"]:
+            return _execute(tree, filename, namespace)
+        expr = tree.body.pop()
+        _execute(tree, filename, namespace)
+        return _execute(ast.Expression(expr.value), filename, namespace)
+    except Exception as exc:
+        names.refresh()
+        packed = _pack_exception(names, exc)
+        if len(packed) <= _NOTE_LIMIT and hasattr(exc, "add_note"):
+            exc.add_note(_EXCEPTION_NOTE + packed)
+        raise
 
 
 def _display_runtime(source):
@@ -182,13 +215,30 @@ def _register_sources(sources):
         linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
 
-def _load_inputs(spec, blobs):
-    values = {}
-    for alias, names in spec["modules"].items():
-        values[alias] = _import(alias, names)
-    for name, blob in blobs.items():
-        values[name] = _load_input(spec, name, blob)
-    return values
+def _load_inputs(names, spec):
+    """Every value the kernel sent, bound in the namespace; {name: value} of the data among
+    them (not modules, not definitions), whose changes in place the notebook must get back."""
+    import platform
+
+    inputs = {}
+    for name in [*spec["modules"], *names.definitions, *names.blobs]:
+        try:
+            names.ensure(name)
+        except VersionMismatch as exc:
+            message = f"notebook variable {name!r} was not loaded on the worker: {exc}"
+            raise RuntimeError(message) from None
+        except Exception as exc:
+            hint = ""
+            if tuple(spec["python"]) != platform.python_version_tuple()[:2]:
+                notebook, here = ".".join(spec["python"]), platform.python_version()
+                hint = f" (the notebook runs Python {notebook}, this worker {here})"
+            raise RuntimeError(
+                f"notebook variable {name!r} could not be loaded on the worker:"
+                f" {type(exc).__name__}: {exc}{hint}"
+            ) from None
+        if name in names.blobs and name not in names.definitions and name in names.namespace:
+            inputs[name] = names.namespace[name]
+    return inputs
 
 
 def _import(alias, names):
@@ -207,116 +257,40 @@ def _import(alias, names):
     return module
 
 
-def _load_input(spec, name, blob):
-    import platform
+def _cell_definitions(filename, source):
+    """{name: [source, filename, line]} of the functions and classes the cell defines at its
+    top level: those can travel home as source."""
+    import ast
 
-    import cloudpickle
+    lines = source.splitlines(True)
+    found = {}
+    for node in ast.parse(source, filename).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            text = "".join(lines[first - 1 : node.end_lineno])
+            found[node.name] = [text, filename, first]
+    return found
+
+
+def _digest(names, value):
+    """A fingerprint of `value`'s pickle (None if it cannot be pickled here)."""
+    import hashlib
 
     try:
-        return cloudpickle.loads(blob)
-    except Exception as exc:
-        hint = ""
-        if tuple(spec["python"]) != platform.python_version_tuple()[:2]:
-            hint = (
-                f" (the notebook runs Python {'.'.join(spec['python'])}, this worker"
-                f" {platform.python_version()}: functions travel as bytecode, which does"
-                " not load across Python versions)"
-            )
-        raise RuntimeError(
-            f"notebook variable {name!r} could not be loaded on the worker:"
-            f" {type(exc).__name__}: {exc}{hint}"
-        ) from None
+        return hashlib.blake2b(names.dumps(value), digest_size=16).digest()
+    except Exception:
+        return None
 
 
-def adopt_all(namespace, names, merge):
-    """Make the notebook functions and classes named `names` live in `namespace`, as they do
-    at home.
-
-    cloudpickle gives a function shipped by value a private copy of the globals it uses, so
-    a helper from an earlier cell would not see what this cell assigns, and a class that made
-    the round trip would come home with methods reading stale copies. Here each gets
-    `namespace` as its globals; with `merge`, the globals it carried fill in names the
-    namespace lacks (the helper's own helpers, which the cell itself does not name).
-    """
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        value = namespace[name]
-        for carried in _foreign_globals(value, namespace):
-            for key, item in carried.items():
-                if merge and key not in namespace and not key.startswith("__"):
-                    namespace[key] = item
-                    todo.append(key)
-        adopted = adopt(value, namespace)
-        if adopted is not value:
-            namespace[name] = adopted
-        if is_notebook_class(type(value)):
-            adopt(type(value), namespace)
-
-
-def _is_notebook_function(value, namespace):
+def _pack_outputs(names, spec, last, inputs, digests):
+    """The blobs of what the cell bound, and of the inputs it changed in place: those are
+    pickled again and compared with their pickle as they arrived, so an unchanged input does not
+    travel back."""
+    import hashlib
     import types
 
-    return (
-        isinstance(value, types.FunctionType)
-        and value.__module__ == "__main__"
-        and value.__globals__ is not namespace
-    )
-
-
-def is_notebook_class(value):
-    return isinstance(value, type) and value.__module__ == "__main__"
-
-
-def _methods(cls):
-    """(attribute, function, rewrap) for each function a notebook class holds."""
-    for attr, item in list(vars(cls).items()):
-        if isinstance(item, (staticmethod, classmethod)):
-            yield attr, item.__func__, type(item)
-        else:
-            yield attr, item, None
-
-
-def _foreign_globals(value, namespace):
-    """The carried globals of `value` (a function, or a class's methods) that are not
-    `namespace`."""
-    if _is_notebook_function(value, namespace):
-        return [value.__globals__]
-    classes = [c for c in (value, type(value)) if is_notebook_class(c)]
-    return [
-        item.__globals__
-        for cls in classes
-        for _, item, _ in _methods(cls)
-        if _is_notebook_function(item, namespace)
-    ]
-
-
-def adopt(value, namespace):
-    """`value` with `namespace` as the globals of its notebook functions: a new function, or
-    the same class with its methods rebound; anything else as it is."""
-    import types
-
-    if _is_notebook_function(value, namespace):
-        new = types.FunctionType(
-            value.__code__, namespace, value.__name__, value.__defaults__, value.__closure__
-        )
-        new.__kwdefaults__ = value.__kwdefaults__
-        new.__dict__.update(value.__dict__)
-        for attr in ("__qualname__", "__doc__", "__module__", "__annotations__"):
-            setattr(new, attr, getattr(value, attr))
-        return new
-    if is_notebook_class(value):
-        for attr, item, rewrap in _methods(value):
-            if _is_notebook_function(item, namespace):
-                new = adopt(item, namespace)
-                setattr(value, attr, rewrap(new) if rewrap else new)
-    return value
-
-
-def _pack_outputs(namespace, spec, last):
-    import types
-
-    values, modules, errors, deleted = {}, {}, {}, []
+    values, modules, errors, deleted, changed = {}, {}, {}, [], []
+    namespace = names.namespace
     for name in spec["binds"]:
         if name not in namespace:
             if name in spec["deletes"]:
@@ -326,14 +300,27 @@ def _pack_outputs(namespace, spec, last):
         if isinstance(value, types.ModuleType):
             modules[name] = [value.__name__, *_submodules(name, spec["source"])]
             continue
+        if inputs.get(name, values) is value:
+            continue  # `arr *= 2`: the input itself, changed in place or not (below)
         try:
-            values[name] = _dumps(value)
+            values[name] = names.dumps(value)
         except Exception as exc:
             errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+    for name, value in inputs.items():
+        if name in values or name in errors or namespace.get(name) is not value:
+            continue
+        try:
+            blob = names.dumps(value)
+        except Exception:
+            continue
+        if hashlib.blake2b(blob, digest_size=16).digest() != digests[name]:
+            values[name] = blob
+            changed.append(name)
     errors = _worth_a_note(errors, namespace, spec["source"])
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
+    out["changed"] = changed
     out["imported"] = _imported_names(spec["source"])
-    out["last"] = _portable(last) if spec["has_last_expr"] and last is not None else None
+    out["last"] = names.portable(last) if spec["has_last_expr"] and last is not None else None
     return out
 
 
@@ -426,23 +413,399 @@ def _spent(value):
     return isinstance(value, (*sync, *locks)) or _safe(getattr, value, "closed") is True
 
 
-def _portable(value):
-    """A value as it can best travel: its pickle (None if it has none), its repr, and its rich
-    representations, so the notebook can show it even where it cannot load it. A figure
-    travels as its image only: the notebook shows it, and needs no matplotlib for that."""
+_EXCEPTION_NOTE = "tetra-exception:"
+_NOTE_LIMIT = 256 * 1024  # a larger exception comes home as a stand-in of the same name
+
+
+def exception_note(text):
+    """`text` (a remote traceback) without the note `_run_source` added, and that note's pack
+    (None if it has none)."""
+    kept, packed = [], None
+    for line in text.splitlines(True):
+        if line.startswith(_EXCEPTION_NOTE):
+            packed = line[len(_EXCEPTION_NOTE) :].strip()
+        else:
+            kept.append(line)
+    return "".join(kept), packed
+
+
+def _pack_exception(names, exc):
+    """The exception the cell raised and those chained to it, each pickled on its own (None
+    where one cannot be), with the links between them: [[blob, cause, context, suppress], ...],
+    as one base64 line."""
+    import base64
+    import pickle
+
+    chain, index = [], {}
+
+    def visit(error):
+        if error is None or len(chain) >= 32:
+            return None
+        if id(error) in index:
+            return index[id(error)]
+        index[id(error)] = position = len(chain)
+        chain.append(None)
+        try:
+            blob = names.dumps(error)
+        except Exception:
+            blob = None
+        cause, context = visit(error.__cause__), visit(error.__context__)
+        chain[position] = [blob, cause, context, error.__suppress_context__]
+        return position
+
+    visit(exc)
+    return base64.b64encode(pickle.dumps(chain)).decode("ascii")
+
+
+# Types that are never a notebook definition: pickling skips the name lookup for them.
+_PLAIN = (int, float, str, bytes, bool, complex, type(None), list, tuple, dict, set)
+_HEADER = b"tetra-pickle"
+
+
+class MainNames:
+    """One side's `__main__` namespace (the notebook's, or the cell's on the worker) and how
+    its objects travel to the other side.
+
+    A function or class the notebook (or the cell) defined travels by name: the pickle holds a
+    reference to it, resolved on loading against the other side's `__main__`, so a value of a
+    notebook class comes back an instance of the notebook's very class, never a copy that would
+    replace or patch it. Where the other side lacks the definition, its source goes along
+    (`sent`) and is executed there in `__main__` on first use: source works across Python
+    versions, and the functions get `__main__`'s globals as at home. What has no known source
+    (a lambda, a function made inside another) goes as cloudpickle's bytecode, its globals
+    still `__main__`'s; every blob's header says which Python made it and whether it holds
+    bytecode, and such a blob is refused, before anything in it runs, on another minor version.
+
+    `referable(name)` says whether the other side can have the top-level definition `name`:
+    None (no), [] (it has it already), or [source, filename, line] (send that).
+    """
+
+    def __init__(self, namespace, definitions=None, blobs=None, modules=None, referable=None):
+        self.namespace = namespace
+        self.definitions = dict(definitions or {})  # name -> [source, filename, line]
+        self.blobs = dict(blobs or {})
+        self.modules = dict(modules or {})
+        self.referable = referable or (lambda name: None)
+        self.sent = {}  # definitions the other side needs, by name
+        self.bytecode = []  # globals read by functions that went as bytecode
+        self.bind = namespace.__setitem__
+        self._known, self._ids, self._paths = {}, None, {}
+        self._done = set()
+        self._busy = set()
+
+    def refer_to(self, cell_definitions):
+        """On the worker, once the inputs are in: what the notebook already has (the inputs
+        as they arrived) is referred to by name; the cell's own top-level definitions travel
+        as their source."""
+        sent = [*self.blobs, *self.definitions]  # not the worker's own `display`, say
+        home = {name: self.namespace[name] for name in sent if name in self.namespace}
+
+        def referable(name):
+            if name in home and self.namespace.get(name) is home[name]:
+                return []
+            return cell_definitions.get(name)
+
+        self.referable = referable
+        self.refresh()
+
+    def refresh(self):
+        """Forget what was worked out about the namespace's names (the cell changed them)."""
+        self._known, self._ids, self._paths, self.sent = {}, None, {}, {}
+
+    # -- pickling -------------------------------------------------------------------------
+
+    def dumps(self, value, files=None, to_cpu=True):
+        """`value`'s blob: a header naming this Python and any bytecode inside, then the
+        pickle."""
+        import io
+        import platform
+
+        buffer = io.BytesIO()
+        pickler = _pickler_class()(buffer, self, files, to_cpu)
+        pickler.dump(value)
+        python = ".".join(platform.python_version_tuple()[:2])
+        code = pickler.code_of or "-"
+        return b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()) + buffer.getvalue()
+
+    def portable(self, value):
+        """A value as it can best travel: its blob (None if it has none), its repr, and its
+        rich representations, so the notebook can show it even where it cannot load it. A
+        figure travels as its image only: the notebook shows it, and needs no matplotlib for
+        that."""
+        import sys
+
+        display = sys.modules["tetra_display"]
+        reason = None
+        if display.is_figure(value):
+            blob = None
+        else:
+            try:
+                blob = self.dumps(value)
+            except Exception as exc:
+                blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+        mime = (_safe(display.format, value) or ({}, {}))[0]
+        return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": mime}
+
+    def path(self, obj):
+        """The name (or dotted path) under which the other side finds `obj`; None if it
+        cannot. Worked out once per object (a class is met once per instance pickled)."""
+        cached = self._paths.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        path = self._path(obj)
+        self._paths[id(obj)] = (obj, path)
+        return path
+
+    def _path(self, obj):
+        if isinstance(obj, _PLAIN) or not _definition_like(obj):
+            return None
+        if self._ids is None:
+            self._ids = {id(v): k for k, v in self.namespace.items() if _definition_like(v)}
+        path = None
+        qualname = getattr(obj, "__qualname__", None)
+        if (
+            getattr(obj, "__module__", None) == "__main__"
+            and isinstance(qualname, str)
+            and "<" not in qualname
+            and _lookup(self.namespace, qualname) is obj
+        ):
+            path = qualname
+        if path is None:
+            path = self._ids.get(id(obj))
+        if path is None:
+            return None
+        top = path.partition(".")[0]
+        if top not in self._known:
+            self._known[top] = self.referable(top)
+        found = self._known[top]
+        if found is None:
+            return None
+        if found:
+            self.sent[top] = found
+        return path
+
+    # -- loading --------------------------------------------------------------------------
+
+    def ensure(self, name):
+        """Bind `name` in the namespace from what came for it (a module to import, a
+        definition to execute, a blob to load), once; the names a definition uses first."""
+        if name in self._done or name in self._busy:
+            return
+        self._busy.add(name)
+        try:
+            if name in self.modules:
+                self.bind(name, _import(name, self.modules[name]))
+            elif name in self.definitions:
+                self._define(name)
+            elif name in self.blobs:
+                self.bind(name, self.load(name, self.blobs[name]))
+        finally:
+            self._busy.discard(name)
+            self._done.add(name)
+
+    def _define(self, name):
+        source, filename, line = self.definitions[name]
+        code = compile("\n" * (line - 1) + source, filename, "exec")
+        for used in global_names(code):
+            if used != name:
+                self.ensure(used)
+        exec(code, self.namespace)
+
+    def load(self, label, blob):
+        """The value in `blob`; refused, before anything in it runs, if it holds bytecode of
+        another Python minor version."""
+        import io
+        import platform
+
+        head, _, body = blob.partition(b"\n")
+        parts = head.decode("utf-8", "replace").split(" ")
+        if len(parts) != 3 or parts[0] != _HEADER.decode():
+            raise ValueError(f"{label!r} is not a tetra pickle")
+        made_by, code = parts[1], parts[2]
+        here = ".".join(platform.python_version_tuple()[:2])
+        if code != "-" and made_by != here:
+            raise VersionMismatch(
+                f"{label!r} holds {code}, compiled to bytecode by Python {made_by}; Python"
+                f" {here} here cannot run another version's bytecode, so it was not loaded."
+                " Functions and classes defined with def/class at the top level of a cell"
+                " travel as source and work across versions; lambdas and functions made inside"
+                " other functions do not"
+            )
+        unpickler = _unpickler_class()(io.BytesIO(body), self)
+        builtins = self.namespace.get("__builtins__")
+        try:
+            return unpickler.load()
+        finally:
+            if builtins is not None:  # cloudpickle sets a loaded function's globals' builtins
+                self.namespace["__builtins__"] = builtins
+
+    def resolve(self, path):
+        """The definition at `path` in the namespace, defined from its source first if that
+        came along."""
+        import pickle
+
+        top = path.partition(".")[0]
+        self.ensure(top)
+        if top not in self.namespace:
+            raise pickle.UnpicklingError(f"{top!r} is not defined here")
+        return _lookup(self.namespace, path)
+
+
+class VersionMismatch(Exception):
+    """A blob holds bytecode of another Python minor version."""
+
+
+def _definition_like(obj):
+    """Functions and classes, and wrappers of functions (functools.cache, decorators that use
+    functools.wraps): what a `def` or `class` statement binds."""
+    import types
+
+    if isinstance(obj, (type, types.FunctionType)):
+        return True
+    try:
+        return callable(obj) and "__wrapped__" in vars(obj)
+    except TypeError:
+        return False
+
+
+def _lookup(namespace, path):
+    top, *rest = path.split(".")
+    value = namespace.get(top)
+    for attr in rest:
+        value = getattr(value, attr, None)
+    return value
+
+
+def global_names(code):
+    """The global names `code` (and the code nested in it) reads: what a definition needs
+    from `__main__` when it is executed and when its functions run."""
+    import dis
+    import types
+
+    found = []
+    for instruction in dis.get_instructions(code):
+        loads = instruction.opname in ("LOAD_NAME", "LOAD_GLOBAL", "LOAD_FROM_DICT_OR_GLOBALS")
+        if loads and instruction.argval not in found:
+            found.append(instruction.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found += [name for name in global_names(const) if name not in found]
+    return found
+
+
+_PICKLERS = {}
+_MARKERS = "_tetra_main"
+
+
+def _markers():
+    """A module of two markers, registered in sys.modules so that pickle can name them: in a
+    pickle, `main(path)` stands for a notebook definition and `namespace()` for `__main__`'s
+    globals; the loader (`_unpickler_class`) puts this side's in their place."""
+    import sys
+    import types
+
+    module = sys.modules.get(_MARKERS)
+    if module is None:
+        module = types.ModuleType(_MARKERS)
+
+        def main(path):
+            raise RuntimeError("a tetra pickle is loaded with MainNames.load")
+
+        def namespace():
+            raise RuntimeError("a tetra pickle is loaded with MainNames.load")
+
+        for marker in (main, namespace):
+            marker.__module__, marker.__qualname__ = _MARKERS, marker.__name__
+            setattr(module, marker.__name__, marker)
+        sys.modules[_MARKERS] = module
+    return module
+
+
+def _unpickler_class():
+    """pickle's Unpickler, except that a class cloudpickle shipped by value and finds it has
+    already (it was pickled in this process: one the notebook made inside a function, say) is
+    taken as it is, not overwritten with the shipped copy's attributes: loading never alters
+    an existing class."""
+    if "unpickler" in _PICKLERS:
+        return _PICKLERS["unpickler"]
+    import pickle
     import sys
 
-    display = sys.modules["tetra_display"]
-    reason = None
-    if display.is_figure(value):
-        blob = None
-    else:
-        try:
-            blob = _dumps(value)
-        except Exception as exc:
-            blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
-    mime = (_safe(display.format, value) or ({}, {}))[0]
-    return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": mime}
+    class Unpickler(pickle.Unpickler):
+        def __init__(self, file, names):
+            super().__init__(file)
+            self.names = names
+            module = sys.modules.get("cloudpickle.cloudpickle")
+            tracked = getattr(module, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", {})
+            self.existing = {id(cls) for cls in list(tracked.keys())}
+
+        def find_class(self, module, name):
+            if module == _MARKERS:
+                return self.names.resolve if name == "main" else lambda: self.names.namespace
+            found = super().find_class(module, name)
+            if module != "cloudpickle.cloudpickle" or name != "_class_setstate":
+                return found
+            return lambda cls, state: cls if id(cls) in self.existing else found(cls, state)
+
+    _PICKLERS["unpickler"] = Unpickler
+    return Unpickler
+
+
+def _pickler_class():
+    """cloudpickle's Pickler, with notebook definitions referred to by name (`_markers`) and
+    functions shipped as bytecode given `__main__`'s globals instead of a private copy."""
+    if "class" in _PICKLERS:
+        return _PICKLERS["class"]
+    import sys
+    import types
+
+    import cloudpickle
+
+    plain = frozenset(_PLAIN)
+    markers = _markers()
+    # Stands for `__main__`'s globals in a function's reduction: pickle never offers a dict to
+    # reducer_override, so the namespace itself could not be replaced by the marker.
+    namespace_token = type("Namespace", (), {})()
+
+    class Pickler(cloudpickle.Pickler):
+        def __init__(self, file, names, files, to_cpu):
+            super().__init__(file)
+            self.names, self.files, self.to_cpu = names, files, to_cpu
+            self.code_of = None
+
+        def reducer_override(self, obj):  # not for builtin containers: common cases first
+            if type(obj) in plain:
+                return NotImplemented
+            if obj is namespace_token:
+                return markers.namespace, ()
+            path = self.names.path(obj) if callable(obj) else None  # definitions are callable
+            if path is not None:
+                return markers.main, (path,)
+            if isinstance(obj, types.FunctionType) and obj.__globals__ is self.names.namespace:
+                return self._main_function(obj)
+            if isinstance(obj, types.CodeType):
+                self.code_of = self.code_of or getattr(obj, "co_qualname", obj.co_name)
+                if self.files is not None:
+                    self.files.add(obj.co_filename)
+                constructor, args = self.dispatch_table[types.CodeType](obj)
+                named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+                return constructor, tuple(named)
+            torch = sys.modules.get("torch") if self.to_cpu else None
+            if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
+                return obj.detach().cpu().__reduce_ex__(self.proto)
+            return super().reducer_override(obj)
+
+        def _main_function(self, func):
+            """cloudpickle's by-value reduction, but with `__main__` itself as the globals
+            (a reference, resolved on loading) instead of a copy of the globals it reads;
+            the names it reads travel as names of their own (`MainNames.bytecode`)."""
+            self.names.bytecode += global_names(func.__code__)
+            make, args, state, items, pairs, setstate = self._dynamic_function_reduce(func)
+            state[1]["__globals__"] = {}
+            return make, (args[0], namespace_token, *args[2:]), state, items, pairs, setstate
+
+    _PICKLERS["class"] = Pickler
+    return Pickler
 
 
 def _safe(function, *args):
@@ -450,38 +813,6 @@ def _safe(function, *args):
         return function(*args)
     except Exception:
         return None
-
-
-def _dumps(value):
-    return dumps(value, to_cpu=True)
-
-
-def dumps(value, files=None, to_cpu=False):
-    """cloudpickle, keeping the file names of code shipped by value (noted in `files`), so
-    tracebacks and linecache can find the cells it came from; with `to_cpu`, tensors on an
-    accelerator are stored as their CPU copies, for a notebook that has none."""
-    import io
-    import sys
-    import types
-
-    import cloudpickle
-
-    class Pickler(cloudpickle.Pickler):
-        def reducer_override(self, obj):
-            if isinstance(obj, types.CodeType):
-                if files is not None:
-                    files.add(obj.co_filename)
-                constructor, args = self.dispatch_table[types.CodeType](obj)
-                named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
-                return constructor, tuple(named)
-            torch = sys.modules.get("torch") if to_cpu else None
-            if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
-                return obj.detach().cpu().__reduce_ex__(self.proto)
-            return super().reducer_override(obj)
-
-    buffer = io.BytesIO()
-    Pickler(buffer).dump(value)
-    return buffer.getvalue()
 
 
 def expansion_fields(command):

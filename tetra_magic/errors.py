@@ -132,9 +132,21 @@ def clean_detail(text: str, label: Labeler) -> str:
     return _FILE_LINE.sub(rename, "\n".join(kept))
 
 
-def remote_error(error_type: str | None, traceback_text: str, label: Labeler) -> RemoteCellError:
-    """An exception to raise in the notebook for a cell that raised `error_type` remotely: a
-    subclass of the builtin of that name too when there is one, so `except ValueError` works."""
+def remote_error(
+    error_type: str | None,
+    traceback_text: str,
+    label: Labeler,
+    raised: BaseException | None = None,
+) -> BaseException:
+    """The exception to raise in the notebook for a cell that raised remotely: `raised`, the
+    user's own exception as it came home, shown with its remote traceback; else (it could not
+    be brought here) a stand-in named `error_type`, a subclass of the builtin of that name too
+    when there is one, so `except ValueError` works."""
+    if raised is not None:
+        # IPython shows an exception through its `_render_traceback_`: the remote frames,
+        # named as cells, and the message, notes and chain as Python printed them there.
+        raised._render_traceback_ = lambda: render_traceback(traceback_text, label)  # type: ignore[attr-defined]
+        return raised
     last_line = traceback_text.rstrip().splitlines()[-1] if traceback_text.strip() else ""
     name = error_type or _type_named_by(last_line) or "RemoteError"
     cls = _error_class(name)

@@ -13,10 +13,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tetra_magic import pricing, targets
+from tetra_magic import outcome, pricing, targets
 from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
 from tetra_magic.display import JobView, rich
-from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
+from tetra_magic.errors import JobFailed, Labeler
 from tetra_magic.follow import Followed, follow
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import Packed
@@ -28,16 +28,6 @@ from worker.protocol import FunctionResponse
 CLIENT_GRACE = 30.0
 # The endpoint's own limit covers installs too, which --timeout does not: room for them.
 INSTALL_ALLOWANCE = 1800.0
-
-_FAILURES = {
-    "install": "installing the cell's dependencies failed, so the cell did not run",
-    "start": "the worker could not start the process that runs cells, so the cell did not run",
-    "timeout": "the cell ran past its time limit and was stopped",
-    "crash": "the worker's executor crashed while running the cell",
-    "cancelled": "the job was cancelled",
-    "invalid": "the worker rejected the request",
-    "internal": "the worker failed",
-}
 
 
 @dataclass
@@ -55,6 +45,7 @@ class JobRecord:
     stderr: str = ""
     worker: dict[str, Any] | None = None
     shipped: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
     error: str | None = None
     # On RunPod: seconds billed for the run, and the estimated price (pricing.py).
     billed_s: int | None = None
@@ -147,12 +138,13 @@ class Job(JobRecord):
         there is nothing to wait for."""
         return self.status.final
 
-    def check(self, label: Labeler) -> FunctionResponse:
-        """The worker's response for a COMPLETED job; how it ended, as an exception, otherwise."""
+    def check(self, label: Labeler, user_ns: dict[str, Any]) -> FunctionResponse:
+        """The worker's response for a COMPLETED job; how it ended, as an exception, otherwise
+        (a cell's own exception as the notebook knows its class, hence `user_ns`)."""
         if self.followed is None:
             raise JobFailed(f"job {self.id} did not end: {self.error}")
         try:
-            return check(self.followed, label)
+            return outcome.check(self.followed, label, user_ns)
         except BaseException as exc:
             self.error = str(exc)
             raise
@@ -220,26 +212,6 @@ class _Watched:
 
     def close(self, response: FunctionResponse | None) -> None:
         self.job._view.close(response)
-
-
-def check(followed: Followed, label: Labeler) -> FunctionResponse:
-    """The worker's response for a COMPLETED job; the job's failure as an exception otherwise."""
-    response = followed.response
-    job = f"job {followed.job_id}"
-    if followed.status is JobStatus.TIMED_OUT:
-        raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
-    if followed.status is JobStatus.CANCELLED:
-        raise JobFailed(f"{job} was cancelled on the endpoint")
-    if response is None:
-        error = followed.document.get("error") or "the worker sent no response"
-        raise JobFailed(f"{job} {followed.status.value.lower()}: {endpoint_error_text(error)}")
-    if not response.success:
-        if response.failure in (None, "exception"):
-            raise remote_error(response.error_type, response.error or "", label)
-        reason = _FAILURES.get(response.failure, "the job failed")
-        detail = clean_detail((response.error or "").rstrip(), label)
-        raise JobFailed(f"{reason}:\n{detail}" if detail else reason)
-    return response
 
 
 def _plain_stdout(response: FunctionResponse | None) -> str:

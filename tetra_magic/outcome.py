@@ -1,64 +1,102 @@
 """Bringing a finished job home: its values into the notebook, or its failure as an exception.
 
 Nothing touches the notebook namespace unless the cell succeeded, and a value that cannot be
-loaded here is named while the others still land. A last value that cannot be loaded is still
-shown, through the repr and rich representations the worker made of it.
+loaded here is named while the others still land. A cell that raised raises the user's own
+exception here, an instance of the notebook's class, so `except ValueError` catches it. A last
+value that cannot be loaded is still shown, through the repr and rich representations the
+worker made of it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
-from tetra_magic.cell_runtime import adopt, adopt_all, is_notebook_class
+from tetra_magic.cell_runtime import MainNames, VersionMismatch, exception_note
+from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
+from tetra_magic.follow import Followed
 from worker.protocol import FunctionResponse, decode
+
+_FAILURES = {
+    "install": "installing the cell's dependencies failed, so the cell did not run",
+    "start": "the worker could not start the process that runs cells, so the cell did not run",
+    "timeout": "the cell ran past its time limit and was stopped",
+    "crash": "the worker's executor crashed while running the cell",
+    "cancelled": "the job was cancelled",
+    "invalid": "the worker rejected the request",
+    "internal": "the worker failed",
+}
 
 
 @dataclass
 class CellResult:
-    """What a successful cell hands back to the notebook."""
+    """What a successful cell hands back to the notebook: its payload as the worker sent it,
+    then, once `apply` has loaded it, the values that landed, the last value, and a reason for
+    each value that did not come back."""
 
+    payload: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
-    deleted: list[str] = field(default_factory=list)
-    # Notebook classes whose methods loading replaced (cloudpickle updates a class it has
-    # seen before in place); they get the notebook's globals back.
-    reloaded: list[type] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     last: Any = None
 
 
-def unpack(response: FunctionResponse, user_ns: dict[str, Any]) -> CellResult:
-    """Load the cell's outputs, naming each one that cannot be loaded here."""
-    before = _class_methods(user_ns)
-    result = _load(response)
-    result.reloaded = [
-        cls
-        for cls, methods in before.items()
-        if any(vars(cls).get(k) is not v for k, v in methods.items())
-    ]
-    return result
+def check(
+    followed: Followed, label: Labeler, user_ns: dict[str, Any] | None = None
+) -> FunctionResponse:
+    """The worker's response for a COMPLETED job; the job's failure as an exception otherwise:
+    for a cell that raised, the user's own exception as the notebook knows its class."""
+    response = followed.response
+    job = f"job {followed.job_id}"
+    if followed.status == "TIMED_OUT":
+        raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
+    if followed.status == "CANCELLED":
+        raise JobFailed(f"{job} was cancelled on the endpoint")
+    if response is None:
+        error = followed.document.get("error") or "the worker sent no response"
+        raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
+    if not response.success:
+        if response.failure in (None, "exception"):
+            text, packed = exception_note(response.error or "")
+            raise remote_error(response.error_type, text, label, _raised(packed, user_ns))
+        reason = _FAILURES.get(response.failure, "the job failed")
+        detail = clean_detail((response.error or "").rstrip(), label)
+        raise JobFailed(f"{reason}:\n{detail}" if detail else reason)
+    return response
 
 
-def _load(response: FunctionResponse) -> CellResult:
+def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException | None:
+    """The exception the cell raised, an instance of the notebook's own class, with its cause
+    and context linked as they were; None where it cannot be loaded here (its class defined by
+    the failed cell itself, a module the kernel lacks)."""
+    if not packed or user_ns is None:
+        return None
+    chain = pickle.loads(base64.b64decode(packed))  # plain data: blobs, indexes and flags
+    names = MainNames(user_ns)
+    errors: list[Any] = []
+    for blob, *_ in chain:
+        try:
+            errors.append(names.load("the exception", blob) if blob else None)
+        except Exception:
+            errors.append(None)
+    errors = [e if isinstance(e, BaseException) else None for e in errors]
+    for error, (_, cause, context, suppress) in zip(errors, chain, strict=True):
+        if error is not None:
+            error.__cause__ = None if cause is None else errors[cause]
+            error.__context__ = None if context is None else errors[context]
+            error.__suppress_context__ = suppress
+    return errors[0] if errors else None
+
+
+def unpack(response: FunctionResponse) -> CellResult:
+    """The cell's payload, with the names the worker already could not send."""
     payload = decode(response.result) if response.result else {}
-    result = CellResult(deleted=list(payload.get("deleted", [])))
+    result = CellResult(payload=payload)
     result.problems.update(payload.get("errors", {}))
     result.problems.update(response.unpicklable)
-    imported = set(payload.get("imported", ()))
-    for name, blob in payload.get("values", {}).items():
-        try:
-            result.values[name] = cloudpickle.loads(blob)
-        except Exception as exc:
-            # `from torch import nn` with no torch here is left out silently, as modules are.
-            if not (name in imported and isinstance(exc, ImportError)):
-                result.problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
-    result.values.update(_import_modules(payload.get("modules", {}), result.problems))
-    if payload.get("last") is not None:
-        result.last = _load_portable(payload["last"])
     return result
 
 
@@ -82,29 +120,80 @@ def _import_modules(modules: dict[str, list[str]], problems: dict[str, str]) -> 
 
 
 def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
-    """Write the cell's bindings into the notebook namespace, its functions (and classes that
-    made the round trip) living in the notebook's globals again."""
-    user_ns.update(result.values)
-    for name in result.deleted:
+    """Write the cell's bindings into the notebook namespace, naming each one that cannot be
+    loaded here. Definitions the cell made are executed here from their source; values of
+    notebook classes are instances of the notebook's own classes; an input the cell changed
+    in place is changed in place here too, so every other reference to it sees the change."""
+    payload = result.payload
+    values = payload.get("values", {})
+    changed = set(payload.get("changed", []))
+    names = MainNames(user_ns, payload.get("definitions"), values)
+
+    def bind(name: str, value: Any) -> None:
+        result.values[name] = value
+        if not (name in changed and name in user_ns and update_in_place(user_ns[name], value)):
+            user_ns[name] = value
+
+    names.bind = bind
+    imported = set(payload.get("imported", ()))
+    worker_packages = {m[0].partition(".")[0] for m in payload.get("modules", {}).values()}
+    for name in [*payload.get("definitions", {}), *values]:
+        try:
+            names.ensure(name)
+        except Exception as exc:
+            # `from torch import nn` with no torch here is left out silently, as modules are;
+            # so is a value of a package the cell imported to use there (a figure, its axes).
+            missing = getattr(exc, "name", None) or ""
+            silent = (name in imported and isinstance(exc, ImportError)) or (
+                isinstance(exc, ModuleNotFoundError)
+                and missing.partition(".")[0] in worker_packages
+            )
+            if not silent:
+                result.problems[name] = _load_problem(exc)
+    modules = _import_modules(payload.get("modules", {}), result.problems)
+    result.values.update(modules)
+    user_ns.update(modules)
+    for name in payload.get("deleted", []):
         user_ns.pop(name, None)
-    adopt_all(user_ns, list(result.values), merge=False)
-    for cls in result.reloaded:
-        adopt(cls, user_ns)
+    if payload.get("last") is not None:
+        result.last = _load_portable(names, payload["last"])
 
 
-def _class_methods(user_ns: dict[str, Any]) -> dict[type, dict[str, Any]]:
-    """The notebook classes named in the namespace or of its values, with their attributes."""
-    classes = {value if isinstance(value, type) else type(value) for value in user_ns.values()}
-    return {cls: dict(vars(cls)) for cls in classes if is_notebook_class(cls)}
+def _load_problem(exc: Exception) -> str:
+    if isinstance(exc, VersionMismatch):
+        return str(exc)
+    return f"cannot be loaded here: {type(exc).__name__}: {exc}"
 
 
-def _load_portable(portable: dict[str, Any]) -> Any:
+def update_in_place(old: Any, new: Any) -> bool:
+    """Give `old` the contents of `new`, as the cell's in-place change did on the worker;
+    False where that cannot be done faithfully (the name is rebound instead)."""
+    if type(old) is not type(new) or old is new:
+        return False
+    if isinstance(old, (list, bytearray)):
+        old[:] = new
+    elif isinstance(old, (dict, set)):
+        old.clear()
+        old.update(new)
+    elif type(old).__module__ == "numpy" and type(old).__name__ == "ndarray":
+        if old.shape != new.shape or old.dtype != new.dtype or not old.flags.writeable:
+            return False
+        old[...] = new
+    elif type(old).__module__ == "__main__" and hasattr(old, "__dict__"):
+        vars(old).clear()
+        vars(old).update(vars(new))
+    else:
+        return False
+    return True
+
+
+def _load_portable(names: MainNames, portable: dict[str, Any]) -> Any:
     """The value itself, or a stand-in showing the worker's representations of it. No note
     either way: the value is shown as it would be at home (the Line2D list a plotting cell
     ends with, on a kernel without matplotlib), so nothing the user looks at is missing."""
     if portable.get("blob") is not None:
         with contextlib.suppress(Exception):
-            return cloudpickle.loads(portable["blob"])
+            return names.load("Out", portable["blob"])
     return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
 
 

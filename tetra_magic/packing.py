@@ -7,9 +7,10 @@ and re-importing is what the user means by `np`. The request calls `run_cell` fr
 display machinery, in the spec), so the request is one the published tetra worker would run as
 well.
 
-Functions from earlier cells travel by value (cloudpickle), and with them the text of the cells
-they were defined in, so their frames in a remote traceback, and `inspect.getsource` on the
-worker, show their lines.
+Functions and classes from earlier cells travel as the source of their `def`/`class` statement
+(`cell_runtime.MainNames`, `tetra_magic.definitions`), with the names those read, and with them
+the text of the cells they were defined in, so their frames in a remote traceback, and
+`inspect.getsource` on the worker, show their lines.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import re
 import secrets
 import sys
 import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import cell_runtime, remote_display
+from tetra_magic import cell_runtime, definitions, remote_display
 from tetra_magic.analysis import CellAnalysis
+from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
 from worker.protocol import FunctionRequest, encode
 
@@ -68,18 +69,59 @@ def _ipython_display(value: Any) -> bool:
     return module is not None and value is getattr(module, "display", None)
 
 
-def _pickle_each(values: dict[str, Any], files: set[str]) -> dict[str, bytes]:
-    blobs = {}
-    for name, value in values.items():
-        try:
-            blobs[name] = cell_runtime.dumps(value, files)
-        except Exception as exc:
-            raise UsageError(
-                f"variable {name!r} ({type(value).__module__}.{type(value).__qualname__}) cannot"
-                f" be sent to the worker: {type(exc).__name__}: {exc}. Create it inside the"
-                " %%tetra cell instead, or delete it if the cell does not need it."
-            ) from None
-    return blobs
+def _pickle_needed(
+    values: dict[str, Any], user_ns: dict[str, Any], names: cell_runtime.MainNames, files: set[str]
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The blobs of the values the cell reads and of the names their definitions and functions
+    read in turn (a helper's helper, the constant a method uses), which the cell itself does
+    not name; and the modules among them, by name."""
+    blobs: dict[str, bytes] = {}
+    modules: dict[str, Any] = {}
+    needed_by: dict[str, str] = {}
+    reads: dict[str, list[str]] = {}
+    todo = list(values)
+    while todo:
+        name = todo.pop(0)
+        if name in blobs or name in modules:
+            continue
+        value = user_ns[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = value
+            continue
+        blobs[name] = _pickle(name, value, names, files, needed_by.get(name))
+        for top, (source, filename, _) in names.sent.items():
+            if top not in reads:
+                code = compile(source, filename, "exec")
+                reads[top] = cell_runtime.global_names(code)
+        for used in [*names.bytecode, *(n for r in reads.values() for n in r)]:
+            if used not in needed_by and _sendable(used, user_ns) and used not in values:
+                needed_by[used] = name
+                todo.append(used)
+    return blobs, modules
+
+
+def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
+    dunder = name.startswith("__") and name.endswith("__")  # `__name__` in a class body
+    return (
+        name in user_ns
+        and not dunder
+        and not _IPYTHON_NAMES.match(name)
+        and not _ipython_display(user_ns[name])
+    )
+
+
+def _pickle(
+    name: str, value: Any, names: cell_runtime.MainNames, files: set[str], needed_by: str | None
+) -> bytes:
+    try:
+        return names.dumps(value, files, to_cpu=False)
+    except Exception as exc:
+        why = f" (read by {needed_by!r})" if needed_by else ""
+        raise UsageError(
+            f"variable {name!r}{why} ({type(value).__module__}.{type(value).__qualname__}) cannot"
+            f" be sent to the worker: {type(exc).__name__}: {exc}. Create it inside the"
+            " %%tetra cell instead, or delete it if the cell does not need it."
+        ) from None
 
 
 def _modules(values: dict[str, Any], source: str) -> dict[str, list[str]]:
@@ -100,13 +142,19 @@ def _modules(values: dict[str, Any], source: str) -> dict[str, list[str]]:
     return found
 
 
-def _sources(files: set[str], cell_file: Callable[[str], bool]) -> dict[str, str]:
+def _sources(files: set[str], label: Labeler) -> dict[str, str]:
     """The text of the notebook cells among `files`, as the kernel's linecache holds it."""
     texts = {}
-    for name in sorted(filter(cell_file, files)):
+    for name in sorted(name for name in files if label(name) is not None):
         if lines := linecache.getlines(name):
             texts[name] = "".join(lines)
     return texts
+
+
+def _cell_number(label: str | None) -> int | None:
+    """N of "Cell In[N]"."""
+    found = re.search(r"In\[(\d+)\]", label or "")
+    return int(found[1]) if found else None
 
 
 def _check_size(blobs: dict[str, bytes], size: int, limit: int) -> None:
@@ -131,13 +179,17 @@ def pack(
     *,
     filename: str,
     limit: int,
-    cell_file: Callable[[str], bool] = lambda name: False,
+    label: Labeler = lambda name: None,
 ) -> Packed:
     """Build the FunctionRequest for one cell; UsageError for unpicklable or oversized inputs."""
     values = inputs(analysis, user_ns, opts.send)
-    modules = _modules(values, analysis.source)
+    cells = definitions.cells_newest_first(lambda name: _cell_number(label(name)))
+    names = cell_runtime.MainNames(user_ns, referable=definitions.Finder(user_ns, cells))
     files: set[str] = set()
-    blobs = _pickle_each({n: v for n, v in values.items() if n not in modules}, files)
+    blobs, module_values = _pickle_needed(values, user_ns, names, files)
+    sent = "".join(source for source, _, _ in names.sent.values())
+    modules = _modules(module_values, analysis.source + sent)
+    files |= {filename for _, filename, _ in names.sent.values()}
     spec = {
         "filename": filename,
         "source": analysis.source,
@@ -146,7 +198,8 @@ def pack(
         "has_last_expr": analysis.has_last_expr,
         "modules": modules,
         "python": platform.python_version_tuple()[:2],
-        "sources": _sources(files, cell_file),
+        "sources": _sources(files, label),
+        "definitions": names.sent,
         "env": dict(opts.env),
         "display": inspect.getsource(remote_display),
         "timeout": opts.timeout,  # for workers that do not read the request's own field

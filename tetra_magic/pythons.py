@@ -1,11 +1,11 @@
 """Telling the user when a worker runs another Python than the notebook.
 
-cloudpickle ships functions, lambdas and classes defined in the notebook by value, as bytecode,
-and bytecode loads only on the Python minor version that made it. On a worker image for another
-version (the published tetra-rp images run 3.12), cells that use only data and modules work,
-but a cell that reads a notebook function fails to load it, with an error that does not say
-why. The worker reports its Python in its first "info" chunk and in the response's `worker`;
-this module turns a mismatch into one explanation, once per kernel and worker version.
+Functions and classes defined with `def`/`class` in a cell travel as source and work on any
+version, but what the notebook made otherwise (lambdas, closures) travels as bytecode, which runs
+only on the Python minor version that made it, and is refused elsewhere before it is loaded
+(cell_runtime.MainNames). The worker reports its Python in its first "info" chunk and in the
+response's `worker`; this module turns a mismatch into one explanation, once per kernel and
+worker version, so a refusal is never a surprise.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def mismatch_note(worker: str) -> str | None:
         return None
     want = minor(kernel)
     return (
-        f"tetra: the worker runs Python {worker} and this notebook Python {kernel}. Functions,"
-        " lambdas and classes defined in the notebook travel to the worker as bytecode, which"
-        " loads only on the same Python minor version, so a cell that uses them may fail to"
-        f" load them there. Use a worker image for Python {want}:"
+        f"tetra: the worker runs Python {worker} and this notebook Python {kernel}. Functions"
+        " and classes defined with def/class travel as source and work there; lambdas and"
+        " functions made inside other functions travel as bytecode, which runs only on the"
+        " Python that made it, so they are refused. To send those too, use a worker image for"
+        f" Python {want}:"
         f" %config TetraMagic.worker_image = '...-py{want}', or TETRA_MAGIC_WORKER_IMAGE."
     )
 

@@ -549,7 +549,11 @@ def _use_for_matplotlib():
     if not any(type(finder).__name__ == "_Finder" for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     if "matplotlib" in sys.modules:
-        _choose_backend(sys.modules["matplotlib"])
+        mpl = sys.modules["matplotlib"]
+        # Styles and rcParams an earlier cell set in this process are not kept: the next cell
+        # may run on another worker, where they were never set; plots look the same either way.
+        mpl.rc_file_defaults()
+        _choose_backend(mpl)
 
 
 def _choose_backend(mpl):

@@ -42,7 +42,7 @@ def run_cell(
         opts,
         filename=filename,
         limit=endpoint.payload_limit,
-        cell_file=lambda name: label(name) is not None,
+        label=label,
     )
     job = Job(endpoint, opts, packed, make_view(shell, opts, display), started)
     try:
@@ -51,7 +51,7 @@ def run_cell(
         cost = job.cost(prices)
         if cost is not None:
             print(cost.line(), file=sys.stderr)
-        result = outcome.unpack(job.check(label), shell.user_ns)
+        result = outcome.unpack(job.check(label, shell.user_ns))
     except BaseException as exc:
         job.error = job.error or str(exc)
         raise
@@ -59,6 +59,7 @@ def run_cell(
         if opts.out and job.id is not None:
             shell.user_ns[opts.out] = job
     outcome.apply(result, shell.user_ns)
+    job.returned = sorted(result.values)
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
 

@@ -2,9 +2,10 @@
 
 A cell's `--deps` are installed by the worker into the interpreter it runs on; if that were the
 kernel's, a local cell could upgrade numpy under the user's notebook. So the workers run in a
-venv of their own, made with uv on the kernel's interpreter (cloudpickle ships notebook
-functions as bytecode, which only loads on the same Python minor version), holding the pinned
-runpod SDK, the kernel's exact cloudpickle version, and a copy of our `worker` package.
+venv of their own, made with uv on the kernel's interpreter (notebook functions made without a
+`def` of their own travel as bytecode, which only loads on the same Python minor version), or on
+the one `TETRA_MAGIC_WORKER_PYTHON` names, holding the pinned runpod SDK, the kernel's exact
+cloudpickle version, and a copy of our `worker` package.
 
 The venv is made once and reused. A stamp file holds a hash of everything that went into it
 (worker sources, requirements, interpreter); when that changes the venv is refreshed in place,
@@ -59,13 +60,19 @@ def worker_package() -> Path:
     return path
 
 
+def interpreter() -> str:
+    """The Python the workers run: `TETRA_MAGIC_WORKER_PYTHON` (a path, to try a worker of
+    another Python version against this kernel), else the kernel's own."""
+    chosen = os.environ.get("TETRA_MAGIC_WORKER_PYTHON")
+    return chosen or os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+
+
 def location(root: Path | None = None) -> Path:
     """Where the venv lives: $TETRA_MAGIC_WORKER_ENV, else per Python in the state dir."""
     override = os.environ.get("TETRA_MAGIC_WORKER_ENV")
     if override:
         return Path(override).expanduser().absolute()
-    base = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
-    tag = hashlib.sha256(base.encode()).hexdigest()[:8]
+    tag = hashlib.sha256(interpreter().encode()).hexdigest()[:8]
     return (root or state.home()) / "envs" / f"{state.python_tag()}-{tag}"
 
 
@@ -76,7 +83,7 @@ def venv_python(env: Path) -> Path:
 def fingerprint(package: Path, reqs: list[str]) -> str:
     """A hash of everything the venv is made from; a change means a refresh."""
     digest = hashlib.sha256()
-    header = [ENV_FORMAT, sys.version, os.path.realpath(sys._base_executable), reqs]  # type: ignore[attr-defined]
+    header = [ENV_FORMAT, sys.version, interpreter(), reqs]
     digest.update(json.dumps(header).encode())
     for path in sorted(package.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
@@ -123,15 +130,21 @@ def _stamp(env: Path) -> str | None:
 
 
 def _usable(python: Path) -> bool:
-    """Whether the venv's python runs and is this same Python version."""
+    """Whether the venv's python runs and is the workers' Python version."""
     if not python.exists():
         return False
-    probe = [str(python), "-c", "import sys; print(sys.version)"]
+    want = python_version(interpreter())
+    return want is not None and python_version(str(python)) == want
+
+
+def python_version(python: str) -> str | None:
+    """`python`'s sys.version; None if it does not run."""
+    probe = [python, "-c", "import sys; print(sys.version)"]
     try:
         out = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return out.stdout.strip() == sys.version.strip()
+        return None
+    return out.stdout.strip()
 
 
 def _uv() -> str:
@@ -144,7 +157,7 @@ def _uv() -> str:
 def _create(env: Path, log: Callable[[str], None]) -> None:
     if env.exists():
         shutil.rmtree(env)
-    _run([_uv(), "venv", "--quiet", "--python", sys.executable, str(env)], log)
+    _run([_uv(), "venv", "--quiet", "--python", interpreter(), str(env)], log)
 
 
 def _copy_worker(package: Path, python: Path) -> None:

@@ -111,7 +111,11 @@ class Job(JobRecord):
             client.close()
             client = EndpointClient(replacement)
             self._target, self.endpoint = replacement, repr(replacement)
-            self.id = client.run(body, self._limit())
+            try:
+                self.id = client.run(body, self._limit())
+            except BaseException:
+                client.close()  # run() closes only the client it was handed
+                raise
         self._view.submitted(self.id, self.name)
         return client
 

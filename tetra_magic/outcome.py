@@ -10,6 +10,7 @@ worker made of it.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import importlib
 import pickle
@@ -68,6 +69,9 @@ def check(
     return response
 
 
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 and later
+
+
 def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException | None:
     """The exception the cell raised, an instance of the notebook's own class, with its cause
     and context linked as they were; None where it cannot be loaded here (its class defined by
@@ -88,7 +92,10 @@ def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException
             error.__cause__ = None if cause is None else errors[cause]
             error.__context__ = None if context is None else errors[context]
             error.__suppress_context__ = suppress
-    return errors[0] if errors else None
+    raised = errors[0] if errors else None
+    # IPython shows an exception group with its own renderer, not the remote traceback: it
+    # comes home as a stand-in of the same name, showing what the worker printed.
+    return None if isinstance(raised, _GROUPS) else raised
 
 
 def unpack(response: FunctionResponse) -> CellResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from kernels import CellRun, private_local_endpoint, shared_worker_env
-from twins import Remote, assert_same, run_twins
+from twins import Remote, assert_same, run_twins, seen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -335,3 +335,30 @@ def _cell_lines(text: str) -> list[tuple[int, int]]:
     """(cell, line) of each frame the traceback shows in a notebook cell."""
     found = re.findall(r"Cell In\[(\d+)\], line (\d+)", text)
     return [(int(cell), int(line)) for cell, line in found]
+
+
+def test_changes_through_aliases_and_globals_a_function_rebinds_come_back() -> None:
+    """`b = a` at home is one object on the worker too; `global total` in a notebook function
+    the cell calls rebinds the notebook's name, as it does at home."""
+    twins = run_twins(
+        "a = [1]\nb = a\nkeep = {'k': 1}\nother = keep",
+        "total = 0\ndef add(v):\n    global total\n    total += v",
+        Remote("a.append(2)\nb.append(3)\nother['j'] = 2\nadd(5)\nadd(2)"),
+        "a, b, a is b, keep, keep is other, total",
+    )
+    assert_same(twins)
+    assert twins.remote[3].results == ["([1, 2, 3], [1, 2, 3], True, {'k': 1, 'j': 2}, True, 7)"]
+
+
+def test_an_exception_group_is_shown_not_a_crash() -> None:
+    cells = (
+        Remote("raise ExceptionGroup('grp', [ValueError(1), TypeError(2)])"),
+        "'still' + ' here'",
+    )
+    twins = run_twins(*cells)
+    # IPython prints a local group's traceback on stderr; remotely it is the cell's error
+    assert "ExceptionGroup: grp (2 sub-exceptions)" in twins.local[0].stderr
+    error = twins.remote[0].error
+    assert (error["ename"], error["evalue"]) == ("ExceptionGroup", "grp (2 sub-exceptions)")
+    assert "ValueError: 1" in "\n".join(error["traceback"])
+    assert seen(twins.remote[1]) == seen(twins.local[1])

@@ -186,12 +186,20 @@ def test_matplotlib_figures_show_as_under_the_inline_backend() -> None:
             "for epoch in range(4):\n    clear_output(wait=True)\n"
             "    plt.plot(range(epoch + 2))\n    plt.show()\n    print('epoch', epoch)\n"
         ),
+        _remote(
+            "import matplotlib as mpl\nmpl.rcParams['figure.dpi'] = 50\n"
+            "print(mpl.rcParams['figure.dpi'])"
+        ),
+        *[_remote("import matplotlib as mpl\nprint(mpl.rcParams['figure.dpi'])")] * 2,
         timeout=900,
     )
-    kernel, two, open_at_end, last, loop = cells[1:]
+    kernel, two, open_at_end, last, loop, *styled = cells[1:]
     assert kernel.stdout == "None\n"  # the kernel has no matplotlib
     assert importlib.util.find_spec("matplotlib") is None
-    # (stderr apart: it may say the cell's `plt` stays on the worker)
+    # no notes: plt stays on the worker, fig and ax came home as images
+    assert [c.stderr for c in (two, open_at_end, last, loop)] == [""] * 4
+    # a setting lasts for its cell, whichever of the two workers runs the next one
+    assert [c.stdout for c in styled] == ["50.0\n", "100.0\n", "100.0\n"]
     assert [s[:2] for s in _shape(two) if s[0] != "stderr"] == [
         ("stdout", "before\n"),
         ("display_data", ["image/png", "text/plain"]),

@@ -238,6 +238,9 @@ def _load_inputs(names, spec):
             ) from None
         if name in names.blobs and name not in names.definitions and name in names.namespace:
             inputs[name] = names.namespace[name]
+    for name, first in (spec.get("aliases") or {}).items():
+        if first in inputs:  # `b = a` in the notebook: one object here too
+            names.namespace[name] = inputs[name] = inputs[first]
     return inputs
 
 
@@ -307,7 +310,13 @@ def _pack_outputs(names, spec, last, inputs, digests):
         except Exception as exc:
             errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
     for name, value in inputs.items():
-        if name in values or name in errors or namespace.get(name) is not value:
+        if name in values or name in errors or name not in namespace:
+            continue
+        if namespace[name] is not value:  # rebound by a function's `global name`
+            try:
+                values[name] = names.dumps(namespace[name])
+            except Exception as exc:
+                errors[name] = f"{type(namespace[name]).__name__} cannot be pickled: {exc}"
             continue
         try:
             blob = names.dumps(value)
@@ -422,8 +431,9 @@ def exception_note(text):
     (None if it has none)."""
     kept, packed = [], None
     for line in text.splitlines(True):
-        if line.startswith(_EXCEPTION_NOTE):
-            packed = line[len(_EXCEPTION_NOTE) :].strip()
+        note = line.lstrip(" |")  # an exception group's notes are inside its box
+        if note.startswith(_EXCEPTION_NOTE):
+            packed = note[len(_EXCEPTION_NOTE) :].strip()
         else:
             kept.append(line)
     return "".join(kept), packed

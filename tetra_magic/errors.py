@@ -147,11 +147,19 @@ def remote_error(
         # named as cells, and the message, notes and chain as Python printed them there.
         raised._render_traceback_ = lambda: render_traceback(traceback_text, label)  # type: ignore[attr-defined]
         return raised
-    last_line = traceback_text.rstrip().splitlines()[-1] if traceback_text.strip() else ""
+    lines = traceback_text.rstrip().splitlines()
+    last_line = lines[-1] if lines else ""
     name = error_type or _type_named_by(last_line) or "RemoteError"
-    cls = _error_class(name)
-    last_line = last_line or name
-    error = cls(last_line.partition(": ")[2] or last_line)
+    # An exception group's own line sits above the boxes of the exceptions it holds.
+    last_line = next(
+        (line.lstrip(" |") for line in reversed(lines) if line.lstrip(" |").startswith(name + ":")),
+        last_line or name,
+    )
+    message = last_line.partition(": ")[2] or last_line
+    try:
+        error = _error_class(name)(message)
+    except TypeError:  # a builtin that wants other arguments (ExceptionGroup's list)
+        error = type(name, (RemoteCellError,), {"__module__": "tetra_magic.remote"})(message)
     error.remote_traceback = traceback_text
     error.label = label
     return error

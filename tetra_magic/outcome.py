@@ -10,6 +10,7 @@ worker made of it.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import importlib
 import pickle
@@ -68,6 +69,12 @@ def check(
     return response
 
 
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 and later
+# Packages whose objects a cell shows as images (remote_display): without the package here,
+# nobody misses the objects themselves.
+_DRAWN_HOME = frozenset({"matplotlib"})
+
+
 def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException | None:
     """The exception the cell raised, an instance of the notebook's own class, with its cause
     and context linked as they were; None where it cannot be loaded here (its class defined by
@@ -88,7 +95,10 @@ def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException
             error.__cause__ = None if cause is None else errors[cause]
             error.__context__ = None if context is None else errors[context]
             error.__suppress_context__ = suppress
-    return errors[0] if errors else None
+    raised = errors[0] if errors else None
+    # IPython shows an exception group with its own renderer, not the remote traceback: it
+    # comes home as a stand-in of the same name, showing what the worker printed.
+    return None if isinstance(raised, _GROUPS) else raised
 
 
 def unpack(response: FunctionResponse) -> CellResult:
@@ -136,17 +146,15 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
 
     names.bind = bind
     imported = set(payload.get("imported", ()))
-    worker_packages = {m[0].partition(".")[0] for m in payload.get("modules", {}).values()}
     for name in [*payload.get("definitions", {}), *values]:
         try:
             names.ensure(name)
         except Exception as exc:
             # `from torch import nn` with no torch here is left out silently, as modules are;
-            # so is a value of a package the cell imported to use there (a figure, its axes).
-            missing = getattr(exc, "name", None) or ""
+            # so are figures and axes when matplotlib is not here: they came home as images.
+            missing = (getattr(exc, "name", None) or "").partition(".")[0]
             silent = (name in imported and isinstance(exc, ImportError)) or (
-                isinstance(exc, ModuleNotFoundError)
-                and missing.partition(".")[0] in worker_packages
+                isinstance(exc, ModuleNotFoundError) and missing in _DRAWN_HOME
             )
             if not silent:
                 result.problems[name] = _load_problem(exc)

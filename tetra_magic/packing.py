@@ -69,6 +69,23 @@ def _ipython_display(value: Any) -> bool:
     return module is not None and value is getattr(module, "display", None)
 
 
+def _aliases(
+    blobs: dict[str, bytes], user_ns: dict[str, Any], definitions: dict[str, Any]
+) -> dict[str, str]:
+    """{name: first name} for notebook names that hold the very same mutable object (`b = a`),
+    which the worker binds to one object again, so a change through either name is kept."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name in sorted(blobs):
+        value = user_ns[name]
+        if name in definitions or isinstance(value, (int, float, complex, str, bytes, tuple)):
+            continue
+        holder = first.setdefault(id(value), name)
+        if holder != name:
+            aliases[name] = holder
+    return aliases
+
+
 def _pickle_needed(
     values: dict[str, Any], user_ns: dict[str, Any], names: cell_runtime.MainNames, files: set[str]
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -203,6 +220,7 @@ def pack(
         "env": dict(opts.env),
         "display": inspect.getsource(remote_display),
         "timeout": opts.timeout,  # for workers that do not read the request's own field
+        "aliases": _aliases(blobs, user_ns, names.sent),
     }
     request = FunctionRequest(
         function_name="run_cell",

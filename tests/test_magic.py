@@ -267,8 +267,9 @@ def test_out_holds_the_job_which_shows_itself_in_one_line_and_answers_when_finis
         "print(*job.to_dict())",
         "%%tetra --local --out bad\n1 / 0",
         "print(bad.status(), bad.wait(), bad.error.splitlines()[-1])",
+        "bad",
     )
-    ran, shown, fields, _, failed = cells[1:]
+    ran, shown, fields, _, failed, bad = cells[1:]
     assert ran.results == ["42"] and shown.error is None and fields.error is None
     status, worker = fields.stdout.splitlines()[:2]
     assert status == "COMPLETED COMPLETED True hi None"
@@ -285,6 +286,7 @@ def test_out_holds_the_job_which_shows_itself_in_one_line_and_answers_when_finis
     except ZeroDivisionError as exc:
         here = str(exc)
     assert failed.error is None and failed.stdout == f"COMPLETED True {here}\n"
+    assert re.match(r"tetra job \S+ \| COMPLETED \(the cell failed\) \|", bad.results[0])
 
 
 RECORD_FIELDS = [

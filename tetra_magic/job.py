@@ -179,9 +179,11 @@ class Job(JobRecord):
         worker = self.worker or {}
         gpus = ", ".join(worker.get("gpus") or []) or "no GPU"
         wall = f"{self.wall_s:.1f} s" if self.wall_s is not None else "-"
+        # The status is RunPod's word on the job; a cell that raised is still a COMPLETED job.
+        status = self.status.value + (" (the cell failed)" if self.error else "")
         return (
             self.name or f"job {self.id}",
-            self.status.value,
+            status,
             wall,
             worker.get("worker_id", "-"),
             gpus,

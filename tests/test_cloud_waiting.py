@@ -101,30 +101,24 @@ def cancels(fake: FakeRunPod) -> list[str]:
     return [r.path for r in fake.requests if r.method == "POST" and "/cancel/" in r.path]
 
 
-def test_no_gpu_free_says_so_once_and_suggests_others(
-    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+WAITS = {
+    "throttled": "tetra: no A100 is free on RunPod right now; waiting for one (more GPU types"
+    " start sooner: e.g. --gpu A100 H100 L40S)\n",
+    "initializing": f"tetra: a worker is starting: its first start pulls the image {IMAGE} and"
+    " can take several minutes\n",
+}
+
+
+@pytest.mark.parametrize("state", WAITS)
+def test_a_wait_that_ends_says_what_it_waits_for_once(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
-    fake.workers = {"idle": 0, "initializing": 0, "throttled": 2, "unhealthy": 0}
+    """No GPU of the type free (suggesting others), or a slow cold start (naming the image)."""
+    fake.workers = {"idle": 0, "initializing": 0, "throttled": 0, "unhealthy": 0, state: 1}
     fake.queue_seconds = 8.0
     stderr, status, raised = wait_for_worker(fake, monkeypatch)
     assert raised is None and status == "COMPLETED"
-    assert stderr == (
-        "tetra: no A100 is free on RunPod right now; waiting for one (more GPU types start"
-        " sooner: e.g. --gpu A100 H100 L40S)\n"
-    )
-
-
-def test_a_slow_cold_start_names_the_image(
-    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake.workers = {"idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0}
-    fake.queue_seconds = 8.0
-    stderr, status, raised = wait_for_worker(fake, monkeypatch)
-    assert raised is None and status == "COMPLETED"
-    assert stderr == (
-        f"tetra: a worker is starting: its first start pulls the image {IMAGE} and can take"
-        " several minutes\n"
-    )
+    assert stderr == WAITS[state]
 
 
 def test_workers_that_keep_failing_end_the_wait_and_blame_the_image(

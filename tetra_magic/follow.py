@@ -86,7 +86,8 @@ def follow(
         chunks.append(item)
         view.chunk(item)
     response = _response(document, chunks)
-    for item in progress.rest(response):
+    # A worker that streamed (ours) sent its output that way: no need to decode its result here.
+    for item in [] if poll.streamed else progress.rest(response):
         chunks.append(item)
         view.chunk(item)
     status = JobStatus(document["status"])

@@ -89,6 +89,9 @@ class CellOptions:
     env: tuple[tuple[str, str], ...] = ()
     queue_timeout: float = 1200.0
     worker: WorkerSettings = WorkerSettings()
+    # The session the cell runs in (sessions.py), and how long its RunPod worker idles.
+    session: str | None = None
+    session_idle_timeout: int = 600
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:

@@ -55,6 +55,10 @@ class FunctionRequest(BaseModel):
     # process and a working directory; another kernel's request gets a fresh process, so what
     # one kernel's code leaves running (a thread still printing) never reaches another kernel.
     kernel_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Ours: the session the request runs in ("<owner>:<name>"), whose namespace lives in the
+    # executor process between requests: that process is kept while it holds one, and the local
+    # endpoint sends the session's jobs to the worker that holds it.
+    session: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,160}$")
 
 
 class WorkerInfo(BaseModel):

@@ -65,12 +65,16 @@ def _run_cell(spec, blobs):
             display.end()
             space.refer_to(session, names, {})
             return space.pull(session, names, info["pull"])
+        held = {id(value) for value in namespace.values()}
         inputs = _load_inputs(names, spec)
         cell_definitions = _cell_definitions(spec["filename"], spec["source"])
         dump = None
         if session is None:
             names.refer_to(cell_definitions)
         else:
+            # What the session held already came as references to its own objects: only the
+            # notebook's copies of them are checked for changes in place (a model is not).
+            inputs = {name: value for name, value in inputs.items() if id(value) not in held}
             space.refer_to(session, names, cell_definitions)
             inputs.update(space.home_copies(session, names, info.get("reads", ())))
             dump = space.dumper(session, names, info["value_limit"])

@@ -55,13 +55,10 @@ def open_session(info):
     key, session_id = info["key"], info["id"]
     found = SESSIONS.get(key)
     if info.get("new"):
-        if found is not None and found.id != session_id:
-            found.free()  # the notebook ended it, or lost track of it: it starts again
-            found = None
-        if found is None:
-            SESSIONS[key] = found = Session(key, session_id)
-            return found, False
-        return found, True
+        if found is not None:
+            found.free()  # what a failed first cell or replay left: it starts again
+        SESSIONS[key] = Session(key, session_id)
+        return SESSIONS[key], False
     if found is None or found.id != session_id:
         return None, {"lost": True, "process_started": _process_started()}
     return found, True

@@ -63,39 +63,70 @@ class LoopbackEndpoint:
     def url(self) -> str:
         return f"{self.base}/{ENDPOINT_ID}"
 
+    def worker_gone(self, worker_id: str) -> None:
+        """What the endpoint does when a worker's process ends: it gets no further jobs, not
+        even through the job-take it left open."""
+
+        async def gone() -> None:
+            self.store.worker_gone(worker_id, "the worker process ended")
+
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(gone(), self._loop).result(10)
+
     def close(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
 
+class StandIn:
+    """One stand-in published worker process taking the endpoint's jobs. `restart` ends it as
+    a crash does and starts a fresh one under a new worker id, as RunPod replaces a worker."""
+
+    def __init__(self, endpoint: LoopbackEndpoint, home: Path) -> None:
+        self.endpoint, self.home, self.starts = endpoint, home, 0
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        self.worker_id = f"published-{self.starts}"
+        env = {
+            **os.environ,
+            **WorkerUrls(self.endpoint.url).env(),
+            "HOME": str(self.home),  # no ~/.runpod key for the SDK to prefer
+            "RUNPOD_POD_ID": self.worker_id,
+            "RUNPOD_AI_API_KEY": self.endpoint.token,
+            "RUNPOD_LOG_LEVEL": "ERROR",
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+            "RUNPOD_SKIP_GPU_CHECK": "true",
+        }
+        return subprocess.Popen(
+            [sys.executable, str(STAND_IN)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            cwd=self.home,
+            start_new_session=True,  # the SDK's ping process goes with it
+        )
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.endpoint.worker_gone(self.worker_id)
+
+    def restart(self) -> None:
+        self.kill()
+        self.process = self._start()
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackEndpoint]:
     """The endpoint, with one stand-in published worker taking its jobs."""
     endpoint = LoopbackEndpoint()
-    home = tmp_path_factory.mktemp("published-home")  # no ~/.runpod key for the SDK to prefer
-    env = {
-        **os.environ,
-        **WorkerUrls(endpoint.url).env(),
-        "HOME": str(home),
-        "RUNPOD_POD_ID": "published-1",
-        "RUNPOD_AI_API_KEY": endpoint.token,
-        "RUNPOD_LOG_LEVEL": "ERROR",
-        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-        "RUNPOD_SKIP_GPU_CHECK": "true",
-    }
-    worker = subprocess.Popen(
-        [sys.executable, str(STAND_IN)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        cwd=home,
-        start_new_session=True,  # the SDK's ping process goes with it
-    )
+    worker = StandIn(endpoint, tmp_path_factory.mktemp("published-home"))
     try:
         yield endpoint
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+        worker.kill()
         endpoint.close()
 
 

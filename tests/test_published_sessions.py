@@ -1,0 +1,146 @@
+"""Sessions on RunPod's published standard worker, in real kernels: the same flow as on our own
+worker (tests/test_sessions.py). There the cell runtime runs in the worker's own long-lived
+process, so that process holds the sessions; the stand-in (tests/published_worker.py, under the
+real runpod SDK job loop) is one such process, and killing it, then starting a fresh one as
+RunPod would, is how a session is lost.
+
+The worker has only the standard library here, so the 50 MB value is bytes; expected values
+come from the same expressions evaluated in the test's kernel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kernels import LiveKernel, environ
+from test_published_worker import LoopbackEndpoint, StandIn, kernel_env
+from test_sessions import kernel, ok, value  # noqa: F401  (kernel is a fixture)
+
+BIG = "bytes(range(250)) * 200_000"  # 50 MB
+USED = "big.count(7) + small['n']"
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    """One stand-in published worker behind the endpoint, restartable; the module's kernels
+    start with the endpoint's key."""
+    endpoint = LoopbackEndpoint()
+    stand_in = StandIn(endpoint, tmp_path_factory.mktemp("published-home"))
+    try:
+        with environ(kernel_env(endpoint)):
+            yield stand_in
+    finally:
+        stand_in.kill()
+        endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def session(worker: StandIn) -> str:
+    """The magic line of a cell in session s on the published worker."""
+    return f"%%tetra --endpoint {worker.endpoint.url} --session s"
+
+
+def make(session: str) -> str:
+    return f"{session} --out made\nbig = {BIG}\nsmall = {{'n': 3}}\nimport os\nholder = os.getpid()"
+
+
+def use(session: str) -> str:
+    return f"{session} --out used\nprint('ran')\ntotal = {USED}"
+
+
+def expected_total(kernel: LiveKernel) -> str:
+    return value(kernel, USED.replace("big", f"({BIG})").replace("small['n']", "3"))
+
+
+def resident_bytes(pid: int) -> int:
+    """The process's resident memory, as Linux counts it."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(
+    worker: StandIn, session: str, kernel: LiveKernel
+) -> None:
+    ok(kernel, make(session))
+    assert value(kernel, "big") == "<remote s.big: bytes, 50.0 MB>"
+    assert value(kernel, "small") == repr({"n": 3})
+    assert int(value(kernel, "holder")) == worker.process.pid  # the worker's own process
+    assert int(value(kernel, "made.result_bytes")) < 100_000  # a description, not 50 MB
+    run = ok(kernel, use(session))
+    assert "ran" in run.stdout and "session s (warm)" in run.stderr
+    assert value(kernel, "total") == expected_total(kernel)
+    assert int(value(kernel, "used.request_bytes")) < 200_000  # big did not travel back
+
+
+def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(
+    session: str, kernel: LiveKernel
+) -> None:
+    ok(kernel, "%config TetraMagic.session_value_limit = 1000")
+    ok(kernel, f"{session}\nmid = list(range(1000))\nsmall = {{'n': 3}}")
+    assert value(kernel, "mid").startswith("<remote s.mid: list, ")
+    ok(kernel, "%tetra pull mid")
+    assert value(kernel, "mid == list(range(1000))") == "True"
+    ok(kernel, "small = {'n': 100}")
+    ok(kernel, f"{session}\nseen = small['n']")
+    assert value(kernel, "seen") == "100"
+    ok(kernel, "del small")  # the session keeps the newest value it was sent
+    ok(kernel, f"{session}\nstill = small['n']")
+    assert value(kernel, "still") == "100"
+
+
+def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds(
+    worker: StandIn, session: str, kernel: LiveKernel
+) -> None:
+    ok(kernel, make(session))
+    ok(kernel, f"{session}\ndoubled = big * 2")
+    assert int(value(kernel, "holder")) == worker.process.pid
+    worker.restart()  # the process that held the session is gone; a fresh one takes jobs
+    run = kernel.run(use(session))
+    assert run.error is not None and "ran" not in run.stdout
+    message = "\n".join(run.error["traceback"])
+    assert "session 's' is gone" in message and "Nothing ran" in message
+    assert "In[2]" in message and "In[3]" in message  # the cells that had built it
+    assert kernel.run(use(session)).error is not None  # it does not silently start afresh
+    run = ok(kernel, "%tetra replay s")
+    assert "replayed" in run.stderr
+    run = ok(kernel, use(session))
+    assert "ran" in run.stdout
+    assert value(kernel, "total") == expected_total(kernel)
+    assert value(kernel, "doubled") == "<remote s.doubled: bytes, 100 MB>"
+    ok(kernel, f"{session}\nnow = os.getpid()")  # os, imported by the replayed cell
+    assert int(value(kernel, "now")) == worker.process.pid
+
+
+def test_end_frees_the_session_on_the_worker(
+    worker: StandIn, session: str, kernel: LiveKernel
+) -> None:
+    ok(kernel, make(session))
+    target = session.replace(" --session s", "")
+    run = ok(kernel, f"{target}\nprint('big' in globals(), 'small' in globals())")
+    assert run.stdout.strip() == "False False"  # a cell without --session sees none of it
+    held = resident_bytes(worker.process.pid)
+    run = ok(kernel, "%tetra end s")
+    assert "session s ended" in run.stdout and "big" in run.stdout
+    assert held - resident_bytes(worker.process.pid) > 40_000_000  # its 50 MB given back
+    run = ok(kernel, f"{session}\nprint('big' in globals())")
+    assert run.stdout.strip() == "False"
+    run = kernel.run(f"{session}\nbig.count(7)")
+    assert "UsageError: variable 'big'" in run.stderr and "which has ended" in run.stderr
+
+
+def test_two_kernels_with_the_same_session_name_stay_apart(
+    session: str, kernel: LiveKernel
+) -> None:
+    other = LiveKernel()
+    try:
+        ok(other, "%load_ext tetra_magic")
+        ok(kernel, f"{session}\nmine = 'first'")
+        ok(other, f"{session}\nmine = 'second'")
+        ok(kernel, f"{session}\nseen = mine")
+        ok(other, f"{session}\nseen = mine")
+        assert value(kernel, "seen") == repr("first")
+        assert value(other, "seen") == repr("second")
+    finally:
+        other.close()

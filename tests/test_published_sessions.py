@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from kernels import LiveKernel, environ
 from test_published_worker import LoopbackEndpoint, StandIn, kernel_env
-from test_sessions import kernel, ok, value  # noqa: F401  (kernel is a fixture)
+from test_sessions import ok, value
 
 BIG = "bytes(range(250)) * 200_000"  # 50 MB
 USED = "big.count(7) + small['n']"
@@ -24,16 +24,31 @@ USED = "big.count(7) + small['n']"
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    """One stand-in published worker behind the endpoint, restartable; the module's kernels
-    start with the endpoint's key."""
+    """One stand-in published worker behind the endpoint, restartable."""
     endpoint = LoopbackEndpoint()
     stand_in = StandIn(endpoint, tmp_path_factory.mktemp("published-home"))
     try:
-        with environ(kernel_env(endpoint)):
-            yield stand_in
+        yield stand_in
     finally:
         stand_in.kill()
         endpoint.close()
+
+
+def start_kernel(worker: StandIn) -> LiveKernel:
+    """A kernel with the endpoint's key and the extension loaded."""
+    with environ(kernel_env(worker.endpoint)):
+        live = LiveKernel()
+    ok(live, "%load_ext tetra_magic")
+    return live
+
+
+@pytest.fixture
+def kernel(worker: StandIn) -> Iterator[LiveKernel]:
+    live = start_kernel(worker)
+    try:
+        yield live
+    finally:
+        live.close()
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +146,10 @@ def test_end_frees_the_session_on_the_worker(
 
 
 def test_two_kernels_with_the_same_session_name_stay_apart(
-    session: str, kernel: LiveKernel
+    worker: StandIn, session: str, kernel: LiveKernel
 ) -> None:
-    other = LiveKernel()
+    other = start_kernel(worker)
     try:
-        ok(other, "%load_ext tetra_magic")
         ok(kernel, f"{session}\nmine = 'first'")
         ok(other, f"{session}\nmine = 'second'")
         ok(kernel, f"{session}\nseen = mine")

@@ -11,6 +11,7 @@ sends a session's other requests: pulling a value, ending it, replaying the cell
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Any
 
@@ -106,6 +107,7 @@ def _took(
     record = sessions.CellRecord(label, packed.spec, packed.blobs, opts)
     session.took(result.payload, user_ns, record)
     session.endpoint, session.opts = job.endpoint, opts
+    session.fetch = functools.partial(pull, session)
     session.worker_id = (job.worker or {}).get("worker_id") or session.worker_id
     summary = result.payload.get("session") or {}
     state = "warm" if summary.get("warm") else "new"

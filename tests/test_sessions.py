@@ -19,7 +19,10 @@ from kernels import LiveKernel, private_local_endpoint
 LOAD = "%load_ext tetra_magic"
 SESSION = "%%tetra --local --session s"
 # 50 MB of float64 on the worker, and a small dict that comes home as a value.
-MAKE = f"{SESSION} --out made\nimport numpy as np\nbig = np.arange(6_250_000, dtype=np.float64)\nsmall = {{'n': 3}}\nimport os\nholder = os.getppid()"
+MAKE = (
+    f"{SESSION} --out made\nimport numpy as np\nbig = np.arange(6_250_000, dtype=np.float64)"
+    "\nsmall = {'n': 3}\nimport os\nholder = os.getppid()"
+)
 USE = f"{SESSION} --out used\nprint('ran')\ntotal = float(big.sum()) + small['n']"
 
 

@@ -11,6 +11,7 @@ sends a session's other requests: pulling a value, ending it, replaying the cell
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Any
 
@@ -106,6 +107,7 @@ def _took(
     record = sessions.CellRecord(label, packed.spec, packed.blobs, opts)
     session.took(result.payload, user_ns, record)
     session.endpoint, session.opts = job.endpoint, opts
+    session.fetch = functools.partial(pull, session)
     session.worker_id = (job.worker or {}).get("worker_id") or session.worker_id
     summary = result.payload.get("session") or {}
     state = "warm" if summary.get("warm") else "new"
@@ -192,7 +194,7 @@ def pull(session: sessions.Session, names: list[str], user_ns: dict[str, Any]) -
 def end(session: sessions.Session) -> list[str]:
     """Free the session on its worker and forget it here; the names it held there."""
     try:
-        if not session.cells or session.lost:
+        if session.opts is None:  # no cell reached a worker
             return []
         payload = session_request(session, _plain_spec(session, end=True), {}).payload
         return list((payload.get("session") or {}).get("freed", []))

@@ -21,7 +21,7 @@ import hashlib
 import inspect
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +65,8 @@ class Session:
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpu_memory: dict[str, int] = field(default_factory=dict)
     lost: str | None = None
+    # fetch(names, user_ns) -> {name: value}: given by whoever runs the session's jobs (run.py)
+    fetch: Callable[[list[str], dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def key(self) -> str:
@@ -98,14 +100,14 @@ class Session:
 
         return referable
 
-    def substitutes(self, values: dict[str, Any]) -> dict[str, Any]:
+    def substitutes(self, values: dict[str, Any], user_ns: dict[str, Any]) -> dict[str, Any]:
         """{name: marker} for the values the cell reads that the session holds as they are:
         the notebook's unchanged copies of what came home. The marker stands for the
         session's own object on the worker."""
         found = {}
         for name, value in values.items():
             home = self.homes.get(name)
-            if home is not None and home[0] == id(value) and home[1] == _digest(value, values):
+            if home is not None and home[0] == id(value) and home[1] == _digest(value, user_ns):
                 found[name] = SessionValue(name)
         return found
 
@@ -212,11 +214,11 @@ class RemoteRef(SessionValue):
         """The value itself, fetched from the worker (GPU tensors come as CPU ones)."""
         from IPython import get_ipython
 
-        from tetra_magic.run import pull
-
         shell = get_ipython()
         user_ns = shell.user_ns if shell is not None else {}
-        return pull(self.session, [self.name], user_ns)[self.name]
+        if self.session.fetch is None:
+            raise SessionError(f"session {self.session.name!r} has no cell to fetch from")
+        return self.session.fetch([self.name], user_ns)[self.name]
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from kernels import LiveKernel, environ
-from test_published_worker import LoopbackEndpoint, StandIn, kernel_env
-from test_sessions import ok, value
+from test_published_worker import StandIn, kernel_env, published_worker
+from test_sessions import ok, pull_and_reassign, value
 
 BIG = "bytes(range(250)) * 200_000"  # 50 MB
 USED = "big.count(7) + small['n']"
@@ -25,13 +25,8 @@ USED = "big.count(7) + small['n']"
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     """One stand-in published worker behind the endpoint, restartable."""
-    endpoint = LoopbackEndpoint()
-    stand_in = StandIn(endpoint, tmp_path_factory.mktemp("published-home"))
-    try:
+    with published_worker(tmp_path_factory.mktemp("published-home")) as stand_in:
         yield stand_in
-    finally:
-        stand_in.kill()
-        endpoint.close()
 
 
 def start_kernel(worker: StandIn) -> LiveKernel:
@@ -92,17 +87,7 @@ def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(
 def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(
     session: str, kernel: LiveKernel
 ) -> None:
-    ok(kernel, "%config TetraMagic.session_value_limit = 1000")
-    ok(kernel, f"{session}\nmid = list(range(1000))\nsmall = {{'n': 3}}")
-    assert value(kernel, "mid").startswith("<remote s.mid: list, ")
-    ok(kernel, "%tetra pull mid")
-    assert value(kernel, "mid == list(range(1000))") == "True"
-    ok(kernel, "small = {'n': 100}")
-    ok(kernel, f"{session}\nseen = small['n']")
-    assert value(kernel, "seen") == "100"
-    ok(kernel, "del small")  # the session keeps the newest value it was sent
-    ok(kernel, f"{session}\nstill = small['n']")
-    assert value(kernel, "still") == "100"
+    pull_and_reassign(kernel, session)
 
 
 def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds(
@@ -148,13 +133,14 @@ def test_end_frees_the_session_on_the_worker(
 def test_two_kernels_with_the_same_session_name_stay_apart(
     worker: StandIn, session: str, kernel: LiveKernel
 ) -> None:
+    """Both sessions live in the one process that runs every cell there."""
     other = start_kernel(worker)
     try:
-        ok(kernel, f"{session}\nmine = 'first'")
-        ok(other, f"{session}\nmine = 'second'")
-        ok(kernel, f"{session}\nseen = mine")
-        ok(other, f"{session}\nseen = mine")
-        assert value(kernel, "seen") == repr("first")
-        assert value(other, "seen") == repr("second")
+        for live, mine in ((kernel, "first"), (other, "second")):
+            ok(live, f"{session}\nmine = {mine!r}")
+        for live in (kernel, other):
+            ok(live, f"{session}\nimport os\nseen = (mine, os.getpid())")
+        assert value(kernel, "seen") == repr(("first", worker.process.pid))
+        assert value(other, "seen") == repr(("second", worker.process.pid))
     finally:
         other.close()

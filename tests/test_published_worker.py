@@ -10,6 +10,7 @@ same RunPod job API the SDK speaks on RunPod, progress updates included. Kernels
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -118,16 +119,23 @@ class StandIn:
         self.process = self._start()
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackEndpoint]:
-    """The endpoint, with one stand-in published worker taking its jobs."""
+@contextlib.contextmanager
+def published_worker(home: Path) -> Iterator[StandIn]:
+    """The endpoint with one stand-in published worker taking its jobs, for a module."""
     endpoint = LoopbackEndpoint()
-    worker = StandIn(endpoint, tmp_path_factory.mktemp("published-home"))
+    worker = StandIn(endpoint, home)
     try:
-        yield endpoint
+        yield worker
     finally:
         worker.kill()
         endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackEndpoint]:
+    """The endpoint, with one stand-in published worker taking its jobs."""
+    with published_worker(tmp_path_factory.mktemp("published-home")) as worker:
+        yield worker.endpoint
 
 
 def kernel_env(endpoint: LoopbackEndpoint) -> dict[str, str]:

@@ -68,16 +68,22 @@ def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(kernel: LiveKe
 
 
 def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(kernel: LiveKernel) -> None:
+    pull_and_reassign(kernel, SESSION)
+
+
+def pull_and_reassign(kernel: LiveKernel, session: str) -> None:
+    """The pull and local-reassignment flow in session s, whose cells start with `session`
+    (tests/test_published_sessions.py runs it on the published worker)."""
     ok(kernel, "%config TetraMagic.session_value_limit = 1000")
-    ok(kernel, f"{SESSION}\nmid = list(range(1000))\nsmall = {{'n': 3}}")
+    ok(kernel, f"{session}\nmid = list(range(1000))\nsmall = {{'n': 3}}")
     assert value(kernel, "mid").startswith("<remote s.mid: list, ")
     ok(kernel, "%tetra pull mid")
     assert value(kernel, "mid == list(range(1000))") == "True"
     ok(kernel, "small = {'n': 100}")
-    ok(kernel, f"{SESSION}\nseen = small['n']")
+    ok(kernel, f"{session}\nseen = small['n']")
     assert value(kernel, "seen") == "100"
     ok(kernel, "del small")  # the session keeps the newest value it was sent
-    ok(kernel, f"{SESSION}\nstill = small['n']")
+    ok(kernel, f"{session}\nstill = small['n']")
     assert value(kernel, "still") == "100"
 
 

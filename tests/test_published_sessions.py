@@ -102,6 +102,7 @@ def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds
     message = "\n".join(run.error["traceback"])
     assert "session 's' is gone" in message and "Nothing ran" in message
     assert "In[2]" in message and "In[3]" in message  # the cells that had built it
+    assert "the process that answered started at" in message  # the fresh worker's start
     assert kernel.run(use(session)).error is not None  # it does not silently start afresh
     run = ok(kernel, "%tetra replay s")
     assert "replayed" in run.stderr
@@ -111,6 +112,17 @@ def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds
     assert value(kernel, "doubled") == "<remote s.doubled: bytes, 100 MB>"
     ok(kernel, f"{session}\nnow = os.getpid()")  # os, imported by the replayed cell
     assert int(value(kernel, "now")) == worker.process.pid
+
+
+def test_automatic_replay_after_a_restart(
+    worker: StandIn, session: str, kernel: LiveKernel
+) -> None:
+    ok(kernel, "%config TetraMagic.session_replay = True")
+    ok(kernel, make(session))
+    worker.restart()
+    run = ok(kernel, use(session))
+    assert "replaying session s" in run.stderr and "ran" in run.stdout
+    assert value(kernel, "total") == expected_total(kernel)
 
 
 def test_end_frees_the_session_on_the_worker(

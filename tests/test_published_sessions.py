@@ -125,6 +125,20 @@ def test_automatic_replay_after_a_restart(
     assert value(kernel, "total") == expected_total(kernel)
 
 
+def test_a_timed_out_cell_is_stopped_and_the_session_stays(
+    worker: StandIn, session: str, kernel: LiveKernel
+) -> None:
+    """Here --timeout stops the cell inside the worker's process, which lives on: the session
+    is kept, as after any failed cell, rather than lost with a killed process."""
+    ok(kernel, make(session))
+    loop = "import time\nfor step in range(100):\n    time.sleep(0.1)"
+    run = kernel.run(f"{session} --timeout 2\n{loop}")
+    assert run.error["ename"] == "TimeoutError"
+    run = ok(kernel, f"{session}\nsize = len(big)\nprint('stopped at', step)")
+    assert "session s (warm)" in run.stderr and 0 < int(run.stdout.split()[-1]) < 99
+    assert value(kernel, "size") == value(kernel, f"len({BIG})")
+
+
 def test_end_frees_the_session_on_the_worker(
     worker: StandIn, session: str, kernel: LiveKernel
 ) -> None:

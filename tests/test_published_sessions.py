@@ -82,6 +82,8 @@ def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(
     assert "ran" in run.stdout and "session s (warm)" in run.stderr
     assert value(kernel, "total") == expected_total(kernel)
     assert int(value(kernel, "used.request_bytes")) < 200_000  # big did not travel back
+    assert "pulled big" in ok(kernel, "%tetra pull big").stdout  # all 50 MB, on demand
+    assert value(kernel, f"big == ({BIG})") == "True"
 
 
 def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(

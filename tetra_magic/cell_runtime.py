@@ -39,10 +39,21 @@ def _run_cell(spec, blobs):
     import types
 
     _register_sources(spec.get("sources") or {})
-    display = _display_runtime(spec["display"])
+    info = spec.get("session")
+    space = session = None
+    if info is not None:
+        space = _runtime_module("tetra_sessions", info["runtime"])
+        if info.get("end"):
+            return {"session": space.end(info["key"])}
+        session, warm = space.open_session(info)
+        if session is None:
+            return {"session": warm}  # lost: nothing runs
+    display = _runtime_module("tetra_display", spec["display"])
+    display.begin()
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
     # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
-    main = types.ModuleType("__main__")
+    # A session's cells share their own `__main__`, which lives on between them.
+    main = session.main if session is not None else types.ModuleType("__main__")
     namespace = main.__dict__
     namespace.update({"__builtins__": builtins, "get_ipython": _Shell})
     namespace["display"] = display.display_function()
@@ -50,16 +61,31 @@ def _run_cell(spec, blobs):
     sys.modules["__main__"] = main
     try:
         names = MainNames(namespace, spec.get("definitions"), blobs, spec["modules"])
+        if session is not None and info.get("pull") is not None:
+            display.end()
+            space.refer_to(session, names, {})
+            return space.pull(session, names, info["pull"])
         inputs = _load_inputs(names, spec)
-        names.refer_to(_cell_definitions(spec["filename"], spec["source"]))
+        cell_definitions = _cell_definitions(spec["filename"], spec["source"])
+        dump = None
+        if session is None:
+            names.refer_to(cell_definitions)
+        else:
+            space.refer_to(session, names, cell_definitions)
+            inputs.update(space.home_copies(session, names, info.get("reads", ())))
+            dump = space.dumper(session, names, info["value_limit"])
         digests = {name: _digest(names, value) for name, value in inputs.items()}
         try:
             last = _run_source(spec, names)
         finally:
             display.end()
         names.refresh()
-        out = _pack_outputs(names, spec, last, inputs, digests)
+        out = _pack_outputs(names, spec, last, inputs, digests, dump)
         out["definitions"] = names.sent
+        if session is not None:
+            session.cells += 1
+            session.at_home.update({name: namespace.get(name) for name in names.sent})
+            out["session"] = space.summary(session, warm)
         return out
     finally:
         if saved is not None:
@@ -90,24 +116,26 @@ def _run_source(spec, names):
         raise
 
 
-def _display_runtime(source):
-    """The cell's display machinery (tetra_magic/remote_display.py, whose source the request
-    carries), made the module `tetra_display` once per process and readied for this cell.
-    Its classes pickle by value, so a stand-in HTML(...) can come home as a value."""
+def _runtime_module(name, source):
+    """A runtime whose source the request carries (the display machinery,
+    tetra_magic/remote_display.py; sessions, tetra_magic/session_runtime.py), made the module
+    `name` once per process. Its classes pickle by value, so a stand-in HTML(...) can come home
+    as a value. A newer source keeps the sessions the older one held."""
     import sys
     import types
 
     import cloudpickle
 
-    module = sys.modules.get("tetra_display")
+    module = sys.modules.get(name)
     if module is None or source != module.SOURCE:
-        module = types.ModuleType("tetra_display")
-        module.SOURCE = source
-        _register_sources({"<tetra_display>": source})
-        exec(compile(source, "<tetra_display>", "exec"), module.__dict__)
-        sys.modules["tetra_display"] = module
+        fresh = types.ModuleType(name)
+        fresh.SOURCE = source
+        _register_sources({f"<{name}>": source})
+        exec(compile(source, f"<{name}>", "exec"), fresh.__dict__)
+        if module is not None and hasattr(module, "SESSIONS"):
+            fresh.SESSIONS = module.SESSIONS
+        sys.modules[name] = module = fresh
         cloudpickle.register_pickle_by_value(module)
-    module.begin()
     return module
 
 
@@ -285,15 +313,28 @@ def _digest(names, value):
         return None
 
 
-def _pack_outputs(names, spec, last, inputs, digests):
+def _pack_outputs(names, spec, last, inputs, digests, dump=None):
     """The blobs of what the cell bound, and of the inputs it changed in place: those are
     pickled again and compared with their pickle as they arrived, so an unchanged input does not
-    travel back."""
+    travel back. In a session, `dump(name, value)` gives a value's blob, or the description
+    of a value that stays on the worker (a remote reference, in `refs`)."""
     import hashlib
     import types
 
-    values, modules, errors, deleted, changed = {}, {}, {}, [], []
+    values, modules, errors, deleted, changed, refs = {}, {}, {}, [], [], {}
     namespace = names.namespace
+
+    def send(name, value, blob=None):
+        try:
+            sent = dump(name, value) if dump else blob or names.dumps(value)
+        except Exception as exc:
+            errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+            return
+        if isinstance(sent, dict):
+            refs[name] = sent
+        else:
+            values[name] = sent
+
     for name in spec["binds"]:
         if name not in namespace:
             if name in spec["deletes"]:
@@ -305,31 +346,29 @@ def _pack_outputs(names, spec, last, inputs, digests):
             continue
         if inputs.get(name, values) is value:
             continue  # `arr *= 2`: the input itself, changed in place or not (below)
-        try:
-            values[name] = names.dumps(value)
-        except Exception as exc:
-            errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+        send(name, value)
     for name, value in inputs.items():
-        if name in values or name in errors or name not in namespace:
+        if name in values or name in errors or name in refs or name not in namespace:
             continue
         if namespace[name] is not value:  # rebound by a function's `global name`
-            try:
-                values[name] = names.dumps(namespace[name])
-            except Exception as exc:
-                errors[name] = f"{type(namespace[name]).__name__} cannot be pickled: {exc}"
+            send(name, namespace[name])
             continue
         try:
             blob = names.dumps(value)
         except Exception:
             continue
         if hashlib.blake2b(blob, digest_size=16).digest() != digests[name]:
-            values[name] = blob
+            send(name, value, blob)
             changed.append(name)
     errors = _worth_a_note(errors, namespace, spec["source"])
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
     out["changed"] = changed
+    out["refs"] = refs
     out["imported"] = _imported_names(spec["source"])
-    out["last"] = names.portable(last) if spec["has_last_expr"] and last is not None else None
+    has_last = spec["has_last_expr"] and last is not None
+    out["last"] = (
+        names.portable(last, dump and (lambda value: dump("", value))) if has_last else None
+    )
     return out
 
 
@@ -503,12 +542,13 @@ class MainNames:
         self._done = set()
         self._busy = set()
 
-    def refer_to(self, cell_definitions):
+    def refer_to(self, cell_definitions, home=None):
         """On the worker, once the inputs are in: what the notebook already has (the inputs
-        as they arrived) is referred to by name; the cell's own top-level definitions travel
-        as their source."""
+        as they arrived, and `home`: {name: object} it has from before) is referred to by
+        name; the cell's own top-level definitions travel as their source."""
         sent = [*self.blobs, *self.definitions]  # not the worker's own `display`, say
-        home = {name: self.namespace[name] for name in sent if name in self.namespace}
+        home = {**(home or {})}
+        home.update({name: self.namespace[name] for name in sent if name in self.namespace})
 
         def referable(name):
             if name in home and self.namespace.get(name) is home[name]:
@@ -528,20 +568,30 @@ class MainNames:
         """`value`'s blob: a header naming this Python and any bytecode inside, then the
         pickle."""
         import io
-        import platform
 
         buffer = io.BytesIO()
-        pickler = _pickler_class()(buffer, self, files, to_cpu)
+        self.dump_into(value, buffer, files, to_cpu)
+        return buffer.getvalue()
+
+    def dump_into(self, value, file, files=None, to_cpu=True):
+        """Write `value`'s blob to `file`; the GPU devices of the tensors met on the way."""
+        import io
+        import platform
+
+        body = io.BytesIO()
+        pickler = _pickler_class()(body, self, files, to_cpu)
         pickler.dump(value)
         python = ".".join(platform.python_version_tuple()[:2])
         code = pickler.code_of or "-"
-        return b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()) + buffer.getvalue()
+        file.write(b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()))
+        file.write(body.getbuffer())
+        return pickler.devices
 
-    def portable(self, value):
+    def portable(self, value, dump=None):
         """A value as it can best travel: its blob (None if it has none), its repr, and its
         rich representations, so the notebook can show it even where it cannot load it. A
         figure travels as its image only: the notebook shows it, and needs no matplotlib for
-        that."""
+        that. `dump` (a session's) gives the blob, or a description where the value stays."""
         import sys
 
         display = sys.modules["tetra_display"]
@@ -550,9 +600,11 @@ class MainNames:
             blob = None
         else:
             try:
-                blob = self.dumps(value)
+                blob = (dump or self.dumps)(value)
             except Exception as exc:
                 blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
+            if isinstance(blob, dict):
+                blob, reason = None, "it stays in the session"
         mime = (_safe(display.format, value) or ({}, {}))[0]
         return {"blob": blob, "reason": reason, "repr": _safe(repr, value), "mime": mime}
 
@@ -782,6 +834,7 @@ def _pickler_class():
             super().__init__(file)
             self.names, self.files, self.to_cpu = names, files, to_cpu
             self.code_of = None
+            self.devices = set()
 
         def reducer_override(self, obj):  # not for builtin containers: common cases first
             if type(obj) in plain:
@@ -800,9 +853,11 @@ def _pickler_class():
                 constructor, args = self.dispatch_table[types.CodeType](obj)
                 named = (obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
                 return constructor, tuple(named)
-            torch = sys.modules.get("torch") if self.to_cpu else None
+            torch = sys.modules.get("torch")
             if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
-                return obj.detach().cpu().__reduce_ex__(self.proto)
+                self.devices.add(str(obj.device))
+                if self.to_cpu:
+                    return obj.detach().cpu().__reduce_ex__(self.proto)
             return super().reducer_override(obj)
 
         def _main_function(self, func):

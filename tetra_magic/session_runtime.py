@@ -1,0 +1,287 @@
+"""The worker's side of sessions: namespaces that outlive a cell, in the process that runs cells.
+
+A session cell's spec carries this module's source; the cell runtime makes it the module
+`tetra_sessions` once per process (as it does the display runtime) and runs the cell in the
+session's own `__main__` instead of a fresh one. The process is our worker's executor child
+(kept while it holds a session) or the published worker's own long-lived process: either way
+the registry below lives exactly as long as the process, so a session is lost with it (idle
+timeout, crash, restart, a --timeout kill) and `open` says so before anything runs, rather
+than letting a cell continue with half the state it expects.
+
+What a session cell binds stays here. What goes home is decided per name by `send_home`: a
+value small enough and free of GPU data travels as a value; anything else (a model, a 50 MB
+array, an open file) stays, and the notebook gets a description of it (type, size, device), a
+remote reference it can hand back to later session cells at no transfer cost.
+
+Self-contained like the cell runtime: standard library only, imports inside the functions.
+"""
+
+SESSIONS = {}  # "<owner>:<name>" -> Session; carried over when a newer source is loaded
+
+
+class Session:
+    """One session's namespace and what the notebook knows of it."""
+
+    def __init__(self, key, session_id):
+        import time
+        import types
+
+        self.key, self.id = key, session_id
+        self.main = types.ModuleType("__main__")
+        self.created = time.time()
+        self.cells = 0
+        self.definitions = {}  # name -> [source, filename, line] of the defs its cells made
+        self.at_home = {}  # name -> the definition object the notebook already has
+        self.described = {}  # name -> {"type", "size", "device"}, as last measured
+
+    def free(self):
+        """Drop everything the session holds, and give its memory back (GPU memory too)."""
+        import gc
+        import sys
+
+        held = sorted(_held_names(self.main.__dict__))
+        self.main.__dict__.clear()
+        self.at_home.clear()
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and _cuda_ready(torch):
+            torch.cuda.empty_cache()
+        return held
+
+
+def open_session(info):
+    """(session, warm) to run the cell in, or (None, why) when the notebook expects a session
+    this process does not hold: it was lost with the process that held it."""
+    key, session_id = info["key"], info["id"]
+    found = SESSIONS.get(key)
+    if info.get("new"):
+        if found is not None and found.id != session_id:
+            found.free()  # the notebook ended it, or lost track of it: it starts again
+            found = None
+        if found is None:
+            SESSIONS[key] = found = Session(key, session_id)
+            return found, False
+        return found, True
+    if found is None or found.id != session_id:
+        return None, {"lost": True, "process_started": _process_started()}
+    return found, True
+
+
+def _process_started():
+    """When this process started (epoch seconds; None where /proc cannot tell): the session
+    was lost before then."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rpartition(")")[2].split()[19])
+        with open("/proc/stat") as stat:
+            boot = next(int(line.split()[1]) for line in stat if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except Exception:
+        return time.time() if not SESSIONS else None
+
+
+def refer_to(session, names, cell_definitions):
+    """Let the notebook's copies of the session's definitions be referred to by name (the
+    notebook has them), and every definition the session's cells made travel as source."""
+    session.definitions.update(cell_definitions)
+    names.refer_to(session.definitions, home=session.at_home)
+
+
+def home_copies(session, names, read):
+    """{name: value} of the session values the notebook holds copies of (small values that came
+    home) among the names the cell reads: the cell may change them in place, and the notebook's
+    copy must then follow, as an input's does."""
+    namespace, described = names.namespace, session.described
+    return {
+        name: namespace[name]
+        for name in read
+        if name in namespace and described.get(name, {}).get("home")
+    }
+
+
+def dumper(session, names, limit):
+    """The function that packs a bound value for home: its blob, or its description (a dict)
+    when it stays here."""
+
+    def dump(name, value):
+        blob, description = send_home(names, value, limit)
+        if name:  # not the last expression's value, which has no name
+            session.described[name] = {**description, "home": blob is not None}
+        return blob if blob is not None else description
+
+    return dump
+
+
+def send_home(names, value, limit):
+    """(blob, description): the blob is None when the value stays in the session, because it
+    holds GPU data, is over `limit` bytes pickled, or cannot be pickled at all (an open file, a
+    lock). The description says what it is without fetching it."""
+    description = {"type": _type_name(value), "size": _nbytes(value), "device": _device(value)}
+    if description["device"] is not None:
+        return None, description
+    if description["size"] is not None and description["size"] > limit:
+        return None, description
+    sink = _Capped(limit)
+    try:
+        devices = names.dump_into(value, sink)
+    except Exception as exc:
+        description["reason"] = f"{type(exc).__name__}: {exc}"
+        return None, description
+    description["size"] = description["size"] or sink.size
+    if devices:
+        description["device"] = sorted(devices)[0]
+        return None, description
+    return sink.blob(), description
+
+
+class _Capped:
+    """A file that counts what is written and keeps it only up to `limit` bytes."""
+
+    def __init__(self, limit):
+        self.limit, self.size, self.parts = limit, 0, []
+
+    def write(self, data):
+        self.size += len(data)
+        if self.parts is not None:
+            self.parts.append(bytes(data))
+            if self.size > self.limit:
+                self.parts = None
+        return len(data)
+
+    def blob(self):
+        return None if self.parts is None else b"".join(self.parts)
+
+
+def _type_name(value):
+    kind = type(value)
+    module = kind.__module__
+    return (
+        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    )
+
+
+def _nbytes(value):
+    """The size of a value's data where it says so cheaply (arrays, tensors, models, bytes);
+    None where only pickling would tell."""
+    import sys
+
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return value.nelement() * value.element_size()
+        if isinstance(value, torch.nn.Module):
+            tensors = [*value.parameters(), *value.buffers()]
+            return sum(t.nelement() * t.element_size() for t in tensors)
+    nbytes = getattr(type(value), "nbytes", None)
+    if nbytes is not None and not callable(nbytes):
+        try:
+            return int(value.nbytes)
+        except Exception:
+            return None
+    return None
+
+
+def _device(value):
+    """The GPU a tensor or model lives on ("cuda:0"); None for everything else."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        device = value.device
+    elif isinstance(value, torch.nn.Module):
+        device = next((t.device for t in [*value.parameters(), *value.buffers()]), None)
+    else:
+        return None
+    return None if device is None or device.type == "cpu" else str(device)
+
+
+def _cuda_ready(torch):
+    try:
+        return torch.cuda.is_available() and torch.cuda.is_initialized()
+    except Exception:
+        return False
+
+
+def _held_names(namespace):
+    """The session's own names: not dunders, not the runtime's, not modules."""
+    import types
+
+    runtime = ("get_ipython", "display")
+    return [
+        name
+        for name, value in namespace.items()
+        if not name.startswith("__")
+        and name not in runtime
+        and not isinstance(value, types.ModuleType)
+    ]
+
+
+def summary(session, warm):
+    """What the notebook shows of the session after a cell: whether it was warm, the names it
+    holds with their sizes, the GPU memory in use."""
+    import sys
+    import types
+
+    namespace = session.main.__dict__
+    held = {}
+    for name in _held_names(namespace):
+        value = namespace[name]
+        if isinstance(value, (type, types.FunctionType)):
+            continue
+        described = session.described.get(name)
+        if described is None or described.get("type") != _type_name(value):
+            described = {
+                "type": _type_name(value),
+                "size": _nbytes(value),
+                "device": _device(value),
+            }
+            if described["size"] is None:
+                described["size"] = sys.getsizeof(value, None)
+        held[name] = {key: described.get(key) for key in ("type", "size", "device")}
+    return {
+        "warm": warm,
+        "cells": session.cells,
+        "created": session.created,
+        "held": held,
+        "gpu_memory": _gpu_memory(),
+        "process_started": _process_started(),
+    }
+
+
+def _gpu_memory():
+    """{device: bytes allocated} where torch has used CUDA in this process; {} otherwise."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not _cuda_ready(torch):
+        return {}
+    return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+
+
+def pull(session, names, wanted):
+    """The blobs of the session values the notebook asked for, whatever their size (GPU tensors
+    as CPU ones); a reason for each that cannot come."""
+    namespace = names.namespace
+    values, errors = {}, {}
+    for name in wanted:
+        if name not in namespace:
+            errors[name] = f"the session holds no {name!r}"
+            continue
+        try:
+            values[name] = names.dumps(namespace[name])
+        except Exception as exc:
+            errors[name] = f"{type(namespace[name]).__name__} cannot be pickled: {exc}"
+    return {"values": values, "errors": errors, "definitions": names.sent}
+
+
+def end(key):
+    """Free the session `key`; the names it held (empty if it was not here)."""
+    session = SESSIONS.pop(key, None)
+    return {"ended": session is not None, "freed": session.free() if session else []}

@@ -174,7 +174,7 @@ class _Child:
         self.proc = proc
         self.responses = responses
         self.crash_log = crash_log
-        self.sessions: set[str] = set()  # the sessions whose namespace lives in this process
+        self.holds_session = False  # a session's namespace lives in this process
         self.sink: Callable[[str, str], None] | None = None
         self.backlog: list[tuple[str, str]] = []
         self.backlog_size = 0
@@ -389,14 +389,13 @@ class Executor:
         """The kernel's child: its running one, else a new one. Other kernels' children go,
         unless they hold a session (or have died, which loses it)."""
         for other, child in list(self._children.items()):
-            if not child.alive or (other != kernel and not child.sessions):
+            if not child.alive or (other != kernel and not child.holds_session):
                 self._close(other)
         child = self._children.get(kernel)
         if child is None:
             emit(chunk("phase", "starting"))
             child = self._children[kernel] = await _Child.start(workdir(kernel))
-        if session is not None:
-            child.sessions.add(session)
+        child.holds_session |= session is not None
         emit(chunk("phase", "running"))
         return child
 

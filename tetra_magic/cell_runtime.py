@@ -65,12 +65,16 @@ def _run_cell(spec, blobs):
             display.end()
             space.refer_to(session, names, {})
             return space.pull(session, names, info["pull"])
+        held = {id(value) for value in namespace.values()}
         inputs = _load_inputs(names, spec)
         cell_definitions = _cell_definitions(spec["filename"], spec["source"])
         dump = None
         if session is None:
             names.refer_to(cell_definitions)
         else:
+            # What the session held already came as references to its own objects: only the
+            # notebook's copies of them are checked for changes in place (a model is not).
+            inputs = {name: value for name, value in inputs.items() if id(value) not in held}
             space.refer_to(session, names, cell_definitions)
             inputs.update(space.home_copies(session, names, info.get("reads", ())))
             dump = space.dumper(session, names, info["value_limit"])
@@ -569,23 +573,20 @@ class MainNames:
         pickle."""
         import io
 
-        buffer = io.BytesIO()
-        self.dump_into(value, buffer, files, to_cpu)
-        return buffer.getvalue()
+        body = io.BytesIO()
+        header, _ = self.dump_body(value, body, files, to_cpu)
+        return header + body.getvalue()
 
-    def dump_into(self, value, file, files=None, to_cpu=True):
-        """Write `value`'s blob to `file`; the GPU devices of the tensors met on the way."""
-        import io
+    def dump_body(self, value, file, files=None, to_cpu=True):
+        """Pickle `value` into `file` as it goes (a file may stop it by raising); the header
+        its blob starts with, and the GPU devices of the tensors met on the way."""
         import platform
 
-        body = io.BytesIO()
-        pickler = _pickler_class()(body, self, files, to_cpu)
+        pickler = _pickler_class()(file, self, files, to_cpu)
         pickler.dump(value)
         python = ".".join(platform.python_version_tuple()[:2])
         code = pickler.code_of or "-"
-        file.write(b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()))
-        file.write(body.getbuffer())
-        return pickler.devices
+        return b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()), pickler.devices
 
     def portable(self, value, dump=None):
         """A value as it can best travel: its blob (None if it has none), its repr, and its

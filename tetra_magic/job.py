@@ -50,6 +50,9 @@ class JobRecord:
     # On RunPod: seconds billed for the run, and the estimated price (pricing.py).
     billed_s: int | None = None
     cost_estimate_usd: float | None = None
+    # Bytes of the request as sent, and of the result the worker sent back (its pickles).
+    request_bytes: int | None = None
+    result_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -72,6 +75,7 @@ class Job(JobRecord):
             endpoint=repr(target),
             name=opts.name,
             shipped=list(packed.shipped),
+            request_bytes=packed.size,
         )
         self._target, self._opts, self._packed, self._view = target, opts, packed, view
         self._started = started
@@ -125,6 +129,15 @@ class Job(JobRecord):
         installs = self._opts.dependencies or self._opts.system_dependencies
         return self._opts.timeout + CLIENT_GRACE + (INSTALL_ALLOWANCE if installs else 0.0)
 
+    @property
+    def opts(self) -> CellOptions:
+        return self._opts
+
+    @property
+    def billed(self) -> bool:
+        """Whether the job runs on RunPod, which bills its workers' time."""
+        return self._target.billed
+
     def cancel(self) -> None:
         """Cancel the job on its endpoint. A cell's job is cancelled by Ctrl-C or the Cancel
         button while it runs; one that has ended has nothing left to cancel."""
@@ -173,6 +186,7 @@ class Job(JobRecord):
         self.stdout = _text(self._chunks, "stdout") or _plain_stdout(response)
         self.stderr = _text(self._chunks, "stderr")
         self.worker = response.worker.model_dump() if response and response.worker else None
+        self.result_bytes = len(response.result or "") if response else None
 
     def _summary(self) -> tuple[str, ...]:
         """Name, status, time, worker, GPU: the one line a held job shows."""

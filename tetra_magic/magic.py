@@ -30,6 +30,7 @@ from tetra_magic import options as cell_options
 from tetra_magic.gpus import POOLS
 
 _COMMANDS = ("local", "endpoints", "delete")
+_SESSION_COMMANDS = ("session", "sessions", "pull", "end", "replay")
 _REPEATABLE = {"nargs": "+", "action": "append"}
 # The options of %%tetra and of %tetra's one-line form (flags, argparse's keywords).
 _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
@@ -51,6 +52,8 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--send",), {**_REPEATABLE, "metavar": "VAR", "help": "also send these names"}),
     (("--drop",), {**_REPEATABLE, "metavar": "VAR", "help": "do not bring these back"}),
     (("--env",), {**_REPEATABLE, "metavar": "NAME[=VALUE]", "help": "worker env vars"}),
+    (("--session",), {"metavar": "NAME", "help": "run in this session, kept on the worker"}),
+    (("--no-session",), {"action": "store_true", "help": "run outside TetraMagic.session"}),
 )
 
 
@@ -122,6 +125,35 @@ class TetraMagic(Magics):
         " overriding the built-in table used for cost estimates.",
     ).tag(config=True)
 
+    session = Unicode(
+        "", help="Session every cell runs in (as --session NAME); empty for none."
+    ).tag(config=True)
+    session_value_limit = Int(
+        1_000_000,
+        min=0,
+        help="Bytes (pickled) up to which a value a session cell binds comes to the notebook;"
+        " larger ones, and GPU tensors, stay on the worker as remote references.",
+    ).tag(config=True)
+    session_idle_timeout = Int(
+        600,
+        min=5,
+        help="Seconds a session's RunPod worker stays up after each cell, billed while idle;"
+        " the session ends with the worker.",
+    ).tag(config=True)
+    session_replay = Bool(
+        False, help="Replay a lost session's cells automatically before the next cell runs."
+    ).tag(config=True)
+
+    @validate("session")
+    def _session_named(self, proposal: Any) -> str:
+        name = proposal["value"]
+        if name:
+            try:
+                cell_options.session_name(name, "TetraMagic.session")
+            except UsageError as exc:
+                raise TraitError(str(exc)) from None
+        return name
+
     @validate("gpu_prices")
     def _pools_priced(self, proposal: Any) -> dict[str, float]:
         """Prices keyed by RunPod pool ids, whichever GPU names the user keyed them by."""
@@ -155,11 +187,16 @@ class TetraMagic(Magics):
             from tetra_magic import commands
 
             return commands.run(command, rest.strip())
+        if command in _SESSION_COMMANDS:
+            from tetra_magic import session_commands
+
+            return session_commands.run_command(self, command, rest.strip())
         args, statement = split_line(line, self.tetra_line.parser)
         if not statement:
+            commands = ", ".join((*_COMMANDS, *_SESSION_COMMANDS))
             raise UsageError(
                 "%tetra: give a statement to run remotely (`%tetra [options] statement`), or a"
-                f" command: {', '.join(_COMMANDS)}. Whole cells: %%tetra.\n{_usage()}"
+                f" command: {commands}. Whole cells: %%tetra.\n{_usage()}"
             )
         number = self._cell_number()
         raw = self._current_cell() or f"%tetra {line}\n"

@@ -92,6 +92,8 @@ class CellOptions:
     # The session the cell runs in (sessions.py), and how long its RunPod worker idles.
     session: str | None = None
     session_idle_timeout: int = 600
+    session_value_limit: int = 1_000_000
+    session_replay: bool = False
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -179,6 +181,29 @@ def parse_env(groups: list[list[str]] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
+_SESSION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def session_name(name: str, where: str = "--session") -> str:
+    """A session name as the worker keys it; UsageError naming `where` otherwise."""
+    if not _SESSION_NAME.match(name) or name == "off":
+        raise UsageError(
+            f"{where}: {name!r} is not a session name (letters, digits, _ . and -, up to 64"
+            " characters; not 'off')"
+        )
+    return name
+
+
+def _session(args: argparse.Namespace, defaults: Any) -> str | None:
+    if args.session and args.no_session:
+        raise UsageError("--session and --no-session cannot be used together: choose one")
+    if args.no_session:
+        return None
+    if args.session:
+        return session_name(args.session)
+    return defaults.session or None
+
+
 def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
     """Validate parsed arguments against each other and fill in configured defaults."""
     if args.cpu and args.gpu:
@@ -219,6 +244,10 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         env=parse_env(args.env),
         queue_timeout=defaults.queue_timeout,
         worker=worker_settings(defaults),
+        session=_session(args, defaults),
+        session_idle_timeout=defaults.session_idle_timeout,
+        session_value_limit=defaults.session_value_limit,
+        session_replay=defaults.session_replay,
     )
 
 

@@ -22,12 +22,12 @@ import re
 import secrets
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import cell_runtime, definitions, remote_display
+from tetra_magic import cell_runtime, definitions, remote_display, sessions
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
@@ -42,12 +42,15 @@ _IPYTHON_NAMES = re.compile(r"^(In|Out|get_ipython|exit|quit|_+|_i+|_i\d+|_\d+|_
 
 @dataclass(frozen=True)
 class Packed:
-    """A request ready to send, with what went into it (for --out and for errors)."""
+    """A request ready to send, with what went into it (for --out and for errors, and for a
+    session's replay: `spec` and `blobs` make the request again)."""
 
     request: FunctionRequest
     shipped: tuple[str, ...]
     modules: tuple[str, ...]
     size: int
+    spec: dict[str, Any] = field(default_factory=dict, repr=False)
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...] = ()) -> dict:
@@ -132,6 +135,9 @@ def _pickle(
 ) -> bytes:
     try:
         return names.dumps(value, files, to_cpu=False)
+    except sessions.SessionError as exc:  # a reference to another session's value
+        why = f" (read by {needed_by!r})" if needed_by else ""
+        raise UsageError(f"variable {name!r}{why} cannot be sent to the worker: {exc}") from None
     except Exception as exc:
         why = f" (read by {needed_by!r})" if needed_by else ""
         raise UsageError(
@@ -197,13 +203,20 @@ def pack(
     filename: str,
     limit: int,
     label: Labeler = lambda name: None,
+    session: sessions.Session | None = None,
 ) -> Packed:
-    """Build the FunctionRequest for one cell; UsageError for unpicklable or oversized inputs."""
+    """Build the FunctionRequest for one cell; UsageError for unpicklable or oversized inputs.
+    In a `session`, what it holds already goes as references to its own objects."""
     values = inputs(analysis, user_ns, opts.send)
     cells = definitions.cells_newest_first(lambda name: _cell_number(label(name)))
-    names = cell_runtime.MainNames(user_ns, referable=definitions.Finder(user_ns, cells))
+    referable: Any = definitions.Finder(user_ns, cells)
+    if session is not None:
+        referable = session.referable(referable)
+        user_ns = {**user_ns, **session.substitutes(values, user_ns)}
+    names = cell_runtime.MainNames(user_ns, referable=referable)
     files: set[str] = set()
-    blobs, module_values = _pickle_needed(values, user_ns, names, files)
+    with sessions.shipping(session):
+        blobs, module_values = _pickle_needed(values, user_ns, names, files)
     sent = "".join(source for source, _, _ in names.sent.values())
     modules = _modules(module_values, analysis.source + sent)
     files |= {filename for _, filename, _ in names.sent.values()}
@@ -222,16 +235,28 @@ def pack(
         "timeout": opts.timeout,  # for workers that do not read the request's own field
         "aliases": _aliases(blobs, user_ns, names.sent),
     }
-    request = FunctionRequest(
+    if session is not None:
+        reads = analysis.reads | set(opts.send)
+        spec["session"] = session.spec(reads, opts.session_value_limit)
+    request = request_for(spec, blobs, opts)
+    size = len(request.model_dump_json()) + len('{"input": }')
+    _check_size(blobs, size, limit)
+    return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
+
+
+def request_for(
+    spec: dict[str, Any], blobs: dict[str, bytes], opts: CellOptions
+) -> FunctionRequest:
+    """The request that runs the cell `spec` describes with the values in `blobs`."""
+    session = spec.get("session")
+    return FunctionRequest(
         function_name="run_cell",
         function_code=inspect.getsource(cell_runtime),
         kwargs={"spec": encode(spec), "blobs": encode(blobs)},
         dependencies=list(opts.dependencies) or None,
         system_dependencies=list(opts.system_dependencies) or None,
         timeout=opts.timeout,
-        source_name=f"<tetra-runtime {filename}>",
+        source_name=f"<tetra-runtime {spec['filename']}>",
         kernel_id=KERNEL_ID,
+        session=session["key"] if session else None,
     )
-    size = len(request.model_dump_json()) + len('{"input": }')
-    _check_size(blobs, size, limit)
-    return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size)

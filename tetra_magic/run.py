@@ -3,20 +3,27 @@
 Heavy imports (httpx, widgets) happen here, on a cell's first run, never at %load_ext.
 The --out job is stored however the job ended (done, failed, cancelled, lost), since that is
 when a user most wants to look at it; the cell's own names only on success.
+
+A session cell runs the same way, in its session (tetra_magic/sessions.py); this module also
+sends a session's other requests: pulling a value, ending it, replaying the cells that built it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from typing import Any
 
-from tetra_magic import outcome, pythons, targets
+from tetra_magic import outcome, pythons, sessions, targets
 from tetra_magic.analysis import analyse
+from tetra_magic.cell_runtime import MainNames
 from tetra_magic.display import make_view
+from tetra_magic.display.text import TextView
 from tetra_magic.errors import cell_labeler, syntax_error
 from tetra_magic.job import Job
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import pack
+from tetra_magic.packing import KERNEL_ID, Packed, pack, request_for
 
 
 def run_cell(
@@ -29,12 +36,19 @@ def run_cell(
     prices: dict[str, float] | None = None,
 ) -> Any:
     """Run the cell's source remotely; return its last value (None if it has none).
-    `prices` overrides RunPod's per-second GPU prices (pool id -> USD) for cost estimates."""
+    `prices` overrides RunPod's per-second GPU prices (pool id -> USD) for cost estimates.
+    In a session that was lost, SessionLost before anything runs (unless opts.session_replay
+    rebuilds it first)."""
     label = cell_labeler(shell)
     try:
         analysis = analyse(source, filename)
     except SyntaxError as exc:
         raise syntax_error(exc, label) from None
+    session = sessions.for_cell(opts.session, KERNEL_ID) if opts.session else None
+    if session is not None and session.lost:
+        if not opts.session_replay:
+            raise session.lost_error({})
+        replay(shell, session)
     endpoint = targets.resolve(opts)
     packed = pack(
         analysis,
@@ -43,6 +57,7 @@ def run_cell(
         filename=filename,
         limit=endpoint.payload_limit,
         label=label,
+        session=session,
     )
     job = Job(endpoint, opts, packed, make_view(shell, opts, display), started)
     try:
@@ -52,6 +67,13 @@ def run_cell(
         if cost is not None:
             print(cost.line(), file=sys.stderr)
         result = outcome.unpack(job.check(label, shell.user_ns))
+        if session is not None and (lost := _lost(result)) is not None:
+            error = session.lost_error(lost)
+            if not opts.session_replay:
+                raise error
+            replay(shell, session)  # then the cell runs, once: a second loss is reported
+            once = dataclasses.replace(opts, session_replay=False)
+            return run_cell(shell, once, source, filename, display, started, prices)
     except BaseException as exc:
         job.error = job.error or str(exc)
         raise
@@ -60,11 +82,146 @@ def run_cell(
             shell.user_ns[opts.out] = job
     outcome.apply(result, shell.user_ns)
     job.returned = sorted(result.values)
+    if session is not None:
+        _took(session, job, packed, result, label(filename) or filename, shell.user_ns)
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
+
+
+def _lost(result: outcome.CellResult) -> dict[str, Any] | None:
+    """The worker's word that the session is not there (None when the cell ran in it)."""
+    answer = result.payload.get("session") or {}
+    return answer if answer.get("lost") else None
+
+
+def _took(
+    session: sessions.Session,
+    job: Job,
+    packed: Packed,
+    result: outcome.CellResult,
+    label: str,
+    user_ns: dict[str, Any],
+) -> None:
+    """Record the session cell, and say in one line whether the session was warm."""
+    opts = job.opts
+    record = sessions.CellRecord(label, packed.spec, packed.blobs, opts)
+    session.took(result.payload, user_ns, record)
+    session.endpoint, session.opts = job.endpoint, opts
+    session.fetch = functools.partial(pull, session)
+    session.worker_id = (job.worker or {}).get("worker_id") or session.worker_id
+    summary = result.payload.get("session") or {}
+    state = "warm" if summary.get("warm") else "new"
+    line = f"tetra: session {session.name} ({state})"
+    if state == "new" and job.billed:
+        line += (
+            f"; its RunPod worker stays up {opts.session_idle_timeout} s after each cell"
+            " (billed while idle) and the session ends with it"
+        )
+    print(line, file=sys.stderr)
 
 
 def _report(problems: dict[str, str]) -> None:
     """Values that did not come back, one line each, after the cell's own output."""
     for name, reason in problems.items():
         print(f"tetra: {name} was not brought back: {reason}", file=sys.stderr)
+
+
+def session_request(
+    session: sessions.Session, spec: dict[str, Any], blobs: dict[str, bytes], quiet: bool = True
+) -> outcome.CellResult:
+    """Send one request in `session` (its spec's `session` part already set) to the endpoint
+    of its last cell, and bring back its payload; the job's failure as an exception."""
+    if session.opts is None:
+        raise sessions.SessionLost(f"session {session.name!r} has not run a cell yet")
+    opts = dataclasses.replace(session.opts, quiet=quiet, out=None, name=None)
+    request = request_for(spec, blobs, opts)
+    size = len(request.model_dump_json())
+    packed = Packed(request, tuple(sorted(blobs)), (), size, spec, blobs)
+    view = TextView(verbose=False, live=not quiet)
+    job = Job(targets.resolve(opts), opts, packed, view)
+    job.run()
+    return outcome.unpack(job.check(lambda name: None, {}))
+
+
+def _plain_spec(session: sessions.Session, **part: Any) -> dict[str, Any]:
+    """The spec of a request that runs no cell: pull or end."""
+    return {
+        "filename": f"<tetra-session {session.name}>",
+        "source": "",
+        "binds": [],
+        "deletes": [],
+        "has_last_expr": False,
+        "modules": {},
+        "python": [str(n) for n in sys.version_info[:2]],
+        "definitions": {},
+        "display": _display_source(),
+        "session": session.spec(set(), 0, **part),
+    }
+
+
+def _display_source() -> str:
+    import inspect
+
+    from tetra_magic import remote_display
+
+    return inspect.getsource(remote_display)
+
+
+def pull(session: sessions.Session, names: list[str], user_ns: dict[str, Any]) -> dict[str, Any]:
+    """{name: value} of the session's values, fetched whatever their size, loaded against the
+    notebook's namespace `user_ns` (its classes); SessionError for a name that cannot come,
+    SessionLost for a lost session."""
+    result = session_request(session, _plain_spec(session, pull=names), {})
+    if (lost := _lost(result)) is not None:
+        raise session.lost_error(lost)
+    payload = result.payload
+    loaded = MainNames(user_ns, payload.get("definitions"), payload.get("values"))
+    for name in payload.get("definitions", {}):
+        loaded.ensure(name)
+    problems = dict(payload.get("errors", {}))
+    values = {}
+    for name, blob in payload.get("values", {}).items():
+        try:
+            values[name] = loaded.load(name, blob)
+        except Exception as exc:
+            problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+    if problems:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
+        raise sessions.SessionError(f"session {session.name!r}: {reasons}")
+    return values
+
+
+def end(session: sessions.Session) -> list[str]:
+    """Free the session on its worker and forget it here; the names it held there."""
+    try:
+        if session.opts is None:  # no cell reached a worker
+            return []
+        payload = session_request(session, _plain_spec(session, end=True), {}).payload
+        return list((payload.get("session") or {}).get("freed", []))
+    finally:
+        sessions.SESSIONS.pop(session.name, None)
+
+
+def replay(shell: Any, session: sessions.Session) -> None:
+    """Run the cells that built the session again, in order, with the inputs they had, into a
+    fresh session of the same name (references in the notebook stay valid). Nothing is written
+    into the notebook; a cell that fails stops the replay and ends the half-built session."""
+    records, session.cells = session.cells, []
+    session.lost = None
+    print(f"tetra: replaying session {session.name}: {len(records)} cells", file=sys.stderr)
+    for index, record in enumerate(records):
+        part = session.spec(set(record.spec.get("session", {}).get("reads", ())), 0)
+        part["value_limit"] = record.opts.session_value_limit
+        part["new"] = index == 0
+        spec = {**record.spec, "session": part}
+        try:
+            result = session_request(session, spec, record.blobs, quiet=False)
+            if (lost := _lost(result)) is not None:
+                raise session.lost_error(lost)
+        except BaseException:
+            session.cells = records
+            session.lost = "a replay did not finish"
+            raise
+        session.cells.append(record)
+        print(f"tetra: replayed {record.label}", file=sys.stderr)
+    session.lost = None

@@ -43,4 +43,5 @@ def make_view(shell: Any, opts: CellOptions, display: str) -> JobView:
         return TextView(verbose=opts.verbose, live=opts.stream)
     from tetra_magic.display.widget import WidgetView
 
-    return WidgetView(live=opts.stream, name=opts.name)
+    session = f"session {opts.session}" if opts.session else None
+    return WidgetView(live=opts.stream, name=opts.name or session)

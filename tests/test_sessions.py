@@ -1,0 +1,161 @@
+"""Sessions in real kernels on the local endpoint: a namespace kept on the worker between cells,
+references to what stays there, pulling, local reassignment, loss and replay, ending, and two
+kernels kept apart.
+
+Expected values come from running the same code in the test's kernel itself, not from
+numbers written here. The endpoint has two workers, so a session's cells reach the worker that
+holds it only because the endpoint pins them there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from kernels import LiveKernel, private_local_endpoint
+
+LOAD = "%load_ext tetra_magic"
+SESSION = "%%tetra --local --session s"
+# 50 MB of float64 on the worker, and a small dict that comes home as a value.
+MAKE = (
+    f"{SESSION} --out made\nimport numpy as np\nbig = np.arange(6_250_000, dtype=np.float64)"
+    "\nsmall = {'n': 3}\nimport os\nholder = os.getppid()"
+)
+USE = f"{SESSION} --out used\nprint('ran')\ntotal = float(big.sum()) + small['n']"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with private_local_endpoint(tmp_path_factory.mktemp("tetra-home"), workers=1):
+        yield
+
+
+@pytest.fixture
+def kernel() -> Iterator[LiveKernel]:
+    live = LiveKernel()
+    try:
+        assert live.run(LOAD).error is None
+        yield live
+    finally:
+        live.close()
+
+
+def value(kernel: LiveKernel, expression: str) -> str:
+    """`expression` evaluated in the kernel, as its repr."""
+    run = kernel.run(f"print(repr({expression}))")
+    assert run.error is None, run.error
+    return run.stdout.strip()
+
+
+def ok(kernel: LiveKernel, source: str):
+    run = kernel.run(source)
+    assert run.error is None, (run.error, run.stderr)
+    return run
+
+
+def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(kernel: LiveKernel) -> None:
+    ok(kernel, MAKE)
+    assert value(kernel, "big") == "<remote s.big: ndarray, 50.0 MB>"
+    assert value(kernel, "small") == repr({"n": 3})
+    assert int(value(kernel, "made.result_bytes")) < 100_000  # a description, not 50 MB
+    run = ok(kernel, USE)
+    assert "ran" in run.stdout and "session s (warm)" in run.stderr
+    expected = "float(sum(range(6_250_000))) + 3"  # numpy's sum, in plain Python here
+    assert value(kernel, "total") == value(kernel, expected)
+    assert int(value(kernel, "used.request_bytes")) < 200_000  # big did not travel back
+
+
+def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(kernel: LiveKernel) -> None:
+    ok(kernel, "%config TetraMagic.session_value_limit = 1000")
+    ok(kernel, f"{SESSION}\nmid = list(range(1000))\nsmall = {{'n': 3}}")
+    assert value(kernel, "mid").startswith("<remote s.mid: list, ")
+    ok(kernel, "%tetra pull mid")
+    assert value(kernel, "mid == list(range(1000))") == "True"
+    ok(kernel, "small = {'n': 100}")
+    ok(kernel, f"{SESSION}\nseen = small['n']")
+    assert value(kernel, "seen") == "100"
+    ok(kernel, "del small")  # the session keeps the newest value it was sent
+    ok(kernel, f"{SESSION}\nstill = small['n']")
+    assert value(kernel, "still") == "100"
+
+
+def test_a_changed_home_copy_follows_the_session(kernel: LiveKernel) -> None:
+    """A small value that came home is the session's own object there: changed in place by a
+    session cell, the notebook's copy changes with it, as an input's does."""
+    ok(kernel, f"{SESSION}\nitems = [1]\nalias = items")
+    ok(kernel, "mine = items")
+    ok(kernel, f"{SESSION}\nitems.append(2)\nsame = alias is items")
+    assert value(kernel, "(items, mine is items, same)") == repr(([1, 2], True, True))
+
+
+def test_losing_the_worker_is_reported_before_anything_runs_and_replay_rebuilds(
+    kernel: LiveKernel,
+) -> None:
+    ok(kernel, MAKE)
+    ok(kernel, f"{SESSION}\ndoubled = big * 2")
+    holder = int(value(kernel, "holder"))
+    os.kill(holder, signal.SIGKILL)  # the worker process that holds the session
+    time.sleep(1)
+    run = kernel.run(USE)
+    assert run.error is not None and "ran" not in run.stdout
+    message = "\n".join(run.error["traceback"])
+    assert "session 's' is gone" in message and "Nothing ran" in message
+    assert "In[2]" in message and "In[3]" in message  # the cells that had built it
+    assert kernel.run(USE).error is not None  # it does not silently start afresh
+    run = ok(kernel, "%tetra replay s")
+    assert "replayed" in run.stderr
+    run = ok(kernel, USE)
+    assert "ran" in run.stdout
+    expected = "float(sum(range(6_250_000))) + 3"  # numpy's sum, in plain Python here
+    assert value(kernel, "total") == value(kernel, expected)
+    assert value(kernel, "doubled") == "<remote s.doubled: ndarray, 50.0 MB>"
+
+
+def test_automatic_replay(kernel: LiveKernel) -> None:
+    ok(kernel, "%config TetraMagic.session_replay = True")
+    ok(kernel, MAKE)
+    os.kill(int(value(kernel, "holder")), signal.SIGKILL)
+    time.sleep(1)
+    run = ok(kernel, USE)
+    assert "replaying session s" in run.stderr and "ran" in run.stdout
+
+
+def test_end_frees_the_session_and_its_names_do_not_leak(kernel: LiveKernel) -> None:
+    ok(kernel, MAKE)
+    run = ok(kernel, "%%tetra --local\nprint('big' in globals(), 'small' in globals())")
+    assert run.stdout.strip() == "False False"  # a cell without --session sees none of it
+    run = ok(kernel, "%tetra sessions")
+    assert "big (ndarray, 50.0 MB)" in run.stdout
+    run = ok(kernel, "%tetra end s")
+    assert "session s ended" in run.stdout and "big" in run.stdout
+    run = ok(kernel, f"{SESSION}\nprint('big' in globals())")
+    assert run.stdout.strip() == "False"
+    run = kernel.run(f"{SESSION}\nbig.sum()")
+    assert "UsageError: variable 'big'" in run.stderr and "which has ended" in run.stderr
+
+
+def test_two_kernels_with_the_same_session_name_stay_apart(kernel: LiveKernel) -> None:
+    other = LiveKernel()
+    try:
+        ok(other, LOAD)
+        ok(kernel, f"{SESSION}\nmine = 'first'")
+        ok(other, f"{SESSION}\nmine = 'second'")
+        ok(kernel, f"{SESSION}\nseen = mine")
+        ok(other, f"{SESSION}\nseen = mine")
+        assert value(kernel, "seen") == repr("first")
+        assert value(other, "seen") == repr("second")
+    finally:
+        other.close()
+
+
+def test_the_default_session_and_bad_names(kernel: LiveKernel) -> None:
+    ok(kernel, "%tetra session t")
+    ok(kernel, "%%tetra --local\nkept = 41")
+    ok(kernel, "%%tetra --local\nkept += 1")
+    assert value(kernel, "kept") == "42"
+    run = ok(kernel, "%%tetra --local --no-session\nprint('kept' in globals())")
+    assert run.stdout.strip() == "False"
+    run = kernel.run("%%tetra --local --session 'no spaces'\n1")
+    assert "--session: 'no spaces' is not a session name" in run.stderr

@@ -1,0 +1,91 @@
+"""`%tetra session`, `sessions`, `pull`, `end`, `replay`: the notebook's handles on its sessions.
+
+The line magic hands these commands here with the rest of their line. Those that reach the
+worker send a session request (tetra_magic/run.py) to the endpoint of the session's last cell.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from tetra_magic import run, sessions
+from tetra_magic.options import session_name
+
+
+def run_command(magic: Any, command: str, rest: str) -> None:
+    """Carry out `command` with the rest of its line; prints for the user."""
+    words = shlex.split(rest)
+    if command == "session":
+        _default(magic, words)
+    elif command == "sessions":
+        print(sessions.table())
+    elif command == "pull":
+        _pull(magic.shell.user_ns, words, magic.session)
+    elif command == "end":
+        for name in _names(command, words):
+            freed = run.end(_session(name))
+            held = f"; it held {', '.join(freed)}" if freed else ""
+            print(f"tetra: session {name} ended{held}")
+    else:
+        for name in _names(command, words):
+            run.replay(magic.shell, _session(name))
+
+
+def _default(magic: Any, words: list[str]) -> None:
+    """`%tetra session NAME` makes NAME the notebook's default; `off` clears it; alone, shows."""
+    if not words:
+        print(f"tetra: cells run in session {magic.session}" if magic.session else "no session")
+        return
+    if words[0] == "off":
+        magic.session = ""
+        print("tetra: cells run without a session")
+        return
+    magic.session = session_name(words[0], "%tetra session")
+    print(f"tetra: cells run in session {magic.session} (--no-session for one that does not)")
+
+
+def _names(command: str, words: list[str]) -> list[str]:
+    if not words:
+        raise UsageError(f"%tetra {command} NAME: name the session (see %tetra sessions)")
+    return words
+
+
+def _session(name: str) -> sessions.Session:
+    found = sessions.SESSIONS.get(name)
+    if found is None:
+        known = ", ".join(sessions.SESSIONS) or "none yet"
+        raise UsageError(f"no session {name!r} in this kernel (sessions: {known})")
+    return found
+
+
+def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
+    """`%tetra pull NAME...`: each remote reference replaced by its value. A name the notebook
+    holds no reference for comes from `--session S`, else the default session, else the
+    kernel's only session."""
+    chosen = None
+    if words[:1] == ["--session"] and len(words) > 1:
+        chosen, words = _session(words[1]), words[2:]
+    elif default or len(sessions.SESSIONS) == 1:
+        chosen = _session(default or next(iter(sessions.SESSIONS)))
+    if not words:
+        raise UsageError("%tetra pull NAME [NAME ...]: name the variables to fetch")
+    by_session: dict[str, list[tuple[str, str]]] = {}  # session -> [(notebook name, its name)]
+    for name in words:
+        ref = user_ns.get(name)
+        if isinstance(ref, sessions.RemoteRef):
+            by_session.setdefault(ref.session.name, []).append((name, ref.name))
+        elif chosen is not None:
+            by_session.setdefault(chosen.name, []).append((name, name))
+        else:
+            raise UsageError(
+                f"%tetra pull: {name} is not a remote reference; name its session with"
+                f" `%tetra pull --session NAME {name}`"
+            )
+    for session_name_, pairs in by_session.items():
+        values = run.pull(_session(session_name_), [remote for _, remote in pairs], user_ns)
+        for name, remote in pairs:
+            user_ns[name] = values[remote]
+        print(f"tetra: pulled {', '.join(name for name, _ in pairs)} from session {session_name_}")

@@ -1,0 +1,304 @@
+"""Sessions as the notebook knows them: which exist, what they hold, how they were built.
+
+A session cell (`%%tetra --session NAME`) runs in a namespace that lives on the worker between
+cells (tetra_magic/session_runtime.py is the worker's side). The kernel keeps one `Session`
+record per name: the id the worker must still hold (so a lost session is noticed before a cell
+runs), the cells that built it, with the requests they sent (so `%tetra replay` can rebuild it
+with the inputs they had), and what came home from it:
+
+- small values, as values; the notebook's copy is sent back as a reference to the session's
+  own while it is unchanged (same object, same pickle), so identity inside the session holds
+  and the newest value always wins: a copy changed or rebound here is shipped as today;
+- everything else as a `RemoteRef`, which shows what it is without fetching it and which a
+  later cell of the same session reads at no transfer cost.
+
+Sessions belong to their kernel: the worker keys them by this kernel's id and the name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from tetra_magic import session_runtime
+from tetra_magic.cell_runtime import MainNames, _markers
+from tetra_magic.errors import TetraError
+from tetra_magic.options import CellOptions
+
+# The session whose cell is being packed: a reference to another session's value cannot go.
+_SHIPPING: list[Session] = []
+
+
+@dataclass
+class CellRecord:
+    """One cell that built a session: enough to send it again as it was."""
+
+    label: str
+    spec: dict[str, Any]
+    blobs: dict[str, bytes]
+    opts: CellOptions
+
+
+@dataclass
+class Session:
+    """One session of this kernel."""
+
+    name: str
+    owner: str
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    created: float = field(default_factory=time.time)
+    last_used: float | None = None
+    endpoint: str = ""
+    worker_id: str | None = None
+    opts: CellOptions | None = None
+    cells: list[CellRecord] = field(default_factory=list)
+    # name -> (id of the notebook's copy, its pickle's digest) for values that came home
+    homes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # name -> the definition object that came home (the worker has it by that name)
+    definitions: dict[str, Any] = field(default_factory=dict)
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_memory: dict[str, int] = field(default_factory=dict)
+    lost: str | None = None
+    # fetch(names, user_ns) -> {name: value}: given by whoever runs the session's jobs (run.py)
+    fetch: Callable[[list[str], dict[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner}:{self.name}"
+
+    @property
+    def new(self) -> bool:
+        """Whether the worker has yet to make it (no cell has built it)."""
+        return not self.cells
+
+    def spec(self, reads: set[str], value_limit: int, **extra: Any) -> dict[str, Any]:
+        """The `session` part of a cell's spec, for session_runtime."""
+        return {
+            "key": self.key,
+            "id": self.id,
+            "new": self.new,
+            "reads": sorted(reads),
+            "value_limit": value_limit,
+            "runtime": inspect.getsource(session_runtime),
+            **extra,
+        }
+
+    def referable(self, finder: Any) -> Any:
+        """`finder`, except that a definition that came home from this session is one the
+        worker has: it is referred to by name, never defined there again."""
+
+        def referable(name: str) -> Any:
+            if name in self.definitions and finder.user_ns.get(name) is self.definitions[name]:
+                return []
+            return finder(name)
+
+        return referable
+
+    def substitutes(self, values: dict[str, Any], user_ns: dict[str, Any]) -> dict[str, Any]:
+        """{name: marker} for the values the cell reads that the session holds as they are:
+        the notebook's unchanged copies of what came home. The marker stands for the
+        session's own object on the worker."""
+        found = {}
+        for name, value in values.items():
+            home = self.homes.get(name)
+            if home is not None and home[0] == id(value) and home[1] == _digest(value, user_ns):
+                found[name] = SessionValue(name)
+        return found
+
+    def took(self, payload: dict[str, Any], user_ns: dict[str, Any], record: CellRecord) -> None:
+        """Note what a cell of the session did: what came home (values and definitions) and
+        what stays as references, which are bound in the notebook now."""
+        for name in payload.get("values", {}):
+            if name in user_ns:
+                self.homes[name] = (id(user_ns[name]), _digest(user_ns[name], user_ns))
+        for name in payload.get("definitions", {}):
+            if name in user_ns:
+                self.definitions[name] = user_ns[name]
+        for name, description in payload.get("refs", {}).items():
+            self.homes.pop(name, None)
+            user_ns[name] = RemoteRef(self, name, description)
+        for name in payload.get("deleted", []):
+            self.homes.pop(name, None)
+        summary = payload.get("session") or {}
+        self.held, self.gpu_memory = summary.get("held", {}), summary.get("gpu_memory", {})
+        self.cells.append(record)
+        self.last_used = time.time()
+
+    def lost_error(self, answer: dict[str, Any]) -> SessionLost:
+        """The error a cell gets when the worker no longer holds the session."""
+        since = _clock(self.last_used)
+        started = answer.get("process_started")
+        restart = f"; the process that answered started at {_clock(started)}" if started else ""
+        built = ", ".join(cell.label for cell in self.cells) or "no cells"
+        self.lost = f"lost after {since}"
+        return SessionLost(
+            f"session {self.name!r} is gone: the worker process that held it ended after"
+            f" {since}, when its last cell ran{restart} (an idle timeout, a crash, a restart"
+            f" or a --timeout kill). Nothing ran. It had been built by {built}. Run"
+            f" `%tetra replay {self.name}` to rebuild it (those cells run again, with the"
+            f" inputs they had), `%tetra end {self.name}` to start it afresh, or set"
+            " `%config TetraMagic.session_replay = True` to replay lost sessions"
+            " automatically."
+        )
+
+
+class SessionError(TetraError):
+    """A session request that could not be done."""
+
+
+class SessionLost(SessionError):
+    """The worker no longer holds the session a cell was meant to run in."""
+
+
+class SessionValue:
+    """Stands, in a cell's request, for a value the session already holds under `name`: it
+    pickles as a reference that the worker resolves in the session's namespace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _markers().main, (self.name,)
+
+
+class RemoteRef(SessionValue):
+    """A value that stays in a session on the worker: shows what it is, and is read by later
+    cells of that session at no transfer cost. `pull()` fetches it."""
+
+    def __init__(self, session: Session, name: str, description: dict[str, Any]) -> None:
+        super().__init__(name)
+        self.session = session
+        self.session_id = session.id
+        self.type = description.get("type") or "object"
+        self.size = description.get("size")
+        self.device = description.get("device")
+        self.reason = description.get("reason")
+        self.over = bool(description.get("over"))  # the size is a lower bound
+
+    def __repr__(self) -> str:
+        parts = [self.type.rpartition(".")[2]]
+        if self.size is not None:
+            parts.append(("over " if self.over else "") + size_text(self.size))
+        if self.device:
+            parts.append(self.device)
+        return f"<remote {self.session.name}.{self.name}: {', '.join(parts)}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        shipping = _SHIPPING[-1] if _SHIPPING else None
+        if (
+            SESSIONS.get(self.session.name) is not self.session
+            or self.session.id != self.session_id
+        ):
+            raise SessionError(
+                f"it is a remote reference to {self.name!r} in session {self.session.name!r},"
+                " which has ended: run the cell that made it again"
+            )
+        if shipping is None or shipping.id != self.session_id:
+            where = f"session {shipping.name!r}" if shipping else "no session"
+            raise SessionError(
+                f"it is a remote reference to {self.name!r} in session {self.session.name!r},"
+                f" and this cell runs in {where}: run it with --session {self.session.name},"
+                f" or fetch the value with `%tetra pull {self.name}`"
+            )
+        return super().__reduce__()
+
+    def pull(self) -> Any:
+        """The value itself, fetched from the worker (GPU tensors come as CPU ones)."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        user_ns = shell.user_ns if shell is not None else {}
+        if self.session.fetch is None:
+            raise SessionError(f"session {self.session.name!r} has no cell to fetch from")
+        return self.session.fetch([self.name], user_ns)[self.name]
+
+
+@contextmanager
+def shipping(session: Session | None) -> Iterator[None]:
+    """While a cell is packed: the session its references may go to."""
+    _SHIPPING.append(session)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _SHIPPING.pop()
+
+
+SESSIONS: dict[str, Session] = {}
+
+
+def for_cell(name: str, owner: str) -> Session:
+    """The kernel's session `name`, made on first use."""
+    session = SESSIONS.get(name)
+    if session is None:
+        SESSIONS[name] = session = Session(name, owner)
+    return session
+
+
+def _digest(value: Any, user_ns: dict[str, Any]) -> bytes:
+    """A fingerprint of the notebook value's pickle (b"" when it cannot be pickled)."""
+    try:
+        blob = MainNames(user_ns).dumps(value, to_cpu=False)
+    except Exception:
+        return b""
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def size_text(size: int) -> str:
+    """548 MB, 50.0 MB, 312 KB, 80 bytes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{size} bytes"
+
+
+def _clock(moment: float | None) -> str:
+    if moment is None:
+        return "its start"
+    ago = time.time() - moment
+    when = time.strftime("%H:%M:%S", time.localtime(moment))
+    return f"{when} ({_duration(ago)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def table(now: float | None = None) -> str:
+    """`%tetra sessions`: one block per session of this kernel."""
+    if not SESSIONS:
+        return "no sessions in this kernel (start one with %%tetra --session NAME)"
+    now = now or time.time()
+    blocks = []
+    for session in SESSIONS.values():
+        idle = _duration(now - session.last_used) if session.last_used else "-"
+        state = f"LOST ({session.lost})" if session.lost else f"{len(session.cells)} cells"
+        head = (
+            f"{session.name}: {state} · endpoint {session.endpoint or '-'} · worker"
+            f" {session.worker_id or '-'} · age {_duration(now - session.created)} · idle {idle}"
+        )
+        held = ", ".join(
+            f"{name} ({info.get('type', '?').rpartition('.')[2]}, {size_text(info['size'])})"
+            if info.get("size") is not None
+            else name
+            for name, info in session.held.items()
+        )
+        lines = [head, f"  holds: {held or 'nothing'}"]
+        if session.gpu_memory:
+            gpu = ", ".join(f"{dev} {size_text(n)}" for dev, n in session.gpu_memory.items())
+            lines.append(f"  GPU memory in use: {gpu}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

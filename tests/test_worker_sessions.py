@@ -12,7 +12,7 @@ import pytest
 import test_worker
 from test_worker import Worker, function, gone
 
-from worker import handler
+from worker import executor, handler
 from worker.protocol import decode, encode
 
 # What a session's namespace stands for here: a value kept in a module of the child process.
@@ -84,6 +84,18 @@ def test_sessions_of_several_kernels_are_all_kept(worker: Worker) -> None:
     pids = {kernel: store(worker, kernel, f"{kernel}'s value") for kernel in ("a", "b")}
     assert probe(worker, "c", None)[0] is None
     assert {k: probe(worker, k) for k in pids} == {k: (f"{k}'s value", pids[k]) for k in pids}
+
+
+def test_past_the_cap_the_least_recently_used_session_process_goes(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notebooks closed with their sessions open do not hold a worker's memory for good."""
+    monkeypatch.setattr(executor, "KEPT_SESSION_PROCESSES", 2)
+    pids = {kernel: store(worker, kernel, f"{kernel}'s value") for kernel in ("a", "b")}
+    assert probe(worker, "a") == ("a's value", pids["a"])  # a used last: b is the oldest
+    store(worker, "c", "c's value")
+    assert ended(pids["b"]) and not gone(pids["a"])
+    assert probe(worker, "a") == ("a's value", pids["a"])
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,9 @@ START_TIMEOUT_S = 60.0
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
 BACKLOG_BYTES = 2**16
+# Other kernels' processes kept for their sessions; past this, the least recently used goes
+# (a notebook closed with its sessions open would otherwise hold its memory for good).
+KEPT_SESSION_PROCESSES = int(os.environ.get("TETRA_KEPT_SESSION_PROCESSES", 4))
 _WORKER_ONLY_ENV = ("RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_")
 # `python -c` with the working directory moved from the front of sys.path to its end (-P would
 # drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
@@ -391,10 +394,14 @@ class Executor:
         for other, child in list(self._children.items()):
             if not child.alive or (other != kernel and not child.holds_session):
                 self._close(other)
-        child = self._children.get(kernel)
+        holding = [other for other in self._children if other != kernel]
+        for other in holding[: max(0, len(holding) - KEPT_SESSION_PROCESSES + 1)]:
+            self._close(other)  # the least recently used: its sessions are reported lost
+        child = self._children.pop(kernel, None)
         if child is None:
             emit(chunk("phase", "starting"))
-            child = self._children[kernel] = await _Child.start(workdir(kernel))
+            child = await _Child.start(workdir(kernel))
+        self._children[kernel] = child  # the most recently used last
         child.holds_session |= session is not None
         emit(chunk("phase", "running"))
         return child

@@ -179,11 +179,12 @@ class RemoteRef(SessionValue):
         self.size = description.get("size")
         self.device = description.get("device")
         self.reason = description.get("reason")
+        self.over = bool(description.get("over"))  # the size is a lower bound
 
     def __repr__(self) -> str:
         parts = [self.type.rpartition(".")[2]]
         if self.size is not None:
-            parts.append(size_text(self.size))
+            parts.append(("over " if self.over else "") + size_text(self.size))
         if self.device:
             parts.append(self.device)
         return f"<remote {self.session.name}.{self.name}: {', '.join(parts)}>"

@@ -305,6 +305,8 @@ RECORD_FIELDS = [
     "error",
     "billed_s",
     "cost_estimate_usd",
+    "request_bytes",
+    "result_bytes",
 ]
 
 

@@ -573,23 +573,20 @@ class MainNames:
         pickle."""
         import io
 
-        buffer = io.BytesIO()
-        self.dump_into(value, buffer, files, to_cpu)
-        return buffer.getvalue()
+        body = io.BytesIO()
+        header, _ = self.dump_body(value, body, files, to_cpu)
+        return header + body.getvalue()
 
-    def dump_into(self, value, file, files=None, to_cpu=True):
-        """Write `value`'s blob to `file`; the GPU devices of the tensors met on the way."""
-        import io
+    def dump_body(self, value, file, files=None, to_cpu=True):
+        """Pickle `value` into `file` as it goes (a file may stop it by raising); the header
+        its blob starts with, and the GPU devices of the tensors met on the way."""
         import platform
 
-        body = io.BytesIO()
-        pickler = _pickler_class()(body, self, files, to_cpu)
+        pickler = _pickler_class()(file, self, files, to_cpu)
         pickler.dump(value)
         python = ".".join(platform.python_version_tuple()[:2])
         code = pickler.code_of or "-"
-        file.write(b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()))
-        file.write(body.getbuffer())
-        return pickler.devices
+        return b"%s %s %s\n" % (_HEADER, python.encode(), code.encode()), pickler.devices
 
     def portable(self, value, dump=None):
         """A value as it can best travel: its blob (None if it has none), its repr, and its

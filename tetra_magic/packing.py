@@ -212,7 +212,7 @@ def pack(
     referable: Any = definitions.Finder(user_ns, cells)
     if session is not None:
         referable = session.referable(referable)
-        user_ns = {**user_ns, **session.substitutes(values)}
+        user_ns = {**user_ns, **session.substitutes(values, user_ns)}
     names = cell_runtime.MainNames(user_ns, referable=referable)
     files: set[str] = set()
     with sessions.shipping(session):

@@ -194,7 +194,7 @@ def pull(session: sessions.Session, names: list[str], user_ns: dict[str, Any]) -
 def end(session: sessions.Session) -> list[str]:
     """Free the session on its worker and forget it here; the names it held there."""
     try:
-        if not session.cells or session.lost:
+        if session.opts is None:  # no cell reached a worker
             return []
         payload = session_request(session, _plain_spec(session, end=True), {}).payload
         return list((payload.get("session") or {}).get("freed", []))

@@ -115,15 +115,23 @@ def dumper(session, names, limit):
 def send_home(names, value, limit):
     """(blob, description): the blob is None when the value stays in the session, because it
     holds GPU data, is over `limit` bytes pickled, or cannot be pickled at all (an open file, a
-    lock). The description says what it is without fetching it."""
+    lock). The description says what it is without fetching it. Pickling stops at `limit`: a
+    model is never copied off its GPU, nor a large value pickled whole, only to be left here."""
+    import io
+
     description = {"type": _type_name(value), "size": _nbytes(value), "device": _device(value)}
-    if description["device"] is not None:
-        return None, description
+    if description["device"] is not None or isinstance(value, io.IOBase):
+        return None, description  # cloudpickle would send an open file's contents
     if description["size"] is not None and description["size"] > limit:
         return None, description
     sink = _Capped(limit)
     try:
-        devices = names.dump_into(value, sink)
+        header, devices = names.dump_body(value, sink, to_cpu=False)
+    except _TooLarge:
+        size, device = _scan(value)
+        description.update(size=size or description["size"] or limit, device=device)
+        description["over"] = size is None  # the size then is where pickling stopped
+        return None, description
     except Exception as exc:
         description["reason"] = f"{type(exc).__name__}: {exc}"
         return None, description
@@ -131,25 +139,48 @@ def send_home(names, value, limit):
     if devices:
         description["device"] = sorted(devices)[0]
         return None, description
-    return sink.blob(), description
+    return header + b"".join(sink.parts), description
+
+
+class _TooLarge(Exception):
+    """Pickling went past the limit."""
 
 
 class _Capped:
-    """A file that counts what is written and keeps it only up to `limit` bytes."""
+    """A file that keeps what is written, up to `limit` bytes."""
 
     def __init__(self, limit):
         self.limit, self.size, self.parts = limit, 0, []
 
     def write(self, data):
         self.size += len(data)
-        if self.parts is not None:
-            self.parts.append(bytes(data))
-            if self.size > self.limit:
-                self.parts = None
+        if self.size > self.limit:
+            raise _TooLarge()
+        self.parts.append(bytes(data))
         return len(data)
 
-    def blob(self):
-        return None if self.parts is None else b"".join(self.parts)
+
+def _scan(value, budget=100_000):
+    """(bytes, device) of the arrays, tensors and models found inside `value` (its attributes
+    and containers, up to `budget` objects); (None, None) if it holds none."""
+    seen, todo, total, device = set(), [value], 0, None
+    while todo and len(seen) < budget:
+        item = todo.pop()
+        if id(item) in seen or isinstance(item, (str, int, float, bool, type(None), type)):
+            continue
+        seen.add(id(item))
+        size = _nbytes(item)
+        if size is not None:
+            total += size
+            device = device or _device(item)
+            continue
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo.extend(item)
+        else:
+            todo.extend(getattr(item, "__dict__", {}).values())
+    return (total or None), device
 
 
 def _type_name(value):

@@ -100,14 +100,14 @@ class Session:
 
         return referable
 
-    def substitutes(self, values: dict[str, Any]) -> dict[str, Any]:
+    def substitutes(self, values: dict[str, Any], user_ns: dict[str, Any]) -> dict[str, Any]:
         """{name: marker} for the values the cell reads that the session holds as they are:
         the notebook's unchanged copies of what came home. The marker stands for the
         session's own object on the worker."""
         found = {}
         for name, value in values.items():
             home = self.homes.get(name)
-            if home is not None and home[0] == id(value) and home[1] == _digest(value, values):
+            if home is not None and home[0] == id(value) and home[1] == _digest(value, user_ns):
                 found[name] = SessionValue(name)
         return found
 
@@ -179,11 +179,12 @@ class RemoteRef(SessionValue):
         self.size = description.get("size")
         self.device = description.get("device")
         self.reason = description.get("reason")
+        self.over = bool(description.get("over"))  # the size is a lower bound
 
     def __repr__(self) -> str:
         parts = [self.type.rpartition(".")[2]]
         if self.size is not None:
-            parts.append(size_text(self.size))
+            parts.append(("over " if self.over else "") + size_text(self.size))
         if self.device:
             parts.append(self.device)
         return f"<remote {self.session.name}.{self.name}: {', '.join(parts)}>"

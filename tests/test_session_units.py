@@ -1,0 +1,91 @@
+"""What a session sends home and what it keeps, decided on the worker (session_runtime), and how
+the notebook shows what stayed (sessions.RemoteRef): the parts, run directly."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from tetra_magic import cell_runtime, session_runtime, sessions
+
+LIMIT = 1_000_000
+
+
+def send(value):
+    return session_runtime.send_home(cell_runtime.MainNames({}), value, LIMIT)
+
+
+class Holder:
+    pass
+
+
+def test_a_small_value_comes_home_as_a_value_that_loads() -> None:
+    blob, description = send({"a": [1, 2]})
+    assert cell_runtime.MainNames({}).load("x", blob) == {"a": [1, 2]}
+    assert description["type"] == "dict" and description["size"] < 100
+
+
+def test_large_values_stay_and_say_how_large() -> None:
+    holder = Holder()
+    holder.data, holder.rest = bytes(3_000_000), [bytes(500_000)]
+    blob, description = send(holder)
+    assert blob is None and description["size"] == 3_500_000 and not description["over"]
+    blob, description = send(list(range(400_000)))  # nothing inside says its size: a bound
+    assert blob is None and description["over"] and description["size"] == LIMIT
+
+
+def test_open_files_and_unpicklable_values_stay() -> None:
+    with open(__file__) as handle:
+        blob, description = send(handle)
+    assert blob is None and description["type"] == "_io.TextIOWrapper"
+    blob, description = send(io.BytesIO(b"x"))
+    assert blob is None
+
+
+def test_a_remote_reference_shows_what_it_is_and_goes_nowhere_else() -> None:
+    session = sessions.Session("s", "kernel")
+    sessions.SESSIONS["s"] = session
+    try:
+        big = sessions.RemoteRef(session, "big", {"type": "numpy.ndarray", "size": 50_000_000})
+        assert repr(big) == "<remote s.big: ndarray, 50.0 MB>"
+        gpu = {"type": "transformers.GPT2LMHeadModel", "size": 548e6, "device": "cuda:0"}
+        assert (
+            repr(sessions.RemoteRef(session, "m", gpu))
+            == "<remote s.m: GPT2LMHeadModel, 548 MB, cuda:0>"
+        )
+        with sessions.shipping(session):
+            cell_runtime.MainNames({}).dumps(big)  # a marker, for this session
+        with (
+            pytest.raises(sessions.SessionError, match="run it with --session s"),
+            sessions.shipping(None),
+        ):
+            cell_runtime.MainNames({}).dumps(big)
+    finally:
+        sessions.SESSIONS.pop("s", None)
+    with pytest.raises(sessions.SessionError, match="which has ended"), sessions.shipping(session):
+        cell_runtime.MainNames({}).dumps(big)
+
+
+def test_a_session_the_process_does_not_hold_is_reported_lost_not_made_again() -> None:
+    info = {"key": "k:s", "id": "one", "new": True}
+    made, warm = session_runtime.open_session(info)
+    try:
+        assert not warm and session_runtime.open_session({**info, "new": False}) == (made, True)
+        lost, answer = session_runtime.open_session({**info, "id": "two", "new": False})
+        assert lost is None and answer["lost"]
+        made.main.__dict__["x"] = 1
+        assert session_runtime.end("k:s") == {"ended": True, "freed": ["x"]}
+        assert session_runtime.open_session({**info, "new": False})[0] is None
+    finally:
+        session_runtime.SESSIONS.pop("k:s", None)
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert [sessions.size_text(n) for n in (80, 312_000, 50_000_000, 548_000_000, 7e9)] == [
+        "80 bytes",
+        "312 KB",
+        "50.0 MB",
+        "548 MB",
+        "7.0 GB",
+    ]

@@ -17,7 +17,13 @@
   stay IN_QUEUE for `queue_seconds`, as on a cold start, before they run. Every request is
   recorded in `requests` (method, path, status, body; never the Authorization header).
 
-Jobs run in a subprocess that does with a FunctionRequest what the published tetra worker
+An endpoint's jobs run on its workers, at most `workersMax` at once (the rest wait IN_QUEUE),
+and, as on RunPod, a job goes to any worker of the endpoint: here the one idle longest, or a new
+one while there are fewer than `workersMax`, so consecutive jobs move between workers; a worker
+idle past the endpoint's `idleTimeout` is gone, and the next job gets a new one. A worker's id
+is the job's `workerId`, and the worker id its response reports.
+
+Each job runs in a subprocess that does with a FunctionRequest what the published tetra worker
 does (exec the function code, call the function with the unpickled arguments, return base64
 cloudpickle) and reports in our worker's streaming shape: an "info" chunk (worker id, Python,
 the GPU of the endpoint's first pool), "stdout"/"stderr" chunks as they come, then a "response"
@@ -237,6 +243,15 @@ class Job:
     process: subprocess.Popen | None = None
 
 
+@dataclass
+class EndpointWorker:
+    """One worker of an endpoint, alive from its first job until it idles past the timeout."""
+
+    id: str = field(default_factory=lambda: f"fake-{secrets.token_hex(3)}")
+    busy: bool = False
+    idle_since: float = 0.0
+
+
 def _endpoint_record(fields: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
     """An endpoint as RunPod stores it: every field its queries may ask for."""
     return {
@@ -283,6 +298,7 @@ class FakeRunPod:
         self.templates: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, Job] = {}
+        self.fleets: dict[str, list[EndpointWorker]] = {}  # endpoint id -> its workers
         self.forced_429: list[float] = []  # Retry-After seconds of the next forced 429s
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.RLock()
@@ -524,11 +540,40 @@ class FakeRunPod:
 
     # ------------------------------------------------------------ the stand-in worker
 
+    def _worker_for(self, endpoint_id: str) -> EndpointWorker | None:
+        """A worker for a job leaving the queue (RunPod keeps none for anyone): a new one while
+        the endpoint has fewer than workersMax, else the one idle longest; None if all are busy."""
+        limits = self.endpoints.get(endpoint_id) or {"workersMax": 1, "idleTimeout": 5}
+        now = time.monotonic()
+        fleet = self.fleets.setdefault(endpoint_id, [])
+        fleet[:] = [w for w in fleet if w.busy or now - w.idle_since < limits["idleTimeout"]]
+        idle = [w for w in fleet if not w.busy]
+        if len(fleet) < limits["workersMax"]:
+            fleet.append(EndpointWorker())
+            idle = fleet[-1:]
+        if not idle:
+            return None
+        worker = min(idle, key=lambda w: w.idle_since)
+        worker.busy = True
+        return worker
+
     def _work(self, job: Job) -> None:
-        while time.monotonic() < job.created + self.queue_seconds:
+        worker = None
+        while worker is None:
             if job.status in FINAL:
                 return
-            time.sleep(0.02)
+            if time.monotonic() >= job.created + self.queue_seconds:
+                with self._lock:
+                    worker = self._worker_for(job.endpoint_id)
+            if worker is None:
+                time.sleep(0.02)
+        try:
+            self._work_on(job, worker.id)
+        finally:
+            with self._lock:
+                worker.busy, worker.idle_since = False, time.monotonic()
+
+    def _work_on(self, job: Job, worker_id: str) -> None:
         request = self._tmp / f"{job.id}.json"
         result = self._tmp / f"{job.id}.out.json"
         request.write_text(json.dumps(job.input))
@@ -536,7 +581,7 @@ class FakeRunPod:
             if job.status in FINAL:
                 return
             job.status, job.started = "IN_PROGRESS", time.monotonic()
-            job.worker_id = f"fake-{secrets.token_hex(3)}"
+            job.worker_id = worker_id
             job.chunks.append(self._info(job))
             job.process = subprocess.Popen(
                 [sys.executable, "-c", WORKER_SCRIPT, str(request), str(result)],

@@ -10,9 +10,11 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from cloud_kernels import COST_LINE, KEY, LOAD, kernel_env, ok, run_cloud
 from kernels import run_cells
 from runpod_fakes import FakeRunPod
@@ -175,7 +177,12 @@ def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
         provision.spec_for(options(), provision.WorkerSettings(env=(("A", "1"),))),
         provision.spec_for(options(), provision.WorkerSettings(image="x/y:z")),
     ]
-    assert len({spec.digest, *(c.digest for c in changed)}) == 8
+    # A session's endpoint is its own even where its limits are the plain endpoint's.
+    one = provision.WorkerSettings(workers_max=1, idle_timeout=600)
+    changed.append(provision.spec_for(options(session="s"), one))
+    changed.append(provision.spec_for(options(session="t"), one))
+    assert provision.spec_for(options(), one).digest not in {c.digest for c in changed[-2:]}
+    assert len({spec.digest, *(c.digest for c in changed)}) == 10
     # The same in another process (hash randomisation must not reach it).
     code = (
         "from test_cloud_provision import options; from tetra_magic import provision;"
@@ -268,3 +275,58 @@ def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
     made = endpoint_inputs(fake)
     assert len(made) == 2 and made[0]["name"] == made[1]["name"]
     assert len(fake.endpoints) == 1
+
+
+def run_job(fake: FakeRunPod, endpoint_id: str) -> str:
+    """Run one job on the endpoint, through RunPod's REST API; the worker that ran it."""
+    url, headers = f"{fake.url}/v2/{endpoint_id}", {"Authorization": f"Bearer {KEY}"}
+    job = {"function_name": "f", "function_code": "def f():\n    return 1\n"}
+    job_id = requests.post(f"{url}/run", json={"input": job}, headers=headers, timeout=5).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = requests.get(f"{url}/status/{job_id['id']}", headers=headers, timeout=5).json()
+        if status["status"] == "COMPLETED":
+            return status["workerId"]
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not complete: {status}")
+
+
+def test_a_session_gets_an_endpoint_of_its_own_with_one_worker(
+    fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One endpoint per session name, that it cannot leave: workersMin 0, workersMax 1, the
+    session's idle timeout; the rest as the plain endpoint's. Its cells reuse it (a later
+    kernel finds it on RunPod). On the stand-in, which routes a job to any worker of its
+    endpoint as RunPod does, the session's jobs all run on one worker, where the plain
+    endpoint's move between workers: a session endpoint with more workers would fail here."""
+    for name, value in kernel_env(fake, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(provision, "_known", {})
+
+    def endpoint(session: str | None) -> str:
+        chosen = options(session=session, session_idle_timeout=900)
+        return provision.provisioned(chosen, KEY, "test").endpoint_id
+
+    plain, train, train_again = endpoint(None), endpoint("train"), endpoint("train")
+    provision._known.clear()  # what a later kernel knows
+    assert endpoint("train") == train == train_again
+    other = endpoint("eval")
+    assert len({plain, train, other}) == 3
+
+    made = {e["name"]: e for e in endpoint_inputs(fake)}
+    assert len(made) == 3
+    sessions = {name: e for name, e in made.items() if "-session-" in name}
+    assert {re.sub("-[0-9a-f]{10}$", "", name) for name in sessions} == {
+        "tetra-magic-a100-session-train",
+        "tetra-magic-a100-session-eval",
+    }
+    scaling = ("workersMin", "workersMax", "idleTimeout")
+    for e in sessions.values():
+        assert tuple(e[k] for k in scaling) == (0, 1, 900)
+    (plain_made,) = (e for name, e in made.items() if name not in sessions)
+    assert tuple(plain_made[k] for k in scaling) == (0, 3, 5)
+    rest = [{k: v for k, v in e.items() if k not in {"name", *scaling}} for e in made.values()]
+    assert rest[0] == rest[1] == rest[2]
+
+    assert len({run_job(fake, train) for _ in range(3)}) == 1
+    assert len({run_job(fake, plain) for _ in range(3)}) == 3

@@ -243,6 +243,40 @@ def test_cancel_stops_a_running_job_and_its_worker_serves_again(
     assert worker_id in {doc["workerId"] for doc in docs}
 
 
+# One step of a session: counts its steps in the executor process, the way a session's
+# namespace lives there between cells.
+SESSION_STEP = """
+def main():
+    import os, sys, time, types
+    box = sys.modules.setdefault("tetra_box", types.ModuleType("tetra_box"))
+    box.steps = getattr(box, "steps", 0) + 1
+    time.sleep(0.5)
+    return os.getpid(), box.steps
+"""
+
+
+def test_a_sessions_jobs_all_run_on_the_worker_holding_it(endpoint: LocalEndpoint) -> None:
+    """A session's jobs, queued between another kernel's plain jobs, all run on one worker, in
+    one executor process that keeps the session's state. The plain jobs are quick, so the other
+    worker is free for each step after the first: it takes the plain jobs instead."""
+    session = _request(SESSION_STEP, kernel_id="k1", session="k1:s")
+    plain = _request("def main():\n    return 1\n", kernel_id="k2")
+    url, headers = f"{endpoint.url}/run", _headers(endpoint)
+    ids = [
+        requests.post(url, json={"input": body}, headers=headers, timeout=5).json()["id"]
+        for _ in range(4)
+        for body in (session, plain)
+    ]
+    runs = [_response(_final(endpoint, job_id)["output"]) for job_id in ids]
+    assert all(run["success"] for run in runs), runs
+    steps, plains = runs[::2], runs[1::2]
+    holders = {run["worker"]["worker_id"] for run in steps}
+    assert len(holders) == 1
+    pid = decode(steps[0]["result"])[0]
+    assert [decode(run["result"]) for run in steps] == [(pid, n) for n in range(1, 5)]
+    assert {run["worker"]["worker_id"] for run in plains} - holders
+
+
 def test_health_reports_jobs_and_workers(sdk: runpod.Endpoint, endpoint: LocalEndpoint) -> None:
     before = sdk.health()
     assert set(before["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}

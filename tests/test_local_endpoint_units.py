@@ -152,6 +152,57 @@ def test_a_dead_workers_job_fails_and_it_gets_no_more_jobs() -> None:
     run(scenario())
 
 
+def in_session(session: str | None) -> dict:
+    return {"function_name": "f", "session": session}
+
+
+def test_a_sessions_jobs_wait_for_the_worker_holding_it_while_others_take_later_jobs() -> None:
+    """Once a session's job started on w, its later jobs go to w only; the other workers take
+    the jobs queued behind them, in order. A same-named session of another kernel is another
+    session (the owner is part of the name) and is not pinned."""
+
+    async def scenario() -> None:
+        store = JobStore()
+        first = store.submit(in_session("k1:s"), Policy(), sync=False)
+        assert await store.take("w", 0) is first
+        assert store.finish(first.id, "w", {"output": []})
+        names = ("k1:s", None, "k1:s", "k2:s", None)
+        second, plain, third, other, last = (
+            store.submit(in_session(n), Policy(), sync=False) for n in names
+        )
+        assert await store.take("v", 0) is plain
+        assert await store.take("u", 0) is other
+        assert await store.take("w", 0) is second
+        assert await store.take("x", 0) is last  # `third` waits for w, which is busy
+        assert await store.take("y", 0) is None
+        assert store.finish(second.id, "w", {"output": []})
+        assert await store.take("w", 0) is third
+
+    run(scenario())
+
+
+def test_a_session_whose_worker_is_gone_goes_to_any_worker() -> None:
+    """The next job of a session whose worker died runs elsewhere, where the cell runtime
+    finds the session missing and says so."""
+
+    async def scenario() -> None:
+        store = JobStore()
+        first = store.submit(in_session("k1:s"), Policy(), sync=False)
+        assert await store.take("w", 0) is first
+        second = store.submit(in_session("k1:s"), Policy(), sync=False)
+        waiting = asyncio.create_task(store.take("v", 5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        store.worker_gone("w", "the worker exited with signal SIGKILL while running the job")
+        assert await asyncio.wait_for(waiting, 1) is second
+        assert store.finish(second.id, "v", {"output": []})
+        third = store.submit(in_session("k1:s"), Policy(), sync=False)
+        assert await store.take("u", 0) is None  # now pinned to v
+        assert await store.take("v", 0) is third
+
+    run(scenario())
+
+
 def test_execution_timeout_marks_the_job_timed_out_and_stops_it() -> None:
     async def scenario() -> None:
         store = JobStore()

@@ -20,15 +20,16 @@ LOAD = "%load_ext tetra_magic"
 SESSION = "%%tetra --local --session s"
 # 50 MB of float64 on the worker, and a small dict that comes home as a value.
 MAKE = (
-    f"{SESSION} --out made\nimport numpy as np\nbig = np.arange(6_250_000, dtype=np.float64)"
-    "\nsmall = {'n': 3}\nimport os\nholder = os.getppid()"
+    f"{SESSION} --deps numpy --out made\nimport numpy as np"
+    "\nbig = np.arange(6_250_000, dtype=np.float64)\nsmall = {'n': 3}"
+    "\nimport os\nholder = os.getppid()"
 )
 USE = f"{SESSION} --out used\nprint('ran')\ntotal = float(big.sum()) + small['n']"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with private_local_endpoint(tmp_path_factory.mktemp("tetra-home"), workers=1):
+    with private_local_endpoint(tmp_path_factory.mktemp("tetra-home"), workers=2):
         yield
 
 

@@ -19,6 +19,13 @@ Python minor version, so notebook functions load on the worker:
 Our own worker image (Dockerfile, Dockerfile-cpu) is the upgrade: `TetraMagic.worker_image`, or
 TETRA_MAGIC_WORKER_IMAGE / TETRA_MAGIC_CPU_WORKER_IMAGE; `{python}` and `{version}` in it are
 filled in for this kernel.
+
+A session's cells must all reach the worker that holds its namespace, and RunPod routes a job
+to any worker of its endpoint. So a session cell gets an endpoint of its own, one per session
+name, that has one worker at most: workersMin 0, workersMax 1, and an idle timeout of its own
+(`TetraMagic.session_idle_timeout`) for which the idle worker, and the session, are kept (and
+billed). When that worker goes (idle timeout, RunPod replacing it) the session goes with it;
+the next cell's runtime finds it missing and says so.
 """
 
 from __future__ import annotations
@@ -112,11 +119,14 @@ class EndpointSpec:
     execution_timeout_ms: int
     env: tuple[tuple[str, str], ...]
     container_disk_gb: int = CONTAINER_DISK_GB
+    session: str = ""  # the session this endpoint is kept for; "" for plain cells
 
     @property
     def digest(self) -> str:
         config = dataclasses.asdict(self)
         del config["label"]
+        if not self.session:
+            del config["session"]  # so plain endpoints made before sessions are found again
         return _digest(config)
 
     @property
@@ -157,9 +167,11 @@ def _digest(config: dict[str, Any]) -> str:
 
 
 def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
-    """The endpoint a cell with these options runs on."""
-    return EndpointSpec(
-        label="cpu" if options.cpu else gpus.label(options.gpus),
+    """The endpoint a cell with these options runs on; a session's own, one worker at most,
+    for a session cell."""
+    label = "cpu" if options.cpu else gpus.label(options.gpus)
+    spec = EndpointSpec(
+        label=label,
         image=worker_image(worker, options.cpu),
         gpu_ids=() if options.cpu else options.gpu_ids,
         instance_ids=gpus.CPU_INSTANCES if options.cpu else (),
@@ -169,6 +181,16 @@ def spec_for(options: CellOptions, worker: WorkerSettings) -> EndpointSpec:
         idle_timeout=worker.idle_timeout,
         execution_timeout_ms=worker.execution_timeout * 1000,
         env=worker.env,
+    )
+    if options.session is None:
+        return spec
+    return dataclasses.replace(
+        spec,
+        label=f"{label}-session-{options.session}",
+        workers_min=0,
+        workers_max=1,
+        idle_timeout=options.session_idle_timeout,
+        session=options.session,
     )
 
 
@@ -223,9 +245,15 @@ def _template_id(api: RunPodGraphQL, spec: EndpointSpec) -> str:
 
 def _say_created(spec: EndpointSpec, endpoint_id: str) -> None:
     hardware = ", ".join(spec.instance_ids or spec.gpu_ids)
+    kept = (
+        f" for session {spec.session}: one worker, kept (and billed) {spec.idle_timeout} s"
+        " after its last cell, which is how long the session lives idle;"
+        if spec.session
+        else ""
+    )
     print(
         f"tetra: created RunPod endpoint {spec.name} ({endpoint_id}) on {hardware},"
-        f" image {spec.image}; `%tetra endpoints` lists it, `%tetra delete {spec.name}`"
+        f" image {spec.image};{kept} `%tetra endpoints` lists it, `%tetra delete {spec.name}`"
         " removes it.",
         file=sys.stderr,
     )

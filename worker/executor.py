@@ -13,7 +13,11 @@ next request, or wait in a small backlog until there is one.
 A child belongs to one notebook kernel (the request's `kernel_id`): it runs in that kernel's own
 working directory, and a request from another kernel replaces it with a fresh child, so nothing
 one notebook's code leaves behind (threads still printing, environment, imports it patched)
-reaches another notebook; the same kernel's next cell gets its late output, as in Jupyter. The
+reaches another notebook; the same kernel's next cell gets its late output, as in Jupyter.
+A child that has run a request of a session (the request's `session`) holds that session's
+namespace, so another kernel's request does not replace it: it is kept beside the others until
+it dies or is closed. What ends a request from outside (crash, timeout, cancel) kills only that
+request's child; a session it held is lost then, and the cell runtime says so at its next cell. The
 child starts without its working directory first on sys.path (`python -m` would put it there),
 so a file a cell writes (a json.py) cannot shadow what the child imports; it comes last, so a
 cell can still import a module an earlier cell of its kernel wrote, as at home.
@@ -55,6 +59,9 @@ START_TIMEOUT_S = 60.0
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
 BACKLOG_BYTES = 2**16
+# Other kernels' processes kept for their sessions; past this, the least recently used goes
+# (a notebook closed with its sessions open would otherwise hold its memory for good).
+KEPT_SESSION_PROCESSES = int(os.environ.get("TETRA_KEPT_SESSION_PROCESSES", 4))
 _WORKER_ONLY_ENV = ("RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_")
 # `python -c` with the working directory moved from the front of sys.path to its end (-P would
 # drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
@@ -170,6 +177,7 @@ class _Child:
         self.proc = proc
         self.responses = responses
         self.crash_log = crash_log
+        self.holds_session = False  # a session's namespace lives in this process
         self.sink: Callable[[str, str], None] | None = None
         self.backlog: list[tuple[str, str]] = []
         self.backlog_size = 0
@@ -355,43 +363,58 @@ def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
 
 
 class Executor:
-    """One persistent child process, belonging to the kernel of the latest request; requests
-    run in it one at a time."""
+    """Persistent child processes by kernel: the child of the latest request's kernel, and
+    those of other kernels that hold a session; requests run one at a time."""
 
     def __init__(self) -> None:
-        self._child: _Child | None = None
-        self._kernel: str | None = None
+        self._children: dict[str | None, _Child] = {}
         self._lock = asyncio.Lock()
         atexit.register(self._kill)
 
     def _kill(self) -> None:
         """At interpreter exit: no event loop left, so only the processes are dealt with."""
-        if self._child is not None:
-            self._child.kill()
+        for child in self._children.values():
+            child.kill()
 
     def close(self) -> None:
-        """Kill the child (the next request starts a new one)."""
-        if self._child is not None:
-            self._child.close()
-            self._child = None
+        """Kill every child (the next request starts a new one). Called when packages were
+        replaced: a process that imported the old ones cannot load the new, so the sessions
+        the children held are lost, and each one's next cell says so."""
+        for kernel in list(self._children):
+            self._close(kernel)
 
-    async def _ready(self, emit: Emit, kernel: str | None) -> _Child:
-        """The kernel's child: the running one if it is that kernel's, else a new one."""
-        if self._child is None or not self._child.alive or self._kernel != kernel:
-            self.close()
+    def _close(self, kernel: str | None) -> None:
+        child = self._children.pop(kernel, None)
+        if child is not None:
+            child.close()
+
+    async def _ready(self, emit: Emit, kernel: str | None, session: str | None) -> _Child:
+        """The kernel's child: its running one, else a new one. Other kernels' children go,
+        unless they hold a session (or have died, which loses it)."""
+        for other, child in list(self._children.items()):
+            if not child.alive or (other != kernel and not child.holds_session):
+                self._close(other)
+        holding = [other for other in self._children if other != kernel]
+        for other in holding[: max(0, len(holding) - KEPT_SESSION_PROCESSES + 1)]:
+            self._close(other)  # the least recently used: its sessions are reported lost
+        child = self._children.pop(kernel, None)
+        if child is None:
             emit(chunk("phase", "starting"))
-            self._child = await _Child.start(workdir(kernel))
-            self._kernel = kernel
+            child = await _Child.start(workdir(kernel))
+        self._children[kernel] = child  # the most recently used last
+        child.holds_session |= session is not None
         emit(chunk("phase", "running"))
-        return self._child
+        return child
 
     async def run(
         self, request: dict[str, Any], emit: Emit, timeout: float | None = None
     ) -> dict[str, Any]:
-        """Run one request; its FunctionResponse dict. Cancelling this kills the running code."""
+        """Run one request; its FunctionResponse dict. Cancelling this kills the running code
+        (its kernel's child, and with it the sessions that child held)."""
+        kernel = request.get("kernel_id")
         async with self._lock:
             try:
-                child = await self._ready(emit, request.get("kernel_id"))
+                child = await self._ready(emit, kernel, request.get("session"))
             except StartError as exc:
                 return _failure(str(exc), "ExecutorStartError", "start")
             output = _Output(emit)
@@ -404,15 +427,15 @@ class Executor:
                     reason = await child.exit_reason()
                     await child.drain()
                     response = _failure(reason, "ExecutorCrash", "crash")
-                    self.close()
+                    self._close(kernel)
             except asyncio.TimeoutError:
                 child.kill()
                 await child.drain()
-                self.close()
+                self._close(kernel)
                 message = f"the code ran past its {timeout:g} s timeout and was killed"
                 response = _failure(message, "TimeoutError", "timeout")
             except BaseException:
-                self.close()
+                self._close(kernel)
                 raise
             finally:
                 child.detach()

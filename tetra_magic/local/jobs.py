@@ -11,6 +11,12 @@ out is ignored, as RunPod does. Stopping a running job is a message to its worke
 job-stop channel); the store keeps re-sending it until the worker shows it has let the job go,
 because a stop that lands in the instant between job-take and the SDK starting the job's task
 is otherwise dropped by the SDK.
+
+A session (`"session"` in a job's input, see worker/protocol.py) lives in one worker's process,
+so its jobs are pinned: once one has started on a worker, the session's later jobs wait for that
+worker while it lives, and other workers take the jobs queued behind them. When the worker is
+gone its pins go too, so the session's next job runs anywhere, and the cell runtime there says
+the session was lost. This is the store's only look inside a job's input.
 """
 
 from __future__ import annotations
@@ -140,6 +146,12 @@ class Job:
         return doc
 
 
+def _session(job: Job) -> str | None:
+    """The session a job runs in, if its input names one."""
+    session = job.input.get("session") if isinstance(job.input, dict) else None
+    return session if isinstance(session, str) else None
+
+
 class JobStore:
     """All jobs of one endpoint, the queue of waiting ones, and the stop messages to workers."""
 
@@ -152,6 +164,7 @@ class JobStore:
         self._dead_workers: set[str] = set()
         self._polling = collections.Counter[str]()  # worker id -> job-take requests waiting
         self._running: dict[str, Job] = {}  # worker id -> the job it was last given
+        self._pins: dict[str, str] = {}  # session -> the worker id holding it
         # worker id -> {job id: when the stop was last sent (None: not yet)}
         self._stops: dict[str, dict[str, float | None]] = {}
         self._stops_changed: dict[str, asyncio.Event] = {}
@@ -260,11 +273,26 @@ class JobStore:
         ends, before the worker could ask again."""
         if worker_id in self._dead_workers or self.running_on(worker_id) is not None:
             return None
+        job = self._next_for(worker_id)
+        if job is not None:
+            self._start(job, worker_id)
+        return job
+
+    def _next_for(self, worker_id: str) -> Job | None:
+        """The first queued job `worker_id` may take, out of the queue: FIFO, except that a
+        job of a session pinned to another worker waits for it. Ended jobs are dropped."""
+        passed: list[str] = []
         while self._queue:
-            job = self._jobs.get(self._queue.popleft())
-            if job is not None and job.status is JobStatus.IN_QUEUE:
-                self._start(job, worker_id)
-                return job
+            job_id = self._queue.popleft()
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.IN_QUEUE:
+                continue
+            if self._pins.get(_session(job), worker_id) != worker_id:
+                passed.append(job_id)
+                continue
+            self._queue.extendleft(reversed(passed))
+            return job
+        self._queue.extend(passed)
         return None
 
     def worker_idle(self, worker_id: str) -> None:
@@ -317,6 +345,7 @@ class JobStore:
         """A worker process ended: fail what it was running, refuse it further jobs."""
         self._dead_workers.add(worker_id)
         self._stops.pop(worker_id, None)
+        self._pins = {s: w for s, w in self._pins.items() if w != worker_id}
         self._wake_takers()
         lost = [
             job
@@ -387,6 +416,8 @@ class JobStore:
         job.status = JobStatus.IN_PROGRESS
         job.worker_id = worker_id
         self._running[worker_id] = job
+        if (session := _session(job)) is not None:
+            self._pins[session] = worker_id
         job.started = self.clock()
         loop = asyncio.get_running_loop()
         job._timer = loop.call_later(job.policy.execution_timeout, self._time_out, job)

@@ -17,7 +17,8 @@ SDK prefers the key in ~/.runpod/config.toml over RUNPOD_AI_API_KEY, so on a mac
 user ran `runpod config` its workers present that key instead; worker routes accept it too
 (only them, and only the exact value in that file), since it proves the same user as the token.
 
-The server is generic: it never looks inside job inputs or stream chunks.
+The server is generic: it never looks inside job inputs or stream chunks (the job store reads
+one field of an input, the session that pins a job to a worker).
 """
 
 from __future__ import annotations

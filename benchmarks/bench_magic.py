@@ -114,7 +114,7 @@ def _load_time(extension: str) -> float:
     return statistics.median(times)
 
 
-class _Kernel:
+class Kernel:
     """One kernel, its cells timed from execute request to idle, as a frontend waits."""
 
     def __init__(self) -> None:
@@ -160,9 +160,9 @@ def _median(spans: list[tuple]) -> float:
 
 
 @contextlib.contextmanager
-def _environment() -> Iterator[Path]:
-    """A private, traced local endpoint and the text view, for kernels started inside; yields
-    the endpoint's trace file."""
+def environment(workers: int = WORKERS) -> Iterator[Path]:
+    """A private, traced local endpoint of `workers` workers and the text view, for kernels
+    started inside; yields the endpoint's trace file."""
     shared = os.environ.get("TETRA_MAGIC_WORKER_ENV") or str(
         Path(tempfile.gettempdir()) / f"tetra-magic-tests-{os.getuid()}" / "worker-env"
     )
@@ -177,11 +177,11 @@ def _environment() -> Iterator[Path]:
         trace = Path(home) / "trace.jsonl"
         script = ROOT / "benchmarks" / "traced_endpoint.py"
         server = subprocess.Popen(
-            [sys.executable, str(script), str(trace), "--workers", str(WORKERS)],
+            [sys.executable, str(script), str(trace), "--workers", str(workers)],
             start_new_session=True,
         )
         try:
-            _wait_idle(server)
+            _wait_idle(server, workers)
             yield trace
         finally:
             server.send_signal(signal.SIGTERM)
@@ -193,7 +193,7 @@ def _environment() -> Iterator[Path]:
                     os.environ[key] = value
 
 
-def _wait_idle(server: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_idle(server: subprocess.Popen, workers: int, timeout: float = 300) -> None:
     """Wait until the traced server has recorded itself and its workers wait for jobs."""
     import requests
 
@@ -205,7 +205,7 @@ def _wait_idle(server: subprocess.Popen, timeout: float = 300) -> None:
         if endpoint is not None:
             headers = {"Authorization": f"Bearer {endpoint.api_key}"}
             health = requests.get(f"{endpoint.url}/health", headers=headers, timeout=5).json()
-            if health["workers"]["idle"] >= WORKERS:
+            if health["workers"]["idle"] >= workers:
                 return
         time.sleep(0.1)
     raise RuntimeError("the traced local endpoint's workers did not come up")
@@ -254,8 +254,8 @@ def run() -> list[dict[str, Any]]:
         "%load_ext autoreload",
         _load_time("autoreload"),
     )
-    with _environment() as trace:
-        kernel = _Kernel()
+    with environment() as trace:
+        kernel = Kernel()
         try:
             kernel.run("%load_ext tetra_magic")
             kernel.run(KERNEL_STAMPS)

@@ -33,6 +33,7 @@ def test_the_example_notebooks_exist() -> None:
         "dependencies.ipynb",
         "training.ipynb",
         "live_plots.ipynb",
+        "sessions.ipynb",
     }
 
 
@@ -73,9 +74,9 @@ def test_remote_traceback_points_at_the_cell() -> None:
 
 
 def test_packages_the_notebooks_install_are_not_in_the_kernel() -> None:
-    """dependencies.ipynb, training.ipynb and live_plots.ipynb say these exist only on the
-    worker."""
-    for name in ("tabulate", "pyfiglet", "numpy", "matplotlib"):
+    """dependencies.ipynb, training.ipynb, live_plots.ipynb and sessions.ipynb say these exist
+    only on the worker."""
+    for name in ("tabulate", "pyfiglet", "numpy", "matplotlib", "py3langid"):
         assert importlib.util.find_spec(name) is None, f"{name} is installed in the test env"
 
 

@@ -4,6 +4,7 @@ the notebook shows what stayed (sessions.RemoteRef): the parts, run directly."""
 from __future__ import annotations
 
 import io
+import pickle
 
 import pytest
 
@@ -89,3 +90,45 @@ def test_sizes_read_as_people_write_them() -> None:
         "548 MB",
         "7.0 GB",
     ]
+
+
+class Buffered:
+    """Data that pickles as a PickleBuffer, as a numpy array's does."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+
+    def __reduce_ex__(self, protocol: int):
+        return Buffered, (pickle.PickleBuffer(self.data),)
+
+
+class Array:
+    """Says how many bytes it holds, as arrays and tensors do."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(size)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+class Slotted:
+    """A model that keeps its arrays in __slots__ (py3langid's LanguageIdentifier does)."""
+
+    __slots__ = ("__bias", "weights")
+
+    def __init__(self) -> None:
+        self.weights, self.__bias = Array(3_000_000), Array(500_000)
+
+
+def test_a_value_holding_array_data_under_the_limit_comes_home() -> None:
+    blob, description = send({"weights": Buffered(bytes(range(256)) * 800)})
+    assert blob is not None, description
+    loaded = cell_runtime.MainNames({}).load("x", blob)
+    assert loaded["weights"].data == bytes(range(256)) * 800
+
+
+def test_a_value_that_keeps_its_arrays_in_slots_says_how_large_it_is() -> None:
+    blob, description = send(Slotted())
+    assert blob is None and description["size"] == 3_500_000 and not description["over"]

@@ -134,6 +134,10 @@ class Job(JobRecord):
         return self._opts
 
     @property
+    def endpoint_id(self) -> str:
+        return self._target.endpoint_id
+
+    @property
     def billed(self) -> bool:
         """Whether the job runs on RunPod, which bills its workers' time."""
         return self._target.billed

@@ -106,7 +106,7 @@ def _took(
     opts = job.opts
     record = sessions.CellRecord(label, packed.spec, packed.blobs, opts)
     session.took(result.payload, user_ns, record)
-    session.endpoint, session.opts = job.endpoint, opts
+    session.endpoint, session.opts = job.endpoint_id, opts
     session.fetch = functools.partial(pull, session)
     session.worker_id = (job.worker or {}).get("worker_id") or session.worker_id
     summary = result.payload.get("session") or {}

@@ -153,11 +153,12 @@ class _Capped:
         self.limit, self.size, self.parts = limit, 0, []
 
     def write(self, data):
-        self.size += len(data)
+        size = memoryview(data).nbytes  # an array's data comes as a PickleBuffer, with no len()
+        self.size += size
         if self.size > self.limit:
             raise _TooLarge()
         self.parts.append(bytes(data))
-        return len(data)
+        return size
 
 
 def _scan(value, budget=100_000):
@@ -180,7 +181,22 @@ def _scan(value, budget=100_000):
             todo.extend(item)
         else:
             todo.extend(getattr(item, "__dict__", {}).values())
+            todo.extend(_slot_values(item))
     return (total or None), device
+
+
+def _slot_values(item):
+    """What an object keeps in `__slots__`, which its `__dict__` (if any) does not hold."""
+    found = []
+    for kind in type(item).__mro__:
+        slots = kind.__dict__.get("__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__"):  # a private name, stored mangled
+                name = f"_{kind.__name__.lstrip('_')}{name}"
+            found.append(getattr(item, name, None))
+    return found
 
 
 def _type_name(value):

@@ -68,7 +68,7 @@ def run_cell(
             print(cost.line(), file=sys.stderr)
         result = outcome.unpack(job.check(label, shell.user_ns))
         if session is not None and (lost := _lost(result)) is not None:
-            error = session.lost_error(lost)
+            error = session.lost_error(lost, _worker_id(job))
             if not opts.session_replay:
                 raise error
             replay(shell, session)  # then the cell runs, once: a second loss is reported
@@ -108,7 +108,7 @@ def _took(
     session.took(result.payload, user_ns, record)
     session.endpoint, session.opts = job.endpoint_id, opts
     session.fetch = functools.partial(pull, session)
-    session.worker_id = (job.worker or {}).get("worker_id") or session.worker_id
+    session.worker_id = _worker_id(job) or session.worker_id
     summary = result.payload.get("session") or {}
     state = "warm" if summary.get("warm") else "new"
     line = f"tetra: session {session.name} ({state})"
@@ -118,6 +118,13 @@ def _took(
             " (billed while idle) and the session ends with it"
         )
     print(line, file=sys.stderr)
+
+
+def _worker_id(job: Job) -> str | None:
+    """The worker that ran the job: as it says itself (our worker), or as the endpoint's
+    status says (every worker; the published one names none itself)."""
+    named = (job.worker or {}).get("worker_id")
+    return named or (job.followed.document.get("workerId") if job.followed else None)
 
 
 def _report(problems: dict[str, str]) -> None:

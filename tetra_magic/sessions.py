@@ -130,17 +130,25 @@ class Session:
         self.cells.append(record)
         self.last_used = time.time()
 
-    def lost_error(self, answer: dict[str, Any]) -> SessionLost:
-        """The error a cell gets when the worker no longer holds the session."""
+    def lost_error(self, answer: dict[str, Any], worker_id: str | None = None) -> SessionLost:
+        """The error a cell gets when the worker (`worker_id`, as the job says) no longer
+        holds the session."""
         since = _clock(self.last_used)
         started = answer.get("process_started")
         restart = f"; the process that answered started at {_clock(started)}" if started else ""
+        other = ""
+        if worker_id and self.worker_id and worker_id != self.worker_id:
+            other = (
+                f" Worker {worker_id} answered, not {self.worker_id}, which held it: that one is"
+                " gone, or the endpoint has several workers (a session needs an endpoint with"
+                " one at most, which a session cell provisions on RunPod without --endpoint)."
+            )
         built = ", ".join(cell.label for cell in self.cells) or "no cells"
         self.lost = f"lost after {since}"
         return SessionLost(
             f"session {self.name!r} is gone: the worker process that held it ended after"
             f" {since}, when its last cell ran{restart} (an idle timeout, a crash, a restart"
-            f" or a --timeout kill). Nothing ran. It had been built by {built}. Run"
+            f" or a --timeout kill).{other} Nothing ran. It had been built by {built}. Run"
             f" `%tetra replay {self.name}` to rebuild it (those cells run again, with the"
             f" inputs they had), `%tetra end {self.name}` to start it afresh, or set"
             " `%config TetraMagic.session_replay = True` to replay lost sessions"

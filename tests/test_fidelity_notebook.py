@@ -350,6 +350,24 @@ def test_changes_through_aliases_and_globals_a_function_rebinds_come_back() -> N
     assert twins.remote[3].results == ["([1, 2, 3], [1, 2, 3], True, {'k': 1, 'j': 2}, True, 7)"]
 
 
+def test_names_a_remote_cell_binds_to_one_object_come_home_as_one_object() -> None:
+    """`b = a` in a remote cell is one object at home; a name bound to an input (`c = arr`),
+    changed in place or not, is the notebook's very object. A number bound twice stays out."""
+    twins = run_twins(
+        "arr = [0]\nold = arr\nkept = [7]",
+        Remote(
+            "a = [1, 2]\nb = a\nc = arr\nkept.append(8)\nk = kept\nd = {'x': 1}\ne = d"
+            "\nn = 5\nm = n"
+        ),
+        "a.append(3)\nd['y'] = 2\nold.append(1)\n"
+        "(a is b, b, c is old, c, k is kept, kept, e is d, e, m)",
+    )
+    assert_same(twins)
+    assert twins.remote[2].results == [
+        "(True, [1, 2, 3], True, [0, 1], True, [7, 8], True, {'x': 1, 'y': 2}, 5)"
+    ]
+
+
 def test_an_exception_group_is_shown_not_a_crash() -> None:
     cells = (
         Remote("raise ExceptionGroup('grp', [ValueError(1), TypeError(2)])"),

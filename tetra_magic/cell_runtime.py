@@ -321,14 +321,28 @@ def _pack_outputs(names, spec, last, inputs, digests, dump=None):
     """The blobs of what the cell bound, and of the inputs it changed in place: those are
     pickled again and compared with their pickle as they arrived, so an unchanged input does not
     travel back. In a session, `dump(name, value)` gives a value's blob, or the description
-    of a value that stays on the worker (a remote reference, in `refs`)."""
+    of a value that stays on the worker (a remote reference, in `refs`).
+
+    Names bound to one mutable object (`b = a`, `c = arr` of an input) come home as one object:
+    it travels once, under the first name, and `aliases` maps each other name to that one (an
+    input's first name is the notebook's own object). In a session the alias's blob travels
+    too: `dump` notes what came home by name, and so does the notebook's session."""
     import hashlib
     import types
 
-    values, modules, errors, deleted, changed, refs = {}, {}, {}, [], [], {}
+    values, modules, errors, deleted, changed, refs, aliases = {}, {}, {}, [], [], {}, {}
     namespace = names.namespace
+    first = {  # id of a mutable object -> the name it comes home under
+        id(value): name
+        for name, value in reversed(inputs.items())
+        if namespace.get(name, values) is value and _one_object(value)
+    }
 
     def send(name, value, blob=None):
+        holder = first.get(id(value), name)
+        if holder != name and not dump:
+            aliases[name] = holder
+            return
         try:
             sent = dump(name, value) if dump else blob or names.dumps(value)
         except Exception as exc:
@@ -336,8 +350,12 @@ def _pack_outputs(names, spec, last, inputs, digests, dump=None):
             return
         if isinstance(sent, dict):
             refs[name] = sent
-        else:
-            values[name] = sent
+            return
+        values[name] = sent
+        if holder != name:
+            aliases[name] = holder
+        elif _one_object(value):
+            first.setdefault(id(value), name)
 
     for name in spec["binds"]:
         if name not in namespace:
@@ -352,7 +370,9 @@ def _pack_outputs(names, spec, last, inputs, digests, dump=None):
             continue  # `arr *= 2`: the input itself, changed in place or not (below)
         send(name, value)
     for name, value in inputs.items():
-        if name in values or name in errors or name in refs or name not in namespace:
+        if name in values or name in errors or name in refs or name in aliases:
+            continue
+        if name not in namespace:
             continue
         if namespace[name] is not value:  # rebound by a function's `global name`
             send(name, namespace[name])
@@ -367,6 +387,7 @@ def _pack_outputs(names, spec, last, inputs, digests, dump=None):
     errors = _worth_a_note(errors, namespace, spec["source"])
     out = {"values": values, "modules": modules, "errors": errors, "deleted": deleted}
     out["changed"] = changed
+    out["aliases"] = aliases
     out["refs"] = refs
     out["imported"] = _imported_names(spec["source"])
     has_last = spec["has_last_expr"] and last is not None
@@ -374,6 +395,16 @@ def _pack_outputs(names, spec, last, inputs, digests, dump=None):
         names.portable(last, dump and (lambda value: dump("", value))) if has_last else None
     )
     return out
+
+
+def _one_object(value):
+    """Whether names bound to `value` must stay bound to one object at home: not for values
+    that cannot change (a number, a string, a tuple), nor for functions and classes, which come
+    home by name."""
+    import types
+
+    immutable = (int, float, complex, str, bytes, tuple, frozenset, range, type(None))
+    return not isinstance(value, (*immutable, type, types.FunctionType))
 
 
 def _submodules(name, source):

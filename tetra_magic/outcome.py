@@ -158,6 +158,7 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
             )
             if not silent:
                 result.problems[name] = _load_problem(exc)
+    _bind_aliases(payload.get("aliases", {}), result, user_ns)
     modules = _import_modules(payload.get("modules", {}), result.problems)
     result.values.update(modules)
     user_ns.update(modules)
@@ -165,6 +166,17 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
         user_ns.pop(name, None)
     if payload.get("last") is not None:
         result.last = _load_portable(names, payload["last"])
+
+
+def _bind_aliases(aliases: dict[str, str], result: CellResult, user_ns: dict[str, Any]) -> None:
+    """Bind each name the cell bound to the object of an earlier name (`b = a`) to the very
+    object that name holds here now: the one just loaded, or the notebook's own input (changed
+    in place or not), so a change through either name shows through the other, as at home."""
+    for name, first in aliases.items():
+        if first in result.problems:
+            result.problems[name] = result.problems[first]
+        elif first in user_ns:
+            result.values[name] = user_ns[name] = user_ns[first]
 
 
 def _load_problem(exc: Exception) -> str:

@@ -190,6 +190,8 @@ CELLS = [
     "%%tetra {target}\nw = 1\nraise ValueError(f'bad value {{y}}')",
     "'w' in dir()",
     "%%tetra {target}\nfor i in range(3):\n    print(i)",
+    "%%tetra {target}\na = [1, 2]\nb = a",
+    "a.append(3)\n(a is b, b)",
 ]
 
 
@@ -214,6 +216,7 @@ def test_values_and_errors_come_back_as_on_our_worker(
     assert "err" in on_published[1].stderr
     assert "bad value 21" in on_published[3].error["evalue"]
     assert on_published[4].results == ["False"]  # a failed cell leaves nothing behind
+    assert on_published[7].results == ["(True, [1, 2, 3])"]  # `b = a` is one object at home
 
 
 def test_a_progress_update_is_the_status_output_while_the_job_runs(

@@ -95,6 +95,8 @@ def test_a_changed_home_copy_follows_the_session(kernel: LiveKernel) -> None:
     ok(kernel, "mine = items")
     ok(kernel, f"{SESSION}\nitems.append(2)\nsame = alias is items")
     assert value(kernel, "(items, mine is items, same)") == repr(([1, 2], True, True))
+    ok(kernel, f"{SESSION}\nalias.append(3)")
+    assert value(kernel, "(alias is items, mine)") == repr((True, [1, 2, 3]))
 
 
 def test_losing_the_worker_is_reported_before_anything_runs_and_replay_rebuilds(

@@ -20,10 +20,12 @@ from tetra_magic.analysis import analyse
 from tetra_magic.cell_runtime import MainNames
 from tetra_magic.display import make_view
 from tetra_magic.display.text import TextView
-from tetra_magic.errors import cell_labeler, syntax_error
+from tetra_magic.errors import Labeler, cell_labeler, syntax_error
 from tetra_magic.job import Job
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import KERNEL_ID, Packed, pack, request_for
+from tetra_magic.status import JobStatus
+from worker.protocol import EXECUTOR_RESTARTED
 
 
 def run_cell(
@@ -47,8 +49,8 @@ def run_cell(
     session = sessions.for_cell(opts.session, KERNEL_ID) if opts.session else None
     if session is not None and session.lost:
         if not opts.session_replay:
-            raise session.lost_error({})
-        replay(shell, session)
+            raise session.lost_error()
+        replay(shell, session, label)
     endpoint = targets.resolve(opts)
     packed = pack(
         analysis,
@@ -68,14 +70,19 @@ def run_cell(
             print(cost.line(), file=sys.stderr)
         result = outcome.unpack(job.check(label, shell.user_ns))
         if session is not None and (lost := _lost(result)) is not None:
+            if cause := _process_ended(job):
+                session.lose(cause)
             error = session.lost_error(lost, _worker_id(job))
             if not opts.session_replay:
                 raise error
-            replay(shell, session)  # then the cell runs, once: a second loss is reported
+            replay(shell, session, label)  # then the cell runs, once: a second loss is reported
             once = dataclasses.replace(opts, session_replay=False)
             return run_cell(shell, once, source, filename, display, started, prices)
     except BaseException as exc:
         job.error = job.error or str(exc)
+        if session is not None and not session.lost and (cause := _process_ended(job)):
+            session.lose(cause)
+            print(f"tetra: session {session.name} is lost: {cause}", file=sys.stderr)
         raise
     finally:
         if opts.out and job.id is not None:
@@ -84,8 +91,30 @@ def run_cell(
     job.returned = sorted(result.values)
     if session is not None:
         _took(session, job, packed, result, label(filename) or filename, shell.user_ns)
+        result.values.update({n: shell.user_ns[n] for n in result.payload.get("refs", {})})
     _report(result.problems)
     return result.last if analysis.has_last_expr else None
+
+
+def _process_ended(job: Job) -> str | None:
+    """Why the job took the process that holds the session with it, where it did: our worker
+    kills that process when a cell runs past its --timeout, crashes or is cancelled, and starts
+    it afresh when --deps replaced installed packages. (The published worker runs cells in its
+    own process, which lives on.)"""
+    if not any(chunk.get("kind") == "info" for chunk in job.chunks):
+        return None  # not our worker
+    logs = "".join(chunk.get("text", "") for chunk in job.chunks if chunk.get("kind") == "log")
+    if EXECUTOR_RESTARTED in logs:
+        return "this cell's --deps replaced installed packages, and the process restarted"
+    response = job.followed.response if job.followed else None
+    failure = response.failure if response else None
+    if failure == "timeout":
+        return "a cell ran past its --timeout, and the process that held it was killed"
+    if failure == "crash":
+        return "a cell crashed the process that held it"
+    if job.status is JobStatus.CANCELLED:
+        return "a cell was cancelled, which ended the process that held it"
+    return None
 
 
 def _lost(result: outcome.CellResult) -> dict[str, Any] | None:
@@ -105,9 +134,9 @@ def _took(
     """Record the session cell, and say in one line whether the session was warm."""
     opts = job.opts
     record = sessions.CellRecord(label, packed.spec, packed.blobs, opts)
-    session.took(result.payload, user_ns, record)
+    session.took(result.payload, user_ns, record, result.problems)
     session.endpoint, session.opts = job.endpoint_id, opts
-    session.fetch = functools.partial(pull, session)
+    session.fetch = functools.partial(_fetch, session)
     session.worker_id = _worker_id(job) or session.worker_id
     summary = result.payload.get("session") or {}
     state = "warm" if summary.get("warm") else "new"
@@ -134,7 +163,11 @@ def _report(problems: dict[str, str]) -> None:
 
 
 def session_request(
-    session: sessions.Session, spec: dict[str, Any], blobs: dict[str, bytes], quiet: bool = True
+    session: sessions.Session,
+    spec: dict[str, Any],
+    blobs: dict[str, bytes],
+    quiet: bool = True,
+    label: Labeler = lambda name: None,
 ) -> outcome.CellResult:
     """Send one request in `session` (its spec's `session` part already set) to the endpoint
     of its last cell, and bring back its payload; the job's failure as an exception."""
@@ -147,7 +180,7 @@ def session_request(
     view = TextView(verbose=False, live=not quiet)
     job = Job(targets.resolve(opts), opts, packed, view)
     job.run()
-    return outcome.unpack(job.check(lambda name: None, {}))
+    return outcome.unpack(job.check(label, {}))
 
 
 def _plain_spec(session: sessions.Session, **part: Any) -> dict[str, Any]:
@@ -174,11 +207,15 @@ def _display_source() -> str:
     return inspect.getsource(remote_display)
 
 
-def pull(session: sessions.Session, names: list[str], user_ns: dict[str, Any]) -> dict[str, Any]:
-    """{name: value} of the session's values, fetched whatever their size, loaded against the
-    notebook's namespace `user_ns` (its classes); SessionError for a name that cannot come,
-    SessionLost for a lost session."""
-    result = session_request(session, _plain_spec(session, pull=names), {})
+def pull(
+    session: sessions.Session, keys: list[str], user_ns: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """({key: value}, {key: why not}) for the session's values by name, or by the ids of the
+    values it keeps for references: fetched whatever their size, loaded against the notebook's
+    namespace `user_ns` (its classes). SessionLost for a lost session."""
+    if session.lost:
+        raise session.lost_error()
+    result = session_request(session, _plain_spec(session, pull=keys), {})
     if (lost := _lost(result)) is not None:
         raise session.lost_error(lost)
     payload = result.payload
@@ -187,13 +224,19 @@ def pull(session: sessions.Session, names: list[str], user_ns: dict[str, Any]) -
         loaded.ensure(name)
     problems = dict(payload.get("errors", {}))
     values = {}
-    for name, blob in payload.get("values", {}).items():
+    for key, blob in payload.get("values", {}).items():
         try:
-            values[name] = loaded.load(name, blob)
+            values[key] = loaded.load(key, blob)
         except Exception as exc:
-            problems[name] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+            problems[key] = f"cannot be loaded here: {type(exc).__name__}: {exc}"
+    return values, problems
+
+
+def _fetch(session: sessions.Session, keys: list[str], user_ns: dict[str, Any]) -> dict[str, Any]:
+    """`pull`, all or nothing: SessionError naming what could not come."""
+    values, problems = pull(session, keys, user_ns)
     if problems:
-        reasons = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
+        reasons = "; ".join(f"{key}: {reason}" for key, reason in problems.items())
         raise sessions.SessionError(f"session {session.name!r}: {reasons}")
     return values
 
@@ -209,26 +252,34 @@ def end(session: sessions.Session) -> list[str]:
         sessions.SESSIONS.pop(session.name, None)
 
 
-def replay(shell: Any, session: sessions.Session) -> None:
+def replay(shell: Any, session: sessions.Session, label: Labeler) -> None:
     """Run the cells that built the session again, in order, with the inputs they had, into a
     fresh session of the same name (references in the notebook stay valid). Nothing is written
-    into the notebook; a cell that fails stops the replay and ends the half-built session."""
+    into the notebook; a cell that fails stops the replay, and the session stays lost."""
     records, session.cells = session.cells, []
-    session.lost = None
-    print(f"tetra: replaying session {session.name}: {len(records)} cells", file=sys.stderr)
+    count = len(records)
+    print(f"tetra: replaying session {session.name}: {count} cell{'s' * (count != 1)}")
+    made: set[str] = set()
     for index, record in enumerate(records):
-        part = session.spec(set(record.spec.get("session", {}).get("reads", ())), 0)
-        part["value_limit"] = record.opts.session_value_limit
-        part["new"] = index == 0
-        spec = {**record.spec, "session": part}
+        reads = set(record.spec["session"]["reads"])
+        part = {**session.spec(reads, record.opts.session_value_limit), "homes": []}
+        part.update(new=index == 0, released=[])
         try:
-            result = session_request(session, spec, record.blobs, quiet=False)
+            result = session_request(
+                session, {**record.spec, "session": part}, record.blobs, False, label
+            )
             if (lost := _lost(result)) is not None:
                 raise session.lost_error(lost)
         except BaseException:
             session.cells = records
-            session.lost = "a replay did not finish"
+            session.lose(f"its replay stopped at {record.label}, which failed")
+            print(
+                f"tetra: replaying {record.label} failed; session {session.name} stays lost",
+                file=sys.stderr,
+            )
             raise
+        made |= {ref["ref"] for ref in result.payload.get("refs", {}).values() if "ref" in ref}
         session.cells.append(record)
-        print(f"tetra: replayed {record.label}", file=sys.stderr)
+        print(f"tetra: replayed {record.label}")
     session.lost = None
+    session.released |= made - session.alive  # kept again, for references the notebook dropped

@@ -104,7 +104,7 @@ def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds
     message = "\n".join(run.error["traceback"])
     assert "session 's' is gone" in message and "Nothing ran" in message
     assert "In[2]" in message and "In[3]" in message  # the cells that had built it
-    assert "the process that answered started at" in message  # the fresh worker's start
+    assert "The process that answered started at" in message  # the fresh worker's start
     assert kernel.run(use(session)).error is not None  # it does not silently start afresh
     run = ok(kernel, "%tetra replay s")
     assert "replayed" in run.stdout

@@ -234,3 +234,14 @@ def test_replay_asks_before_rebuilding_a_live_session(kernel: LiveKernel) -> Non
     assert "session s is not lost; `%tetra replay --force s`" in run.stderr
     run = ok(kernel, "%tetra replay --force s")
     assert "replayed" in run.stdout
+
+
+def test_a_cell_killed_by_its_timeout_takes_the_session_and_says_so(kernel: LiveKernel) -> None:
+    """On our worker --timeout kills the process that holds the session: the failing cell
+    says the session went with it, and the next one says why before anything runs."""
+    ok(kernel, f"{SESSION}\nx = 1")
+    run = kernel.run(f"{SESSION} --timeout 1\nimport time\ntime.sleep(30)")
+    assert run.error is not None and "tetra: session s is lost" in run.stderr
+    run = kernel.run(f"{SESSION}\nprint('ran')")
+    message = "\n".join(run.error["traceback"])
+    assert "ran past its --timeout" in message and "ran" not in run.stdout

@@ -1,7 +1,7 @@
 """`%tetra session`, `sessions`, `pull`, `end`, `replay`: the notebook's handles on its sessions.
 
 The line magic hands these commands here with the rest of their line. Those that reach the
-worker send a session request (tetra_magic/run.py) to the endpoint of the session's last cell.
+worker send a session request (tetra_magic/session_requests.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import run, sessions
+from tetra_magic import session_requests, sessions
 from tetra_magic.errors import cell_labeler
 from tetra_magic.options import session_name
 
@@ -28,7 +28,7 @@ def run_command(magic: Any, command: str, rest: str) -> None:
         _pull(magic.shell.user_ns, words, magic.session)
     elif command == "end":
         for name in _names(command, words):
-            freed = run.end(_session(name))
+            freed = session_requests.end(_session(name))
             held = f"; it held {', '.join(freed)}" if freed else ""
             print(f"tetra: session {name} ended{held}")
     else:
@@ -40,7 +40,7 @@ def run_command(magic: Any, command: str, rest: str) -> None:
                     f"session {name} is not lost; `%tetra replay --force {name}` rebuilds it"
                     " anyway (its cells run again, side effects included)"
                 )
-            run.replay(magic.shell, session, cell_labeler(magic.shell))
+            session_requests.replay(magic.shell, session, cell_labeler(magic.shell))
 
 
 def _default(magic: Any, words: list[str]) -> None:
@@ -99,7 +99,9 @@ def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
             )
     for name_of_session, items in wanted.items():
         session = _session(name_of_session)
-        values, problems = run.pull(session, [marker.name for _, marker in items], user_ns)
+        values, problems = session_requests.pull(
+            session, [marker.name for _, marker in items], user_ns
+        )
         pulled = []
         for name, marker in items:
             if marker.name in values:

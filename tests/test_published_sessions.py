@@ -104,10 +104,10 @@ def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds
     message = "\n".join(run.error["traceback"])
     assert "session 's' is gone" in message and "Nothing ran" in message
     assert "In[2]" in message and "In[3]" in message  # the cells that had built it
-    assert "the process that answered started at" in message  # the fresh worker's start
+    assert "The process that answered started at" in message  # the fresh worker's start
     assert kernel.run(use(session)).error is not None  # it does not silently start afresh
     run = ok(kernel, "%tetra replay s")
-    assert "replayed" in run.stderr
+    assert "replayed" in run.stdout
     run = ok(kernel, use(session))
     assert "ran" in run.stdout
     assert value(kernel, "total") == expected_total(kernel)
@@ -123,7 +123,7 @@ def test_automatic_replay_after_a_restart(
     ok(kernel, make(session))
     worker.restart()
     run = ok(kernel, use(session))
-    assert "replaying session s" in run.stderr and "ran" in run.stdout
+    assert "replaying session s" in run.stdout and "ran" in run.stdout
     assert value(kernel, "total") == expected_total(kernel)
 
 
@@ -131,13 +131,14 @@ def test_a_timed_out_cell_is_stopped_and_the_session_stays(
     worker: StandIn, session: str, kernel: LiveKernel
 ) -> None:
     """Here --timeout stops the cell inside the worker's process, which lives on: the session
-    is kept, as after any failed cell, rather than lost with a killed process."""
+    is kept, as after any failed cell, rather than lost with a killed process; and as after
+    any failed cell, what the stopped cell bound is not there (the notebook has none of it)."""
     ok(kernel, make(session))
     loop = "import time\nfor step in range(100):\n    time.sleep(0.1)"
     run = kernel.run(f"{session} --timeout 2\n{loop}")
     assert run.error["ename"] == "TimeoutError"
-    run = ok(kernel, f"{session}\nsize = len(big)\nprint('stopped at', step)")
-    assert "session s (warm)" in run.stderr and 0 < int(run.stdout.split()[-1]) < 99
+    run = ok(kernel, f"{session}\nsize = len(big)\nprint('step' in globals())")
+    assert "session s (warm)" in run.stderr and run.stdout.strip() == "False"
     assert value(kernel, "size") == value(kernel, f"len({BIG})")
 
 

@@ -114,7 +114,7 @@ def test_losing_the_worker_is_reported_before_anything_runs_and_replay_rebuilds(
     assert "In[2]" in message and "In[3]" in message  # the cells that had built it
     assert kernel.run(USE).error is not None  # it does not silently start afresh
     run = ok(kernel, "%tetra replay s")
-    assert "replayed" in run.stderr
+    assert "replayed" in run.stdout
     run = ok(kernel, USE)
     assert "ran" in run.stdout
     expected = "float(sum(range(6_250_000))) + 3"  # numpy's sum, in plain Python here
@@ -128,7 +128,7 @@ def test_automatic_replay(kernel: LiveKernel) -> None:
     os.kill(int(value(kernel, "holder")), signal.SIGKILL)
     time.sleep(1)
     run = ok(kernel, USE)
-    assert "replaying session s" in run.stderr and "ran" in run.stdout
+    assert "replaying session s" in run.stdout and "ran" in run.stdout
 
 
 def test_end_frees_the_session_and_its_names_do_not_leak(kernel: LiveKernel) -> None:
@@ -168,3 +168,82 @@ def test_the_default_session_and_bad_names(kernel: LiveKernel) -> None:
     assert run.stdout.strip() == "False"
     run = kernel.run("%%tetra --local --session 'no spaces'\n1")
     assert "--session: 'no spaces' is not a session name" in run.stderr
+
+
+def test_a_reference_keeps_meaning_its_object_when_the_name_is_bound_again(
+    kernel: LiveKernel,
+) -> None:
+    """`baseline = model`, then a session cell makes a new `model`: as in a kernel, baseline
+    is still the old one, in the session and when pulled."""
+    ok(
+        kernel,
+        f"{SESSION}\nclass Model:\n    def __init__(self, v):\n        self.v = v\n"
+        "        self.weights = bytes(2_000_000)\nmodel = Model(1)",
+    )
+    ok(kernel, "baseline = model")
+    ok(kernel, f"{SESSION}\nmodel = Model(2)\nseen = (baseline.v, model.v)")
+    assert value(kernel, "seen") == "(1, 2)"
+    assert value(kernel, "(baseline.pull().v, model.pull().v)") == "(1, 2)"
+    ok(kernel, "del baseline")  # its value is freed on the worker at the next cell
+    ok(
+        kernel,
+        f"{SESSION}\nkept = sorted(__import__('tetra_sessions').SESSIONS[next(iter("
+        "__import__('tetra_sessions').SESSIONS))].kept)",
+    )
+    assert value(kernel, "kept") == repr(["1.model"])
+
+
+def test_what_the_session_already_holds_is_not_sent_again(kernel: LiveKernel) -> None:
+    """A large notebook value a session cell read, and a value pulled home, go back as
+    references to the session's own objects while they are unchanged; changed here, they are
+    sent; changed there, the notebook's copy follows."""
+    ok(kernel, "home_big = 'h' * 5_000_000")
+    ok(kernel, f"{SESSION} --out first\nsize = len(home_big)")
+    ok(kernel, f"{SESSION} --out second\nsize = len(home_big)")
+    assert int(value(kernel, "first.request_bytes")) > 5_000_000
+    assert int(value(kernel, "second.request_bytes")) < 200_000
+    ok(kernel, f"{SESSION}\ndata = list(range(300_000))")
+    ok(kernel, "%tetra pull data")
+    ok(kernel, f"{SESSION} --out third\ndata.append(-1)")
+    assert int(value(kernel, "third.request_bytes")) < 200_000
+    assert value(kernel, "(type(data).__name__, data[-2:])") == repr(("list", [299_999, -1]))
+    ok(kernel, "data.append(-2)")
+    ok(kernel, f"{SESSION}\ntail = data[-3:]")
+    assert value(kernel, "tail") == repr([299_999, -1, -2])
+
+
+def test_a_failed_cell_leaves_the_session_as_it_was(kernel: LiveKernel) -> None:
+    """As in the notebook, whose variables a failed remote cell leaves alone."""
+    ok(kernel, f"{SESSION}\nn = 1")
+    run = kernel.run(f"{SESSION}\nn = 2\nm = 10\nraise ValueError('boom')")
+    assert run.error["ename"] == "ValueError"
+    ok(kernel, f"{SESSION}\nafter = (n, 'm' in globals())")
+    assert value(kernel, "(n, after)") == repr((1, (1, False)))
+
+
+def test_a_value_the_kernel_cannot_load_stays_as_a_reference(kernel: LiveKernel) -> None:
+    """The kernel has no numpy: a small array cannot load here, so it stays in the session,
+    usable there, rather than being dropped with a note."""
+    ok(kernel, f"{SESSION} --deps numpy\nimport numpy as np\nsmall_array = np.arange(10)")
+    assert value(kernel, "small_array") == "<remote s.small_array: ndarray, 80 bytes>"
+    ok(kernel, f"{SESSION}\ntotal = int(small_array.sum())")
+    assert value(kernel, "total") == value(kernel, "sum(range(10))")
+
+
+def test_replay_asks_before_rebuilding_a_live_session(kernel: LiveKernel) -> None:
+    ok(kernel, f"{SESSION}\nlog = [1]")
+    run = kernel.run("%tetra replay s")
+    assert "session s is not lost; `%tetra replay --force s`" in run.stderr
+    run = ok(kernel, "%tetra replay --force s")
+    assert "replayed" in run.stdout
+
+
+def test_a_cell_killed_by_its_timeout_takes_the_session_and_says_so(kernel: LiveKernel) -> None:
+    """On our worker --timeout kills the process that holds the session: the failing cell
+    says the session went with it, and the next one says why before anything runs."""
+    ok(kernel, f"{SESSION}\nx = 1")
+    run = kernel.run(f"{SESSION} --timeout 1\nimport time\ntime.sleep(30)")
+    assert run.error is not None and "tetra: session s is lost" in run.stderr
+    run = kernel.run(f"{SESSION}\nprint('ran')")
+    message = "\n".join(run.error["traceback"])
+    assert "ran past its --timeout" in message and "ran" not in run.stdout

@@ -61,6 +61,8 @@ def _run_cell(spec, blobs):
     sys.modules["__main__"] = main
     try:
         names = MainNames(namespace, spec.get("definitions"), blobs, spec["modules"])
+        if session is not None:
+            names.kept = session.kept
         if session is not None and info.get("pull") is not None:
             display.end()
             space.refer_to(session, names, {})
@@ -76,11 +78,17 @@ def _run_cell(spec, blobs):
             # notebook's copies of them are checked for changes in place (a model is not).
             inputs = {name: value for name, value in inputs.items() if id(value) not in held}
             space.refer_to(session, names, cell_definitions)
-            inputs.update(space.home_copies(session, names, info.get("reads", ())))
-            dump = space.dumper(session, names, info["value_limit"])
+            inputs.update(space.home_copies(names, info))
+            dump = space.dumper(session, names, info)
         digests = {name: _digest(names, value) for name, value in inputs.items()}
+        before = dict(namespace)
         try:
             last = _run_source(spec, names)
+        except BaseException:
+            if session is not None:  # as in the notebook: a failed cell binds nothing
+                namespace.clear()
+                namespace.update(before)
+            raise
         finally:
             display.end()
         names.refresh()
@@ -90,6 +98,7 @@ def _run_cell(spec, blobs):
             session.cells += 1
             session.at_home.update({name: namespace.get(name) for name in names.sent})
             out["session"] = space.summary(session, warm)
+            out["described"] = {name: session.described.get(name) for name in out["values"]}
         return out
     finally:
         if saved is not None:
@@ -576,6 +585,7 @@ class MainNames:
         self._known, self._ids, self._paths = {}, None, {}
         self._done = set()
         self._busy = set()
+        self.kept = {}  # a session's values kept for the notebook's remote references
 
     def refer_to(self, cell_definitions, home=None):
         """On the worker, once the inputs are in: what the notebook already has (the inputs
@@ -733,6 +743,17 @@ class MainNames:
             if builtins is not None:  # cloudpickle sets a loaded function's globals' builtins
                 self.namespace["__builtins__"] = builtins
 
+    def kept_value(self, ref):
+        """The value the session keeps for the remote reference `ref`."""
+        import pickle
+
+        if ref not in self.kept:
+            raise pickle.UnpicklingError(
+                f"the session no longer holds the value of reference {ref!r} (it was rebuilt"
+                " without it, or ended)"
+            )
+        return self.kept[ref]
+
     def resolve(self, path):
         """The definition at `path` in the namespace, defined from its source first if that
         came along."""
@@ -792,9 +813,10 @@ _MARKERS = "_tetra_main"
 
 
 def _markers():
-    """A module of two markers, registered in sys.modules so that pickle can name them: in a
-    pickle, `main(path)` stands for a notebook definition and `namespace()` for `__main__`'s
-    globals; the loader (`_unpickler_class`) puts this side's in their place."""
+    """A module of markers, registered in sys.modules so that pickle can name them: in a
+    pickle, `main(path)` stands for a notebook definition, `namespace()` for `__main__`'s
+    globals and `kept(ref)` for a value a session keeps for a remote reference; the loader
+    (`_unpickler_class`) puts this side's in their place."""
     import sys
     import types
 
@@ -808,7 +830,10 @@ def _markers():
         def namespace():
             raise RuntimeError("a tetra pickle is loaded with MainNames.load")
 
-        for marker in (main, namespace):
+        def kept(ref):
+            raise RuntimeError("a tetra pickle is loaded with MainNames.load")
+
+        for marker in (main, namespace, kept):
             marker.__module__, marker.__qualname__ = _MARKERS, marker.__name__
             setattr(module, marker.__name__, marker)
         sys.modules[_MARKERS] = module
@@ -835,7 +860,11 @@ def _unpickler_class():
 
         def find_class(self, module, name):
             if module == _MARKERS:
-                return self.names.resolve if name == "main" else lambda: self.names.namespace
+                return {
+                    "main": self.names.resolve,
+                    "namespace": lambda: self.names.namespace,
+                    "kept": self.names.kept_value,
+                }[name]
             found = super().find_class(module, name)
             if module != "cloudpickle.cloudpickle" or name != "_class_setstate":
                 return found

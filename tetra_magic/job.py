@@ -134,6 +134,11 @@ class Job(JobRecord):
         return self._opts
 
     @property
+    def chunks(self) -> list[dict[str, Any]]:
+        """Every chunk the job has shown so far (output, logs, the worker's info)."""
+        return self._chunks
+
+    @property
     def endpoint_id(self) -> str:
         return self._target.endpoint_id
 

@@ -1,17 +1,19 @@
 """`%tetra session`, `sessions`, `pull`, `end`, `replay`: the notebook's handles on its sessions.
 
 The line magic hands these commands here with the rest of their line. Those that reach the
-worker send a session request (tetra_magic/run.py) to the endpoint of the session's last cell.
+worker send a session request (tetra_magic/session_requests.py).
 """
 
 from __future__ import annotations
 
 import shlex
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import run, sessions
+from tetra_magic import session_requests, sessions
+from tetra_magic.errors import cell_labeler
 from tetra_magic.options import session_name
 
 
@@ -26,12 +28,19 @@ def run_command(magic: Any, command: str, rest: str) -> None:
         _pull(magic.shell.user_ns, words, magic.session)
     elif command == "end":
         for name in _names(command, words):
-            freed = run.end(_session(name))
+            freed = session_requests.end(_session(name))
             held = f"; it held {', '.join(freed)}" if freed else ""
             print(f"tetra: session {name} ended{held}")
     else:
-        for name in _names(command, words):
-            run.replay(magic.shell, _session(name))
+        force = "--force" in words
+        for name in _names(command, [word for word in words if word != "--force"]):
+            session = _session(name)
+            if not session.lost and not force:
+                raise UsageError(
+                    f"session {name} is not lost; `%tetra replay --force {name}` rebuilds it"
+                    " anyway (its cells run again, side effects included)"
+                )
+            session_requests.replay(magic.shell, session, cell_labeler(magic.shell))
 
 
 def _default(magic: Any, words: list[str]) -> None:
@@ -39,6 +48,8 @@ def _default(magic: Any, words: list[str]) -> None:
     if not words:
         print(f"tetra: cells run in session {magic.session}" if magic.session else "no session")
         return
+    if len(words) > 1:
+        raise UsageError(f"%tetra session NAME: one name, not {' '.join(words)!r}")
     if words[0] == "off":
         magic.session = ""
         print("tetra: cells run without a session")
@@ -64,7 +75,7 @@ def _session(name: str) -> sessions.Session:
 def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
     """`%tetra pull NAME...`: each remote reference replaced by its value. A name the notebook
     holds no reference for comes from `--session S`, else the default session, else the
-    kernel's only session."""
+    kernel's only session. What comes is bound; what cannot is named."""
     chosen = None
     if words[:1] == ["--session"] and len(words) > 1:
         chosen, words = _session(words[1]), words[2:]
@@ -72,20 +83,34 @@ def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
         chosen = _session(default or next(iter(sessions.SESSIONS)))
     if not words:
         raise UsageError("%tetra pull NAME [NAME ...]: name the variables to fetch")
-    by_session: dict[str, list[tuple[str, str]]] = {}  # session -> [(notebook name, its name)]
+    wanted: dict[str, list[tuple[str, sessions.SessionValue]]] = {}  # session -> what to pull
+    pinned: dict[str, sessions.RemoteRef] = {}
     for name in words:
         ref = user_ns.get(name)
         if isinstance(ref, sessions.RemoteRef):
-            by_session.setdefault(ref.session.name, []).append((name, ref.name))
+            wanted.setdefault(ref.session.name, []).append((name, ref.marker))
+            pinned[name] = ref
         elif chosen is not None:
-            by_session.setdefault(chosen.name, []).append((name, name))
+            wanted.setdefault(chosen.name, []).append((name, sessions.SessionValue(name)))
         else:
             raise UsageError(
                 f"%tetra pull: {name} is not a remote reference; name its session with"
                 f" `%tetra pull --session NAME {name}`"
             )
-    for session_name_, pairs in by_session.items():
-        values = run.pull(_session(session_name_), [remote for _, remote in pairs], user_ns)
-        for name, remote in pairs:
-            user_ns[name] = values[remote]
-        print(f"tetra: pulled {', '.join(name for name, _ in pairs)} from session {session_name_}")
+    for name_of_session, items in wanted.items():
+        session = _session(name_of_session)
+        values, problems = session_requests.pull(
+            session, [marker.name for _, marker in items], user_ns
+        )
+        pulled = []
+        for name, marker in items:
+            if marker.name in values:
+                user_ns[name] = values[marker.name]
+                if name in pinned:
+                    marker = session.marker_for_copy(pinned[name])
+                session.has_copy(name, user_ns, marker)
+                pulled.append(name)
+            else:
+                print(f"tetra: {name} was not pulled: {problems.get(marker.name)}", file=sys.stderr)
+        if pulled:
+            print(f"tetra: pulled {', '.join(pulled)} from session {name_of_session}")

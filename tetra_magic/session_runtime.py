@@ -33,15 +33,19 @@ class Session:
         self.definitions = {}  # name -> [source, filename, line] of the defs its cells made
         self.at_home = {}  # name -> the definition object the notebook already has
         self.described = {}  # name -> {"type", "size", "device"}, as last measured
+        # "<cell>.<name>" -> a value that stays here, for the notebook's remote reference to
+        # it: the reference keeps meaning that object when the name is bound again
+        self.kept = {}
 
     def free(self):
         """Drop everything the session holds, and give its memory back (GPU memory too)."""
         import gc
         import sys
 
-        held = sorted(_held_names(self.main.__dict__))
+        held = sorted(_data_names(self.main.__dict__))
         self.main.__dict__.clear()
         self.at_home.clear()
+        self.kept.clear()
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and _cuda_ready(torch):
@@ -61,6 +65,8 @@ def open_session(info):
         return SESSIONS[key], False
     if found is None or found.id != session_id:
         return None, {"lost": True, "process_started": _process_started()}
+    for ref in info.get("released", ()):  # the notebook no longer holds these references
+        found.kept.pop(ref, None)
     return found, True
 
 
@@ -87,27 +93,36 @@ def refer_to(session, names, cell_definitions):
     names.refer_to(session.definitions, home=session.at_home)
 
 
-def home_copies(session, names, read):
-    """{name: value} of the session values the notebook holds copies of (small values that came
-    home) among the names the cell reads: the cell may change them in place, and the notebook's
-    copy must then follow, as an input's does."""
-    namespace, described = names.namespace, session.described
+def home_copies(names, info):
+    """{name: value} of the session values the notebook holds copies of (`info["homes"]`)
+    among the names the cell reads: the cell may change them in place, and the notebook's copy
+    must then follow, as an input's does."""
+    namespace, homes = names.namespace, set(info.get("homes", ()))
     return {
         name: namespace[name]
-        for name in read
-        if name in namespace and described.get(name, {}).get("home")
+        for name in info.get("reads", ())
+        if name in homes and name in namespace
     }
 
 
-def dumper(session, names, limit):
+def dumper(session, names, info):
     """The function that packs a bound value for home: its blob, or its description (a dict)
-    when it stays here."""
+    when it stays here, kept for the reference the notebook gets. A value the notebook holds a
+    copy of (`info["homes"]`: it came home, was pulled, or was sent from there) goes home
+    whatever its size, unless it holds GPU data."""
+    homes = set(info.get("homes", ()))
 
     def dump(name, value):
+        limit = float("inf") if name in homes else info["value_limit"]
         blob, description = send_home(names, value, limit)
-        if name:  # not the last expression's value, which has no name
-            session.described[name] = {**description, "home": blob is not None}
-        return blob if blob is not None else description
+        if not name:  # the last expression's value: shown, never kept
+            return blob if blob is not None else description
+        session.described[name] = description
+        if blob is not None:
+            return blob
+        description["ref"] = f"{info['cell']}.{name}"
+        session.kept[description["ref"]] = value
+        return description
 
     return dump
 
@@ -253,17 +268,17 @@ def _cuda_ready(torch):
         return False
 
 
-def _held_names(namespace):
-    """The session's own names: not dunders, not the runtime's, not modules."""
+def _data_names(namespace):
+    """The session's own values: not dunders, not the runtime's, not modules, functions or
+    classes."""
     import types
 
     runtime = ("get_ipython", "display")
+    code = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
     return [
         name
         for name, value in namespace.items()
-        if not name.startswith("__")
-        and name not in runtime
-        and not isinstance(value, types.ModuleType)
+        if not name.startswith("__") and name not in runtime and not isinstance(value, code)
     ]
 
 
@@ -271,14 +286,11 @@ def summary(session, warm):
     """What the notebook shows of the session after a cell: whether it was warm, the names it
     holds with their sizes, the GPU memory in use."""
     import sys
-    import types
 
     namespace = session.main.__dict__
     held = {}
-    for name in _held_names(namespace):
+    for name in _data_names(namespace):
         value = namespace[name]
-        if isinstance(value, (type, types.FunctionType)):
-            continue
         described = session.described.get(name)
         if described is None or described.get("type") != _type_name(value):
             described = {
@@ -310,18 +322,19 @@ def _gpu_memory():
 
 
 def pull(session, names, wanted):
-    """The blobs of the session values the notebook asked for, whatever their size (GPU tensors
-    as CPU ones); a reason for each that cannot come."""
-    namespace = names.namespace
+    """The blobs of the session values the notebook asked for (by name, or by the reference
+    ids of the values kept for its references), whatever their size (GPU tensors as CPU ones);
+    a reason for each that cannot come."""
     values, errors = {}, {}
-    for name in wanted:
-        if name not in namespace:
-            errors[name] = f"the session holds no {name!r}"
+    for key in wanted:
+        held = session.kept if key in session.kept else names.namespace
+        if key not in held:
+            errors[key] = "the session no longer holds it"
             continue
         try:
-            values[name] = names.dumps(namespace[name])
+            values[key] = names.dumps(held[key])
         except Exception as exc:
-            errors[name] = f"{type(namespace[name]).__name__} cannot be pickled: {exc}"
+            errors[key] = f"{type(held[key]).__name__} cannot be pickled: {exc}"
     return {"values": values, "errors": errors, "definitions": names.sent}
 
 

@@ -21,6 +21,8 @@ import hashlib
 import inspect
 import secrets
 import time
+import types
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,13 +60,21 @@ class Session:
     worker_id: str | None = None
     opts: CellOptions | None = None
     cells: list[CellRecord] = field(default_factory=list)
-    # name -> (id of the notebook's copy, its pickle's digest) for values that came home
-    homes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # notebook name -> (id of its value, the value's pickle's digest, the marker that stands
+    # for the session's own object): the notebook's copies of what the session holds
+    homes: dict[str, tuple[int, bytes, SessionValue]] = field(default_factory=dict)
+    # ids of the values kept for the notebook's live references, and of those it dropped
+    # (freed by the next cell)
+    alive: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)
+    # session name -> the id of the value kept for its newest reference
+    newest: dict[str, str] = field(default_factory=dict)
     # name -> the definition object that came home (the worker has it by that name)
     definitions: dict[str, Any] = field(default_factory=dict)
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpu_memory: dict[str, int] = field(default_factory=dict)
     lost: str | None = None
+    cause: str = ""
     # fetch(names, user_ns) -> {name: value}: given by whoever runs the session's jobs (run.py)
     fetch: Callable[[list[str], dict[str, Any]], dict[str, Any]] | None = None
 
@@ -83,7 +93,10 @@ class Session:
             "key": self.key,
             "id": self.id,
             "new": self.new,
+            "cell": len(self.cells),
             "reads": sorted(reads),
+            "homes": sorted(n for n, home in self.homes.items() if type(home[2]) is SessionValue),
+            "released": sorted(self.released),
             "value_limit": value_limit,
             "runtime": inspect.getsource(session_runtime),
             **extra,
@@ -108,34 +121,86 @@ class Session:
         for name, value in values.items():
             home = self.homes.get(name)
             if home is not None and home[0] == id(value) and home[1] == _digest(value, user_ns):
-                found[name] = SessionValue(name)
+                found[name] = home[2]
         return found
 
-    def took(self, payload: dict[str, Any], user_ns: dict[str, Any], record: CellRecord) -> None:
-        """Note what a cell of the session did: what came home (values and definitions) and
-        what stays as references, which are bound in the notebook now."""
-        for name in payload.get("values", {}):
-            if name in user_ns:
-                self.homes[name] = (id(user_ns[name]), _digest(user_ns[name], user_ns))
+    def dropped(self, ref: str) -> None:
+        """The notebook no longer holds a reference to the value kept as `ref`."""
+        self.alive.discard(ref)
+        self.released.add(ref)
+
+    def marker_for_copy(self, ref: RemoteRef) -> SessionValue:
+        """What stands for the session's object once the notebook holds a copy of `ref`'s
+        value: its name, while that name still binds it there; else the value kept for the
+        reference, which then stays kept (the copy has no way to say when it is dropped)."""
+        if self.newest.get(ref.name) == ref.ref or ref.ref is None:
+            return SessionValue(ref.name)
+        self.alive.add(ref.ref)
+        self.released.discard(ref.ref)
+        return ref.marker
+
+    def has_copy(self, name: str, user_ns: dict[str, Any], marker: SessionValue) -> None:
+        """The notebook's `name` is now a copy of the session's object `marker` stands for: it
+        goes back as that marker while it stays unchanged."""
+        value = user_ns[name]
+        self.homes[name] = (id(value), _digest(value, user_ns), marker)
+
+    def took(
+        self,
+        payload: dict[str, Any],
+        user_ns: dict[str, Any],
+        record: CellRecord,
+        problems: dict[str, str],
+    ) -> None:
+        """Note what a cell of the session did: what came home (values and definitions), what
+        the notebook sent that the session now holds, and what stays as references, which are
+        bound in the notebook now, as are values that came but cannot be loaded here (their
+        `problems` are then dropped: nothing is lost)."""
+        bound = {*payload.get("values", {}), *payload.get("refs", {}), *payload.get("deleted", [])}
+        sent = [n for n in record.blobs if n not in bound and _plain_value(user_ns.get(n))]
+        for name in [*payload.get("values", {}), *sent]:
+            if name in user_ns and name not in problems:
+                self.has_copy(name, user_ns, SessionValue(name))
         for name in payload.get("definitions", {}):
             if name in user_ns:
                 self.definitions[name] = user_ns[name]
+        described = payload.get("described") or {}
+        for name in [n for n in problems if n in described and n in payload.get("values", {})]:
+            self.homes.pop(name, None)
+            user_ns[name] = RemoteRef(
+                self, name, {**(described[name] or {}), "reason": problems.pop(name)}
+            )
         for name, description in payload.get("refs", {}).items():
             self.homes.pop(name, None)
             user_ns[name] = RemoteRef(self, name, description)
+            self.newest[name] = description["ref"]
         for name in payload.get("deleted", []):
             self.homes.pop(name, None)
+        for name in [*payload.get("values", {}), *payload.get("deleted", [])]:
+            self.newest.pop(name, None)
         summary = payload.get("session") or {}
         self.held, self.gpu_memory = summary.get("held", {}), summary.get("gpu_memory", {})
+        self.released -= set(record.spec["session"].get("released", ()))
         self.cells.append(record)
         self.last_used = time.time()
 
-    def lost_error(self, answer: dict[str, Any], worker_id: str | None = None) -> SessionLost:
+    def lose(self, cause: str) -> None:
+        """Note that the session is gone, and why."""
+        self.lost, self.cause = f"lost after {_clock(self.last_used)}", cause
+
+    def lost_error(
+        self, answer: dict[str, Any] | None = None, worker_id: str | None = None
+    ) -> SessionLost:
         """The error a cell gets when the worker (`worker_id`, as the job says) no longer
-        holds the session."""
+        holds the session; `answer` is the worker's (when the process it runs in started)."""
         since = _clock(self.last_used)
-        started = answer.get("process_started")
-        restart = f"; the process that answered started at {_clock(started)}" if started else ""
+        if not self.lost:
+            self.lose(
+                "the worker process that held it ended (an idle timeout, a crash, a restart, a"
+                " cancelled cell or a --timeout kill)"
+            )
+        started = (answer or {}).get("process_started")
+        restart = f" The process that answered started at {_clock(started)}." if started else ""
         other = ""
         if worker_id and self.worker_id and worker_id != self.worker_id:
             other = (
@@ -144,11 +209,9 @@ class Session:
                 " one at most, which a session cell provisions on RunPod without --endpoint)."
             )
         built = ", ".join(cell.label for cell in self.cells) or "no cells"
-        self.lost = f"lost after {since}"
         return SessionLost(
-            f"session {self.name!r} is gone: the worker process that held it ended after"
-            f" {since}, when its last cell ran{restart} (an idle timeout, a crash, a restart"
-            f" or a --timeout kill).{other} Nothing ran. It had been built by {built}. Run"
+            f"session {self.name!r} is gone: {self.cause}, after {since}, when its last cell"
+            f" ran.{restart}{other} Nothing ran. It had been built by {built}. Run"
             f" `%tetra replay {self.name}` to rebuild it (those cells run again, with the"
             f" inputs they had), `%tetra end {self.name}` to start it afresh, or set"
             " `%config TetraMagic.session_replay = True` to replay lost sessions"
@@ -175,12 +238,29 @@ class SessionValue:
         return _markers().main, (self.name,)
 
 
-class RemoteRef(SessionValue):
+class KeptValue(SessionValue):
+    """Stands for a value the session keeps for a remote reference (`ref`, "<cell>.<name>"):
+    the object the reference was made for, even after its name was bound again."""
+
+    def __init__(self, ref: str) -> None:
+        self.name = self.ref = ref
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _markers().kept, (self.ref,)
+
+
+class RemoteRef:
     """A value that stays in a session on the worker: shows what it is, and is read by later
-    cells of that session at no transfer cost. `pull()` fetches it."""
+    cells of that session at no transfer cost. `pull()` fetches it. It stands for the object
+    it was made for: `old = model` keeps the old model after a cell binds `model` again."""
 
     def __init__(self, session: Session, name: str, description: dict[str, Any]) -> None:
-        super().__init__(name)
+        self.name = name
+        self.ref = description.get("ref")  # None: the value is the session's `name`
+        self.marker = KeptValue(self.ref) if self.ref else SessionValue(name)
+        if self.ref:  # dropped here, freed there
+            session.alive.add(self.ref)
+            weakref.finalize(self, session.dropped, self.ref)
         self.session = session
         self.session_id = session.id
         self.type = description.get("type") or "object"
@@ -217,7 +297,15 @@ class RemoteRef(SessionValue):
                 f" and this cell runs in {where}: run it with --session {self.session.name},"
                 f" or fetch the value with `%tetra pull {self.name}`"
             )
-        return super().__reduce__()
+        return self.marker.__reduce__()
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):  # what IPython's display and pickle look for
+            raise AttributeError(attribute)
+        raise AttributeError(
+            f"{attribute!r}: {self!r} is a remote reference; use it in a `%%tetra --session"
+            f" {self.session.name}` cell, or fetch the value with `.pull()`"
+        )
 
     def pull(self) -> Any:
         """The value itself, fetched from the worker (GPU tensors come as CPU ones)."""
@@ -227,7 +315,7 @@ class RemoteRef(SessionValue):
         user_ns = shell.user_ns if shell is not None else {}
         if self.session.fetch is None:
             raise SessionError(f"session {self.session.name!r} has no cell to fetch from")
-        return self.session.fetch([self.name], user_ns)[self.name]
+        return self.session.fetch([self.marker.name], user_ns)[self.marker.name]
 
 
 @contextmanager
@@ -249,6 +337,12 @@ def for_cell(name: str, owner: str) -> Session:
     if session is None:
         SESSIONS[name] = session = Session(name, owner)
     return session
+
+
+def _plain_value(value: Any) -> bool:
+    """A value the notebook sent as itself: not a module, definition, or remote reference."""
+    kinds = (type, types.ModuleType, types.FunctionType, RemoteRef, type(None))
+    return not isinstance(value, kinds)
 
 
 def _digest(value: Any, user_ns: dict[str, Any]) -> bytes:
@@ -293,7 +387,9 @@ def table(now: float | None = None) -> str:
     blocks = []
     for session in SESSIONS.values():
         idle = _duration(now - session.last_used) if session.last_used else "-"
-        state = f"LOST ({session.lost})" if session.lost else f"{len(session.cells)} cells"
+        count = len(session.cells)
+        cells = f"{count} cell{'s' if count != 1 else ''}"
+        state = f"LOST ({session.lost})" if session.lost else cells
         head = (
             f"{session.name}: {state} · endpoint {session.endpoint or '-'} · worker"
             f" {session.worker_id or '-'} · age {_duration(now - session.created)} · idle {idle}"

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from worker import deps, frames
 from worker.executor import Executor
 from worker.info import worker_info
-from worker.protocol import Emit, FunctionRequest, FunctionResponse, chunk
+from worker.protocol import EXECUTOR_RESTARTED, Emit, FunctionRequest, FunctionResponse, chunk
 
 BATCH_SECONDS = 0.1
 # RunPod takes stream chunks of at most 1 MB; a chunk's text may double as JSON escapes it.
@@ -42,7 +42,7 @@ async def _install(request: FunctionRequest, emit: Emit) -> None:
     if request.dependencies:
         emit(chunk("phase", "installing"))
         if await deps.install_python(request.dependencies, emit):
-            emit(chunk("log", "packages were replaced: restarting the executor to load them\n"))
+            emit(chunk("log", EXECUTOR_RESTARTED))
             EXECUTOR.close()
 
 

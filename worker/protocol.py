@@ -24,6 +24,9 @@ from pydantic import BaseModel, Field
 
 from worker.codec import decode, encode
 
+# The log line a worker sends when new --deps replaced installed packages and the process that
+# runs cells starts afresh to load them (what it held, a session too, is gone).
+EXECUTOR_RESTARTED = "packages were replaced: restarting the executor to load them\n"
 ChunkKind = Literal["stdout", "stderr", "log", "phase", "info", "display", "response"]
 # What the worker is doing, in "phase" chunks: installing deps, starting an executor, running.
 PHASES = ("installing", "starting", "running")

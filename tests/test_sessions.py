@@ -247,3 +247,30 @@ def test_a_cell_killed_by_its_timeout_takes_the_session_and_says_so(kernel: Live
     run = kernel.run(f"{SESSION}\nprint('ran')")
     message = "\n".join(run.error["traceback"])
     assert "ran past its --timeout" in message and "ran" not in run.stdout
+
+
+def test_pulled_and_aliased_references_keep_their_objects(kernel: LiveKernel) -> None:
+    """The old value behind a reference stays usable after it is pulled home (`%tetra pull`,
+    `.pull()`), travels as a reference while unchanged, and two names for one remote object
+    are one reference."""
+    ok(kernel, f"{SESSION}\nmodel = [bytes(2_000_000), 'OLD']\nsame = model")
+    assert value(kernel, "same is model") == "True"
+    ok(kernel, "baseline = model\nthird = model")
+    ok(kernel, f"{SESSION}\nmodel = [bytes(2_000_000), 'NEW']")
+    assert value(kernel, "baseline").startswith("<remote s.model (earlier): list")
+    ok(kernel, "%tetra pull baseline")
+    ok(kernel, "copy = third.pull()\ndel third")
+    ok(kernel, f"{SESSION} --out job\nseen = (baseline[-1], copy[-1], model[-1])")
+    assert value(kernel, "seen") == repr(("OLD", "OLD", "NEW"))
+    assert int(value(kernel, "job.request_bytes")) < 200_000
+    ok(kernel, "%tetra end s")
+    run = kernel.run("model.pull()")
+    assert "which has ended" in "\n".join(run.error["traceback"])
+
+
+def test_a_failed_cells_in_place_change_is_undone_in_the_session(kernel: LiveKernel) -> None:
+    ok(kernel, f"{SESSION}\nrows = ['made']")
+    run = kernel.run(f"{SESSION}\nrows.append('failing')\n1 / 0")
+    assert run.error["ename"] == "ZeroDivisionError"
+    ok(kernel, f"{SESSION}\nthere = list(rows)")
+    assert value(kernel, "(rows, there)") == repr((["made"], ["made"]))

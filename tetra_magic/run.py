@@ -79,9 +79,11 @@ def run_cell(
             return run_cell(shell, once, source, filename, display, started, prices)
     except BaseException as exc:
         job.error = job.error or str(exc)
-        if session is not None and not session.lost and (cause := _process_ended(job)):
-            session.lose(cause)
-            print(f"tetra: session {session.name} is lost: {cause}", file=sys.stderr)
+        if session is not None:
+            session.forget(analysis.reads)
+            if not session.lost and (cause := _process_ended(job)):
+                session.lose(cause)
+                print(f"tetra: session {session.name} is lost: {cause}", file=sys.stderr)
         raise
     finally:
         if opts.out and job.id is not None:

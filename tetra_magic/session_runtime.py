@@ -111,8 +111,12 @@ def dumper(session, names, info):
     copy of (`info["homes"]`: it came home, was pulled, or was sent from there) goes home
     whatever its size, unless it holds GPU data."""
     homes = set(info.get("homes", ()))
+    kept_now = {}  # id -> (value, description): one reference for one object, `b = a`
 
     def dump(name, value):
+        if name and id(value) in kept_now and kept_now[id(value)][0] is value:
+            session.described[name] = kept_now[id(value)][1]
+            return kept_now[id(value)][1]
         limit = float("inf") if name in homes else info["value_limit"]
         blob, description = send_home(names, value, limit)
         if not name:  # the last expression's value: shown, never kept
@@ -122,6 +126,7 @@ def dumper(session, names, info):
             return blob
         description["ref"] = f"{info['cell']}.{name}"
         session.kept[description["ref"]] = value
+        kept_now[id(value)] = (value, description)
         return description
 
     return dump

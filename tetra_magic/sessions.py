@@ -67,8 +67,11 @@ class Session:
     # (freed by the next cell)
     alive: set[str] = field(default_factory=set)
     released: set[str] = field(default_factory=set)
-    # session name -> the id of the value kept for its newest reference
-    newest: dict[str, str] = field(default_factory=dict)
+    # session name -> the id of the value kept for its newest reference (None: it is bound to
+    # a value that came home, or deleted)
+    newest: dict[str, str | None] = field(default_factory=dict)
+    # id of a value `ref.pull()` returned -> (its pickle's digest, the marker for the original)
+    copies: dict[int, tuple[bytes, SessionValue]] = field(default_factory=dict)
     # name -> the definition object that came home (the worker has it by that name)
     definitions: dict[str, Any] = field(default_factory=dict)
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -122,7 +125,16 @@ class Session:
             home = self.homes.get(name)
             if home is not None and home[0] == id(value) and home[1] == _digest(value, user_ns):
                 found[name] = home[2]
+            elif (copy := self.copies.get(id(value))) and copy[0] == _digest(value, user_ns):
+                found[name] = copy[1]  # a value `ref.pull()` returned, by whatever name
         return found
+
+    def forget(self, names: set[str]) -> None:
+        """After a failed cell: the notebook's copies of `names` go to the next cell again, so
+        the session gets back what the notebook has (the failed cell may have changed its own
+        objects in place, and the notebook keeps its values as they were)."""
+        for name in names:
+            self.homes.pop(name, None)
 
     def dropped(self, ref: str) -> None:
         """The notebook no longer holds a reference to the value kept as `ref`."""
@@ -135,8 +147,8 @@ class Session:
         reference, which then stays kept (the copy has no way to say when it is dropped)."""
         if self.newest.get(ref.name) == ref.ref or ref.ref is None:
             return SessionValue(ref.name)
-        self.alive.add(ref.ref)
-        self.released.discard(ref.ref)
+        if ref.release is not None:
+            ref.release.detach()
         return ref.marker
 
     def has_copy(self, name: str, user_ns: dict[str, Any], marker: SessionValue) -> None:
@@ -170,14 +182,17 @@ class Session:
             user_ns[name] = RemoteRef(
                 self, name, {**(described[name] or {}), "reason": problems.pop(name)}
             )
+        made: dict[str, RemoteRef] = {}  # one reference per object, whatever names it has
         for name, description in payload.get("refs", {}).items():
             self.homes.pop(name, None)
-            user_ns[name] = RemoteRef(self, name, description)
+            if description["ref"] not in made:
+                made[description["ref"]] = RemoteRef(self, name, description)
+            user_ns[name] = made[description["ref"]]
             self.newest[name] = description["ref"]
         for name in payload.get("deleted", []):
             self.homes.pop(name, None)
         for name in [*payload.get("values", {}), *payload.get("deleted", [])]:
-            self.newest.pop(name, None)
+            self.newest[name] = None
         summary = payload.get("session") or {}
         self.held, self.gpu_memory = summary.get("held", {}), summary.get("gpu_memory", {})
         self.released -= set(record.spec["session"].get("released", ()))
@@ -258,9 +273,10 @@ class RemoteRef:
         self.name = name
         self.ref = description.get("ref")  # None: the value is the session's `name`
         self.marker = KeptValue(self.ref) if self.ref else SessionValue(name)
+        self.release = None
         if self.ref:  # dropped here, freed there
             session.alive.add(self.ref)
-            weakref.finalize(self, session.dropped, self.ref)
+            self.release = weakref.finalize(self, session.dropped, self.ref)
         self.session = session
         self.session_id = session.id
         self.type = description.get("type") or "object"
@@ -275,21 +291,22 @@ class RemoteRef:
             parts.append(("over " if self.over else "") + size_text(self.size))
         if self.device:
             parts.append(self.device)
-        return f"<remote {self.session.name}.{self.name}: {', '.join(parts)}>"
+        earlier = " (earlier)" if self.session.newest.get(self.name, self.ref) != self.ref else ""
+        return f"<remote {self.session.name}.{self.name}{earlier}: {', '.join(parts)}>"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        shipping = _SHIPPING[-1] if _SHIPPING else None
-        if (
-            SESSIONS.get(self.session.name) is not self.session
-            or self.session.id != self.session_id
-        ):
+    def _check_live(self) -> None:
+        if SESSIONS.get(self.session.name) is not self.session:
             raise SessionError(
                 f"it is a remote reference to {self.name!r} in session {self.session.name!r},"
                 " which has ended: run the cell that made it again"
             )
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        shipping = _SHIPPING[-1] if _SHIPPING else None
+        self._check_live()
         if shipping is None or shipping.id != self.session_id:
             where = f"session {shipping.name!r}" if shipping else "no session"
             raise SessionError(
@@ -311,11 +328,17 @@ class RemoteRef:
         """The value itself, fetched from the worker (GPU tensors come as CPU ones)."""
         from IPython import get_ipython
 
+        self._check_live()
         shell = get_ipython()
         user_ns = shell.user_ns if shell is not None else {}
         if self.session.fetch is None:
             raise SessionError(f"session {self.session.name!r} has no cell to fetch from")
-        return self.session.fetch([self.marker.name], user_ns)[self.marker.name]
+        value = self.session.fetch([self.marker.name], user_ns)[self.marker.name]
+        self.session.copies[id(value)] = (
+            _digest(value, user_ns),
+            self.session.marker_for_copy(self),
+        )
+        return value
 
 
 @contextmanager

@@ -49,6 +49,7 @@ def run_cell(
     if session is not None and session.lost:
         if not opts.session_replay:
             raise session.lost_error()
+        print(f"tetra: session {session.name} was lost: {session.cause}", file=sys.stderr)
         replay(shell, session, label)
     endpoint = targets.resolve(opts)
     packed = pack(
@@ -74,6 +75,7 @@ def run_cell(
             error = session.lost_error(lost, _worker_id(job))
             if not opts.session_replay:
                 raise error
+            print(f"tetra: session {session.name} was lost: {session.cause}", file=sys.stderr)
             replay(shell, session, label)  # then the cell runs, once: a second loss is reported
             once = dataclasses.replace(opts, session_replay=False)
             return run_cell(shell, once, source, filename, display, started, prices)

@@ -198,6 +198,7 @@ class Session:
         self.released -= set(record.spec["session"].get("released", ()))
         self.cells.append(record)
         self.last_used = time.time()
+        SESSIONS[self.name] = self
 
     def lose(self, cause: str) -> None:
         """Note that the session is gone, and why."""
@@ -355,11 +356,8 @@ SESSIONS: dict[str, Session] = {}
 
 
 def for_cell(name: str, owner: str) -> Session:
-    """The kernel's session `name`, made on first use."""
-    session = SESSIONS.get(name)
-    if session is None:
-        SESSIONS[name] = session = Session(name, owner)
-    return session
+    """The kernel's session `name`; a new one (listed once a cell of it has run) if none."""
+    return SESSIONS.get(name) or Session(name, owner)
 
 
 def _plain_value(value: Any) -> bool:

@@ -50,7 +50,7 @@ def run_cell(
         if not opts.session_replay:
             raise session.lost_error()
         print(f"tetra: session {session.name} was lost: {session.cause}", file=sys.stderr)
-        replay(shell, session, label)
+        replay(session, label)
     endpoint = targets.resolve(opts)
     packed = pack(
         analysis,
@@ -76,7 +76,7 @@ def run_cell(
             if not opts.session_replay:
                 raise error
             print(f"tetra: session {session.name} was lost: {session.cause}", file=sys.stderr)
-            replay(shell, session, label)  # then the cell runs, once: a second loss is reported
+            replay(session, label)  # then the cell runs, once: a second loss is reported
             once = dataclasses.replace(opts, session_replay=False)
             return run_cell(shell, once, source, filename, display, started, prices)
     except BaseException as exc:

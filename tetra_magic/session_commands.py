@@ -40,7 +40,7 @@ def run_command(magic: Any, command: str, rest: str) -> None:
                     f"session {name} is not lost; `%tetra replay --force {name}` rebuilds it"
                     " anyway (its cells run again, side effects included)"
                 )
-            session_requests.replay(magic.shell, session, cell_labeler(magic.shell))
+            session_requests.replay(session, cell_labeler(magic.shell))
 
 
 def _default(magic: Any, words: list[str]) -> None:

@@ -113,7 +113,7 @@ def end(session: sessions.Session) -> list[str]:
         sessions.SESSIONS.pop(session.name, None)
 
 
-def replay(shell: Any, session: sessions.Session, label: Labeler) -> None:
+def replay(session: sessions.Session, label: Labeler) -> None:
     """Run the cells that built the session again, in order, with the inputs they had, into a
     fresh session of the same name (references in the notebook stay valid). Nothing is written
     into the notebook; a cell that fails stops the replay, and the session stays lost."""

@@ -812,7 +812,7 @@ _PICKLERS = {}
 _MARKERS = "_tetra_main"
 
 
-def _markers():
+def markers():
     """A module of markers, registered in sys.modules so that pickle can name them: in a
     pickle, `main(path)` stands for a notebook definition, `namespace()` for `__main__`'s
     globals and `kept(ref)` for a value a session keeps for a remote reference; the loader
@@ -875,7 +875,7 @@ def _unpickler_class():
 
 
 def _pickler_class():
-    """cloudpickle's Pickler, with notebook definitions referred to by name (`_markers`) and
+    """cloudpickle's Pickler, with notebook definitions referred to by name (`markers`) and
     functions shipped as bytecode given `__main__`'s globals instead of a private copy."""
     if "class" in _PICKLERS:
         return _PICKLERS["class"]
@@ -885,7 +885,7 @@ def _pickler_class():
     import cloudpickle
 
     plain = frozenset(_PLAIN)
-    markers = _markers()
+    marks = markers()
     # Stands for `__main__`'s globals in a function's reduction: pickle never offers a dict to
     # reducer_override, so the namespace itself could not be replaced by the marker.
     namespace_token = type("Namespace", (), {})()
@@ -901,10 +901,10 @@ def _pickler_class():
             if type(obj) in plain:
                 return NotImplemented
             if obj is namespace_token:
-                return markers.namespace, ()
+                return marks.namespace, ()
             path = self.names.path(obj) if callable(obj) else None  # definitions are callable
             if path is not None:
-                return markers.main, (path,)
+                return marks.main, (path,)
             if isinstance(obj, types.FunctionType) and obj.__globals__ is self.names.namespace:
                 return self._main_function(obj)
             if isinstance(obj, types.CodeType):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tetra_magic import session_runtime
-from tetra_magic.cell_runtime import MainNames, _markers
+from tetra_magic.cell_runtime import MainNames, markers
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 
@@ -251,7 +251,7 @@ class SessionValue:
         self.name = name
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return _markers().main, (self.name,)
+        return markers().main, (self.name,)
 
 
 class KeptValue(SessionValue):
@@ -262,7 +262,7 @@ class KeptValue(SessionValue):
         self.name = self.ref = ref
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return _markers().kept, (self.ref,)
+        return markers().kept, (self.ref,)
 
 
 class RemoteRef:

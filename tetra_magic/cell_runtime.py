@@ -67,7 +67,7 @@ def _run_cell(spec, blobs):
             display.end()
             space.refer_to(session, names, {})
             return space.pull(session, names, info["pull"])
-        held = {id(value) for value in namespace.values()}
+        held = {id(value) for value in namespace.values()} if session is not None else set()
         inputs = _load_inputs(names, spec)
         cell_definitions = _cell_definitions(spec["filename"], spec["source"])
         dump = None
@@ -80,7 +80,7 @@ def _run_cell(spec, blobs):
             space.refer_to(session, names, cell_definitions)
             inputs.update(space.home_copies(names, info))
             dump = space.dumper(session, names, info)
-        digests = {name: _digest(names, value) for name, value in inputs.items()}
+        digests = {name: digest(names, value) for name, value in inputs.items()}
         before = dict(namespace)
         try:
             last = _run_source(spec, names)
@@ -316,7 +316,7 @@ def _cell_definitions(filename, source):
     return found
 
 
-def _digest(names, value):
+def digest(names, value):
     """A fingerprint of `value`'s pickle (None if it cannot be pickled here)."""
     import hashlib
 

@@ -83,15 +83,14 @@ def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
         chosen = _session(default or next(iter(sessions.SESSIONS)))
     if not words:
         raise UsageError("%tetra pull NAME [NAME ...]: name the variables to fetch")
-    wanted: dict[str, list[tuple[str, sessions.SessionValue]]] = {}  # session -> what to pull
-    pinned: dict[str, sessions.RemoteRef] = {}
+    # session -> [(notebook name, what stands for the value there, its reference if any)]
+    wanted: dict[str, list[tuple[str, sessions.SessionValue, sessions.RemoteRef | None]]] = {}
     for name in words:
         ref = user_ns.get(name)
         if isinstance(ref, sessions.RemoteRef):
-            wanted.setdefault(ref.session.name, []).append((name, ref.marker))
-            pinned[name] = ref
+            wanted.setdefault(ref.session.name, []).append((name, ref.marker, ref))
         elif chosen is not None:
-            wanted.setdefault(chosen.name, []).append((name, sessions.SessionValue(name)))
+            wanted.setdefault(chosen.name, []).append((name, sessions.SessionValue(name), None))
         else:
             raise UsageError(
                 f"%tetra pull: {name} is not a remote reference; name its session with"
@@ -99,18 +98,15 @@ def _pull(user_ns: dict[str, Any], words: list[str], default: str) -> None:
             )
     for name_of_session, items in wanted.items():
         session = _session(name_of_session)
-        values, problems = session_requests.pull(
-            session, [marker.name for _, marker in items], user_ns
-        )
+        keys = [marker.name for _, marker, _ in items]
+        values, problems = session_requests.pull(session, keys, user_ns)
         pulled = []
-        for name, marker in items:
-            if marker.name in values:
-                user_ns[name] = values[marker.name]
-                if name in pinned:
-                    marker = session.marker_for_copy(pinned[name])
-                session.has_copy(name, user_ns, marker)
-                pulled.append(name)
-            else:
+        for name, marker, ref in items:
+            if marker.name not in values:
                 print(f"tetra: {name} was not pulled: {problems.get(marker.name)}", file=sys.stderr)
+                continue
+            user_ns[name] = values[marker.name]
+            session.has_copy(name, user_ns, session.marker_for_copy(ref) if ref else marker)
+            pulled.append(name)
         if pulled:
             print(f"tetra: pulled {', '.join(pulled)} from session {name_of_session}")

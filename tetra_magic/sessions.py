@@ -17,7 +17,6 @@ Sessions belong to their kernel: the worker keys them by this kernel's id and th
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import secrets
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tetra_magic import session_runtime
-from tetra_magic.cell_runtime import MainNames, markers
+from tetra_magic.cell_runtime import MainNames, digest, markers
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 
@@ -62,7 +61,7 @@ class Session:
     cells: list[CellRecord] = field(default_factory=list)
     # notebook name -> (id of its value, the value's pickle's digest, the marker that stands
     # for the session's own object): the notebook's copies of what the session holds
-    homes: dict[str, tuple[int, bytes, SessionValue]] = field(default_factory=dict)
+    homes: dict[str, tuple[int, bytes | None, SessionValue]] = field(default_factory=dict)
     # ids of the values kept for the notebook's live references, and of those it dropped
     # (freed by the next cell)
     alive: set[str] = field(default_factory=set)
@@ -71,7 +70,7 @@ class Session:
     # a value that came home, or deleted)
     newest: dict[str, str | None] = field(default_factory=dict)
     # id of a value `ref.pull()` returned -> (its pickle's digest, the marker for the original)
-    copies: dict[int, tuple[bytes, SessionValue]] = field(default_factory=dict)
+    copies: dict[int, tuple[bytes | None, SessionValue]] = field(default_factory=dict)
     # name -> the definition object that came home (the worker has it by that name)
     definitions: dict[str, Any] = field(default_factory=dict)
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -366,13 +365,9 @@ def _plain_value(value: Any) -> bool:
     return not isinstance(value, kinds)
 
 
-def _digest(value: Any, user_ns: dict[str, Any]) -> bytes:
-    """A fingerprint of the notebook value's pickle (b"" when it cannot be pickled)."""
-    try:
-        blob = MainNames(user_ns).dumps(value, to_cpu=False)
-    except Exception:
-        return b""
-    return hashlib.blake2b(blob, digest_size=16).digest()
+def _digest(value: Any, user_ns: dict[str, Any]) -> bytes | None:
+    """A fingerprint of the notebook value's pickle, as the worker takes an input's."""
+    return digest(MainNames(user_ns), value)
 
 
 def size_text(size: int) -> str:

@@ -25,8 +25,9 @@ _told_local = False
 def local() -> Endpoint:
     """The embedded local endpoint, started on first use and shared by every kernel."""
     from tetra_magic.local.launcher import ensure_running
+    from tetra_magic.packing import KERNEL_ID
 
-    running = ensure_running()
+    running = ensure_running(kernel_id=KERNEL_ID)
     return Endpoint(
         running.base_url,
         running.endpoint_id,

@@ -62,7 +62,11 @@ BACKLOG_BYTES = 2**16
 # Other kernels' processes kept for their sessions; past this, the least recently used goes
 # (a notebook closed with its sessions open would otherwise hold its memory for good).
 KEPT_SESSION_PROCESSES = int(os.environ.get("TETRA_KEPT_SESSION_PROCESSES", 4))
-_WORKER_ONLY_ENV = ("RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_")
+# RunPod's variables a cell may read: where it runs. The others (RUNPOD_AI_API_KEY, RUNPOD_API_KEY,
+# RUNPOD_WEBHOOK_*, ...) stay with the worker.
+_RUNPOD_INFO_ENV = {"RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID", "RUNPOD_GPU_COUNT", "RUNPOD_DC_ID"}
+# Names the kernel an executor process serves (read by tetra_magic/local/kernels.py).
+KERNEL_MARK = "TETRA_KERNEL"
 # `python -c` with the working directory moved from the front of sys.path to its end (-P would
 # drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
 _START = "import sys; sys.path.append(sys.path.pop(0)); from worker.child import main; main()"
@@ -190,9 +194,9 @@ class _Child:
         ]
 
     @classmethod
-    async def start(cls, workdir: Path) -> _Child:
-        """A child running in `workdir`, once it is ready for requests; StartError if it
-        never gets there."""
+    async def start(cls, workdir: Path, kernel: str | None) -> _Child:
+        """A child of `kernel` running in `workdir`, once it is ready for requests; StartError
+        if it never gets there."""
         read_fd, write_fd = os.pipe()
         crash_log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         try:
@@ -209,8 +213,12 @@ class _Child:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 cwd=workdir,
-                env=_child_env(),
+                env=_child_env(kernel),
             )
+        except OSError as exc:  # the worker's own Python is gone (its environment deleted)
+            os.close(read_fd)
+            crash_log.close()
+            raise StartError(f"the worker could not start its executor process: {exc}") from None
         except BaseException:
             os.close(read_fd)
             crash_log.close()
@@ -344,15 +352,20 @@ class _Child:
         self.crash_log.close()
 
 
-def _child_env() -> dict[str, str]:
-    """The worker's environment, with unbuffered Python and the worker package importable,
-    less the runpod SDK's job-queue credentials: the code has no business taking jobs.
-    PYTHONPATH entries are made absolute: relative ones would mean the kernel's directory."""
+def _child_env(kernel: str | None) -> dict[str, str]:
+    """The worker's environment (its image's and its endpoint's template's), less RunPod's
+    own variables: the job-queue credentials and the account's API key are the worker's,
+    and a cell gets secrets only through its own --env. Plus unbuffered Python, the worker
+    package importable, and the kernel's mark, by which the local endpoint frees a closed
+    kernel's processes. PYTHONPATH entries are made absolute: relative ones would mean the
+    kernel's directory."""
     root = str(Path(__file__).resolve().parent.parent)
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     path = os.pathsep.join([root, *(os.path.abspath(p) for p in inherited if p)])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ONLY_ENV)}
-    return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_") or k in _RUNPOD_INFO_ENV
+    }
+    return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, KERNEL_MARK: kernel or ""}
 
 
 def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
@@ -400,7 +413,7 @@ class Executor:
         child = self._children.pop(kernel, None)
         if child is None:
             emit(chunk("phase", "starting"))
-            child = await _Child.start(workdir(kernel))
+            child = await _Child.start(workdir(kernel), kernel)
         self._children[kernel] = child  # the most recently used last
         child.holds_session |= session is not None
         emit(chunk("phase", "running"))

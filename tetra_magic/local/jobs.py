@@ -39,6 +39,10 @@ MAX_TTL_MS = 7 * 24 * 3600 * 1000
 RUN_RETENTION_S = 30 * 60
 RUNSYNC_RETENTION_S = 60
 STOP_RESEND_S = 1.0
+# How long a worker handed a job has to show it took it up (a stream chunk, a result, or the
+# SDK's ping naming the job) before the job goes to another worker. Our workers send their
+# first chunk at once, and ping every second (workers.py sets RUNPOD_PING_INTERVAL).
+TAKE_UP_S = 5.0
 TOMBSTONES = 2000
 _MISSING: Any = object()  # "no output field", as opposed to an output of None
 
@@ -99,8 +103,10 @@ class Job:
     error: str | None = None
     stream: list[Any] = field(default_factory=list)
     delivered: int = 0
+    taken_up: bool = False  # its worker has shown it is working on it
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _take_up_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def touch(self) -> None:
         """Wake everyone waiting for this job to change (runsync, held /stream requests)."""
@@ -169,6 +175,8 @@ class JobStore:
         self._stops: dict[str, dict[str, float | None]] = {}
         self._stops_changed: dict[str, asyncio.Event] = {}
         self.totals = collections.Counter[str]()
+        # Told (worker id, job id) when a worker never took up a job it was handed.
+        self.on_unresponsive: Callable[[str, str], None] | None = None
 
     # ----------------------------------------------------------------- client side
 
@@ -221,7 +229,7 @@ class JobStore:
             "failed": self.totals["failed"],
             "inProgress": live[JobStatus.IN_PROGRESS],
             "inQueue": live[JobStatus.IN_QUEUE],
-            "retried": 0,
+            "retried": self.totals["retried"],
         }
 
     def running_on(self, worker_id: str) -> Job | None:
@@ -295,6 +303,13 @@ class JobStore:
         self._queue.extend(passed)
         return None
 
+    def taken_up(self, worker_id: str, job_ids: list[str]) -> None:
+        """The worker says (its ping) it is working on these jobs."""
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and job.worker_id == worker_id:
+                self._taken_up(job)
+
     def worker_idle(self, worker_id: str) -> None:
         """The worker asked for work with nothing in progress: it has let go of stopped jobs."""
         self._stops.pop(worker_id, None)
@@ -337,6 +352,7 @@ class JobStore:
         job = self._jobs.get(job_id)
         if job is None or job.worker_id != worker_id or job.status is not JobStatus.IN_PROGRESS:
             return False
+        self._taken_up(job)
         job.output, job.has_output = output, True
         job.touch()
         return True
@@ -410,7 +426,34 @@ class JobStore:
         if job.status.final:
             self._send_stop(worker_id, job_id)  # it is still working on it: stop it again
             return None
+        self._taken_up(job)
         return job
+
+    def _taken_up(self, job: Job) -> None:
+        job.taken_up = True
+        if job._take_up_timer is not None:
+            job._take_up_timer.cancel()
+            job._take_up_timer = None
+
+    def _not_taken_up(self, job: Job, worker_id: str) -> None:
+        """The worker handed `job` never showed it took it up: the job goes back to the front
+        of the queue for another worker, and this one gets no more jobs."""
+        job._take_up_timer = None
+        if job.taken_up or job.worker_id != worker_id or job.status is not JobStatus.IN_PROGRESS:
+            return
+        if job._timer is not None:
+            job._timer.cancel()
+            job._timer = None
+        job.status, job.worker_id, job.started = JobStatus.IN_QUEUE, None, None
+        self._running.pop(worker_id, None)
+        self._dead_workers.add(worker_id)
+        self._pins = {s: w for s, w in self._pins.items() if w != worker_id}
+        self._queue.appendleft(job.id)
+        self.totals["retried"] += 1
+        self._wake_takers()
+        job.touch()
+        if self.on_unresponsive is not None:
+            self.on_unresponsive(worker_id, job.id)
 
     def _start(self, job: Job, worker_id: str) -> None:
         job.status = JobStatus.IN_PROGRESS
@@ -421,6 +464,8 @@ class JobStore:
         job.started = self.clock()
         loop = asyncio.get_running_loop()
         job._timer = loop.call_later(job.policy.execution_timeout, self._time_out, job)
+        job.taken_up = False
+        job._take_up_timer = loop.call_later(TAKE_UP_S, self._not_taken_up, job, worker_id)
         job.touch()
 
     def _time_out(self, job: Job) -> None:
@@ -441,6 +486,7 @@ class JobStore:
         if job._timer is not None:
             job._timer.cancel()
             job._timer = None
+        self._taken_up(job)  # nothing left to take up
         if status is JobStatus.COMPLETED:
             self.totals["completed"] += 1
         elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
@@ -452,6 +498,7 @@ class JobStore:
         job.touch()
 
     def _expire(self, job: Job, reason: str) -> None:
+        self._taken_up(job)
         if job.status is JobStatus.IN_PROGRESS and job.worker_id is not None:
             self._send_stop(job.worker_id, job.id)
         if job._timer is not None:

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tetra_magic.local import state
+from tetra_magic.local import kernels, state
+from tetra_magic.local.marks import HOME_MARK, marked_processes
+from tetra_magic.local.passed_env import passed
 
 DEFAULT_IDLE_TIMEOUT = 2 * 3600.0
 _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
@@ -79,13 +81,18 @@ def ensure_running(
     workers: int | None = None,
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     timeout: float = 60.0,
+    kernel_id: str | None = None,
 ) -> LocalEndpoint:
     """The local endpoint, started if no live one is recorded.
 
     `workers` and `idle_timeout` (seconds; None: never) apply only when a server is started
     here; a running server is reused as it is, unless it runs other code than this kernel
-    has (tetra-magic upgraded, worker edited): that one is stopped and replaced.
+    has (tetra-magic upgraded, worker edited): that one is stopped and replaced. With
+    `kernel_id` (the one cells send), this process holds that kernel's lock from now on, so
+    the server frees what the kernel's cells left on the workers once the kernel is gone.
     """
+    if kernel_id is not None:
+        kernels.hold(kernel_id)
     endpoint = running()
     if endpoint is not None:
         return endpoint
@@ -101,18 +108,23 @@ def ensure_running(
 
 
 def stop(timeout: float = 15.0) -> bool:
-    """Stop the recorded server (SIGTERM, then SIGKILL); False if none was running."""
+    """Stop the recorded server, and any other this state dir's launcher started whose record
+    was lost (server.json deleted or corrupt): SIGTERM, then SIGKILL. False if none ran."""
     record = state.read_record()
     pid = record.get("pid") if record else None
-    if not isinstance(pid, int) or not state.pid_alive(pid) or not _is_server(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    if not _wait_exit(pid, timeout):
+    pids = set(marked_processes(HOME_MARK, str(state.server_dir())))
+    if isinstance(pid, int) and state.pid_alive(pid) and _is_server(pid):
+        pids.add(pid)
+    for each in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_exit(pid, 5.0)
-    state.remove_record_if_ours(pid=pid)
-    return True
+            os.kill(each, signal.SIGTERM)
+    for each in pids:
+        if not _wait_exit(each, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGKILL)
+            _wait_exit(each, 5.0)
+        state.remove_record_if_ours(pid=each)
+    return bool(pids)
 
 
 def _endpoint(record: dict[str, Any], token: str) -> LocalEndpoint | None:
@@ -146,8 +158,13 @@ def _spawn(
     with contextlib.suppress(OSError):
         if log_path.stat().st_size > state.LOG_LIMIT:
             log_path.unlink()
-    env = {**os.environ, "TETRA_MAGIC_HOME": str(state.home()), "PYTHONUNBUFFERED": "1"}
-    env.update(_import_path(env.get("PYTHONPATH")))
+    env = {
+        **passed(os.environ),  # nothing of this kernel's own: the server serves every kernel
+        "TETRA_MAGIC_HOME": str(state.home()),
+        "PYTHONUNBUFFERED": "1",
+        HOME_MARK: str(folder),
+    }
+    env.update(_import_path(os.environ.get("PYTHONPATH")))
     with open(log_path, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
         log.flush()

@@ -39,16 +39,22 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tetra_magic import credentials
 from tetra_magic.local import state
 from tetra_magic.local.jobs import Job, JobStore, Policy, PolicyError
 from tetra_magic.local.workers import Supervisor, WorkerUrls, default_worker_count, detect_gpus
-from tetra_magic.runpod_limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT
+from tetra_magic.runpod_limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT, STREAM_CHUNK_LIMIT
 
 log = logging.getLogger("tetra_magic.local.server")
 
+# A job-done post carries a streaming job's whole aggregated output, so it may be large; each
+# job-stream post is one chunk, held to RunPod's limit so a worker's oversized chunk fails here.
 WORKER_POST_LIMIT = 1_000_000_000
+# Nesting a body may have: an answer puts a kept value up to 3 levels deeper, and Python's json
+# writes nothing past ~1000 (RecursionError), so a deeper one would fail every later answer.
+MAX_JSON_DEPTH = 512
 DRAIN_LIMIT = 64_000_000  # read (and drop) oversized bodies up to this, so clients see the 413
 RUNSYNC_WAIT_MS = (1_000, 90_000, 300_000)  # min, default, max of ?wait
 STREAM_HOLD_S = 1.0
@@ -87,7 +93,10 @@ async def json_errors(
         if exc.status < 400:
             raise
         message = f"{exc.reason}: {request.method} {request.path}"
-        return web.json_response({"error": message}, status=exc.status, headers=exc.headers)
+        # Only Allow (a 405's methods) carries over: the exception's own Content-Type would
+        # clash with the JSON body's.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": message}, status=exc.status, headers=allow)
 
 
 def _bearer(request: web.Request) -> str:
@@ -97,7 +106,12 @@ def _bearer(request: web.Request) -> str:
 
 
 def _same(a: str, b: str) -> bool:
-    return bool(a) and hmac.compare_digest(a.encode(), b.encode())
+    """Constant-time equality; a header's undecodable bytes (kept as surrogates) compare too."""
+    return bool(a) and hmac.compare_digest(_bytes(a), _bytes(b))
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 class SdkCredential:
@@ -200,11 +214,7 @@ class Api:
 
     async def _job_request(self, request: web.Request, limit: int) -> dict[str, Any]:
         """A /run or /runsync body: size-checked, JSON, with an "input"."""
-        body = await _read_limited(request, limit)
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        data = _json(await _read_limited(request, limit), "the request body")
         if not isinstance(data, dict) or data.get("input") is None:
             raise ApiError(400, 'the request body must be a JSON object with an "input" field')
         return data
@@ -214,10 +224,9 @@ class Api:
             policy = Policy.parse(data.get("policy"))
         except PolicyError as exc:
             raise ApiError(400, str(exc)) from None
-        job = self.store.submit(data["input"], policy, sync=sync)
         if self.supervisor is not None:
-            self.supervisor.wake()
-        return job
+            self.supervisor.wake()  # before any worker could take it (see Supervisor.wake)
+        return self.store.submit(data["input"], policy, sync=sync)
 
     # ----------------------------------------------------------------- client routes
 
@@ -304,20 +313,23 @@ class Api:
 
     async def job_stream(self, request: web.Request) -> web.Response:
         worker_id = self._worker(request)
-        self.store.add_stream(request.match_info["job_id"], worker_id, await _json_body(request))
+        body = await _json_body(request, STREAM_CHUNK_LIMIT)
+        self.store.add_stream(request.match_info["job_id"], worker_id, body)
         return web.json_response({})
 
     async def job_done(self, request: web.Request) -> web.Response:
         worker_id = self._worker(request)
         job_id = request.match_info["job_id"]
-        if not self.store.finish(job_id, worker_id, await _json_body(request)):
+        if not self.store.finish(job_id, worker_id, await _json_body(request, WORKER_POST_LIMIT)):
             log.info(
                 "ignored a result for job %s from %s: the job had already ended", job_id, worker_id
             )
         return web.json_response({})
 
     async def ping(self, request: web.Request) -> web.Response:
-        self._worker(request)
+        """The SDK's heartbeat; `job_id` lists the jobs the worker is working on (a,b)."""
+        worker_id = self._worker(request)
+        self.store.taken_up(worker_id, request.query.get("job_id", "").split(","))
         return web.json_response({})
 
 
@@ -335,7 +347,9 @@ def _wait_param(request: web.Request) -> int:
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     """The body, or a 413 naming its size and the route's limit."""
-    route = request.path.rsplit("/", 1)[-1]
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    route = path.split("/")[3] if path.count("/") >= 3 else path  # /v2/{endpoint_id}/ROUTE/...
 
     def too_large(size: int) -> ApiError:
         return ApiError(
@@ -348,24 +362,87 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         raise too_large(request.content_length)
     data = bytearray()
     size = 0
-    async for block in request.content.iter_chunked(1 << 16):
-        size += len(block)
-        if size <= limit:
-            data += block
-        elif size > drain:
-            raise too_large(size)
+    try:
+        async for block in request.content.iter_chunked(1 << 16):
+            size += len(block)
+            if size <= limit:
+                data += block
+            elif size > drain:
+                raise too_large(size)
+    except web.RequestPayloadError as exc:  # a Content-Encoding its bytes do not follow
+        raise ApiError(400, f"the request body could not be read: {exc}") from None
     if size > limit:
         raise too_large(size)
     return bytes(data)
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request, limit: int) -> Any:
     """A worker post: JSON text, though the SDK labels it form-urlencoded."""
-    body = await _read_limited(request, WORKER_POST_LIMIT)
+    return _json(await _read_limited(request, limit), "the worker's body")
+
+
+def _json(body: bytes, what: str) -> Any:
+    """`body` parsed, or a 400: invalid UTF-8 or JSON, or nested deeper than MAX_JSON_DEPTH
+    (past ~1000 levels json raises RecursionError, not ValueError; short of that, a value we
+    keep must still fit inside the answers that carry it back)."""
+    too_deep = ApiError(400, f"{what} is JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as exc:
-        raise ApiError(400, f"the worker sent a body that is not JSON: {exc}") from None
+        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
+    if _deeper(value, MAX_JSON_DEPTH):
+        raise too_deep
+    return value
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and objects more than `limit` deep (walked without
+    recursion, which is what runs out)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (list, dict)):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
+
+
+def app_runner(api: Api) -> web.AppRunner:
+    """The server for `api`'s routes: a handler whose client went away is cancelled (long
+    polls would otherwise hold on), and no access log (workers poll all the time)."""
+    return web.AppRunner(
+        api.app(),
+        handler_cancellation=True,
+        shutdown_timeout=1.0,
+        access_log=None,
+        logger=_http_log,
+    )
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad header bytes, a bogus method) with a
+    traceback, though the mistake is the client's and aiohttp has answered it 400: keep one
+    line for those, and whole tracebacks for failures of our own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = (
+                "refused a malformed request (%s): %s",
+                (exc.code, exc.message),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_http_log = logging.getLogger("tetra_magic.local.http")
+_http_log.addFilter(_MalformedRequests())
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -400,9 +477,7 @@ async def serve(options: ServerOptions, announce: Callable[[str], None] = print)
         root=root,
     )
     api = Api(store, supervisor, token, options.endpoint_id)
-    runner = web.AppRunner(
-        api.app(), handler_cancellation=True, shutdown_timeout=1.0, access_log=None
-    )
+    runner = app_runner(api)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     record = {

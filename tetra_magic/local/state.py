@@ -18,10 +18,12 @@ Stdlib only: the launcher imports this from inside a notebook kernel.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -49,30 +51,49 @@ def record_path(root: Path | None = None) -> Path:
 
 
 def token(root: Path | None = None) -> str:
-    """The bearer token, generated on first use and stored 0600; never printed or logged."""
-    path = (root or home()) / TOKEN_FILE
-    with contextlib.suppress(FileNotFoundError):
-        value = path.read_text().strip()
-        if value:
-            return value
-    value = secrets.token_urlsafe(32)
-    # O_EXCL: if another process wrote the file first, its token wins and we read it back.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    """The bearer token, generated on first use and stored 0600; never printed or logged.
+
+    A token file that is empty, not text or not a token (truncated by a full disk, edited by
+    hand) is replaced, under a lock so that two kernels doing it at once agree on one token; a
+    server holding the old one no longer answers this kernel, which then replaces it too.
+    """
+    root = root or home()
+    path = root / TOKEN_FILE
+    value = _read_token(path)
+    if value is not None:
+        return value
+    with open(root / ".token.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        value = _read_token(path)
+        if value is None:
+            value = secrets.token_urlsafe(32)
+            _write_private(path, value + "\n")
     return value
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        value = path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return value if _TOKEN.fullmatch(value) else None
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,512}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` atomically (readers never see half a file), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def write_json_private(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON atomically (readers never see half a file), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
+    _write_private(path, json.dumps(data))
 
 
 def read_record(root: Path | None = None) -> dict[str, Any] | None:

@@ -35,32 +35,19 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tetra_magic.local import environment, state
+from tetra_magic.local import environment, kernels, state
 from tetra_magic.local.jobs import JobStore
+from tetra_magic.local.marks import SERVER_MARK, WORKER_MARK, kill_marked
+from tetra_magic.local.passed_env import passed
 from worker.parent_death import die_with_parent
 
 log = logging.getLogger("tetra_magic.local.workers")
 
-SERVER_MARK = "TETRA_LOCAL_SERVER"
-WORKER_MARK = "TETRA_LOCAL_WORKER"
 QUICK_EXIT_S = 15.0
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 GIVE_UP_AFTER = 3
-# Variables of the kernel's environment that would misdirect the worker or its SDK.
-DROPPED_ENV = {
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "VIRTUAL_ENV",
-    "RUNPOD_ENDPOINT_ID",
-    "RUNPOD_REALTIME_PORT",
-    "RUNPOD_REALTIME_CONCURRENCY",
-    "RUNPOD_LOG_LEVEL",
-    "RUNPOD_DEBUG_LEVEL",
-    "RUNPOD_AI_API_KEY",
-    "RUNPOD_POD_ID",
-}
+KERNEL_CHECK_S = 5.0
 
 
 def visible_gpus(smi_listing: str | None, cuda_visible: str | None) -> list[str]:
@@ -115,40 +102,6 @@ def exit_reason(returncode: int) -> str:
     return f"with status {returncode}"
 
 
-def marked_processes(key: str, accept: Any = None) -> list[int]:
-    """Pids of this user's processes whose environment has `key` (=`accept`, if given).
-
-    Linux only (reads /proc/PID/environ); elsewhere nothing is found.
-    """
-    found = []
-    prefix = f"{key}=".encode()
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                    items = handle.read().split(b"\0")
-            except OSError:
-                continue
-            for item in items:
-                if item.startswith(prefix):
-                    value = item[len(prefix) :].decode(errors="replace")
-                    if accept is None or (accept(value) if callable(accept) else value == accept):
-                        found.append(int(entry.name))
-                    break
-    return found
-
-
-def kill_marked(key: str, accept: Any = None) -> int:
-    """SIGKILL every process marked `key` (see `marked_processes`); returns how many."""
-    pids = marked_processes(key, accept)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
-
-
 def kill_strays() -> int:
     """Kill what workers of servers that are no longer running left behind."""
     return kill_marked(
@@ -188,6 +141,7 @@ class Slot:
     started: float = 0.0
     seen: bool = False
     quick_exits: int = 0
+    replaced: str = ""  # why the supervisor killed it on purpose, until it has exited
 
 
 class Supervisor:
@@ -209,6 +163,7 @@ class Supervisor:
         self.root = root
         self.python: Path | None = None
         self.env_error: str | None = None
+        self._env_ready = asyncio.Event()
         self._building: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -223,6 +178,7 @@ class Supervisor:
             Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
             for i, gpu in enumerate(gpu_plan(gpus, workers))
         ]
+        store.on_unresponsive = self._unresponsive
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -232,12 +188,55 @@ class Supervisor:
         if killed:
             log.info("killed %d process(es) left by workers of a server that is gone", killed)
         self._building = asyncio.create_task(self._build_and_start())
+        self._tasks.append(asyncio.create_task(self._free_gone_kernels()))
 
     def wake(self) -> None:
-        """A job arrived: if the environment failed to build before, try again now."""
-        if self.env_error is not None and (self._building is None or self._building.done()):
+        """A job is about to be queued: if the environment failed to build before, try again
+        now; if it was deleted under the running workers (README: deleting the state dir's
+        envs/ frees its space), stop them before they take the job, and rebuild it."""
+        if self._building is not None and not self._building.done():
+            return
+        if self.env_error is not None:
             self.env_error = None
             self._building = asyncio.create_task(self._build_and_start())
+        elif self.python is not None and not self.python.exists():
+            self._rebuild(f"its Python environment {self.python.parents[1]} was deleted")
+
+    def _rebuild(self, why: str) -> None:
+        log.warning("the workers' environment is gone (%s): rebuilding it", why)
+        self._env_ready.clear()
+        reason = f"the worker was stopped: {why}; the local endpoint is rebuilding it"
+        for slot in self.slots:
+            self._replace(slot, reason)
+        self._building = asyncio.create_task(self._build_and_start())
+
+    def _replace(self, slot: Slot, reason: str) -> None:
+        """Kill the slot's worker on purpose; `_keep` starts the next one."""
+        if slot.process is None or slot.process.returncode is not None:
+            return
+        slot.replaced = reason
+        self.store.worker_gone(slot.worker_id, reason)  # before it can take another job
+        self._kill_slot(slot)
+
+    def _unresponsive(self, worker_id: str, job_id: str) -> None:
+        """The store gave a job back to the queue: the worker it was handed to never took it
+        up (stopped, hung). Restart that worker."""
+        for slot in self.slots:
+            if slot.worker_id == worker_id:
+                log.warning(
+                    "worker %s did not take job %s: the job went to another worker; restarting it",
+                    worker_id,
+                    job_id,
+                )
+                self._replace(slot, "the worker did not take the job it was handed")
+
+    async def _free_gone_kernels(self) -> None:
+        """Every few seconds: free what kernels that ended left on the workers (kernels.py)."""
+        while True:
+            await asyncio.sleep(KERNEL_CHECK_S)
+            freed = await asyncio.to_thread(kernels.free_gone, self.kernel_dirs, self.root)
+            for kernel_id in freed:
+                log.info("kernel %s is gone: freed its processes and files", kernel_id)
 
     async def stop(self) -> None:
         """Kill every worker and everything they started."""
@@ -255,20 +254,25 @@ class Supervisor:
     async def _build_and_start(self) -> None:
         try:
             self.python = await asyncio.to_thread(environment.ensure, self.root, log.info)
+            self._env_ready.set()
         except Exception as exc:
             self.env_error = f"the local endpoint could not prepare its worker environment: {exc}"
             log.error("%s", self.env_error)
             failed = self.store.fail_queued(self.env_error)
             log.error("failed %d queued job(s)", failed)
             return
-        if not self._tasks and not self._stopping:
-            self._tasks = [asyncio.create_task(self._keep(slot)) for slot in self.slots]
+        if not self._stopping and not any(t.get_name() == "keep" for t in self._tasks):
+            self._tasks += [asyncio.create_task(self._keep(s), name="keep") for s in self.slots]
 
     # ----------------------------------------------------------------- one slot
 
     async def _keep(self, slot: Slot) -> None:
         """Run the slot's worker, restarting it whenever it exits."""
         while not self._stopping:
+            await self._env_ready.wait()
+            if self.python is not None and not self.python.exists():
+                self.wake()  # deleted while no job came: rebuilt now, not at the next cell
+                continue
             try:
                 await self._spawn(slot)
             except OSError as exc:
@@ -309,6 +313,11 @@ class Supervisor:
 
     def _after_exit(self, slot: Slot, code: int) -> None:
         """A worker exited on its own: fail its job, clean up after it, judge whether to retry."""
+        if slot.replaced:
+            log.info("worker %s stopped: %s", slot.worker_id, slot.replaced)
+            slot.replaced = ""
+            self._kill_slot(slot)
+            return
         how = exit_reason(code)
         reason = (
             f"the worker exited {how} while running the job "
@@ -346,15 +355,11 @@ class Supervisor:
             kill_marked(WORKER_MARK, slot.worker_id)
 
     def _env(self, slot: Slot) -> dict[str, str]:
-        """The worker's environment: the user's, minus what would misdirect it, plus ours."""
+        """The worker's environment: the little of the server's it needs (see passed_env),
+        plus the SDK's job-queue settings and our markers. The server's own may come from
+        whichever kernel started it, and the workers run every kernel's cells."""
         assert self.python is not None
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in DROPPED_ENV
-            and not key.startswith(("RUNPOD_WEBHOOK_", "JPY_"))
-            and not (key == "MPLBACKEND" and value.startswith("module://"))
-        }
+        env = passed(os.environ)
         venv_bin = self.python.parent
         level = os.environ.get("TETRA_MAGIC_WORKER_LOG_LEVEL", "INFO")
         env.update(self.urls.env())
@@ -369,6 +374,8 @@ class Supervisor:
                 "RUNPOD_DEBUG_LEVEL": level,
                 "PYTHONUNBUFFERED": "1",
                 "TETRA_WORKER_TAKE_AHEAD": "1",
+                # The heartbeat names the jobs a worker has taken up (jobs.TAKE_UP_S).
+                "RUNPOD_PING_INTERVAL": "1000",
                 "TETRA_WORK_DIR": str(self.kernel_dirs),
                 SERVER_MARK: str(os.getpid()),
                 WORKER_MARK: slot.worker_id,

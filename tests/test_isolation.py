@@ -19,7 +19,7 @@ from test_published_worker import LoopbackEndpoint, kernel_env
 
 LOAD = "%load_ext tetra_magic"
 published = test_published_worker.published  # its stand-in published worker, for this module
-PRESET = "TETRA_ISOLATION_PRESET"  # in the worker's own environment
+PRESET = "TZ"  # in the worker's own environment (passed to it: local/passed_env.py)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -138,3 +138,33 @@ def test_a_child_that_never_gets_ready_says_so(worker: Worker) -> None:
     assert response.failure == "start"
     assert response.error == "the process that runs the code was not ready after 0.5 s"
     assert decode(worker.call(function("def f():\n    return 1\n")).result) == 1
+
+
+ENVIRON = "def f():\n    import os\n    return {n: os.environ.get(n) for n in NAMES}\n"
+
+
+def test_code_sees_the_workers_environment_but_not_runpods_keys(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a RunPod worker the environment holds the endpoint template's variables (the
+    user's worker_env), which cells read, and RunPod's own keys, which stay with the worker."""
+    values = {
+        "RUNPOD_API_KEY": "rpa_account_key",
+        "RUNPOD_AI_API_KEY": "job_queue_key",
+        "RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.ai/v2/x/job-take/$ID",
+        "RUNPOD_ENDPOINT_ID": "abc123",
+        "FROM_TEMPLATE": "template-value",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    handler.EXECUTOR.close()  # a child started now, in this environment
+    code = ENVIRON.replace("NAMES", repr(tuple(values)))
+    response = worker.call(as_kernel("k1", function(code)))
+    assert response.success, response.error
+    assert decode(response.result) == {
+        "RUNPOD_API_KEY": None,
+        "RUNPOD_AI_API_KEY": None,
+        "RUNPOD_WEBHOOK_GET_JOB": None,
+        "RUNPOD_ENDPOINT_ID": "abc123",
+        "FROM_TEMPLATE": "template-value",
+    }

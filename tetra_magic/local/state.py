@@ -8,6 +8,7 @@ Layout under the state dir (`$TETRA_MAGIC_HOME`, else `~/.cache/tetra-magic`, mo
     local-py3.11/workers/     one log per worker slot
     local-py3.11/work/        the workers' working directory (like a fresh container's)
     local-py3.11/kernels/     one working directory per notebook kernel (emptied at start)
+    local-py3.11/alive/       one lock file per kernel, held while it lives (see kernels.py)
     envs/py3.11-<hash>/       the workers' Python environment (see environment.py)
 
 Servers are kept per Python minor version because cloudpickle ships notebook functions as

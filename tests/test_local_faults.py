@@ -233,3 +233,23 @@ def test_a_closed_kernels_processes_and_files_are_freed(home: Path) -> None:
         assert stayer.run("%%tetra --local\nprint('still here')").stdout == "still here\n"
     finally:
         stayer.close()
+
+
+def test_a_quiet_long_job_is_not_taken_from_its_worker(tmp_path: Path) -> None:
+    """A worker that streams nothing (the published worker's shape) shows it took its job up
+    by the SDK's heartbeat alone: a cell longer than the take-up window runs once, where it
+    started."""
+    with (
+        environ({"TETRA_WORKER_STREAM": "0"}),
+        private_local_endpoint(tmp_path / "home", workers=2),
+    ):
+        kernel = LiveKernel()
+        try:
+            assert kernel.run(LOAD).error is None
+            took, out = _timed(
+                kernel, "%%tetra --local\nimport os, time\ntime.sleep(7)\nprint(os.getpid())"
+            )
+            assert out.strip().isdigit() and took >= 7
+            assert _health()["jobs"]["retried"] == 0
+        finally:
+            kernel.close()

@@ -539,3 +539,31 @@ def test_display_outputs_come_in_order_and_in_chunks_a_stream_accepts(worker: Wo
     record = rich.Record.of_stdout(plain.stdout or "")
     assert [kind for kind, _ in record.items] == ["stdout", "display", "display", "stdout"]
     assert base64.b64decode(record.items[1][1]["data"]["image/png"]) == image
+
+
+def posted_size(item: dict[str, Any]) -> int:
+    """Bytes of a chunk as the runpod SDK posts it to the stream (RunPod takes 1 MB at most)."""
+    return len(json.dumps({"output": item}, ensure_ascii=False).encode())
+
+
+WIDE = """
+def f():
+    print('\\x01' * 400_000)  # a control character posts as six bytes: \\u0001
+    print('\\u5b57' * 400_000)  # a CJK character as three, in UTF-8
+    return '\\x02' * 2_000_000
+"""
+
+
+def test_text_that_posts_bigger_than_it_reads_still_fits_stream_chunks(worker: Worker) -> None:
+    """RunPod's 1 MB counts bytes posted, not characters: output full of control characters or
+    CJK, and a response whose JSON is six times its text, still go in chunks under it, and
+    come back whole."""
+    chunks = worker.stream(function(WIDE))
+    assert max(posted_size(c) for c in chunks) <= 1_000_000
+    stdout = "".join(c["text"] for c in chunks if c["kind"] == "stdout")
+    assert stdout == "\x01" * 400_000 + "\n" + "\u5b57" * 400_000 + "\n"
+    pieces = [c for c in chunks if c["kind"] == "response"]
+    assert chunks[-len(pieces) :] == pieces and len(pieces) > 1
+    assert all(p.get("more") for p in pieces[:-1]) and not pieces[-1].get("more")
+    response = FunctionResponse.model_validate_json("".join(p["text"] for p in pieces))
+    assert decode(response.result) == "\x02" * 2_000_000

@@ -13,10 +13,15 @@ and /stream requests per 10 s even with many kernels on one endpoint (the client
 429), and time in the queue, or installing the cell's dependencies, does not count against
 the cell's deadline: --timeout limits the run, not the wait for a worker or for pip. The wait
 for a worker has its own bound and explanations instead (waiting.py, from /health).
+
+A response too big for one stream chunk comes in pieces (worker/protocol.py), from /stream or,
+where the stream was missed, from the aggregated output /status ends with; the loop joins them,
+so everything past it (the view, the job's record) sees one "response" chunk.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,9 +87,7 @@ def follow(
         note = _cancel(client, job_id, view) + poll.cancel_caveat()
         raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
-    for item in _unseen(document.get("output"), len(chunks)):
-        chunks.append(item)
-        view.chunk(item)
+    poll.deliver(_unseen(document.get("output"), poll.seen))
     response = _response(document, chunks)
     # A worker that streamed (ours) sent its output that way: no need to decode its result here.
     for item in [] if poll.streamed else progress.rest(response):
@@ -112,6 +115,8 @@ class _Poll:
         self.chunks, self.progress, self.watch = chunks, progress, watch
         self.streaming = True  # until /stream turns out to say nothing at all
         self.streamed = False  # whether /stream has delivered anything yet
+        self.seen = 0  # the worker's chunks /stream has delivered, pieces counted one by one
+        self.pieces: list[str] = []  # the texts of a response's pieces, until its last
         self.started = False  # whether a worker has taken the job
         self.installing = False
         self.health_read, self.health_at = 0.0, HEALTH_FIRST  # in seconds queued
@@ -150,13 +155,14 @@ class _Poll:
             self.streaming = False  # an endpoint whose /stream says nothing: /status only
         items = [item.get("output") for item in page.get("stream") or []]
         self.streamed = self.streamed or bool(items)
-        self._deliver(items)
+        self.seen += len(items)
+        self.deliver(items)
         status = JobStatus(page.get("status", JobStatus.IN_QUEUE))
         if not self.streamed and (not self.streaming or status is JobStatus.IN_PROGRESS):
             document = self.client.status(self.job_id)
             status = JobStatus(document.get("status", status))
             updates = self.progress.new(document)
-            self._deliver(updates)
+            self.deliver(updates)
             items += updates
         return status, bool(items)
 
@@ -187,14 +193,26 @@ class _Poll:
         if note:
             self.view.chunk({"kind": "note", "text": note})
 
-    def _deliver(self, items: list[Any]) -> None:
-        """Hand new chunks to the view, noting whether the worker is installing deps."""
+    def deliver(self, items: list[Any]) -> None:
+        """Hand new chunks to the view, a response's pieces joined, noting whether the worker
+        is installing deps."""
         for item in items:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and (item := self._joined(item)) is not None:
                 self.chunks.append(item)
                 self.view.chunk(item)
                 if item.get("kind") == "phase":
                     self.installing = item.get("text") == "installing"
+
+    def _joined(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """`item` itself, but for a piece of a response: None until its last piece, which
+        gives the whole "response" chunk."""
+        if item.get("kind") != "response" or "response" in item:
+            return item
+        self.pieces.append(item.get("text", ""))
+        if item.get("more"):
+            return None
+        text, self.pieces = "".join(self.pieces), []
+        return {"kind": "response", "text": "", "response": json.loads(text)}
 
 
 class _Deadline:

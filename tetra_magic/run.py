@@ -2,7 +2,8 @@
 
 Heavy imports (httpx, widgets) happen here, on a cell's first run, never at %load_ext.
 The --out job is stored however the job ended (done, failed, cancelled, lost), since that is
-when a user most wants to look at it; the cell's own names only on success.
+when a user most wants to look at it; the cell's own names only on success, all of them or none:
+a Ctrl-C while they are written back waits until they all are (tetra_magic/interrupts.py).
 
 A session cell runs the same way, in its session (tetra_magic/sessions.py); a lost one is
 replayed first where the user asked for that (tetra_magic/session_requests.py).
@@ -15,7 +16,7 @@ import functools
 import sys
 from typing import Any
 
-from tetra_magic import outcome, pythons, sessions, targets
+from tetra_magic import interrupts, outcome, pythons, sessions, targets
 from tetra_magic.analysis import analyse
 from tetra_magic.display import make_view
 from tetra_magic.errors import cell_labeler, syntax_error
@@ -25,6 +26,9 @@ from tetra_magic.packing import KERNEL_ID, Packed, pack
 from tetra_magic.session_requests import fetch, lost_answer, replay
 from tetra_magic.status import JobStatus
 from worker.protocol import EXECUTOR_RESTARTED
+
+# What a Ctrl-C during write-back says when it is raised, once the write-back is done.
+WRITTEN_BACK = "the cell had ended: its values were all written into the notebook first"
 
 
 def run_cell(
@@ -90,13 +94,27 @@ def run_cell(
     finally:
         if opts.out and job.id is not None:
             shell.user_ns[opts.out] = job
-    outcome.apply(result, shell.user_ns)
-    job.returned = sorted(result.values)
-    if session is not None:
-        _took(session, job, packed, result, label(filename) or filename, shell.user_ns)
-        result.values.update({n: shell.user_ns[n] for n in result.payload.get("refs", {})})
-    _report(result.problems)
+    _write_back(shell.user_ns, job, packed, result, session, label(filename) or filename)
     return result.last if analysis.has_last_expr else None
+
+
+def _write_back(
+    user_ns: dict[str, Any],
+    job: Job,
+    packed: Packed,
+    result: outcome.CellResult,
+    session: sessions.Session | None,
+    label: str,
+) -> None:
+    """The cell's values into the notebook, and the cell into its session's record, whole: a
+    Ctrl-C meanwhile is raised only once they are all in, with word of what did not land."""
+    with interrupts.deferred(WRITTEN_BACK):
+        outcome.apply(result, user_ns)
+        job.returned = sorted(result.values)
+        if session is not None:
+            _took(session, job, packed, result, label, user_ns)
+            result.values.update({n: user_ns[n] for n in result.payload.get("refs", {})})
+        _report(result.problems)
 
 
 def _process_ended(job: Job) -> str | None:

@@ -2,7 +2,10 @@
 
 `stream_handler` is the default: an async generator of output chunks, batched so one goes out at
 least every BATCH_SECONDS while there is output, ending with a "response" chunk that carries the
-FunctionResponse. `plain_handler` returns just the FunctionResponse dict, with all output in its
+FunctionResponse. Every chunk fits RunPod's 1 MB stream limit: long texts, display messages and
+responses (a 10 MB result is a 13 MB response) are cut into pieces (`_pieces`).
+
+`plain_handler` returns just the FunctionResponse dict, with all output in its
 `stdout` (display outputs framed in it, in order), as the published tetra worker does
 (TETRA_WORKER_STREAM=0, and `--test_input` runs).
 
@@ -14,6 +17,7 @@ code is killed and the worker carries on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -27,7 +31,10 @@ from worker.info import worker_info
 from worker.protocol import EXECUTOR_RESTARTED, Emit, FunctionRequest, FunctionResponse, chunk
 
 BATCH_SECONDS = 0.1
-# RunPod takes stream chunks of at most 1 MB; a chunk's text may double as JSON escapes it.
+# RunPod takes stream chunks of at most 1 MB, as the runpod SDK posts them (`_posted_size`).
+STREAM_CHUNK_BYTES = 1_000_000
+# The first cut of a long text: 0.8 MB posted where every character doubles as a JSON escape; a
+# cut that still posts too big (control characters, UTF-8 of non-ASCII) is halved until it fits.
 STREAM_CHUNK_CHARS = 400_000
 TEXT_KINDS = ("stdout", "stderr", "log")
 EXECUTOR = Executor()
@@ -137,20 +144,39 @@ async def _batched(queue: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
         last_sent = loop.time()
 
 
+def _posted_size(item: dict[str, Any]) -> int:
+    """Bytes of `item` as the runpod SDK posts it to the stream: `{"output": item}` in UTF-8
+    JSON, non-ASCII unescaped (runpod.serverless.modules.rp_http)."""
+    return len(json.dumps({"output": item}, ensure_ascii=False).encode())
+
+
 def _pieces(item: dict[str, Any]) -> list[dict[str, Any]]:
-    """`item` as stream chunks RunPod accepts (1 MB at most): a long text is cut into several
-    chunks of its kind; a display's pieces are marked `more`, but for the last."""
-    text = item.get("text", "")
-    if len(text) <= STREAM_CHUNK_CHARS:
+    """`item` as stream chunks RunPod accepts: one too big is cut by its text into several
+    chunks of its kind; a display's or a response's pieces are marked `more`, but for the last,
+    so the client knows to join them before reading the JSON they spell."""
+    if _posted_size(item) <= STREAM_CHUNK_BYTES:
         return [item]
-    pieces = [
-        {**item, "text": text[at : at + STREAM_CHUNK_CHARS]}
-        for at in range(0, len(text), STREAM_CHUNK_CHARS)
-    ]
-    if item["kind"] == "display":
+    text, pieces, at = item["text"], [], 0
+    while at < len(text):
+        piece = {**item, "text": text[at : at + STREAM_CHUNK_CHARS]}
+        while len(piece["text"]) > 1 and _posted_size(piece) > STREAM_CHUNK_BYTES:
+            piece["text"] = piece["text"][: len(piece["text"]) // 2]
+        pieces.append(piece)
+        at += len(piece["text"])
+    if item["kind"] in ("display", "response"):
         for piece in pieces[:-1]:
             piece["more"] = True
     return pieces
+
+
+def _response_chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The "response" chunk that ends a job. One too big for a stream chunk carries the
+    response as JSON text instead of a `response` field, cut into pieces for the client to join
+    (a small one keeps the single-chunk shape older clients read)."""
+    whole = chunk("response", response=response)
+    if _posted_size(whole) <= STREAM_CHUNK_BYTES:
+        return [whole]
+    return _pieces(chunk("response", json.dumps(response)))
 
 
 def _cancel_with_caller(work: asyncio.Task) -> None:
@@ -174,7 +200,8 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
                 yield piece
         exc = work.exception()
         response = _internal_failure(exc) if exc else work.result()
-        yield chunk("response", response=response)
+        for piece in _response_chunks(response):
+            yield piece
     finally:
         work.cancel()  # a no-op once it has finished; otherwise kills the code it is running
 

@@ -10,6 +10,9 @@ Our worker streams. Each item it yields is a `Chunk` dict; the last item of a jo
 kind "response" carrying the `FunctionResponse`. The response is nested rather than yielded bare
 because the runpod SDK turns any streamed dict with a truthy "error" key into a job failure and
 drops the rest of it (stdout, worker info), which would lose exactly what a failed cell needs.
+A response too big for one stream chunk (RunPod takes 1 MB) comes instead as consecutive
+"response" chunks without a `response` field, whose texts joined are its JSON, all but the last
+marked `more`.
 A "display" chunk carries one display message of the cell (display_data, its update, or
 clear_output) as JSON in its text (worker/frames.py); one too big for a stream chunk is split
 into consecutive "display" chunks, all but the last marked `more`.

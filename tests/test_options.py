@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
+from IPython.testing import globalipapp
 
 from tetra_magic.gpus import gpu_ids
 from tetra_magic.magic import TetraMagic, parse_options
@@ -13,7 +13,7 @@ from tetra_magic.options import build, split_packages
 
 @pytest.fixture(scope="module")
 def magic() -> TetraMagic:
-    return TetraMagic(get_ipython())
+    return TetraMagic(globalipapp.get_ipython())  # the module's: see tests/test_bad_input.py
 
 
 def parse(magic: TetraMagic, line: str):
@@ -47,6 +47,10 @@ def test_unknown_gpu_names_the_option_and_the_valid_names(magic: TetraMagic) -> 
         ("--deps '-e .'", r"--deps: '-e .' is an installer option"),
         ("--system-deps 'Bad Name'", r"--system-deps: 'Bad Name' is not an apt package name"),
         ("--out 2x", r"--out: '2x' is not a Python variable name"),
+        ("--out print", r"--out: 'print' would hide the builtin print\(\); choose another name"),
+        ("--endpoint ftp://x/v2/abc", r"--endpoint: 'ftp://x/v2/abc' is not an endpoint URL"),
+        ("--endpoint a/b", r"--endpoint: 'a/b' is not an endpoint id"),
+        ('--deps "numpy', r"%%tetra: the options have an unclosed quote"),
         ("--send a,class", r"--send: 'class' is not a Python variable name"),
         ("--env 1X=2", r"--env: '1X=2' is not NAME=VALUE or NAME"),
         ("--env TETRA_SURELY_UNSET_VAR", r"--env: TETRA_SURELY_UNSET_VAR is not set in the kernel"),

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tetra_magic.credentials import KEY_ENV
 from tetra_magic.errors import TetraError
 from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
 
@@ -75,9 +76,11 @@ class Endpoint:
 
 
 def _new_http(url: str, api_key: str, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """With no key, no Authorization header at all: a self-hosted endpoint may need none, and
+    an empty bearer is no header value httpx will send."""
     return httpx.Client(
         base_url=url,
-        headers={"Authorization": f"Bearer {api_key}"},
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
         timeout=httpx.Timeout(30.0, connect=10.0),
         transport=transport,
         verify=_tls(),
@@ -165,6 +168,16 @@ class EndpointClient:
         job = f"; job {job_id} may still be running there" if job_id else ""
         return f"lost the connection to {where} ({type(exc).__name__}: {exc}){job}"
 
+    def _refused(self, status: int) -> str:
+        """401/403 in words: which key was sent, from where (never the key itself)."""
+        if not self.endpoint.api_key:
+            return (
+                f"the endpoint refused the request ({status}): no API key was sent;"
+                f" set {KEY_ENV} or run `runpod config`"
+            )
+        source = self.endpoint.key_source or "the configured key"
+        return f"the endpoint rejected the API key ({status}); key read from {source}"
+
     def _parse(self, response: httpx.Response, job_id: str | None) -> Any:
         if response.is_success:
             return response.json()
@@ -172,9 +185,8 @@ class EndpointClient:
             detail = response.json().get("error") or response.text
         except ValueError:
             detail = response.text
-        if response.status_code == 401:
-            source = self.endpoint.key_source or "the configured key"
-            raise EndpointError(f"the endpoint rejected the API key (401); key read from {source}")
+        if response.status_code in (401, 403):
+            raise EndpointError(self._refused(response.status_code))
         if response.status_code == 404 and job_id:
             raise EndpointError(f"job {job_id} is unknown to the endpoint (expired or never ran)")
         if response.status_code == 404:

@@ -154,6 +154,17 @@ class TetraMagic(Magics):
                 raise TraitError(str(exc)) from None
         return name
 
+    @validate("endpoint")
+    def _endpoint_checked(self, proposal: Any) -> str:
+        """A malformed address is refused when it is set, not at the next cell's first request."""
+        address = proposal["value"]
+        if address:
+            try:
+                cell_options.endpoint_address(address, "TetraMagic.endpoint")
+            except UsageError as exc:
+                raise TraitError(str(exc)) from None
+        return address
+
     @validate("gpu_prices")
     def _pools_priced(self, proposal: Any) -> dict[str, float]:
         """Prices keyed by RunPod pool ids, whichever GPU names the user keyed them by."""
@@ -241,6 +252,7 @@ class TetraMagic(Magics):
 
 def parse_options(option_text: str) -> argparse.Namespace:
     """%%tetra's options, with the valid ones listed when one is not."""
+    _check_quotes(option_text, "%%tetra: the options have")
     try:
         return _unquoted(TetraMagic.tetra.parser.parse_argstring(option_text))
     except UsageError as exc:
@@ -251,6 +263,7 @@ def split_line(line: str, parser: Any) -> tuple[argparse.Namespace, str]:
     """`--gpu A100 --local x = f(y)` -> (the options, "x = f(y)"), by the line form's parser
     (`tetra_line.parser`): its options take one value each, and the statement is the rest of
     the line from the first word that is not an option, or after `--`, as written."""
+    _check_quotes(line, "%tetra: the line has")
     try:
         args, unknown = parser.parse_argstring(line, partial=True)
     except UsageError as exc:
@@ -262,6 +275,18 @@ def split_line(line: str, parser: Any) -> tuple[argparse.Namespace, str]:
     del args.statement
     ends = len(arg_split(line, strict=False)) - len(words) + (words[:1] == ["--"])
     return _unquoted(args), _after_words(line, ends)
+
+
+def _check_quotes(text: str, where: str) -> None:
+    """IPython splits a magic's line as a shell would, and an unclosed quote stops it with a
+    bare ValueError from shlex; say what is wrong instead, before argparse sees the line."""
+    try:
+        arg_split(text)
+    except ValueError:
+        raise UsageError(
+            f"{where} an unclosed quote: {text.strip()!r}; close it (--deps 'torch>=2.3')"
+            " or leave the quotes out"
+        ) from None
 
 
 def _after_words(line: str, count: int) -> str:

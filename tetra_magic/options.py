@@ -8,12 +8,15 @@ accepts in every error, so a typo is caught before anything is packed or sent.
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
+import ipaddress
 import keyword
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from IPython.core.error import UsageError
 
@@ -138,6 +141,76 @@ def _check_identifier(option: str, name: str) -> None:
         raise UsageError(f"{option}: {name!r} is not a Python variable name")
 
 
+def _check_new_name(option: str, name: str) -> None:
+    """A name the magic will bind in the notebook: binding a builtin's name would hide the
+    builtin for every later cell, which nobody asks for on purpose."""
+    _check_identifier(option, name)
+    if hasattr(builtins, name):
+        raise UsageError(
+            f"{option}: {name!r} would hide the builtin {name}"
+            f"{'()' if callable(getattr(builtins, name)) else ''}; choose another name"
+        )
+
+
+# RunPod's endpoint ids are lower-case letters and digits; other RunPod-compatible servers
+# (the local endpoint: "local") name theirs with letters, digits, - and _.
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ENDPOINT_FORMS = "expected http(s)://HOST[:PORT]/v2/ENDPOINT_ID or a RunPod endpoint id"
+
+
+def endpoint_address(value: str, where: str = "--endpoint") -> str:
+    """`value` if it is an endpoint id or a RunPod-compatible endpoint URL; UsageError naming
+    `where` otherwise. Checked before any request, since a malformed address would only show
+    as a connection that keeps failing."""
+    if "://" not in value:
+        if not _ENDPOINT_ID.match(value):
+            raise UsageError(
+                f"{where}: {value!r} is not an endpoint id (letters, digits, - and _) or an"
+                f" endpoint URL; {_ENDPOINT_FORMS}"
+            )
+        return value
+    problem = _url_problem(value)
+    if problem is not None:
+        raise UsageError(
+            f"{where}: {value!r} is not an endpoint URL ({problem}); {_ENDPOINT_FORMS}"
+        )
+    return value
+
+
+def _url_problem(url: str) -> str | None:
+    """What makes `url` unusable as http(s)://HOST[:PORT]/.../v2/ID, or None."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "it holds spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return f"the scheme is {parts.scheme!r}, not http or https"
+    if not _valid_host(parts):
+        return "it names no valid host"
+    if parts.query or parts.fragment:
+        return "it has a query or fragment"
+    *_, v2, endpoint_id = ["", "", *parts.path.rstrip("/").split("/")]
+    if v2 != "v2" or not _ENDPOINT_ID.match(endpoint_id):
+        return "its path does not end in /v2/ENDPOINT_ID"
+    return None
+
+
+def _valid_host(parts: SplitResult) -> bool:
+    host = parts.hostname or ""
+    if "[" in parts.netloc:
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    labels = host.split(".")
+    return bool(host) and all(
+        label and all(c.isalnum() or c in "-_" for c in label) for label in labels
+    )
+
+
 def check_requirements(specs: tuple[str, ...]) -> None:
     """Each --deps item is a pip requirement ("numpy", "torch>=2.3", "pkg[extra]==1.0"), a URL,
     or a path; installer options are refused, as the worker would refuse them."""
@@ -217,7 +290,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
             f" (7 days), not {timeout:g}"
         )
     if args.out is not None:
-        _check_identifier("--out", args.out)
+        _check_new_name("--out", args.out)
     gpus = tuple(g for group in args.gpu or [] for g in group) or (
         () if args.cpu else _default_gpus(defaults)
     )
@@ -231,7 +304,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         cpu=args.cpu,
         dependencies=deps,
         system_dependencies=system_deps,
-        endpoint=args.endpoint or defaults.endpoint or None,
+        endpoint=_endpoint(args, defaults),
         local=args.local or defaults.local,
         timeout=timeout,
         name=args.name,
@@ -249,6 +322,15 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         session_value_limit=defaults.session_value_limit,
         session_replay=defaults.session_replay,
     )
+
+
+def _endpoint(args: argparse.Namespace, defaults: Any) -> str | None:
+    """--endpoint's address, else TetraMagic.endpoint's, each checked; None for neither."""
+    if args.endpoint is not None:
+        return endpoint_address(args.endpoint)
+    if defaults.endpoint:
+        return endpoint_address(defaults.endpoint, "TetraMagic.endpoint")
+    return None
 
 
 def _default_gpus(defaults: Any) -> tuple[str, ...]:

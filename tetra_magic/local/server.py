@@ -425,17 +425,15 @@ def app_runner(api: Api) -> web.AppRunner:
 
 
 class _MalformedRequests(logging.Filter):
-    """aiohttp logs a request it cannot parse (bad header bytes, a bogus method) with a
-    traceback, though the mistake is the client's and aiohttp has answered it 400: keep one
-    line for those, and whole tracebacks for failures of our own."""
+    """aiohttp logs a request it cannot parse (bad header bytes, a bogus method, a body its
+    Content-Encoding does not decode) with a traceback, though the mistake is the client's and
+    it has been answered 400: keep one line for those, whole tracebacks for failures of ours."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = (
-                "refused a malformed request (%s): %s",
-                (exc.code, exc.message),
-            )
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            record.msg = "refused a malformed request: %s"
+            record.args = (" ".join(str(exc).split()),)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True

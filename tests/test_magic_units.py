@@ -497,6 +497,27 @@ def test_a_lost_connection_is_retried_then_named_with_the_job() -> None:
     assert info.value._render_traceback_() == [f"EndpointError: {info.value}"]
 
 
+def test_an_endpoint_never_reached_is_named_within_seconds() -> None:
+    """Before any job exists, a connection that cannot be made (refused, no such host) ends
+    the cell after a short retry, saying so, not after the 15 s a lost one is given."""
+    attempts = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        attempts.append(request.url.path)
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    endpoint = Endpoint("http://127.0.0.1:9/v2", "ep", "key")
+    client = EndpointClient(endpoint, transport=httpx.MockTransport(refuse))
+    start = time.monotonic()
+    with pytest.raises(EndpointError) as info:
+        client.run({"function_code": "pass"})
+    assert time.monotonic() - start < 3 and len(attempts) == 3
+    assert str(info.value) == (
+        "could not connect to http://127.0.0.1:9/v2/ep ([Errno 111] Connection refused):"
+        " check its address, and that it is up"
+    )
+
+
 # --------------------------------------------------------------------------- %tetra line
 
 

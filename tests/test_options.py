@@ -54,6 +54,7 @@ def test_unknown_gpu_names_the_option_and_the_valid_names(magic: TetraMagic) -> 
         ("--send a,class", r"--send: 'class' is not a Python variable name"),
         ("--env 1X=2", r"--env: '1X=2' is not NAME=VALUE or NAME"),
         ("--env TETRA_SURELY_UNSET_VAR", r"--env: TETRA_SURELY_UNSET_VAR is not set in the kernel"),
+        ("--env 'A=a\x00b'", r"--env: the value of A holds a NUL character"),
     ],
 )
 def test_bad_options_are_usage_errors(magic: TetraMagic, line: str, message: str) -> None:

@@ -5,6 +5,8 @@ test_worker.py (whose `worker` fixture and request helpers these tests use)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -168,3 +170,23 @@ def test_code_sees_the_workers_environment_but_not_runpods_keys(
         "RUNPOD_ENDPOINT_ID": "abc123",
         "FROM_TEMPLATE": "template-value",
     }
+
+
+PID = "def f():\n    import os\n    print('ran')\n    return os.getpid()\n"
+
+
+def test_a_stopped_executor_is_replaced_and_the_request_runs(worker: Worker) -> None:
+    """The kernel's kept executor process stops (SIGSTOP: alive, never answering): the next
+    request runs in a fresh one within seconds, saying so, instead of waiting for its timeout."""
+    first = worker.call(as_kernel("k1", function(PID)))
+    stopped = decode(first.result)
+    os.kill(stopped, signal.SIGSTOP)
+    start = time.monotonic()
+    chunks = worker.stream(as_kernel("k1", function(PID, timeout=60)))
+    took = time.monotonic() - start
+    response = chunks[-1]["response"]
+    assert response["success"] and decode(response["result"]) != stopped
+    assert took < executor.TAKE_UP_S + 5, took
+    logs = "".join(c["text"] for c in chunks if c["kind"] == "log")
+    assert "did not take the cell up (stopped or hung): it was replaced by a fresh one" in logs
+    assert "".join(c["text"] for c in chunks if c["kind"] == "stdout") == "ran\n"

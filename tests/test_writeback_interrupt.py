@@ -43,3 +43,35 @@ def test_ctrl_c_during_write_back_lands_after_every_value() -> None:
     ]
     assert after.error is None
     assert after.stdout == "1 Tripwire 3\n"
+
+
+TRIPWIRE_ERROR = """\
+import os, signal
+KERNEL = os.getpid()
+class Tripwire(Exception):
+    def __setstate__(self, state):
+        # Loaded in this kernel: Ctrl-C now, as the cell's exception is read.
+        self.__dict__.update(state)
+        if os.getpid() == KERNEL:
+            os.kill(KERNEL, signal.SIGINT)
+"""
+
+
+def test_ctrl_c_after_the_job_ended_but_before_write_back_says_so_in_one_line() -> None:
+    """The job is over; the kernel is reading its answer (the cell's exception, loading) when
+    Ctrl-C comes: one line says the job had ended and nothing was written back, never a
+    traceback through the magic's HTTP client."""
+    _, _, cell, after = run_cells(
+        "%load_ext tetra_magic",
+        TRIPWIRE_ERROR,
+        "%%tetra --local\nfirst = 1\nerror = Tripwire('boom')\nerror.armed = True\nraise error",
+        "print('first' in globals())",
+    )
+    assert cell.error is not None and cell.error["ename"] == "CellInterrupted"
+    assert len(cell.error["traceback"]) == 1
+    assert cell.error["traceback"][0].startswith("KeyboardInterrupt: job ")
+    assert cell.error["traceback"][0].endswith(
+        "had ended (COMPLETED); interrupted before its values were written back: the notebook"
+        " is as it was before the cell"
+    )
+    assert after.stdout == "False\n"

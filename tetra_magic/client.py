@@ -22,6 +22,8 @@ from tetra_magic.errors import TetraError
 from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
 
 MAX_RETRY_AFTER = 60.0
+# Attempts past the first at a connection that cannot be made, before any job exists.
+CONNECT_RETRIES = 2
 
 
 def retry_after(value: str | None) -> float | None:
@@ -147,6 +149,13 @@ class EndpointClient:
         for attempt in range(self.retries + 1):
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                # Never reached (refused, no such host) before any job exists: not worth 15 s
+                # of retries. Following a job, it is a connection lost, retried as any other.
+                if job_id is None and attempt >= CONNECT_RETRIES:
+                    raise EndpointError(self._unreachable(exc)) from None
+                if attempt == self.retries:
+                    raise EndpointError(self._lost(exc, job_id)) from None
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise EndpointError(self._lost(exc, job_id)) from None
@@ -162,6 +171,10 @@ class EndpointClient:
             time.sleep(min(delay, self.max_backoff))
             delay *= 2
         raise EndpointError(f"{self.endpoint!r} kept answering 429 (rate limited); try again later")
+
+    def _unreachable(self, exc: Exception) -> str:
+        where = f"{self.endpoint.base_url}/{self.endpoint.endpoint_id}"
+        return f"could not connect to {where} ({exc}): check its address, and that it is up"
 
     def _lost(self, exc: Exception, job_id: str | None) -> str:
         where = f"{self.endpoint.base_url}/{self.endpoint.endpoint_id}"

@@ -250,6 +250,11 @@ def parse_env(groups: list[list[str]] | None) -> tuple[tuple[str, str], ...]:
             if name not in os.environ:
                 raise UsageError(f"--env: {name} is not set in the kernel; write {name}=VALUE")
             value = os.environ[name]
+        if "\0" in value:
+            raise UsageError(
+                f"--env: the value of {name} holds a NUL character, which no"
+                " environment variable can hold"
+            )
         pairs[name] = value
     return tuple(pairs.items())
 

@@ -187,7 +187,9 @@ def _check_size(blobs: dict[str, bytes], size: int, limit: int) -> None:
     detail = ", ".join(f"{name} {_mb(len(blob))}" for name, blob in largest)
     raise UsageError(
         f"the request is {_mb(size)}, over the endpoint's {_mb(limit)} limit"
-        f" (largest variables: {detail}). Load large data inside the cell instead of sending it."
+        f" (largest variables: {detail}). Load large data inside the cell instead of sending"
+        " it, or keep it on the worker between cells with --session NAME (a session cell"
+        " sends a value once, and one that came back from the session not at all)."
     )
 
 

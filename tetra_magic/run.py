@@ -18,8 +18,9 @@ from typing import Any
 
 from tetra_magic import interrupts, outcome, pythons, sessions, targets
 from tetra_magic.analysis import analyse
+from tetra_magic.client import EndpointError
 from tetra_magic.display import make_view
-from tetra_magic.errors import cell_labeler, syntax_error
+from tetra_magic.errors import CellInterrupted, cell_labeler, syntax_error
 from tetra_magic.job import Job
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import KERNEL_ID, Packed, pack
@@ -90,12 +91,31 @@ def run_cell(
             if not session.lost and (cause := _process_ended(job)):
                 session.lose(cause)
                 print(f"tetra: session {session.name} is lost: {cause}", file=sys.stderr)
+        if type(exc) is KeyboardInterrupt:  # outside the follow loop, which says its own
+            raise CellInterrupted(_interrupted(job)) from None
         raise
     finally:
         if opts.out and job.id is not None:
             shell.user_ns[opts.out] = job
     _write_back(shell.user_ns, job, packed, result, session, label(filename) or filename)
     return result.last if analysis.has_last_expr else None
+
+
+def _interrupted(job: Job) -> str:
+    """What a Ctrl-C that came while the job was not being followed left: a job not yet
+    accepted, or one that had ended whose values were not written back."""
+    if job.id is None:
+        return "the cell was interrupted before the endpoint had accepted it"
+    if job.status.final:
+        return (
+            f"job {job.id} had ended ({job.status.value}); interrupted before its values were"
+            " written back: the notebook is as it was before the cell"
+        )
+    try:
+        job.cancel()
+    except EndpointError as exc:
+        return f"job {job.id} could not be cancelled and may still be running ({exc})"
+    return f"job {job.id} was cancelled on the endpoint"
 
 
 def _write_back(

@@ -7,8 +7,9 @@ captured as well as Python's own prints.
 
 Requests arrive on stdin (then replaced by /dev/null, so user code cannot read them) and
 responses go out on the pipe whose fd is argv[1] (after a first message saying the child is
-ready), both framed by `worker.channel`; a fatal signal writes the Python stack to the file
-whose fd is argv[2], for the worker to quote. After each request the child flushes every
+ready, and each after one saying the request was taken up), both framed by `worker.channel`;
+a fatal signal writes the Python stack to the file whose fd is argv[2], for the worker to
+quote. After each request the child flushes every
 output buffer, puts fds 1 and 2 back as they were, and writes that request's end marker to
 both, before its response: once the worker has the response and both markers, it has every
 byte of that request's output.
@@ -73,6 +74,7 @@ def serve(requests: Any, responses: int, streams: Streams) -> None:
     """Answer requests until the worker closes the channel."""
     pid = os.getpid()
     while (message := channel.read(requests)) is not None:
+        channel.write(responses, {"taken": message["token"]})
         response = run(message["request"])
         if os.getpid() != pid:
             os._exit(0)  # a process the code forked returned here: only the child answers

@@ -55,6 +55,9 @@ MARKER_GRACE_S = 2.0
 DRAIN_GRACE_S = 1.0
 # How long a new child may take to get ready (its imports) before it counts as failed to start.
 START_TIMEOUT_S = 60.0
+# How long a running child has to say it took a request up; the request has not started before.
+TAKE_UP_S = 5.0
+UNRESPONSIVE = "the process running this notebook's code did not take the cell up (stopped or hung)"
 # Output one request may stream before the rest is dropped (and counted), so a runaway print
 # loop cannot exhaust the worker's memory or the endpoint's result size.
 MAX_OUTPUT_BYTES = int(os.environ.get("TETRA_MAX_OUTPUT_BYTES", 16 * 2**20))
@@ -105,6 +108,10 @@ def _user_frames(crash_log: IO) -> str:
 
 class StartError(Exception):
     """The executor child could not start, so no code ran."""
+
+
+class Unresponsive(Exception):
+    """The executor child did not take a request up (stopped, or hung), so no code ran."""
 
 
 def _how(code: int) -> str:
@@ -310,9 +317,15 @@ class _Child:
         return self.ended.get(stream) == token or stream in self.eof
 
     async def exchange(self, token: str, request: dict[str, Any]) -> dict[str, Any] | None:
-        """Send the request; its response once all its output is in; None if the child died."""
+        """Send the request; its response once all its output is in; None if the child died.
+        Unresponsive (the child killed) if it does not say it took the request up in time."""
         try:
             await channel.send(self.proc.stdin, {"token": token, "request": request})
+            try:
+                await asyncio.wait_for(channel.receive(self.responses), TAKE_UP_S)
+            except asyncio.TimeoutError:
+                self.kill()
+                raise Unresponsive from None
             response = await channel.receive(self.responses)
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
@@ -423,34 +436,46 @@ class Executor:
         self, request: dict[str, Any], emit: Emit, timeout: float | None = None
     ) -> dict[str, Any]:
         """Run one request; its FunctionResponse dict. Cancelling this kills the running code
-        (its kernel's child, and with it the sessions that child held)."""
-        kernel = request.get("kernel_id")
+        (its kernel's child, and with it the sessions that child held). A kept child that does
+        not take the request up (stopped, hung) is replaced by a fresh one, once."""
         async with self._lock:
             try:
-                child = await self._ready(emit, kernel, request.get("session"))
-            except StartError as exc:
-                return _failure(str(exc), "ExecutorStartError", "start")
-            output = _Output(emit)
-            child.attach(output)
+                return await self._run(request, emit, timeout)
+            except Unresponsive:
+                emit(chunk("log", f"{UNRESPONSIVE}: it was replaced by a fresh one\n"))
             try:
-                response = await asyncio.wait_for(
-                    child.exchange(uuid.uuid4().hex, request), timeout
-                )
-                if response is None:
-                    reason = await child.exit_reason()
-                    await child.drain()
-                    response = _failure(reason, "ExecutorCrash", "crash")
-                    self._close(kernel)
-            except asyncio.TimeoutError:
-                child.kill()
+                return await self._run(request, emit, timeout)
+            except Unresponsive:
+                return _failure(f"{UNRESPONSIVE}, twice", "ExecutorStartError", "start")
+
+    async def _run(
+        self, request: dict[str, Any], emit: Emit, timeout: float | None
+    ) -> dict[str, Any]:
+        """One attempt at the request, in the kernel's child (Unresponsive: none started)."""
+        kernel = request.get("kernel_id")
+        try:
+            child = await self._ready(emit, kernel, request.get("session"))
+        except StartError as exc:
+            return _failure(str(exc), "ExecutorStartError", "start")
+        output = _Output(emit)
+        child.attach(output)
+        try:
+            response = await asyncio.wait_for(child.exchange(uuid.uuid4().hex, request), timeout)
+            if response is None:
+                reason = await child.exit_reason()
                 await child.drain()
+                response = _failure(reason, "ExecutorCrash", "crash")
                 self._close(kernel)
-                message = f"the code ran past its {timeout:g} s timeout and was killed"
-                response = _failure(message, "TimeoutError", "timeout")
-            except BaseException:
-                self._close(kernel)
-                raise
-            finally:
-                child.detach()
-                output.close()
-            return response
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.drain()
+            self._close(kernel)
+            message = f"the code ran past its {timeout:g} s timeout and was killed"
+            response = _failure(message, "TimeoutError", "timeout")
+        except BaseException:
+            self._close(kernel)
+            raise
+        finally:
+            child.detach()
+            output.close()
+        return response

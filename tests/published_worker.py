@@ -9,6 +9,10 @@ process; the function is called with the cloudpickled arguments under
 stream. It is started by the real runpod SDK's job loop (`python tests/published_worker.py`
 with the `RUNPOD_WEBHOOK_*` variables set), so the SDK's `progress_update` works in it as on
 RunPod.
+
+The tests use it only where worker-flash's own code (tests/worker_flash.py) is not here. It does
+not install `dependencies`, nor log records of its own into the response, as that worker does:
+tests of those skip with it.
 """
 
 from __future__ import annotations

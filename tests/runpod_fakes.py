@@ -1,27 +1,40 @@
-"""Loopback stand-ins for RunPod's two APIs, so the cloud tests never reach RunPod.
+"""A loopback stand-in for RunPod's cloud, so the cloud tests never reach RunPod.
 
-`FakeRunPod` serves both on one 127.0.0.1 port, sharing one account's state:
+`FakeRunPod` serves, on one 127.0.0.1 port and for one account:
 
-- RunPod's GraphQL API at /graphql (the runpod SDK goes there when RUNPOD_API_BASE_URL points
-  at the fake). It answers what the runpod SDK 1.12.0 sends and RunPod's GraphQL docs show
-  ("Manage Endpoints", "Manage Templates"): `saveTemplate`, `saveEndpoint` (create; update when
-  the input has an `id`), `deleteEndpoint(id:)` (refused unless scaled to zero workers, as the
-  docs say), `deleteTemplate(templateName:)`, and `myself { endpoints {...} podTemplates {...} }`.
-  Template names must be unique, as on RunPod. Unknown input fields are errors, as RunPod's
-  schema makes them. Answers carry only the fields asked for. Every operation is recorded in
-  `operations`; a wrong key is a 401, as the SDK expects.
-- RunPod's serverless REST API at /v2/{endpoint_id}/ (RUNPOD_ENDPOINT_BASE_URL): `POST /run`,
+- RunPod's REST API v2 for management at /v2/serverless and /v2/account (the magic's
+  RUNPOD_REST_BASE_URL). Each route follows one operation of RunPod's OpenAPI document
+  (`api-reference-v2/openapi.json` in runpod/docs, Frontdoor v2.9.0, 2026-08-18; the docs page is
+  docs.runpod.io/<page> as named at each route in `_ROUTES`), and validates bodies as that
+  document does: 422 with `errors` for an unknown property (`unevaluatedProperties: false`), a
+  missing required one or a value outside its schema; 400 for a broken rule (neither or both of
+  `gpu` and `cpu`, no image, a compute family changed, excluded types outside the pools, max
+  workers past the account's quota, in RunPod's own sentence). Every error is an RFC 9457
+  problem object (`application/problem+json`: title, status, detail[, errors]). The key is
+  accepted only as `Authorization: Bearer KEY` (401 otherwise). 429s can be forced, with
+  RunPod's `RateLimit` headers. What ../shared/runpod-rest-v2.md marks ASSUMED is served as it
+  assumes: GET /v2/account/limits with `serverlessWorkers: {limit, used}`, the quota refusal
+  as a 400.
+- RunPod's GraphQL API, retired: any request to /graphql is counted in `graphql_requests` and
+  answered 410 with RunPod's retirement message (ASSUMED shape), so nothing can depend on it
+  silently. RUNPOD_API_BASE_URL (the runpod SDK's GraphQL base) points here too.
+- RunPod's serverless job API at /v2/{endpoint_id}/ (RUNPOD_ENDPOINT_BASE_URL): `POST /run`,
   `GET|POST /status/{id}` and `/stream/{id}`, `POST /cancel/{id}`, `GET /health`, authorised by
   `Authorization: Bearer KEY` (401 otherwise), with RunPod's documented per-endpoint rate
   limits (429 with Retry-After past them; tests may lower them or force 429s), and jobs that
-  stay IN_QUEUE for `queue_seconds`, as on a cold start, before they run. Every request is
-  recorded in `requests` (method, path, status, body; never the Authorization header).
+  stay IN_QUEUE for `queue_seconds`, as on a cold start, before they run.
 
-An endpoint's jobs run on its workers, at most `workersMax` at once (the rest wait IN_QUEUE),
-and, as on RunPod, a job goes to any worker of the endpoint: here the one idle longest, or a new
-one while there are fewer than `workersMax`, so consecutive jobs move between workers; a worker
-idle past the endpoint's `idleTimeout` is gone, and the next job gets a new one. A worker's id
-is the job's `workerId`, and the worker id its response reports.
+Every request is recorded in `requests` (which API, method, path, query, status, body, and
+the names of the headers that carried the key; never a header's value).
+
+An endpoint's jobs run on its workers, at most `workers.max` at once (the rest wait IN_QUEUE:
+with max workers 0, as RunPod leaves an endpoint idle for 7 days, they wait for ever), and, as
+on RunPod, a job goes to any worker of the endpoint: here the one idle longest, or a new one
+while there are fewer than max workers, so consecutive jobs move between workers; a worker
+idle past the endpoint's `workers.idleTimeout` is gone, and the next job gets a new one. A
+worker's id is the job's `workerId`, and the worker id its response reports. `/health` counts
+the workers so: idle, running, and initializing ones for jobs waiting while max workers allows
+more.
 
 Each job runs in a subprocess that does with a FunctionRequest what the published tetra worker
 does (exec the function code, call the function with the unpickled arguments, return base64
@@ -36,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -52,178 +64,193 @@ from typing import Any
 # RunPod's documented serverless rate limits: (requests, seconds) per endpoint and operation.
 RATE_LIMITS = {"run": (1000, 10.0), "status": (2000, 10.0), "cancel": (100, 10.0)}
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-GPU_NAMES = {
-    "AMPERE_80": "NVIDIA A100 80GB PCIe",
-    "ADA_80_PRO": "NVIDIA H100 80GB HBM3",
-    "HOPPER_141": "NVIDIA H200",
-    "ADA_24": "NVIDIA GeForce RTX 4090",
-    "AMPERE_16": "NVIDIA RTX A4000",
+# RunPod's GPU pools and the GPU types in each (the pools' descriptions in runpod-flash 1.21.0,
+# `GpuGroup`), written out here so that the stand-in does not agree with the magic by copying it.
+POOLS = {
+    "ADA_24": ["NVIDIA GeForce RTX 4090"],
+    "ADA_32_PRO": ["NVIDIA GeForce RTX 5090"],
+    "ADA_48_PRO": ["NVIDIA RTX 6000 Ada Generation", "NVIDIA L40", "NVIDIA L40S"],
+    "ADA_80_PRO": ["NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL"],
+    "AMPERE_16": [
+        "NVIDIA RTX A4000", "NVIDIA RTX A4500", "NVIDIA RTX 4000 Ada Generation",
+        "NVIDIA RTX 2000 Ada Generation",
+    ],
+    "AMPERE_24": ["NVIDIA RTX A5000", "NVIDIA L4", "NVIDIA GeForce RTX 3090"],
+    "AMPERE_48": ["NVIDIA A40", "NVIDIA RTX A6000"],
+    "AMPERE_80": ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"],
+    "HOPPER_141": ["NVIDIA H200"],
+    "BLACKWELL_96": [
+        "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
+        "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition",
+    ],
+    "BLACKWELL_180": ["NVIDIA B200"],
+}  # fmt: skip
+# createEndpoint / updateEndpoint bodies (`CreateEndpointRequest`, `UpdateEndpointRequest`).
+ENDPOINT_FIELDS = {
+    "name", "type", "image", "templateId", "args", "disk", "ports", "env", "registry",
+    "workers", "scaling", "gpu", "cpu", "dataCenterIds", "networkVolumes", "timeout", "flashboot",
+}  # fmt: skip
+NESTED = {
+    "workers": {"min", "max", "idleTimeout"},
+    "scaling": {"type", "queueDelay", "requestCount"},
+    "gpu": {"pools", "count", "excludedTypes", "allowedCudaVersions", "minCudaVersion"},
 }
-TEMPLATE_INPUT = {
-    "id", "name", "imageName", "dockerArgs", "containerDiskInGb", "volumeInGb",
-    "volumeMountPath", "ports", "env", "isServerless", "containerRegistryAuthId", "startSsh",
-    "isPublic", "readme",
-}  # fmt: skip
-ENDPOINT_INPUT = {
-    "id", "name", "templateId", "gpuIds", "networkVolumeId", "locations", "idleTimeout",
-    "scalerType", "scalerValue", "workersMin", "workersMax", "allowedCudaVersions", "gpuCount",
-    "flashBootType", "executionTimeoutMs", "instanceIds",
-}  # fmt: skip
-
-
-# ---------------------------------------------------------------- GraphQL: parsing a document
-
-
-class GraphQLError(Exception):
-    """A request RunPod's GraphQL server would refuse; the message is what it answers."""
-
-
-class EnumValue(str):
-    """A bare GraphQL enum literal, such as FLASHBOOT."""
-
-
-@dataclass
-class Field:
-    name: str
-    args: dict[str, Any]
-    selection: list[Field]
-
-
-_TOKEN = re.compile(
-    r"""(?P<skip>[\s,]+|\#[^\n]*)
-      | (?P<string>"(?:[^"\\\n]|\\.)*")
-      | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-      | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
-      | (?P<punct>[{}()\[\]:])""",
-    re.VERBOSE,
+ENUMS = {
+    "type": ("QUEUE", "LOAD_BALANCER"),
+    "flashboot": ("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"),
+}
+INTEGERS = {"disk": 1, "timeout": 1}  # field -> least value
+RETIRED = (
+    "The GraphQL API has been retired. Use the Runpod REST API v2 (https://api.runpod.io/v2);"
+    " see https://docs.runpod.io/api-reference-v2/overview"
 )
+QUOTA = "Max workers across all endpoints must not exceed your workers quota ({})"
+TITLES = {
+    400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+    410: "Gone", 422: "Unprocessable Entity", 429: "Too Many Requests",
+}  # fmt: skip
 
 
-def parse_document(text: str) -> tuple[str, list[Field]]:
-    """(operation type, top-level fields) of a one-operation GraphQL document."""
-    tokens: list[tuple[str, str]] = []
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            raise GraphQLError(f"Syntax Error: Unexpected character {text[position]!r}")
-        position = match.end()
-        if match.lastgroup != "skip":
-            tokens.append((match.lastgroup or "", match.group()))
-    return _Parser(tokens).document()
+def problem(status: int, detail: str, errors: list[str] | None = None) -> Answer:
+    """An RFC 9457 problem object, as REST v2 answers every error (`ErrorResponse`)."""
+    body: dict[str, Any] = {"title": TITLES[status], "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return status, body, {"Content-Type": "application/problem+json"}
 
 
-class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
-        self.tokens = tokens
-        self.at = 0
-
-    def peek(self) -> str:
-        return self.tokens[self.at][1] if self.at < len(self.tokens) else "<EOF>"
-
-    def take(self, kind: str | None = None, value: str | None = None) -> str:
-        if self.at >= len(self.tokens):
-            raise GraphQLError("Syntax Error: Unexpected <EOF>")
-        got_kind, got = self.tokens[self.at]
-        if (kind and got_kind != kind) or (value and got != value):
-            raise GraphQLError(f"Syntax Error: Expected {value or kind}, found {got!r}")
-        self.at += 1
-        return got
-
-    def document(self) -> tuple[str, list[Field]]:
-        operation = "query"
-        if self.peek() in ("query", "mutation"):
-            operation = self.take()
-            if self.peek() != "{":
-                self.take("name")
-        fields = self.selection()
-        if self.at != len(self.tokens):
-            raise GraphQLError(f"Syntax Error: Unexpected {self.peek()!r}")
-        return operation, fields
-
-    def selection(self) -> list[Field]:
-        self.take("punct", "{")
-        fields = []
-        while self.peek() != "}":
-            fields.append(self.field())
-        self.take("punct", "}")
-        return fields
-
-    def field(self) -> Field:
-        name = self.take("name")
-        args: dict[str, Any] = {}
-        if self.peek() == "(":
-            self.take("punct", "(")
-            while self.peek() != ")":
-                key = self.take("name")
-                self.take("punct", ":")
-                args[key] = self.value()
-            self.take("punct", ")")
-        return Field(name, args, self.selection() if self.peek() == "{" else [])
-
-    def value(self) -> Any:
-        kind, token = self.tokens[self.at] if self.at < len(self.tokens) else ("", "<EOF>")
-        if token == "[":
-            self.take()
-            items = []
-            while self.peek() != "]":
-                items.append(self.value())
-            self.take("punct", "]")
-            return items
-        if token == "{":
-            self.take()
-            fields = {}
-            while self.peek() != "}":
-                key = self.take("name")
-                self.take("punct", ":")
-                fields[key] = self.value()
-            self.take("punct", "}")
-            return fields
-        self.take()
-        if kind == "string":
-            return json.loads(token)
-        if kind == "number":
-            return float(token) if any(c in token for c in ".eE") else int(token)
-        if kind == "name":
-            return {"true": True, "false": False, "null": None}.get(token, EnumValue(token))
-        raise GraphQLError(f"Syntax Error: Unexpected {token!r}")
+Answer = tuple[int, Any, dict[str, str]]
 
 
-def project(value: Any, selection: list[Field], type_name: str) -> Any:
-    """Only the fields a query asked for, as a GraphQL server answers."""
-    if not selection or value is None:
-        return value
-    if isinstance(value, list):
-        return [project(item, selection, type_name) for item in value]
-    answer = {}
-    for wanted in selection:
-        if wanted.name not in value:
-            raise GraphQLError(f'Cannot query field "{wanted.name}" on type "{type_name}".')
-        answer[wanted.name] = project(value[wanted.name], wanted.selection, wanted.name)
-    return answer
+def _schema_errors(body: Any, create: bool) -> list[str]:
+    """What RunPod's JSON schema would say of an endpoint body (422's `errors`)."""
+    if not isinstance(body, dict):
+        return ["$: expected object"]
+    errors = [
+        f"$: additional properties '{k}' not allowed" for k in body if k not in ENDPOINT_FIELDS
+    ]
+    if not create and "type" in body:
+        errors.append("$: additional properties 'type' not allowed")
+    missing = [k for k in ("name", "type", "scaling") if create and k not in body]
+    errors += [f"$: missing properties '{k}'" for k in missing]
+    for key, allowed in NESTED.items():
+        value = body.get(key)
+        if key in body and not isinstance(value, dict):
+            errors.append(f"$.{key}: expected object")
+        elif isinstance(value, dict):
+            errors += [
+                f"$.{key}: additional properties '{k}' not allowed"
+                for k in value
+                if k not in allowed
+            ]
+    for key, values in ENUMS.items():
+        if key in body and body[key] not in values:
+            errors.append(f"$.{key}: value must be one of {', '.join(map(repr, values))}")
+    for key, least in INTEGERS.items():
+        if key in body and not (type(body[key]) is int and body[key] >= least):
+            errors.append(f"$.{key}: must be an integer >= {least}")
+    if "env" in body and not (
+        isinstance(body["env"], dict) and all(isinstance(v, str) for v in body["env"].values())
+    ):
+        errors.append("$.env: expected object of strings")
+    return errors + _workers_errors(body) + _hardware_errors(body)
+
+
+def _workers_errors(body: dict[str, Any]) -> list[str]:
+    workers, scaling = body.get("workers"), body.get("scaling")
+    errors = []
+    if isinstance(workers, dict):
+        for key, (least, most) in {
+            "min": (0, 10**4),
+            "max": (0, 10**4),
+            "idleTimeout": (1, 3600),
+        }.items():
+            value = workers.get(key, least)
+            if not (type(value) is int and least <= value <= most):
+                errors.append(f"$.workers.{key}: must be an integer in {least}..{most}")
+    if isinstance(scaling, dict):
+        kind = scaling.get("type")
+        if kind == "QUEUE_DELAY" and not scaling.get("queueDelay", 0) >= 0.5:
+            errors.append("$.scaling.queueDelay: must be >= 0.5")
+        elif kind == "REQUEST_COUNT" and not scaling.get("requestCount", 0) >= 1:
+            errors.append("$.scaling.requestCount: must be >= 1")
+        elif kind not in ("QUEUE_DELAY", "REQUEST_COUNT"):
+            errors.append("$.scaling.type: value must be one of 'QUEUE_DELAY', 'REQUEST_COUNT'")
+    return errors
+
+
+def _hardware_errors(body: dict[str, Any]) -> list[str]:
+    gpu, cpu = body.get("gpu"), body.get("cpu")
+    errors = []
+    if isinstance(gpu, dict):
+        pools = gpu.get("pools")
+        if not isinstance(pools, list) or not pools:
+            errors.append("$.gpu: missing properties 'pools'")
+        else:
+            errors += [
+                f"$.gpu.pools[{n}]: value must be one of the GPU pool ids"
+                for n, pool in enumerate(pools)
+                if pool not in POOLS
+            ]
+        if not (type(gpu.get("count", 1)) is int and gpu.get("count", 1) >= 1):
+            errors.append("$.gpu.count: must be an integer >= 1")
+    if "cpu" in body:
+        if not isinstance(cpu, list) or not cpu:
+            return [*errors, "$.cpu: expected a non-empty array"]
+        for n, flavor in enumerate(cpu):
+            if not isinstance(flavor, dict) or set(flavor) - {"id", "vcpuCount"}:
+                errors.append(f"$.cpu[{n}]: expected object with id and vcpuCount")
+                continue
+            count = flavor.get("vcpuCount")
+            if not (type(count) is int and count >= 2 and count & (count - 1) == 0):
+                errors.append(f"$.cpu[{n}].vcpuCount: must be a power of two >= 2")
+    return errors
+
+
+def _rule_errors(body: dict[str, Any], current: dict[str, Any] | None) -> str | None:
+    """The 400 for a body that fits the schema but not RunPod's rules (None if it fits)."""
+    if current is None and ("gpu" in body) == ("cpu" in body):
+        return "Exactly one of gpu or cpu must be set."
+    if current is None and not body.get("image") and not body.get("templateId"):
+        return "image is required unless templateId is given."
+    if current is not None and (
+        ("gpu" in body and current.get("gpu") is None)
+        or ("cpu" in body and current.get("gpu") is not None)
+    ):
+        return "The compute family of an endpoint cannot change (gpu/cpu)."
+    gpu = body.get("gpu") or {}
+    chosen = [t for pool in gpu.get("pools") or [] for t in POOLS[pool]]
+    for excluded in gpu.get("excludedTypes") or []:
+        if excluded not in chosen:
+            return f"excludedTypes: {excluded!r} is not a GPU type of the pools {gpu['pools']}."
+    if chosen and not set(chosen) - set(gpu.get("excludedTypes") or []):
+        return "excludedTypes excludes every GPU type of the pools."
+    workers = {**(current or {}).get("workers", {}), **(body.get("workers") or {})}
+    if workers.get("min", 0) > workers.get("max", 3):
+        return "workers.min must not be greater than workers.max."
+    return None
 
 
 # ---------------------------------------------------------------- the account and its jobs
 
 
 @dataclass
-class Operation:
-    """One GraphQL field the fake resolved: e.g. ("mutation", "saveEndpoint", {input...})."""
-
-    kind: str
-    name: str
-    args: dict[str, Any]
-
-
-@dataclass
 class Request:
-    """One REST request the fake answered."""
+    """One request the fake answered: `api` is "management" (REST v2), "jobs" or "graphql";
+    `key_headers` names the headers whose value held a watched key (never their values)."""
 
     at: float
+    api: str
     method: str
     path: str
+    query: str
     status: int
     body: bytes
+    key_headers: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
 
 
 @dataclass
@@ -252,54 +279,51 @@ class EndpointWorker:
     idle_since: float = 0.0
 
 
-def _endpoint_record(fields: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
-    """An endpoint as RunPod stores it: every field its queries may ask for."""
-    return {
-        "id": secrets.token_hex(7),
-        "aiKey": None,
-        "name": fields["name"],
-        "templateId": fields["templateId"],
-        "gpuIds": fields.get("gpuIds", ""),
-        "gpuCount": fields.get("gpuCount", 1),
-        "instanceIds": fields.get("instanceIds"),
-        "networkVolumeId": fields.get("networkVolumeId") or None,
-        "networkVolume": None,
-        "locations": fields.get("locations") or None,
-        "idleTimeout": fields.get("idleTimeout", 5),
-        "scalerType": fields.get("scalerType", "QUEUE_DELAY"),
-        "scalerValue": fields.get("scalerValue", 4),
-        "workersMin": fields.get("workersMin", 0),
-        "workersMax": fields.get("workersMax", 3),
-        "workersStandby": 0,
-        "executionTimeoutMs": fields.get("executionTimeoutMs", 600_000),
-        "flashBootType": fields.get("flashBootType", "OFF"),
-        "allowedCudaVersions": fields.get("allowedCudaVersions", ""),
-        "type": "QB",
-        "userId": "user_fake",
-        "version": 0,
-        "env": template.get("env", []),
-        "createdAt": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+# (method, path pattern) -> (operationId, the docs page it follows); `{id}` is one segment.
+_ROUTES = {
+    ("GET", "v2/serverless"): ("listEndpoints", "api-reference-v2/serverless/list-endpoints"),
+    ("POST", "v2/serverless"): ("createEndpoint", "api-reference-v2/serverless/create-endpoint"),
+    ("GET", "v2/serverless/{id}"): ("getEndpoint", "api-reference-v2/serverless/get-endpoint"),
+    ("PATCH", "v2/serverless/{id}"): (
+        "updateEndpoint", "api-reference-v2/serverless/update-endpoint",
+    ),
+    ("DELETE", "v2/serverless/{id}"): (
+        "deleteEndpoint", "api-reference-v2/serverless/delete-endpoint",
+    ),
+    ("GET", "v2/account"): ("getAccount", "api-reference-v2/account/get-your-account"),
+    # ASSUMED path (the page exists; its method/path block could not be read)
+    ("GET", "v2/account/limits"): (
+        "getAccountLimits", "api-reference-v2/account/get-account-limits",
+    ),
+}  # fmt: skip
+MANAGEMENT = ("serverless", "account", "templates")
 
 
 class FakeRunPod:
-    """RunPod's GraphQL and serverless REST APIs for one account, on loopback."""
+    """RunPod's REST API v2 and serverless job API for one account (and its retired GraphQL),
+    on loopback."""
 
     def __init__(self, api_key: str, queue_seconds: float = 0.0) -> None:
         self.api_key = api_key
+        # Keys to look for in every request (the first stays watched when a test changes it).
+        self.watched = {api_key}
         self.queue_seconds = queue_seconds
         self.worker_python: str | None = None  # report another Python than the real one
         # What /health reports of the workers, as RunPod does while a cold start is slow, no
         # GPU of the type is free, or workers crash at start; None: counted from the jobs.
         self.workers: dict[str, int] | None = None
         self.limits = dict(RATE_LIMITS)
-        self.operations: list[Operation] = []
+        # The account's serverlessWorkers limit (RunPod's is 5 to 60 by balance; high enough
+        # here that tests which do not test it never meet it), and what /v2/account/limits
+        # answers when a test gives another shape (None: the assumed one).
+        self.worker_quota = 60
+        self.account_limits: Any = None
         self.requests: list[Request] = []
-        self.templates: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, Job] = {}
         self.fleets: dict[str, list[EndpointWorker]] = {}  # endpoint id -> its workers
-        self.forced_429: list[float] = []  # Retry-After seconds of the next forced 429s
+        self.forced_429: list[float] = []  # Retry-After seconds of the next forced job 429s
+        self.forced_429_management: list[float] = []  # RateLimit t= of the next REST v2 429s
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.RLock()
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-runpod-"))
@@ -312,8 +336,12 @@ class FakeRunPod:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def env(self) -> dict[str, str]:
-        """What points the runpod SDK and the magic at this fake."""
-        return {"RUNPOD_API_BASE_URL": self.url, "RUNPOD_ENDPOINT_BASE_URL": f"{self.url}/v2"}
+        """What points the magic (and the runpod SDK, were it to send GraphQL) at this fake."""
+        return {
+            "RUNPOD_REST_BASE_URL": f"{self.url}/v2",
+            "RUNPOD_ENDPOINT_BASE_URL": f"{self.url}/v2",
+            "RUNPOD_API_BASE_URL": self.url,
+        }
 
     def close(self) -> None:
         with self._lock:
@@ -323,121 +351,180 @@ class FakeRunPod:
         self._server.shutdown()
         self._server.server_close()
 
-    def mutations(self, name: str | None = None) -> list[Operation]:
-        return [o for o in self.operations if o.kind == "mutation" and name in (None, o.name)]
+    @property
+    def graphql_requests(self) -> list[Request]:
+        return [r for r in self.requests if r.api == "graphql"]
 
-    def add_endpoint(self, name: str, gpu_ids: str = "AMPERE_80") -> str:
+    @property
+    def management(self) -> list[Request]:
+        """The REST v2 requests so far."""
+        return [r for r in self.requests if r.api == "management"]
+
+    def calls(self, operation: str) -> list[Request]:
+        """The REST v2 requests of one operation (e.g. "createEndpoint"), answered or not."""
+        return [r for r in self.management if operation_id(r.method, r.path) == operation]
+
+    def created(self) -> list[dict[str, Any]]:
+        """The bodies of the endpoints created so far."""
+        return [r.json() for r in self.calls("createEndpoint") if r.status == 201]
+
+    def add_endpoint(
+        self, name: str, pools: tuple[str, ...] = ("AMPERE_80",), workers_max: int = 3
+    ) -> str:
         """An endpoint made elsewhere (RunPod's console); its id."""
+        body = {
+            "name": name,
+            "type": "QUEUE",
+            "image": "someone/else:latest",
+            "gpu": {"pools": list(pools)},
+            "workers": {"max": workers_max},
+            "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+        }
         with self._lock:
-            template = {
-                "id": secrets.token_hex(5),
-                "name": f"{name}-tpl",
-                "imageName": "someone/else:latest",
-                "isServerless": True,
-                "env": [],
-            }
-            self.templates[template["id"]] = template
-            record = _endpoint_record({"name": name, "templateId": template["id"]}, template)
-            record["gpuIds"] = gpu_ids
-            self.endpoints[record["id"]] = record
+            record = self._new_endpoint(body)
             return record["id"]
 
-    # ------------------------------------------------------------ GraphQL
+    def scale_down(self, endpoint_id: str, workers_max: int = 0) -> None:
+        """What RunPod does to an endpoint without requests for 3 days (max workers 2) or 7
+        (0): "it stays at its reduced max workers until you raise the value yourself"."""
+        with self._lock:
+            self.endpoints[endpoint_id]["workers"]["max"] = workers_max
+            self._trim_fleet(endpoint_id)
 
-    def graphql(self, query: str) -> dict[str, Any]:
-        try:
-            kind, fields = parse_document(query)
-            with self._lock:
-                data = {f.name: self._resolve(kind, f) for f in fields}
-        except GraphQLError as exc:
-            return {"errors": [{"message": str(exc)}], "data": None}
-        return {"data": data}
+    # ------------------------------------------------------------ REST API v2 (management)
 
-    def _resolve(self, kind: str, top: Field) -> Any:
-        self.operations.append(Operation(kind, top.name, top.args))
-        if kind == "query" and top.name == "myself":
-            account = {"endpoints": list(self.endpoints.values()), "podTemplates": self._tpls()}
-            return project(account, top.selection, "User")
-        resolvers = {
-            "saveTemplate": self._save_template,
-            "saveEndpoint": self._save_endpoint,
-            "deleteEndpoint": self._delete_endpoint,
-            "deleteTemplate": self._delete_template,
+    def manage(self, method: str, path: str, body: bytes) -> Answer:
+        """(status, JSON answer, headers) for one REST v2 request past authorisation."""
+        operation = operation_id(method, path)
+        if operation is None:
+            known = any(p == _pattern(path) for _, p in _ROUTES)
+            return problem(405 if known else 404, f"No route for {method} {path}.")
+        with self._lock:
+            if self.forced_429_management:
+                wait = math.ceil(self.forced_429_management.pop(0))
+                status, answer, _ = problem(429, "Rate limit exceeded.")
+                return status, answer, {
+                    "Content-Type": "application/problem+json",
+                    "RateLimit": f'"serverless";r=0;t={wait}',
+                    "RateLimit-Policy": '"serverless";q=100;w=10',
+                }  # fmt: skip
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                return problem(400, "The request body is not valid JSON.")
+            endpoint_id = path.strip("/").split("/")[2] if "{id}" in _pattern(path) else ""
+            return getattr(self, "_" + operation)(endpoint_id, parsed)
+
+    def _listEndpoints(self, _: str, __: Any) -> Answer:
+        return 200, {"endpoints": [json.loads(json.dumps(e)) for e in self.endpoints.values()]}, {}
+
+    def _getEndpoint(self, endpoint_id: str, _: Any) -> Answer:
+        if endpoint_id not in self.endpoints:
+            return problem(404, f"Endpoint {endpoint_id} not found.")
+        return 200, json.loads(json.dumps(self.endpoints[endpoint_id])), {}
+
+    def _createEndpoint(self, _: str, body: Any) -> Answer:
+        errors = _schema_errors(body, create=True)
+        if errors:
+            return problem(422, "Request validation failed.", errors)
+        rule = _rule_errors(body, None)
+        if rule:
+            return problem(400, rule)
+        wanted = body.get("workers", {}).get("max", 3)
+        if self._workers_in_use() + wanted > self.worker_quota:
+            return problem(400, QUOTA.format(self.worker_quota))
+        return 201, self._new_endpoint(body), {}
+
+    def _updateEndpoint(self, endpoint_id: str, body: Any) -> Answer:
+        current = self.endpoints.get(endpoint_id)
+        if current is None:
+            return problem(404, f"Endpoint {endpoint_id} not found.")
+        errors = _schema_errors(body, create=False)
+        if errors:
+            return problem(422, "Request validation failed.", errors)
+        rule = _rule_errors(body, current)
+        if rule:
+            return problem(400, rule)
+        raised = body.get("workers", {}).get("max", 0) - current["workers"]["max"]
+        if raised > 0 and self._workers_in_use() + raised > self.worker_quota:
+            return problem(400, QUOTA.format(self.worker_quota))
+        for key, value in body.items():  # partial: only the fields present change
+            merge = key in NESTED and isinstance(current.get(key), dict)
+            current[key] = {**current[key], **value} if merge else value
+        self._trim_fleet(endpoint_id)
+        return 200, json.loads(json.dumps(current)), {}
+
+    def _deleteEndpoint(self, endpoint_id: str, _: Any) -> Answer:
+        if self.endpoints.pop(endpoint_id, None) is None:
+            return problem(404, f"Endpoint {endpoint_id} not found.")
+        for job in self.jobs.values():  # "any queued or in-progress jobs are cancelled"
+            if job.endpoint_id == endpoint_id and job.status not in FINAL:
+                self._finish(job, "CANCELLED")
+        return 204, None, {}
+
+    def _getAccount(self, _: str, __: Any) -> Answer:
+        return 200, {"id": "user_fake", "email": "fake@example.com"}, {}
+
+    def _getAccountLimits(self, _: str, __: Any) -> Answer:
+        if self.account_limits is not None:
+            return 200, self.account_limits, {}
+        workers = {"limit": self.worker_quota, "used": self._workers_in_use()}
+        return 200, {"spendRate": {"limit": 80.0, "used": 0.0}, "serverlessWorkers": workers}, {}
+
+    def _workers_in_use(self) -> int:
+        """The sum of max workers over the account's endpoints (RunPod's quota measure)."""
+        return sum(e["workers"]["max"] for e in self.endpoints.values())
+
+    def _new_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An `Endpoint` as createEndpoint answers it, from a valid body; stored."""
+        endpoint_id = secrets.token_hex(7)
+        jobs = f"{self.url}/v2/{endpoint_id}"
+        paths = ("run", "runsync", "status", "stream", "cancel", "retry", "purge-queue", "health")
+        gpu = body.get("gpu")
+        record: dict[str, Any] = {
+            "id": endpoint_id,
+            "name": body["name"],
+            "type": body["type"],
+            "requestUrls": {_camel(p): f"{jobs}/{p}" for p in paths},
+            "image": body.get("image"),
+            "args": body.get("args", ""),
+            "disk": body.get("disk", 10),
+            "ports": body.get("ports", []),
+            "env": body.get("env", {}),
+            "registry": body.get("registry"),
+            "gpu": None
+            if gpu is None
+            else {
+                "pools": gpu["pools"],
+                "count": gpu.get("count", 1),
+                "excludedTypes": gpu.get("excludedTypes", []),
+                "allowedCudaVersions": gpu.get("allowedCudaVersions", []),
+                "minCudaVersion": gpu.get("minCudaVersion"),
+            },
+            "workers": {"min": 0, "max": 3, "idleTimeout": 10, **body.get("workers", {})},
+            "scaling": body["scaling"],
+            "dataCenterIds": body.get("dataCenterIds", []),
+            "networkVolumes": body.get("networkVolumes", []),
+            "timeout": body.get("timeout", 300_000),
+            "flashboot": body.get("flashboot", "OFF"),
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if kind != "mutation" or top.name not in resolvers:
-            raise GraphQLError(f'Cannot query field "{top.name}" on type "{kind.title()}".')
-        return project(resolvers[top.name](top.args), top.selection, top.name)
+        if "cpu" in body:
+            record["cpu"] = [{**c, "memory": 2 * c["vcpuCount"]} for c in body["cpu"]]
+        self.endpoints[endpoint_id] = record
+        return json.loads(json.dumps(record))
 
-    def _tpls(self) -> list[dict[str, Any]]:
-        return list(self.templates.values())
+    def _trim_fleet(self, endpoint_id: str) -> None:
+        """RunPod stops idle workers past a lowered max workers."""
+        fleet = self.fleets.get(endpoint_id, [])
+        most = self.endpoints[endpoint_id]["workers"]["max"]
+        while len(fleet) > most and any(not w.busy for w in fleet):
+            fleet.remove(next(w for w in fleet if not w.busy))
 
-    @staticmethod
-    def _input(args: dict[str, Any], allowed: set[str], type_name: str) -> dict[str, Any]:
-        given = args.get("input")
-        if not isinstance(given, dict):
-            raise GraphQLError(f'Argument "input" of type "{type_name}!" is required.')
-        for name in given:
-            if name not in allowed:
-                raise GraphQLError(f'Field "{name}" is not defined by type "{type_name}".')
-        return given
+    # ------------------------------------------------------------ the serverless job API
 
-    def _save_template(self, args: dict[str, Any]) -> dict[str, Any]:
-        fields = self._input(args, TEMPLATE_INPUT, "SaveTemplateInput")
-        for required in ("name", "imageName", "containerDiskInGb", "dockerArgs", "env"):
-            if required not in fields:
-                raise GraphQLError(f'Field "SaveTemplateInput.{required}" is required.')
-        if any(t["name"] == fields["name"] for t in self.templates.values()):
-            raise GraphQLError("Template name must be unique")
-        template = {
-            "id": secrets.token_hex(5),
-            "volumeMountPath": None,
-            "readme": "",
-            "isServerless": False,
-            **fields,
-        }
-        self.templates[template["id"]] = template
-        return template
-
-    def _save_endpoint(self, args: dict[str, Any]) -> dict[str, Any]:
-        fields = self._input(args, ENDPOINT_INPUT, "EndpointInput")
-        if "id" in fields:
-            if fields["id"] not in self.endpoints:
-                raise GraphQLError("Endpoint not found")
-            self.endpoints[fields["id"]].update(fields)
-            return self.endpoints[fields["id"]]
-        for required in ("name", "templateId"):
-            if required not in fields:
-                raise GraphQLError(f'Field "EndpointInput.{required}" is required.')
-        if not fields.get("gpuIds") and not fields.get("instanceIds"):
-            raise GraphQLError("gpuIds or instanceIds is required")
-        template = self.templates.get(fields["templateId"])
-        if template is None:
-            raise GraphQLError("Template not found")
-        record = _endpoint_record(fields, template)
-        self.endpoints[record["id"]] = record
-        return record
-
-    def _delete_endpoint(self, args: dict[str, Any]) -> None:
-        endpoint = self.endpoints.get(args.get("id", ""))
-        if endpoint is None:
-            raise GraphQLError("Endpoint not found")
-        if endpoint["workersMin"] or endpoint["workersMax"]:
-            raise GraphQLError("Endpoint must be scaled to 0 min and max workers to be deleted")
-        del self.endpoints[endpoint["id"]]
-
-    def _delete_template(self, args: dict[str, Any]) -> None:
-        name = args.get("templateName")
-        found = [t for t in self.templates.values() if t["name"] == name]
-        if not found:
-            raise GraphQLError("Template not found")
-        if any(e["templateId"] == found[0]["id"] for e in self.endpoints.values()):
-            raise GraphQLError("Template is in use by a serverless endpoint")
-        del self.templates[found[0]["id"]]
-
-    # ------------------------------------------------------------ REST
-
-    def rest(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any], dict]:
-        """(status, JSON answer, extra headers) for one request past authorisation."""
+    def jobs_api(self, method: str, path: str, body: bytes) -> Answer:
+        """(status, JSON answer, extra headers) for one job API request past authorisation."""
         parts = path.strip("/").split("/")  # v2, endpoint, operation[, job]
         if len(parts) < 3 or parts[0] != "v2" or parts[1] not in self.endpoints:
             return 404, {"error": "endpoint not found"}, {}
@@ -479,7 +566,7 @@ class FakeRunPod:
         if not isinstance(body.get("input"), dict):
             return 400, {"error": "input is required"}, {}
         timeout_ms = (body.get("policy") or {}).get("executionTimeout")
-        default_ms = self.endpoints[endpoint_id]["executionTimeoutMs"]
+        default_ms = self.endpoints[endpoint_id]["timeout"]
         job = Job(
             id=f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-u1",
             endpoint_id=endpoint_id,
@@ -530,8 +617,30 @@ class FakeRunPod:
                     "inQueue": count("IN_QUEUE"),
                     "retried": 0,
                 },
-                "workers": self.workers or {"idle": 0, "running": count("IN_PROGRESS")},
+                "workers": self.workers or self._worker_states(endpoint_id, count("IN_QUEUE")),
             }
+
+    def _worker_states(self, endpoint_id: str, queued: int) -> dict[str, int]:
+        """Idle and running workers, and initializing ones for queued jobs while max workers
+        allows more; all 0 at max workers 0."""
+        fleet = self._live_fleet(endpoint_id)
+        room = max(self.endpoints[endpoint_id]["workers"]["max"] - len(fleet), 0)
+        busy = sum(w.busy for w in fleet)
+        return {
+            "idle": len(fleet) - busy,
+            "running": busy,
+            "initializing": min(queued, room),
+            "throttled": 0,
+            "unhealthy": 0,
+        }
+
+    def _live_fleet(self, endpoint_id: str) -> list[EndpointWorker]:
+        """The endpoint's workers, less those idle past its idle timeout (gone)."""
+        idle_timeout = self.endpoints[endpoint_id]["workers"]["idleTimeout"]
+        now = time.monotonic()
+        fleet = self.fleets.setdefault(endpoint_id, [])
+        fleet[:] = [w for w in fleet if w.busy or now - w.idle_since < idle_timeout]
+        return fleet
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         job.status, job.error, job.finished = status, error, time.monotonic()
@@ -542,13 +651,13 @@ class FakeRunPod:
 
     def _worker_for(self, endpoint_id: str) -> EndpointWorker | None:
         """A worker for a job leaving the queue (RunPod keeps none for anyone): a new one while
-        the endpoint has fewer than workersMax, else the one idle longest; None if all are busy."""
-        limits = self.endpoints.get(endpoint_id) or {"workersMax": 1, "idleTimeout": 5}
-        now = time.monotonic()
-        fleet = self.fleets.setdefault(endpoint_id, [])
-        fleet[:] = [w for w in fleet if w.busy or now - w.idle_since < limits["idleTimeout"]]
+        the endpoint has fewer than max workers, else the one idle longest; None if all are
+        busy, or the endpoint is gone."""
+        if endpoint_id not in self.endpoints:
+            return None
+        fleet = self._live_fleet(endpoint_id)
         idle = [w for w in fleet if not w.busy]
-        if len(fleet) < limits["workersMax"]:
+        if len(fleet) < self.endpoints[endpoint_id]["workers"]["max"]:
             fleet.append(EndpointWorker())
             idle = fleet[-1:]
         if not idle:
@@ -605,8 +714,11 @@ class FakeRunPod:
         self._respond(job, result)
 
     def _info(self, job: Job) -> dict[str, Any]:
-        pools = (self.endpoints[job.endpoint_id].get("gpuIds") or "").split(",")
-        gpus = [GPU_NAMES.get(pools[0], pools[0])] if pools[0] else []
+        gpu = self.endpoints[job.endpoint_id].get("gpu") or {"pools": []}
+        allowed = [
+            t for p in gpu["pools"][:1] for t in POOLS[p] if t not in gpu.get("excludedTypes", [])
+        ]
+        gpus = allowed[-1:]  # the last type of the first pool not excluded, as RunPod chose it
         return {
             "kind": "info",
             "text": "",
@@ -674,6 +786,25 @@ json.dump(response, open(sys.argv[2], "w"))
 """
 
 
+def operation_id(method: str, path: str) -> str | None:
+    """The REST v2 operationId a request follows, if any."""
+    route = _ROUTES.get((method, _pattern(path)))
+    return route[0] if route else None
+
+
+def _pattern(path: str) -> str:
+    """A REST v2 path with its endpoint id as `{id}` (v2/serverless/abc -> v2/serverless/{id})."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[1] == "serverless":
+        parts[2] = "{id}"
+    return "/".join(parts)
+
+
+def _camel(path: str) -> str:
+    """requestUrls keys: runsync -> runSync, purge-queue -> purgeQueue."""
+    return {"runsync": "runSync", "purge-queue": "purgeQueue"}.get(path, path)
+
+
 def _handler(fake: FakeRunPod) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -684,29 +815,51 @@ def _handler(fake: FakeRunPod) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._serve("POST")
 
+        def do_PATCH(self) -> None:
+            self._serve("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            path = self.path.split("?")[0]
-            if not self._authorised():
+            path, _, query = self.path.partition("?")
+            api = self._api(path)
+            if api == "graphql":
+                status, answer, headers = 410, {"errors": [{"message": RETIRED}]}, {}
+            elif not self._authorised(api):
                 status, answer, headers = 401, None, {}
-            elif path == "/graphql" and method == "POST":
-                query = json.loads(body or b"{}").get("query", "")
-                status, answer, headers = 200, fake.graphql(query), {}
+                if api == "management":
+                    status, answer, headers = problem(401, "Missing or invalid API key.")
+            elif api == "management":
+                status, answer, headers = fake.manage(method, path, body)
             else:
-                status, answer, headers = fake.rest(method, path, body)
+                status, answer, headers = fake.jobs_api(method, path, body)
+            holding = [k for k, v in self.headers.items() if any(w in v for w in fake.watched)]
+            record = Request(time.monotonic(), api, method, path, query, status, body, holding)
             with fake._lock:
-                fake.requests.append(Request(time.monotonic(), method, path, status, body))
+                fake.requests.append(record)
             self._send(status, answer, headers)
 
-        def _authorised(self) -> bool:
+        @staticmethod
+        def _api(path: str) -> str:
+            parts = path.strip("/").split("/")
+            if parts[0] == "graphql":
+                return "graphql"
+            return "management" if parts[1:2] and parts[1] in MANAGEMENT else "jobs"
+
+        def _authorised(self, api: str) -> bool:
+            """REST v2 takes the key as a bearer token only; the job API also as it stands
+            (the runpod SDK's worker sends it so)."""
             given = self.headers.get("Authorization", "")
-            return given in (f"Bearer {fake.api_key}", fake.api_key)
+            accepted = [f"Bearer {fake.api_key}"] + ([fake.api_key] if api == "jobs" else [])
+            return given in accepted
 
         def _send(self, status: int, answer: Any, headers: dict[str, str]) -> None:
             data = b"" if answer is None else json.dumps(answer).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name, value)

@@ -1,10 +1,12 @@
-"""Provisioning on RunPod, against a loopback fake of its GraphQL and REST APIs: the first cell
-per configuration creates a template and an endpoint with the right gpu ids, later cells and
-later kernels find them again, --endpoint skips all of it, and `%tetra endpoints` / `%tetra
-delete NAME` manage what we made."""
+"""Provisioning on RunPod, against a loopback stand-in for its REST API v2 and job API: the first
+cell per configuration creates an endpoint (image and env on it, GPU pools, no template), later
+cells and later kernels find it again by name, --endpoint skips all of it, and `%tetra
+endpoints` / `%tetra delete NAME` manage what we made. Nothing goes over GraphQL (the `fake`
+fixture fails a test that sent any)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 import requests
 from cloud_kernels import COST_LINE, KEY, LOAD, kernel_env, ok, run_cloud
 from kernels import run_cells
-from runpod_fakes import FakeRunPod
+from runpod_fakes import FakeRunPod, operation_id
 
 from tetra_magic import provision
 from tetra_magic.options import CellOptions
@@ -31,8 +33,9 @@ def cell(gpu: str, value: int) -> str:
     return f"%%tetra --gpu {gpu} --out rec\nprint('on {gpu}')\nx = {value} * 2\nx"
 
 
-def endpoint_inputs(fake: FakeRunPod) -> list[dict]:
-    return [op.args["input"] for op in fake.mutations("saveEndpoint")]
+def operations(fake: FakeRunPod) -> list[str]:
+    """The REST v2 requests so far, as "operationId status"."""
+    return [f"{operation_id(r.method, r.path)} {r.status}" for r in fake.management]
 
 
 def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path: Path) -> None:
@@ -47,50 +50,44 @@ def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path
     assert ok(runs[5]).results == ["14"]  # known: no provisioning, only the cost line
     assert COST_LINE.fullmatch(runs[5].stderr)["pool"] == "AMPERE_80"
 
-    (template,) = [op.args["input"] for op in fake.mutations("saveTemplate")]
-    assert template["imageName"] == IMAGE and template["isServerless"] is True
-    assert template["name"].startswith("tetra-magic-tpl-")
-    made = endpoint_inputs(fake)
-    assert [e["gpuIds"] for e in made] == list(POOLS.values())
+    made = fake.created()
+    assert [e["gpu"] for e in made] == [{"pools": [pool], "count": 1} for pool in POOLS.values()]
     assert len({e["name"] for e in made}) == 4
-    tid = next(iter(fake.templates))
     for endpoint, gpu in zip(made, POOLS, strict=False):
         assert re.fullmatch(rf"tetra-magic-{gpu.lower()}-[0-9a-f]{{10}}", endpoint["name"])
-        assert endpoint["templateId"] == tid and endpoint["gpuCount"] == 1
-        assert (endpoint["workersMin"], endpoint["workersMax"], endpoint["idleTimeout"]) == (
-            0,
-            3,
-            5,
-        )
-        assert (
-            endpoint["executionTimeoutMs"] == 600_000 and endpoint["flashBootType"] == "FLASHBOOT"
-        )
+        assert endpoint["type"] == "QUEUE" and endpoint["image"] == IMAGE
+        assert endpoint["env"] == {} and endpoint["disk"] == 20
+        assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 5}
+        assert endpoint["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
+        assert endpoint["timeout"] == 600_000 and endpoint["flashboot"] == "FLASHBOOT"
+    assert not [r for r in fake.management if "template" in r.path]  # none needed with v2
     used = [job.endpoint_id for job in fake.jobs.values()]
     assert len(set(used)) == 4
 
-    fake.operations.clear()
+    fake.requests.clear()
     again = run_cloud(fake, tmp_path, cell("H200", 3), cell("A100", 4))
     assert [ok(r).results for r in again] == [["6"], ["8"]]
     assert all("created" not in r.stderr for r in again)
-    assert fake.mutations() == []
-    assert [op.name for op in fake.operations] == ["myself", "myself"]
+    # One list per configuration, whose answer also shows each endpoint's settings: nothing
+    # else to ask before the cells go.
+    assert operations(fake) == ["listEndpoints 200", "listEndpoints 200"]
     assert len(fake.endpoints) == 4 and set(used) >= {j.endpoint_id for j in fake.jobs.values()}
 
 
 def test_endpoint_option_skips_provisioning(fake: FakeRunPod, tmp_path: Path) -> None:
-    mine = fake.add_endpoint("made-in-the-console", gpu_ids="HOPPER_141")
+    mine = fake.add_endpoint("made-in-the-console", pools=("HOPPER_141",))
     run, unknown = run_cloud(
         fake, tmp_path, f"%%tetra --endpoint {mine}\nprint('hi')\n40 + 2", "%%tetra --gpu A1000\n1"
     )
     assert ok(run).stdout == "hi\n" and run.results == ["42"]
     assert unknown.stderr.startswith("UsageError: --gpu: unknown GPU 'A1000'. Known names: any,")
     assert all(name in unknown.stderr for name in ("A100", "H100", "H200", "4090", "6000 Ada"))
-    assert fake.operations == []
+    assert fake.management == []
     assert [job.endpoint_id for job in fake.jobs.values()] == [mine]
 
 
 def test_cpu_endpoints_list_and_delete(fake: FakeRunPod, tmp_path: Path) -> None:
-    foreign = fake.add_endpoint("someone-elses-endpoint")
+    foreign = fake.add_endpoint("someone-elses-endpoint", workers_max=2)
     runs = run_cloud(
         fake,
         tmp_path,
@@ -100,22 +97,37 @@ def test_cpu_endpoints_list_and_delete(fake: FakeRunPod, tmp_path: Path) -> None
         "%tetra delete tetra-magic-nope",
     )
     assert ok(runs[0]).results == ["2"] and ok(runs[2]).results == ["4"]
-    (made,) = endpoint_inputs(fake)
-    assert made["instanceIds"] and all(i.startswith("cpu") for i in made["instanceIds"])
-    assert "gpuIds" not in made
-    (template,) = [op.args["input"] for op in fake.mutations("saveTemplate")]
-    assert template["imageName"] == CPU_IMAGE
-    listing = ok(runs[1]).stdout
-    assert made["name"] in listing and CPU_IMAGE in listing and "someone-elses" not in listing
+    (made,) = fake.created()
+    assert made["cpu"] == [
+        {"id": "cpu3c", "vcpuCount": 4},
+        {"id": "cpu5c", "vcpuCount": 4},
+        {"id": "cpu3g", "vcpuCount": 4},
+        {"id": "cpu5g", "vcpuCount": 4},
+    ]
+    assert "gpu" not in made and made["image"] == CPU_IMAGE
+    header, row, quota, note = ok(runs[1]).stdout.splitlines()
+    assert header.split() == [
+        "NAME", "ID", "HARDWARE", "MAX", "WORKERS", "MIN", "IDLE", "LAST", "USE", "IMAGE",
+    ]  # fmt: skip
+    name, _, hardware, most, least, idle, last_use, image = re.split(r"\s{2,}", row)
+    assert (name, image) == (made["name"], CPU_IMAGE)
+    assert (hardware, most, least, idle) == ("cpu cpu3c,cpu5c,cpu3g,cpu5g", "3", "0", "5 s")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", last_use)
+    assert quota == "worker quota: 5 of 60 max workers in use (ours 3, other endpoints 2)"
+    assert note == "LAST USE: this machine's last cell on it"
     assert "nope" in runs[3].error["evalue"] and made["name"] in runs[3].error["evalue"]
 
-    fake.operations.clear()
+    fake.requests.clear()
     runs = run_cloud(fake, tmp_path, f"%tetra delete {made['name']}", "%tetra endpoints")
     assert f"deleted RunPod endpoint {made['name']}" in ok(runs[0]).stdout
-    assert ok(runs[1]).stdout.strip() == "no tetra-magic endpoints on this RunPod account"
-    scale, delete = fake.mutations()
-    assert scale.name == "saveEndpoint" and scale.args["input"]["workersMax"] == 0
-    assert scale.args["input"]["workersMin"] == 0 and delete.name == "deleteEndpoint"
+    assert ok(runs[1]).stdout.splitlines() == [
+        "no tetra-magic endpoints on this RunPod account",
+        "worker quota: 2 of 60 max workers in use (ours 0, other endpoints 2)",
+    ]
+    # REST v2 deletes at once: no scale-down to 0 first, as GraphQL needed
+    assert operations(fake) == [
+        "listEndpoints 200", "deleteEndpoint 204", "listEndpoints 200", "getAccountLimits 200",
+    ]  # fmt: skip
     assert list(fake.endpoints) == [foreign]
 
 
@@ -133,23 +145,13 @@ def test_settings_and_image_variable_make_their_own_endpoint(
         TETRA_MAGIC_WORKER_IMAGE="me/tetra:{version}-py{python}",
     )
     assert [ok(r).results for r in (runs[0], runs[2])] == [["1"], ["2"]]
-    assert "not a valid image reference" in runs[4].error["evalue"]
-    first, second = endpoint_inputs(fake)
-    assert (first["workersMax"], second["workersMax"]) == (3, 5)
-    images = [op.args["input"]["imageName"] for op in fake.mutations("saveTemplate")]
-    assert images == [f"me/tetra:0.1.0-py{provision.python_minor()}"] * 2
-    envs = [op.args["input"]["env"] for op in fake.mutations("saveTemplate")]
-    assert envs == [[], [{"key": "HF_HOME", "value": "/v/hf"}]]
-    assert first["templateId"] != second["templateId"]
-
-
-def test_a_template_made_before_is_found_not_made_again(fake: FakeRunPod, tmp_path: Path) -> None:
-    """An endpoint deleted in the console leaves its template: the next cell reuses it (RunPod
-    refuses a second template of the same name)."""
-    assert ok(run_cloud(fake, tmp_path, "%%tetra --gpu 4090\n1")[0]).results == ["1"]
-    fake.endpoints.clear()
-    assert ok(run_cloud(fake, tmp_path, "%%tetra --gpu 4090\n2")[0]).results == ["2"]
-    assert len(fake.mutations("saveTemplate")) == 1 and len(fake.mutations("saveEndpoint")) == 2
+    assert "is not a valid image reference" in runs[4].stderr and runs[4].results == []
+    first, second = fake.created()
+    assert (first["workers"]["max"], second["workers"]["max"]) == (3, 5)
+    image = f"me/tetra:0.1.0-py{provision.python_minor()}"
+    assert first["image"] == second["image"] == image
+    assert (first["env"], second["env"]) == ({}, {"HF_HOME": "/v/hf"})
+    assert len(fake.endpoints) == 2
 
 
 # ------------------------------------------------------------------ in-process units
@@ -199,6 +201,21 @@ def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
     assert other.stdout.strip() == spec.digest
 
 
+def test_names_made_before_rest_v2_are_found_again() -> None:
+    """The move from GraphQL to REST v2 changed no name: endpoints made before it are reused.
+    (The names below are those the GraphQL-era code gave these configurations.)"""
+    plain = provision.EndpointSpec(
+        label="a100", image="runpod/flash:py3.11-latest", gpu_ids=("AMPERE_80",),
+        instance_ids=(), gpu_count=1, workers_min=0, workers_max=3, idle_timeout=5,
+        execution_timeout_ms=600_000, env=(),
+    )  # fmt: skip
+    session = dataclasses.replace(
+        plain, label="a100-session-s", workers_max=1, idle_timeout=600, session="s"
+    )
+    assert plain.name == "tetra-magic-a100-778dd4e522"
+    assert session.name == "tetra-magic-a100-session-s-b8d4d9cb06"
+
+
 def test_bad_settings_name_the_setting() -> None:
     from IPython.core.error import UsageError
 
@@ -225,23 +242,97 @@ def test_two_kernels_at_once_make_one_endpoint(
     for thread in threads:
         thread.join()
     assert [ok(runs[1]).results for runs in results] == [["'ran'"], ["'ran'"]]
-    assert len(fake.mutations("saveEndpoint")) == 1 and len(fake.mutations("saveTemplate")) == 1
+    assert len(fake.created()) == 1 and len(fake.endpoints) == 1
     assert len({job.endpoint_id for job in fake.jobs.values()}) == 1
 
 
-def test_template_env_values_survive_the_sdk_mutation(
-    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The SDK writes env values into its mutation unescaped; ours are escaped first."""
-    from tetra_magic.cloud_api import RunPodGraphQL
+def test_an_exact_gpu_type_is_its_pool_less_the_others(in_process: FakeRunPod) -> None:
+    """REST v2 takes pools only: "NVIDIA A100-SXM4-80GB" is AMPERE_80 without the PCIe A100;
+    and env values travel as they are (a JSON object, no escaping of ours)."""
+    from tetra_magic.gpus import gpu_ids
 
-    tricky = {"MOTD": 'say "hi"\\n\tthen {go}', "EMPTY": ""}
-    for name, value in fake.env().items():
-        monkeypatch.setenv(name, value)
-    api = RunPodGraphQL(KEY, "test")
-    template_id = api.create_template("tetra-magic-tpl-x", "me/img:1", tricky, 20)
-    stored = {e["key"]: e["value"] for e in fake.templates[template_id]["env"]}
-    assert stored == tricky
+    exact = tuple(gpu_ids(["nvidia_a100-sxm4-80gb"]))
+    assert exact == ("NVIDIA A100-SXM4-80GB",)
+    tricky = (("EMPTY", ""), ("MOTD", 'say "hi"\\n\tthen {go}'))
+    worker = provision.WorkerSettings(env=tricky)
+    chosen = options(gpus=("NVIDIA_A100-SXM4-80GB",), gpu_ids=exact, worker=worker)
+    endpoint = provision.provisioned(chosen, KEY, "test")
+    (made,) = in_process.created()
+    assert made["gpu"] == {
+        "pools": ["AMPERE_80"], "count": 1, "excludedTypes": ["NVIDIA A100 80GB PCIe"],
+    }  # fmt: skip
+    assert made["name"].startswith("tetra-magic-nvidiaa100sxm480gb-")
+    assert in_process.endpoints[endpoint.endpoint_id]["env"] == dict(tricky)
+
+
+def test_exact_types_and_pools_together() -> None:
+    from IPython.core.error import UsageError
+
+    from tetra_magic.gpus import gpu_ids, pools_and_exclusions
+
+    both = gpu_ids(["NVIDIA L40S", "H100", "NVIDIA A100-SXM4-80GB", "A100"])
+    assert pools_and_exclusions(both) == (
+        ["ADA_48_PRO", "ADA_80_PRO", "AMPERE_80"],
+        ["NVIDIA RTX 6000 Ada Generation", "NVIDIA L40"],  # A100 whole: nothing excluded there
+    )
+    two = gpu_ids(["NVIDIA H100 PCIe", "NVIDIA H100 NVL"])
+    assert pools_and_exclusions(two) == (["ADA_80_PRO"], ["NVIDIA H100 80GB HBM3"])
+    with pytest.raises(UsageError, match=r"'NVIDIA A100 40GB' is not a GPU type of RunPod's"):
+        gpu_ids(["NVIDIA A100 40GB"])
+
+
+def test_runpods_refusals_are_one_sentence_with_its_detail(in_process: FakeRunPod) -> None:
+    """RunPod's problem objects (RFC 9457): its `detail` and `errors` in our sentence, the
+    status kept for the code that needs it, the key nowhere."""
+    from tetra_magic.cloud_api import CloudError, RunPodRest
+
+    scaling = {"type": "QUEUE_DELAY", "queueDelay": 4}
+    base = {"name": "x", "type": "QUEUE", "image": "a/b", "scaling": scaling}
+    gpu, cpu = {"pools": ["AMPERE_80"]}, [{"id": "cpu3c", "vcpuCount": 4}]
+    with RunPodRest(KEY, "test") as api:
+        with pytest.raises(CloudError) as schema:
+            api.create_endpoint({**base, "bogus": 1, "gpu": gpu, "workers": {"max": -1}})
+        with pytest.raises(CloudError) as rule:
+            api.create_endpoint({**base, "gpu": gpu, "cpu": cpu})
+        with pytest.raises(CloudError) as gone:
+            api.endpoint("no-such-id")
+    assert str(schema.value) == (
+        "could not create endpoint x on RunPod: RunPod answered 422: Request validation"
+        " failed. ($: additional properties 'bogus' not allowed; $.workers.max: must be an"
+        " integer in 0..10000)"
+    )
+    assert schema.value.status == 422 and rule.value.status == 400
+    assert str(rule.value).endswith("RunPod answered 400: Exactly one of gpu or cpu must be set.")
+    assert gone.value.status == 404 and "Endpoint no-such-id not found." in str(gone.value)
+    assert in_process.created() == []
+
+
+def test_429_is_waited_out_as_runpod_asks_then_named(in_process: FakeRunPod) -> None:
+    from tetra_magic.cloud_api import RETRIES_429, CloudError, RunPodRest
+
+    in_process.forced_429_management = [1, 1]  # RateLimit: t=1, twice
+    started = time.monotonic()
+    with RunPodRest(KEY, "test") as api:
+        assert api.endpoints() == []
+        assert time.monotonic() - started >= 1.9
+        in_process.forced_429_management = [0] * (RETRIES_429 + 1)
+        with pytest.raises(CloudError, match=r"kept answering 429 \(too many requests\)"):
+            api.endpoints()
+    assert [r.status for r in in_process.management] == [429, 429, 200] + [429] * 5
+
+
+def test_graphql_is_retired_on_the_stand_in_and_counted() -> None:
+    """What the runpod SDK's GraphQL would get now (so no test can lean on it unseen)."""
+    fake = FakeRunPod(KEY)
+    try:
+        answer = requests.post(
+            f"{fake.url}/graphql", json={"query": "query { myself { id } }"}, timeout=5
+        )
+    finally:
+        fake.close()
+    assert answer.status_code == 410
+    assert answer.json()["errors"][0]["message"].startswith("The GraphQL API has been retired.")
+    assert [r.path for r in fake.graphql_requests] == ["/graphql"]
 
 
 def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
@@ -272,7 +363,7 @@ def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
     ok(middle)
     assert ok(first).results == ["2"] and ok(second).results == ["10"]
     assert "created RunPod endpoint tetra-magic-a100-" in second.stderr
-    made = endpoint_inputs(fake)
+    made = fake.created()
     assert len(made) == 2 and made[0]["name"] == made[1]["name"]
     assert len(fake.endpoints) == 1
 
@@ -291,17 +382,12 @@ def run_job(fake: FakeRunPod, endpoint_id: str) -> str:
     raise AssertionError(f"job {job_id} did not complete: {status}")
 
 
-def test_a_session_gets_an_endpoint_of_its_own_with_one_worker(
-    fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_session_gets_an_endpoint_of_its_own_with_one_worker(in_process: FakeRunPod) -> None:
     """One endpoint per session name, that it cannot leave: workersMin 0, workersMax 1, the
     session's idle timeout; the rest as the plain endpoint's. Its cells reuse it (a later
     kernel finds it on RunPod). On the stand-in, which routes a job to any worker of its
     endpoint as RunPod does, the session's jobs all run on one worker, where the plain
     endpoint's move between workers: a session endpoint with more workers would fail here."""
-    for name, value in kernel_env(fake, tmp_path).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(provision, "_known", {})
 
     def endpoint(session: str | None) -> str:
         chosen = options(session=session, session_idle_timeout=900)
@@ -309,24 +395,24 @@ def test_a_session_gets_an_endpoint_of_its_own_with_one_worker(
 
     plain, train, train_again = endpoint(None), endpoint("train"), endpoint("train")
     provision._known.clear()  # what a later kernel knows
+    provision._checked.clear()
     assert endpoint("train") == train == train_again
     other = endpoint("eval")
     assert len({plain, train, other}) == 3
 
-    made = {e["name"]: e for e in endpoint_inputs(fake)}
+    made = {e["name"]: e for e in in_process.created()}
     assert len(made) == 3
     sessions = {name: e for name, e in made.items() if "-session-" in name}
     assert {re.sub("-[0-9a-f]{10}$", "", name) for name in sessions} == {
         "tetra-magic-a100-session-train",
         "tetra-magic-a100-session-eval",
     }
-    scaling = ("workersMin", "workersMax", "idleTimeout")
     for e in sessions.values():
-        assert tuple(e[k] for k in scaling) == (0, 1, 900)
+        assert e["workers"] == {"min": 0, "max": 1, "idleTimeout": 900}
     (plain_made,) = (e for name, e in made.items() if name not in sessions)
-    assert tuple(plain_made[k] for k in scaling) == (0, 3, 5)
-    rest = [{k: v for k, v in e.items() if k not in {"name", *scaling}} for e in made.values()]
+    assert plain_made["workers"] == {"min": 0, "max": 3, "idleTimeout": 5}
+    rest = [{k: v for k, v in e.items() if k not in {"name", "workers"}} for e in made.values()]
     assert rest[0] == rest[1] == rest[2]
 
-    assert len({run_job(fake, train) for _ in range(3)}) == 1
-    assert len({run_job(fake, plain) for _ in range(3)}) == 3
+    assert len({run_job(in_process, train) for _ in range(3)}) == 1
+    assert len({run_job(in_process, plain) for _ in range(3)}) == 3

@@ -1,7 +1,9 @@
 """The RunPod API key stays secret: run cells every way there is (provisioning, reuse, errors
 local and remote, a rejected key, verbose tracebacks that print local variables, --out records,
-`%tetra endpoints`) with a distinctive key, then look for it in every output, every request
-body the fake received, and every file under the kernel's HOME and the tetra state dir."""
+`%tetra endpoints`, every library logging at DEBUG into a file) with a distinctive key, then
+look for it in every output, every request's URL and body the stand-in received (the key goes
+in the Authorization header and nowhere else), and every file under the kernel's HOME and the
+tetra state dir."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from runpod_fakes import FakeRunPod
 
 CELLS = [
     "%xmode Verbose",
+    "import logging, os\nlogging.basicConfig(filename=os.path.expanduser('~/debug.log'),"
+    " level=logging.DEBUG, force=True)",
     "base = 20",
     "%%tetra --gpu A100 --out rec --name secret-test\nprint('hello')\nanswer = base + 22\nanswer",
     "print(rec)\nrec.to_dict()",
@@ -32,10 +36,11 @@ def files_holding(root: Path, secret: bytes) -> list[Path]:
 def assert_nowhere(fake: FakeRunPod, runs: list[CellRun], *roots: Path) -> None:
     for run in runs:
         assert KEY not in str(run.outputs)
+    assert fake.management and fake.graphql_requests == []
     for request in fake.requests:
+        assert KEY not in request.path + request.query, request.path
         assert KEY.encode() not in request.body, request.path
-    for operation in fake.operations:
-        assert KEY not in repr(operation.args)
+        assert request.key_headers in ([], ["Authorization"]), request.key_headers
     for root in roots:
         assert files_holding(root, KEY.encode()) == []
 
@@ -43,13 +48,15 @@ def assert_nowhere(fake: FakeRunPod, runs: list[CellRun], *roots: Path) -> None:
 def test_the_key_appears_in_no_output_request_or_file(fake: FakeRunPod, tmp_path: Path) -> None:
     mine = fake.add_endpoint("console-made")
     runs = run_cloud(fake, tmp_path, *CELLS, f"%%tetra --endpoint {mine}\nprint('direct')")
-    assert ok(runs[2]).stdout == "hello\n" and runs[2].results == ["42"]
-    assert "secret-test" in ok(runs[3]).stdout
-    assert runs[4].error["ename"] == "ValueError"
-    assert "tetra-magic-a100-" in ok(runs[5]).stdout
-    assert "<RunPod API key>" in ok(runs[6]).stdout
-    assert ok(runs[7]).results == ["84"] and ok(runs[9]).stdout == "direct\n"
+    assert ok(runs[3]).stdout == "hello\n" and runs[3].results == ["42"]
+    assert "secret-test" in ok(runs[4]).stdout
+    assert runs[5].error["ename"] == "ValueError"
+    assert "tetra-magic-a100-" in ok(runs[6]).stdout
+    assert "<RunPod API key>" in ok(runs[7]).stdout
+    assert ok(runs[8]).results == ["84"] and ok(runs[10]).stdout == "direct\n"
     assert fake.jobs and all(job.status != "IN_QUEUE" for job in fake.jobs.values())
+    log = (tmp_path / "debug.log").read_text()
+    assert "/v2/serverless" in log and "/run" in log  # what went over HTTP was logged
     assert_nowhere(fake, runs, tmp_path, fake._tmp)
 
 
@@ -76,8 +83,8 @@ def test_a_key_from_the_config_file_stays_in_that_file(
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
     config = runpod_config(tmp_path)
     runs = run_cloud(fake, tmp_path, *CELLS, key=None)
-    assert ok(runs[2]).results == ["42"] and ok(runs[7]).results == ["84"]
-    assert str(config) in ok(runs[6]).stdout
+    assert ok(runs[3]).results == ["42"] and ok(runs[8]).results == ["84"]
+    assert str(config) in ok(runs[7]).stdout
     for run in runs:
         assert KEY not in str(run.outputs)
     assert files_holding(tmp_path, KEY.encode()) == [config]

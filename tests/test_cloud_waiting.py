@@ -1,6 +1,6 @@
 """A first cell on RunPod: the published image by default, a wait that explains itself and ends,
-and what the cell cost. Against FakeRunPod, the loopback stand-in for RunPod's GraphQL and
-serverless REST APIs (its `/health` reports the worker states RunPod's docs describe)."""
+and what the cell cost. Against FakeRunPod, the loopback stand-in for RunPod's REST API v2 and
+serverless job API (its `/health` reports the worker states RunPod's docs describe)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_a_python_without_a_published_image_is_refused_before_provisioning(
     message = str(info.value)
     assert "Python 3.9" in message and "3.10, 3.11, 3.12, 3.13" in message
     assert "TetraMagic.worker_image" in message and "tools/build_worker_image.sh" in message
-    assert fake.operations == []  # nothing was looked up or created
+    assert fake.management == []  # nothing was looked up or created
 
 
 # ------------------------------------------------------------------ waiting for a worker
@@ -211,7 +211,7 @@ def test_bad_settings_are_refused_when_set(fake: FakeRunPod, tmp_path: Path) -> 
     assert "gpu_prices" in runs[2].stderr and "-1" in runs[2].stderr
     assert "queue_timeout" in runs[3].stderr and "-5" in runs[3].stderr
     assert ok(runs[5]).results == ["{'ADA_80_PRO': 0.002, 'AMPERE_80': 0.001}"]
-    assert fake.operations == []  # nothing reached RunPod
+    assert fake.management == []  # nothing reached RunPod
 
 
 def test_the_price_is_the_gpus_when_the_worker_names_it_else_an_upper_bound() -> None:
@@ -230,3 +230,21 @@ def test_the_price_is_the_gpus_when_the_worker_names_it_else_an_upper_bound() ->
     cpu = estimate(ran, None, ())
     assert cpu.usd is None and "no price known for CPU workers" in cpu.line()
     assert estimate({"delayTime": 900}, None, ALL_POOLS) is None  # never ran: nothing billed
+
+
+def test_no_worker_at_all_asks_runpod_once_per_wait() -> None:
+    """What max workers 0 looks like from /health: nothing in any state. The endpoint is asked
+    about then (once), and what that says is the note; workers in any state are no reason."""
+    asked: list[str] = []
+
+    def recheck() -> str:
+        asked.append("asked")
+        return "tetra: raised back\n"
+
+    watch = QueueWatch(60.0, IMAGE, ("A100",), cold_starts=True, recheck=recheck)
+    starting = {"workers": {"idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0}}
+    assert watch.read(starting, 3.0) is None and asked == []
+    none = {"jobs": {"inQueue": 1}, "workers": {"idle": 0, "running": 0, "initializing": 0}}
+    assert watch.read(none, 3.0) == "tetra: raised back\n"
+    assert watch.read(none, 3.0) is None and asked == ["asked"]
+    assert QueueWatch(60.0).read(none, 3.0) is None  # nothing to ask (the local endpoint)

@@ -68,13 +68,42 @@ def test_a_failed_cell_shows_the_rest_of_its_stdout_once() -> None:
     progress = ProgressOutput()
     update = {"tetra_progress": {"first": 0, "chunks": [{"kind": "stdout", "text": "one\n"}]}}
     progress.new(status(update))
-    response = FunctionResponse(success=False, error="Traceback...", stdout="one\ntwo\n")
+    error = "Traceback (most recent call last):\n...\nValueError: bad"  # an older runtime's
+    response = FunctionResponse(success=False, error=error, stdout="one\ntwo\n")
     assert progress.rest(response) == [{"kind": "stdout", "text": "two\n"}]
     assert response.stdout is None
 
 
 def test_without_updates_the_response_is_left_as_the_worker_sent_it() -> None:
     """Our own worker streams; there the runtime publishes nothing and the views use stdout."""
-    response = FunctionResponse(success=False, error="boom", stdout="printed\n")
+    response = FunctionResponse(
+        success=False, error="boom", stdout="printed\n", failure="exception"
+    )
     assert ProgressOutput().rest(response) == [] and response.stdout == "printed\n"
     assert LiveOutput.on_published_worker() is None  # no runpod job runs in this process
+
+
+def test_a_raised_cell_becomes_the_failure_our_worker_sends() -> None:
+    """The runtime reports the cell's exception in its result; the views show its own output,
+    and the response then says what our worker says of a cell that raised."""
+    record = [{"kind": "stdout", "text": "a\n"}, {"kind": "stderr", "text": "b\n"}]
+    raised = {"type": "ValueError", "traceback": "Traceback (most recent call last):\n..."}
+    payload = encode({"output": record, "raised": raised})
+    response = FunctionResponse(success=True, result=payload, stdout="worker log\n\na\nb\n")
+    assert ProgressOutput().rest(response) == record
+    assert (response.success, response.failure, response.error_type) == (
+        False,
+        "exception",
+        "ValueError",
+    )
+    assert response.error == raised["traceback"] and response.stdout is None
+
+
+def test_the_workers_own_failure_is_its_log_never_the_cells_output() -> None:
+    """The published worker's own failure (its --deps did not install) came before the cell
+    ran: what it says is kept as a log, which the views show with --verbose only."""
+    response = FunctionResponse(success=False, error="error: no such package", stdout="log\n")
+    assert ProgressOutput().rest(response) == [
+        {"kind": "log", "text": "log\nerror: no such package\n"}
+    ]
+    assert response.stdout is None

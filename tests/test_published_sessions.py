@@ -1,10 +1,11 @@
 """Sessions on RunPod's published standard worker, in real kernels: the same flow as on our own
 worker (tests/test_sessions.py). There the cell runtime runs in the worker's own long-lived
-process, so that process holds the sessions; the stand-in (tests/published_worker.py, under the
-real runpod SDK job loop) is one such process, and killing it, then starting a fresh one as
-RunPod would, is how a session is lost.
+process, so that process holds the sessions; the worker (worker-flash's own code, or the
+stand-in where it is absent: tests/test_published_worker.py) is one such process, under the
+real runpod SDK job loop, and killing it, then starting a fresh one as RunPod would, is how a
+session is lost.
 
-The worker has only the standard library here, so the 50 MB value is bytes; expected values
+The worker has only its own requirements here, so the 50 MB value is bytes; expected values
 come from the same expressions evaluated in the test's kernel."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from kernels import LiveKernel, environ
-from test_published_worker import StandIn, kernel_env, published_worker
+from test_published_worker import PublishedWorker, kernel_env, published_worker
 from test_sessions import ok, pull_and_reassign, value
 
 BIG = "bytes(range(250)) * 200_000"  # 50 MB
@@ -23,13 +24,13 @@ USED = "big.count(7) + small['n']"
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    """One stand-in published worker behind the endpoint, restartable."""
-    with published_worker(tmp_path_factory.mktemp("published-home")) as stand_in:
-        yield stand_in
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PublishedWorker]:
+    """One published worker behind the endpoint, restartable."""
+    with published_worker(tmp_path_factory.mktemp("published-home")) as running:
+        yield running
 
 
-def start_kernel(worker: StandIn) -> LiveKernel:
+def start_kernel(worker: PublishedWorker) -> LiveKernel:
     """A kernel with the endpoint's key and the extension loaded."""
     with environ(kernel_env(worker.endpoint)):
         live = LiveKernel()
@@ -38,7 +39,7 @@ def start_kernel(worker: StandIn) -> LiveKernel:
 
 
 @pytest.fixture
-def kernel(worker: StandIn) -> Iterator[LiveKernel]:
+def kernel(worker: PublishedWorker) -> Iterator[LiveKernel]:
     live = start_kernel(worker)
     try:
         yield live
@@ -47,7 +48,7 @@ def kernel(worker: StandIn) -> Iterator[LiveKernel]:
 
 
 @pytest.fixture(scope="module")
-def session(worker: StandIn) -> str:
+def session(worker: PublishedWorker) -> str:
     """The magic line of a cell in session s on the published worker."""
     return f"%%tetra --endpoint {worker.endpoint.url} --session s"
 
@@ -71,7 +72,7 @@ def resident_bytes(pid: int) -> int:
 
 
 def test_a_large_value_stays_on_the_worker_and_later_cells_use_it(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     ok(kernel, make(session))
     assert value(kernel, "big") == "<remote s.big: bytes, 50.0 MB>"
@@ -93,7 +94,7 @@ def test_pull_brings_a_remote_value_home_and_a_local_reassignment_wins(
 
 
 def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     ok(kernel, make(session))
     ok(kernel, f"{session}\ndoubled = big * 2")
@@ -117,7 +118,7 @@ def test_a_restarted_worker_is_reported_before_anything_runs_and_replay_rebuilds
 
 
 def test_automatic_replay_after_a_restart(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     ok(kernel, "%config TetraMagic.session_replay = True")
     ok(kernel, make(session))
@@ -128,7 +129,7 @@ def test_automatic_replay_after_a_restart(
 
 
 def test_a_timed_out_cell_is_stopped_and_the_session_stays(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     """Here --timeout stops the cell inside the worker's process, which lives on: the session
     is kept, as after any failed cell, rather than lost with a killed process; and as after
@@ -143,7 +144,7 @@ def test_a_timed_out_cell_is_stopped_and_the_session_stays(
 
 
 def test_end_frees_the_session_on_the_worker(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     ok(kernel, make(session))
     target = session.replace(" --session s", "")
@@ -160,7 +161,7 @@ def test_end_frees_the_session_on_the_worker(
 
 
 def test_two_kernels_with_the_same_session_name_stay_apart(
-    worker: StandIn, session: str, kernel: LiveKernel
+    worker: PublishedWorker, session: str, kernel: LiveKernel
 ) -> None:
     """Both sessions live in the one process that runs every cell there."""
     other = start_kernel(worker)

@@ -1,10 +1,16 @@
 """Cells on RunPod's published standard worker, which does not stream.
 
-The worker is tests/published_worker.py, a stand-in that runs requests the way the published
-worker's live path does, under the real runpod SDK job loop. It takes its jobs from our local
-endpoint's HTTP API (real aiohttp, on loopback), served here with no workers of its own: the
-same RunPod job API the SDK speaks on RunPod, progress updates included. Kernels reach it with
-`--endpoint URL`, as a user reaches any RunPod-compatible endpoint.
+The worker is worker-flash's own code (`../shared/peers/worker-flash-1.0.0`, tests/worker_flash.py),
+started as its image starts it (`python handler.py`) under the runpod SDK's production job
+loop, with its pinned requirements in an environment of the tests' own; where that folder is
+absent, tests/published_worker.py, a stand-in that runs requests the way the published
+worker's live path does (the module says which, and tests that need the real code skip). It
+takes its jobs from our local endpoint's HTTP API (real aiohttp, on loopback), served here with
+no workers of its own: the same RunPod job API the SDK speaks on RunPod, progress updates
+included. Kernels reach it with `--endpoint URL`, as a user reaches any RunPod-compatible
+endpoint. The SDK logs at DEBUG, its default (nobody sets RUNPOD_LOG_LEVEL on RunPod).
+
+What a cell shows there is compared with the same cell run at home, in a kernel of its own.
 """
 
 from __future__ import annotations
@@ -12,26 +18,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import worker_flash
 from aiohttp import web
-from kernels import LiveKernel, environ, private_local_endpoint, run_cells
+from kernels import CellRun, LiveKernel, as_local, environ, private_local_endpoint, run_cells
 from test_worker_endpoint import until
 
+from tetra_magic.errors import installer_reason
 from tetra_magic.local.jobs import JobStore
 from tetra_magic.local.server import Api
 from tetra_magic.local.workers import WorkerUrls
 
 STAND_IN = Path(__file__).with_name("published_worker.py")
+REAL = worker_flash.source()
 ENDPOINT_ID = "published"
+NEEDS_REAL = pytest.mark.skipif(
+    REAL is None, reason=f"needs worker-flash's code ({worker_flash.folder()} is absent)"
+)
+
+
+def which() -> str:
+    if REAL is not None:
+        return f"published worker: worker-flash's own code, {REAL}"
+    return f"published worker: the stand-in {STAND_IN.name} ({worker_flash.folder()} is absent)"
 
 
 class LoopbackEndpoint:
@@ -80,34 +100,49 @@ class LoopbackEndpoint:
         self._thread.join(10)
 
 
-class StandIn:
-    """One stand-in published worker process taking the endpoint's jobs. `restart` ends it as
-    a crash does and starts a fresh one under a new worker id, as RunPod replaces a worker."""
+class PublishedWorker:
+    """One published worker process taking the endpoint's jobs: worker-flash's own code where
+    it is here, else the stand-in. `restart` ends it as a crash does and starts a fresh one
+    (a fresh interpreter tree too) under a new worker id, as RunPod replaces a worker. Its
+    own stdout, the worker's log, goes to `log_path`."""
 
-    def __init__(self, endpoint: LoopbackEndpoint, home: Path) -> None:
-        self.endpoint, self.home, self.starts = endpoint, home, 0
+    def __init__(self, endpoint: LoopbackEndpoint, home: Path, sdk_level: str = "DEBUG") -> None:
+        self.endpoint, self.home, self.sdk_level, self.starts = endpoint, home, sdk_level, 0
         self.process = self._start()
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        if REAL is None:
+            return [sys.executable, str(STAND_IN)], {}
+        return worker_flash.command(REAL, self.home / f"worker-{self.starts}")
 
     def _start(self) -> subprocess.Popen[bytes]:
         self.starts += 1
         self.worker_id = f"published-{self.starts}"
+        self.log_path = self.home / f"worker-{self.starts}.log"
+        argv, own = self._command()
+        inherited = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         env = {
-            **os.environ,
+            **inherited,
+            **own,
             **WorkerUrls(self.endpoint.url).env(),
             "HOME": str(self.home),  # no ~/.runpod key for the SDK to prefer
             "RUNPOD_POD_ID": self.worker_id,
+            "RUNPOD_ENDPOINT_ID": ENDPOINT_ID,
             "RUNPOD_AI_API_KEY": self.endpoint.token,
-            "RUNPOD_LOG_LEVEL": "ERROR",
-            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-            "RUNPOD_SKIP_GPU_CHECK": "true",
+            "RUNPOD_LOG_LEVEL": self.sdk_level,
         }
-        return subprocess.Popen(
-            [sys.executable, str(STAND_IN)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            cwd=self.home,
-            start_new_session=True,  # the SDK's ping process goes with it
-        )
+        with open(self.log_path, "wb") as log:
+            return subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,  # the SDK's ping process goes with it
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -120,10 +155,11 @@ class StandIn:
 
 
 @contextlib.contextmanager
-def published_worker(home: Path) -> Iterator[StandIn]:
-    """The endpoint with one stand-in published worker taking its jobs, for a module."""
+def published_worker(home: Path, sdk_level: str = "DEBUG") -> Iterator[PublishedWorker]:
+    """The endpoint with one published worker taking its jobs, for a module."""
+    print(f"\n{which()}")
     endpoint = LoopbackEndpoint()
-    worker = StandIn(endpoint, home)
+    worker = PublishedWorker(endpoint, home, sdk_level)
     try:
         yield worker
     finally:
@@ -132,10 +168,16 @@ def published_worker(home: Path) -> Iterator[StandIn]:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackEndpoint]:
-    """The endpoint, with one stand-in published worker taking its jobs."""
-    with published_worker(tmp_path_factory.mktemp("published-home")) as worker:
-        yield worker.endpoint
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PublishedWorker]:
+    """The published worker behind the endpoint, its SDK at DEBUG."""
+    with published_worker(tmp_path_factory.mktemp("published-home")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def published(worker: PublishedWorker) -> LoopbackEndpoint:
+    """The endpoint, with the published worker taking its jobs."""
+    return worker.endpoint
 
 
 def kernel_env(endpoint: LoopbackEndpoint) -> dict[str, str]:
@@ -312,3 +354,219 @@ def test_the_users_own_exception_comes_home_from_the_published_worker(
     assert (error["ename"], error["evalue"]) == (expected["ename"], expected["evalue"])
     traceback = "\n".join(error["traceback"])
     assert "in data.csv" in traceback and "tetra-exception" not in traceback
+
+
+# -- the cell's output is the cell's own, as at home --------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A frame as the notebook names it: "Cell In[3], line 8, in f" (ours), "Cell In[3], line 8, in
+# f()" (IPython's), then the line's source, ours on the next line, IPython's after "---->".
+FRAME = re.compile(r"In\[(\d+)\], line (\d+)(?:, in (\w+))?")
+
+
+@dataclass
+class Ran(CellRun):
+    """A cell's run, with its execution count (In[N])."""
+
+    cell: int = 0
+
+
+def remote_and_home(published: LoopbackEndpoint, *cells: str) -> list[tuple[Ran, CellRun]]:
+    """Each cell's run on the published worker, with the same cell's run at home (the magic
+    line removed), both in a kernel of their own that ran the same cells before it."""
+    target = f"--endpoint {published.url}"
+    remote = run_cells(
+        "%load_ext tetra_magic",
+        *(c.format(target=target) for c in cells),
+        env=kernel_env(published),
+    )
+    home = run_cells("%load_ext tetra_magic", *(as_local(c) for c in cells))
+    numbered = [Ran(**vars(run), cell=index) for index, run in enumerate(remote[1:], start=2)]
+    return list(zip(numbered, home[1:], strict=True))
+
+
+def frames(traceback: list[str]) -> list[tuple[str, ...]]:
+    """(cell, line, function, source) of each frame the traceback shows."""
+    lines = ANSI.sub("", "\n".join(traceback)).splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        if (match := FRAME.search(line)) is None:
+            continue
+        body = lines[index + 1 : index + 8]
+        marked = [b.split("---->", 1)[1] for b in body if "---->" in b]
+        source = re.sub(r"^\s*\d+\s", "", marked[0]) if marked else (body[:1] or [""])[0]
+        found.append((*match.groups(""), source.strip()))
+    return found
+
+
+def moved(frame: tuple[str, ...], cell: int) -> tuple[str, ...]:
+    """A frame of the cell at home as the %%tetra cell numbers it: one line down (the magic
+    line is line 1 of the cell the user sees); frames in other cells stay."""
+    number, line, *rest = frame
+    return (number, str(int(line) + 1), *rest) if number == str(cell) else frame
+
+
+def assert_as_at_home(remote: Ran, home: CellRun) -> None:
+    """The same stdout, stderr and results; the same error, its traceback showing the same
+    frames of the user's code and nothing of the worker's."""
+    assert (remote.stdout, remote.stderr, remote.results) == (
+        home.stdout,
+        home.stderr,
+        home.results,
+    )
+    if home.error is None:
+        assert remote.error is None, remote.error
+        return
+    assert remote.error is not None, "the cell failed at home, not remotely"
+    assert (remote.error["ename"], remote.error["evalue"]) == (
+        home.error["ename"],
+        home.error["evalue"],
+    )
+    shown = frames(remote.error["traceback"])
+    assert shown == [moved(frame, remote.cell) for frame in frames(home.error["traceback"])]
+    lines = "\n".join(remote.error["traceback"]).splitlines()
+    last = ANSI.sub("", home.error["traceback"][-1])
+    # a header, each frame with its line of source, the error: no line of the worker's
+    assert lines == [lines[0], *lines[1 : 1 + 2 * len(shown)], last], lines
+    assert lines[0] == "Traceback (most recent call last):"
+
+
+FAILS_AFTER_DEPS = (
+    "%%tetra {target} --deps six\nimport sys\nprint('loading')\nprint('careful', file=sys.stderr)"
+    "\nraise ValueError('no rows')"
+)
+LOGGED_THEN_FAILED = (
+    "%%tetra {target}\nimport logging, time\nprint('one', flush=True)\ntime.sleep(1.5)\n"
+    "logging.warning('slow source')\nprint('two')\ndef parse(row):\n"
+    "    raise KeyError(row)\nparse('age')"
+)
+WARNS = (
+    "%%tetra {target}\nimport logging\nlogging.warning('x')\nlogging.info('not shown at home')\n"
+    "logging.getLogger('mine').error('mine too')\nprint('done')\nlevel = logging.getLogger().level"
+)
+AFTER = "level"
+
+
+@NEEDS_REAL
+def test_a_failing_cell_after_deps_shows_its_own_output_and_frames(
+    published: LoopbackEndpoint,
+) -> None:
+    """worker-flash logs "Installing Python dependencies" and puts that line in front of the
+    cell's stdout; the cell shows only its own prints, its stderr as stderr."""
+    [(remote, home)] = remote_and_home(published, FAILS_AFTER_DEPS)
+    assert_as_at_home(remote, home)
+    assert home.stderr == "careful\n" and home.error["ename"] == "ValueError"
+
+
+def test_a_cell_that_logged_then_failed_keeps_every_print_once_in_order(
+    published: LoopbackEndpoint,
+) -> None:
+    """A live update shows 'one' while it sleeps; what it printed and logged after that comes
+    at the end, once, with the records as the kernel at home shows them."""
+    [(remote, home)] = remote_and_home(published, LOGGED_THEN_FAILED)
+    assert_as_at_home(remote, home)
+    assert home.stdout == "one\ntwo\n" and "slow source" in home.stderr
+
+
+def test_logging_shows_as_at_home_and_the_worker_keeps_its_own(
+    worker: PublishedWorker, published: LoopbackEndpoint
+) -> None:
+    (remote, home), (level_there, level_home) = remote_and_home(published, WARNS, AFTER)
+    assert_as_at_home(remote, home)
+    assert home.stderr.startswith("WARNING:root:x\n")
+    assert level_there.results == level_home.results  # the cell saw the root logger as at home
+    if REAL is not None:  # and worker-flash's own logging is its own again after the cell
+        assert not own_lines(worker, "WARNING", "x")  # none of its handlers had the record
+        logged = len(own_lines(worker, "INFO", "Installing Python dependencies: ['six']"))
+        check = f"%%tetra --endpoint {published.url} --deps six\nprint('ok')"
+        run_cells("%load_ext tetra_magic", check, env=kernel_env(published))
+        assert (
+            len(own_lines(worker, "INFO", "Installing Python dependencies: ['six']")) == logged + 1
+        )
+
+
+def own_lines(worker: PublishedWorker, level: str, message: str) -> list[str]:
+    """The lines worker-flash's own log handler wrote with `message` ("<time> | INFO  | ...";
+    the SDK's lines are JSON, and quote the responses they send)."""
+    line = re.compile(rf"^[\d-]+ [\d:,]+ \| {level}\s* \| {re.escape(message)}$", re.MULTILINE)
+    return line.findall(worker.log())
+
+
+SDK_DEBUG = (
+    "%%tetra {target}\nimport sys, time\nfor i in range(8):\n    print('step', i, flush=True)\n"
+    "    if i % 3 == 0:\n        print('note', i, file=sys.stderr, flush=True)\n"
+    "    time.sleep(0.3)\nprint('end')"
+)
+
+
+def test_the_sdk_logging_at_debug_is_never_the_cells_output(
+    worker: PublishedWorker, published: LoopbackEndpoint
+) -> None:
+    """At DEBUG the SDK prints a line for every progress update it sends, to whatever
+    sys.stdout is then: none of them is captured into the cell's output (and fed back in the
+    next update, growing); they go to the worker's own log."""
+    [(remote, home)] = remote_and_home(published, SDK_DEBUG)
+    assert_as_at_home(remote, home)
+    log = worker.log()
+    assert "Sending Progress Update" in log and "Progress Update Sent" in log
+
+
+MISSING = "tetra-magic-no-such-package-xyz"
+NEEDS_MISSING = f"%%tetra {{target}} --deps six,{MISSING}\nran = True\nprint('ran')"
+
+
+def uv_says_at_home(spec: str, tmp_path: Path) -> str:
+    """The installer's reason for `spec`, as uv gives it on this machine."""
+    uv = worker_flash._uv()
+    subprocess.run([uv, "venv", "--quiet", str(tmp_path / "env")], check=True)
+    python = str(tmp_path / "env" / "bin" / "python")
+    argv = [uv, "pip", "install", "--dry-run", "--python", python, spec]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode != 0
+    reason = installer_reason(done.stdout + done.stderr)
+    assert reason is not None and MISSING in reason
+    return reason
+
+
+@NEEDS_REAL
+def test_deps_that_cannot_install_end_the_cell_before_it_runs_in_one_sentence(
+    published: LoopbackEndpoint, tmp_path: Path
+) -> None:
+    target = f"--endpoint {published.url}"
+    runs = run_cells(
+        "%load_ext tetra_magic",
+        NEEDS_MISSING.format(target=target),
+        "'ran' in dir()",
+        NEEDS_MISSING.format(target=f"{target} --verbose"),
+        env=kernel_env(published),
+    )[1:]
+    reason = uv_says_at_home(MISSING, tmp_path)
+    failed, after, verbose = runs
+    assert (failed.stdout, failed.stderr) == ("", "")  # nothing of the cell, nor of the worker
+    error = failed.error["evalue"]
+    assert "\n" not in error and failed.error["traceback"] == [f"JobFailed: {error}"]
+    assert error.startswith(f"{MISSING} could not be installed") and error.endswith(reason)
+    assert "did not run" in error and after.results == ["False"]
+    assert verbose.error["evalue"] == error
+    assert reason.split(": ")[-1] in verbose.stderr  # the worker's whole log, on request
+    assert "Installing Python dependencies" in verbose.stderr and verbose.stdout == ""
+
+
+@NEEDS_REAL
+def test_deps_go_into_the_workers_own_tree_never_this_machines_python(
+    worker: PublishedWorker, published: LoopbackEndpoint
+) -> None:
+    """worker-flash installs with `uv pip install --system`: here that lands in the worker's
+    own interpreter tree, not in the machine's Python or the project's venv."""
+    cell = f"%%tetra --endpoint {published.url} --deps tomli-w\nimport tomli_w\n"
+    cell += "where = tomli_w.__file__"
+    runs = run_cells("%load_ext tetra_magic", cell, "where", env=kernel_env(published))
+    assert runs[1].error is None, runs[1].error
+    where = Path(runs[2].results[0].strip("'"))
+    assert worker.home in where.parents
+    probe = "import importlib.util as u; print(u.find_spec('tomli_w') is None)"
+    base = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    machines = [path for path in ("/usr/bin/python3",) if os.path.exists(path)]
+    for python in (sys.executable, base, *machines):
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == "True", python

@@ -16,7 +16,10 @@ def run_cell(spec, blobs):
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
     of what it bound or changed in place, the names it deleted and its last expression's value.
     What it displays goes out with its prints, through the display runtime. On the published
-    worker, also the cell's output, which it sent live as progress updates.
+    worker, also the cell's output, which it sent live as progress updates, and an exception
+    the cell raised, as "raised": that worker's own report of a failure puts its log records in
+    front of the cell's output (stderr and logging merged into stdout) and its own frames on
+    the traceback, so the cell's failure comes home in the result, as the cell showed it.
 
     Its --env variables, and the stand-ins for stdin, last for this cell only, however it ends:
     the same process runs later cells (other kernels' too, on the published worker)."""
@@ -26,11 +29,30 @@ def run_cell(spec, blobs):
         if live is None:
             return _run_cell(spec, blobs)
         with live:
-            out = _run_cell(spec, blobs)
+            try:
+                out = _run_cell(spec, blobs)
+            except Exception as exc:
+                out = {"raised": _raised(exc)}
         out["output"] = live.chunks
         return out
     finally:
         restore()
+
+
+def _raised(exc):
+    """The cell's exception as the notebook shows it: its type's name, and its traceback from
+    the cell's first frame on (the runtime's frames, and the worker's above them, cut)."""
+    import os
+    import traceback
+
+    runtime = run_cell.__code__.co_filename
+    machinery = os.path.dirname(traceback.__file__) + os.sep + "asyncio" + os.sep
+    frames = traceback.extract_tb(exc.__traceback__)
+    while frames and (frames[0].filename == runtime or frames[0].filename.startswith(machinery)):
+        frames.pop(0)
+    report = traceback.TracebackException.from_exception(exc)
+    report.stack = traceback.StackSummary.from_list(frames)
+    return {"type": type(exc).__name__, "traceback": "".join(report.format())}
 
 
 def _run_cell(spec, blobs):
@@ -1070,6 +1092,14 @@ class LiveOutput:
     That worker also knows nothing of the cell's --timeout (it is not a field of its request),
     so here the cell's thread is interrupted with a TimeoutError once it has run that long: the
     Python code stops there (a call stuck in C code only when it returns to Python).
+
+    Only the cell's own output is recorded. The runpod SDK in that process prints its log lines
+    (at its default level, DEBUG: one for every progress update sent) to whatever sys.stdout is
+    at the time, and so into the cell's output, which the next update would carry and the SDK
+    print again: those lines go to the process's own stdout, the worker's log, instead. And
+    the cell logs as it would at home: the worker's handlers on the root logger (which copy
+    every record into the response) are taken off while it runs, and the root logger is at
+    its default level, so `logging.warning("x")` prints "WARNING:root:x" to the cell's stderr.
     """
 
     PERIOD_S = 0.5
@@ -1127,8 +1157,9 @@ class LiveOutput:
         import threading
 
         self.saved = sys.stdout, sys.stderr
-        sys.stdout = _Tee(sys.stdout, "stdout", self)
-        sys.stderr = _Tee(sys.stderr, "stderr", self)
+        sys.stdout = _Tee(sys.stdout, "stdout", self, sys.__stdout__)
+        sys.stderr = _Tee(sys.stderr, "stderr", self, sys.__stderr__)
+        self.worker_logging = _logging_as_at_home()
         self.thread = threading.Thread(target=self._publish, daemon=True)
         self.thread.start()
         return self
@@ -1136,6 +1167,7 @@ class LiveOutput:
     def __exit__(self, *exc):
         import sys
 
+        self.worker_logging()
         sys.stdout, sys.stderr = self.saved
         self.stop.set()
         self.thread.join()
@@ -1189,15 +1221,50 @@ def _fixed_message(message):
     return __init__
 
 
-class _Tee:
-    """A text stream that writes through to `stream` and records what passes into `live`."""
+def _logging_as_at_home():
+    """Give the root logger the state a notebook kernel's has (no handlers, level WARNING);
+    returns what gives the worker back its own."""
+    import logging
 
-    def __init__(self, stream, kind, live):
-        self.stream, self.kind, self.live = stream, kind, live
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+    def restore():
+        for handler in root.handlers[:]:  # what the cell added (logging.basicConfig)
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+    return restore
+
+
+class _Tee:
+    """A text stream that writes through to `stream` and records what passes into `live`;
+    what the runpod SDK writes goes to `log` (the process's own stream) instead."""
+
+    def __init__(self, stream, kind, live, log):
+        self.stream, self.kind, self.live, self.log = stream, kind, live, log
 
     def write(self, text):
+        if _written_by_the_sdk():
+            return (self.log or self.stream).write(text)
         self.live.write(self.kind, text)
         return self.stream.write(text)
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
+
+
+def _written_by_the_sdk():
+    """Whether the code calling a stream's write (print's caller) is the runpod SDK's."""
+    import sys
+
+    try:
+        writer = sys._getframe(2).f_globals.get("__name__") or ""
+    except ValueError:  # written from C, with no Python caller
+        return False
+    return writer.partition(".")[0] == "runpod"

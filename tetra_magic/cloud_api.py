@@ -1,165 +1,212 @@
-"""RunPod's GraphQL API: the few operations provisioning needs, sent through the runpod SDK.
+"""RunPod's REST API v2: the few management operations provisioning needs, over httpx.
 
-The SDK is imported on first use (it costs ~2 s) and reads RUNPOD_API_BASE_URL on every call, so
-a loopback stand-in can take RunPod's place in tests. `runpod.api_key` is set from our own key
-lookup, because the SDK by itself only reads ~/.runpod/config.toml.
+RunPod retires its GraphQL API in early 2027 and manages endpoints over REST v2 since
+2026-08-18 (RunPod release notes); the runpod SDK 1.12 wraps only GraphQL, so this client follows
+RunPod's OpenAPI document itself (https://api.runpod.io/v2/openapi.json, pages under
+docs.runpod.io/api-reference-v2/; which shapes are confirmed and which assumed:
+../shared/runpod-rest-v2.md). The key travels in the `Authorization: Bearer` header only
+(`securitySchemes.bearerAuth`), never in a URL.
 
-The SDK's helpers are used where they fit: `get_endpoints` and `create_template`. Endpoints are
-saved with our own `saveEndpoint` mutation (RunPod's documented input fields), sent through the
-SDK's `run_graphql_query`, because `runpod.create_endpoint` (1.12.0) cannot set an endpoint's
-execution timeout or CPU instance types, nor update an endpoint, which deleting one needs
-(RunPod deletes only endpoints scaled to zero workers).
-
-Failures leave as `CloudError`, one sentence each. The SDK's own exceptions never escape: their
-tracebacks hold the request headers, and so the key, in local variables that IPython's verbose
-tracebacks would print.
+Failures leave as `CloudError`, one sentence each, with RunPod's own `detail` (errors are RFC
+9457 problem objects, `ErrorResponse`). A 429 is retried a few times, as long as RunPod asks
+to wait (its `RateLimit` header, or `Retry-After`), before the error says so.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+import time
+from typing import Any
+
+import httpx
 
 from tetra_magic.errors import TetraError
-from tetra_magic.options import ENV_NAME
 
-T = TypeVar("T")
-GRAPHQL_DEFAULT = "https://api.runpod.io"
-RUNPOD_REST = "https://api.runpod.ai/v2"
-
-_TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerless } } }"
-_ENDPOINT_SELECTION = (
-    "id name templateId gpuIds gpuCount idleTimeout workersMin workersMax scalerType scalerValue"
-)
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][\w.\-/:@]*$")
+REST_V2 = "https://api.runpod.io/v2"
+REST_V2_ENV = "RUNPOD_REST_BASE_URL"
+# The job API (`/run`, `/status` ...) stays on its own host; the runpod SDK's variable moves it.
+JOBS = "https://api.runpod.ai/v2"
+JOBS_ENV = "RUNPOD_ENDPOINT_BASE_URL"
+RETRIES_429 = 4
+MAX_WAIT_429 = 30.0
+# RunPod's refusal when max workers would pass the account's quota, as runpod-flash users see it
+# (docs, "Worker quota exceeded"); over REST v2 its status and shape are assumed.
+_QUOTA = re.compile(r"workers quota \((\d+)\)")
+_WAIT = re.compile(r"(?:\bt|reset)=(\d+(?:\.\d+)?)")
 
 
 class CloudError(TetraError):
-    """RunPod's API refused or could not be reached; the message says which and why."""
+    """RunPod's API refused or could not be reached; the message says which and why.
+    `status` is RunPod's HTTP status (None when there was no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-class Enum(str):
-    """A GraphQL enum value (written bare, unlike a string)."""
+class QuotaFull(CloudError):
+    """An endpoint's max workers would pass the account's worker quota (`limit`, when known)."""
+
+    def __init__(self, message: str, limit: int | None = None, status: int | None = None):
+        super().__init__(message, status)
+        self.limit = limit
 
 
-def graphql_value(value: Any) -> str:
-    """`value` as a GraphQL input literal; strings are escaped as JSON, which GraphQL reads."""
-    if isinstance(value, Enum):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(graphql_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {graphql_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no GraphQL literal for {type(value).__name__}")
-
-
-def check_template_inputs(image: str, env: dict[str, str]) -> None:
-    """The SDK writes template fields into its mutation unescaped: refuse what would break it."""
-    if not _IMAGE_NAME.match(image):
-        raise CloudError(f"worker image {image!r} is not a valid image reference")
-    for name in env:
-        if not ENV_NAME.match(name):
-            raise CloudError(f"worker env name {name!r} is not a valid variable name")
-
-
-class RunPodGraphQL:
-    """One account's view of RunPod's GraphQL API, through the runpod SDK."""
-
-    def __init__(self, key: str, source: str) -> None:
-        self.source = source
-        self._sdk = _runpod()
-        self._sdk.api_key = key
-
-    def endpoints(self) -> list[dict[str, Any]]:
-        """Every endpoint of the account (`myself { endpoints }`)."""
-        return self._call("list endpoints", self._sdk.get_endpoints) or []
-
-    def templates(self) -> list[dict[str, Any]]:
-        """Every template of the account (`myself { podTemplates }`)."""
-        data = self._query("list templates", _TEMPLATES_QUERY)
-        return data["myself"]["podTemplates"] or []
-
-    def create_template(self, name: str, image: str, env: dict[str, str], disk_gb: int) -> str:
-        """A serverless template for `image`; its id."""
-        check_template_inputs(image, env)
-        escaped = {key: json.dumps(value)[1:-1] for key, value in env.items()}
-        template = self._call(
-            "create a template",
-            self._sdk.create_template,
-            name=name,
-            image_name=image,
-            container_disk_in_gb=disk_gb,
-            env=escaped,
-            is_serverless=True,
-        )
-        return template["id"]
-
-    def save_endpoint(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Create an endpoint, or update one when `fields` has its id (`saveEndpoint`)."""
-        literal = graphql_value(fields)
-        query = f"mutation {{ saveEndpoint(input: {literal}) {{ {_ENDPOINT_SELECTION} }} }}"
-        return self._query("save an endpoint", query)["saveEndpoint"]
-
-    def delete_endpoint(self, endpoint_id: str) -> None:
-        """Delete an endpoint (RunPod requires it scaled to zero workers first)."""
-        query = f"mutation {{ deleteEndpoint(id: {graphql_value(endpoint_id)}) }}"
-        self._query("delete an endpoint", query)
-
-    def _query(self, what: str, query: str) -> dict[str, Any]:
-        from runpod.api.graphql import run_graphql_query
-
-        return self._call(what, run_graphql_query, query)["data"]
-
-    def _call(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        error = self._attempt(function, args, kwargs)
-        if isinstance(error, CloudError):
-            raise CloudError(f"could not {what} on RunPod: {error}") from None
-        return error
-
-    def _attempt(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """The call's result, or a CloudError standing for its failure (returned, not raised,
-        so that no SDK frame stays attached to what the user sees)."""
-        import requests
-        from runpod import error as sdk_error
-
-        try:
-            return function(*args, **kwargs)
-        except sdk_error.AuthenticationError:
-            return CloudError(f"RunPod rejected the API key (401); it was read from {self.source}")
-        except sdk_error.QueryError as exc:
-            return CloudError(f"RunPod answered: {exc.message}")
-        except requests.RequestException as exc:
-            return CloudError(f"{api_base()} could not be reached ({type(exc).__name__})")
-        except (ValueError, KeyError, TypeError) as exc:
-            return CloudError(f"{api_base()} gave an unexpected answer ({type(exc).__name__})")
-
-
-def api_base() -> str:
-    """Where the SDK sends GraphQL (it reads this variable on every call)."""
-    return os.environ.get("RUNPOD_API_BASE_URL", GRAPHQL_DEFAULT)
+def rest_v2_base() -> str:
+    """RunPod's REST API v2 base; RUNPOD_REST_BASE_URL moves it (proxies, tests)."""
+    return os.environ.get(REST_V2_ENV, REST_V2).rstrip("/")
 
 
 def rest_base() -> str:
-    """RunPod's serverless REST base; the runpod SDK's variable moves it (tests, proxies)."""
-    return os.environ.get("RUNPOD_ENDPOINT_BASE_URL", RUNPOD_REST).rstrip("/")
+    """RunPod's serverless job API base; the runpod SDK's variable moves it (tests, proxies)."""
+    return os.environ.get(JOBS_ENV, JOBS).rstrip("/")
 
 
-def _runpod() -> Any:
-    """The runpod SDK, imported without its side effect on logging: on import it calls
-    `logging.basicConfig(level=INFO)`, which would print every library's INFO log (each httpx
-    request of the magic, for one) into the notebook's cells."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    import runpod
+class RunPodRest:
+    """One account's serverless endpoints and limits, through RunPod's REST API v2. A context
+    manager: the connection closes at the end."""
 
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    return runpod
+    def __init__(self, key: str, source: str, transport: httpx.BaseTransport | None = None):
+        self.source = source
+        self._key = key
+        self._http = httpx.Client(
+            base_url=rest_v2_base(),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            transport=transport,
+        )
+
+    def __enter__(self) -> RunPodRest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Every serverless endpoint of the account (listEndpoints, `{"endpoints": [...]}`)."""
+        listing = self._call("list endpoints", "GET", "/serverless").get("endpoints")
+        if not isinstance(listing, list):
+            raise CloudError(f"could not list endpoints on RunPod: {self._odd()}")
+        return [e for e in listing if isinstance(e, dict)]
+
+    def endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """One endpoint as RunPod has it now (getEndpoint); CloudError with status 404 if gone."""
+        return self._call(f"read endpoint {endpoint_id}", "GET", f"/serverless/{endpoint_id}")
+
+    def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an endpoint (createEndpoint, 201); the Endpoint RunPod made."""
+        return self._call(f"create endpoint {body['name']}", "POST", "/serverless", json=body)
+
+    def update_endpoint(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Change the fields in `body` (updateEndpoint, PATCH: only fields present change)."""
+        what = f"update endpoint {endpoint_id}"
+        return self._call(what, "PATCH", f"/serverless/{endpoint_id}", json=body)
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Delete an endpoint (deleteEndpoint, 204): its workers and queued jobs go with it; no
+        scale-down first, unlike GraphQL."""
+        self._call(f"delete endpoint {endpoint_id}", "DELETE", f"/serverless/{endpoint_id}")
+
+    def worker_limit(self) -> int | None:
+        """The account's worker quota, `serverlessWorkers` of "Get account limits" (docs page
+        api-reference-v2/account/get-account-limits). Its path, GET /v2/account/limits, and the
+        object's fields are assumed, so it is read defensively: None when it cannot be read
+        (then RunPod's own refusal is the check)."""
+        try:
+            limits = self._call("read the account's limits", "GET", "/account/limits")
+        except CloudError:
+            return None
+        workers = limits.get("serverlessWorkers")
+        if isinstance(workers, dict):
+            workers = next((workers[k] for k in ("limit", "max", "quota") if k in workers), None)
+        return workers if isinstance(workers, int) and not isinstance(workers, bool) else None
+
+    def _call(self, what: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """RunPod's JSON answer ({} for none); CloudError, naming `what`, for a failure."""
+        waited = 0.0
+        for attempt in range(RETRIES_429 + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                reason = f"{rest_v2_base()} could not be reached ({type(exc).__name__})"
+                raise CloudError(f"could not {what} on RunPod: {reason}") from None
+            if response.status_code != 429 or attempt == RETRIES_429:
+                break
+            pause = _wait_429(response, attempt)
+            time.sleep(pause)
+            waited += pause
+        if response.status_code == 429:
+            raise CloudError(
+                f"could not {what} on RunPod: RunPod kept answering 429 (too many requests) for"
+                f" {waited:.0f} s over {RETRIES_429 + 1} tries; wait a minute and run it again",
+                429,
+            )
+        if response.is_success:
+            return self._json(response, what)
+        raise self._failure(response, what)
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        if not response.content:
+            return {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise CloudError(f"could not {what} on RunPod: {self._odd()}", response.status_code)
+        return answer
+
+    def _failure(self, response: httpx.Response, what: str) -> CloudError:
+        """The error for a refusal: RunPod's problem `detail` (and its `errors`) in a sentence."""
+        status, detail = response.status_code, self._scrub(_detail(response))
+        if status == 401:
+            reason = f"RunPod rejected the API key (401); it was read from {self.source}"
+        elif status == 403:
+            reason = (
+                f"the API key may not do this (403: {detail}); it was read from {self.source}."
+                " Give the key read/write access to Serverless in RunPod's console"
+            )
+        else:
+            reason = f"RunPod answered {status}: {detail}"
+        message = f"could not {what} on RunPod: {reason}"
+        quota = _QUOTA.search(detail)
+        if quota:
+            return QuotaFull(message, int(quota[1]), status)
+        return CloudError(message, status)
+
+    def _scrub(self, text: str) -> str:
+        """Whatever RunPod echoes back, never the key."""
+        return text.replace(self._key, "<RunPod API key>") if self._key else text
+
+    @staticmethod
+    def _odd() -> str:
+        return f"{rest_v2_base()} gave an answer that is not RunPod's REST API v2"
+
+
+def _detail(response: httpx.Response) -> str:
+    """A problem object's `detail` (else its `title`), with its `errors` list; else the start of
+    a body that is no problem object (a proxy's page)."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        text = " ".join(response.text.split())[:200]
+        return text or response.reason_phrase
+    detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
+    errors = problem.get("errors")
+    if isinstance(errors, list) and errors:
+        detail += " (" + "; ".join(str(e) for e in errors[:5]) + ")"
+    return detail
+
+
+def _wait_429(response: httpx.Response, attempt: int) -> float:
+    """Seconds to wait before asking again: what RunPod's `Retry-After` or `RateLimit` header
+    (t= / reset=) says, else 1, 2, 4 ... s; at most MAX_WAIT_429."""
+    told = response.headers.get("Retry-After") or ""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", told) or _WAIT.search(
+        response.headers.get("RateLimit", "")
+    )
+    seconds = float(found[1]) if found else 2.0**attempt
+    return min(max(seconds, 0.1), MAX_WAIT_429)

@@ -5,12 +5,16 @@ The line magic hands its commands here; they print for the user and return nothi
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from IPython.core.error import UsageError
 
-from tetra_magic import provision
+from tetra_magic import endpoint_use, provision
 from tetra_magic.credentials import ApiKey, api_key
 from tetra_magic.errors import TetraError
 from tetra_magic.local.launcher import ensure_running
+from tetra_magic.quota import Quota
 
 
 def run(command: str, rest: str) -> None:
@@ -18,9 +22,50 @@ def run(command: str, rest: str) -> None:
     if command == "local":
         print(f"local endpoint: {ensure_running().base_url}")
     elif command == "endpoints":
-        print(provision.endpoint_table(provision.our_endpoints(*_credentials())))
+        print(endpoint_table(*provision.our_endpoints(*_credentials())))
     else:
         _delete(rest)
+
+
+def endpoint_table(endpoints: list[dict[str, Any]], quota: Quota) -> str:
+    """`%tetra endpoints`: one line per endpoint of ours (max workers first: RunPod lowers it
+    on idle endpoints, and the quota is their sum), then the worker quota in use."""
+    if not endpoints:
+        return f"no tetra-magic endpoints on this RunPod account\n{quota.line()}"
+    rows = [("NAME", "ID", "HARDWARE", "MAX WORKERS", "MIN", "IDLE", "LAST USE", "IMAGE")]
+    for e in endpoints:
+        workers = e.get("workers") or {}
+        rows.append(
+            (
+                e["name"],
+                e["id"],
+                _hardware(e),
+                str(workers.get("max", "?")),
+                str(workers.get("min", "?")),
+                f"{workers.get('idleTimeout', '?')} s",
+                _last_use(e["id"]),
+                str(e.get("image") or "?"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]) for row in rows]
+    note = "LAST USE: this machine's last cell on it"
+    return "\n".join([*lines, quota.line(), note])
+
+
+def _hardware(endpoint: dict[str, Any]) -> str:
+    """GPU pools (less excluded types), or CPU flavors, as REST v2 reports them."""
+    gpu = endpoint.get("gpu")
+    if isinstance(gpu, dict):
+        excluded = "".join(f" -{t}" for t in gpu.get("excludedTypes") or [])
+        return ",".join(gpu.get("pools") or []) + excluded
+    flavors = [c.get("id", "?") for c in endpoint.get("cpu") or [] if isinstance(c, dict)]
+    return "cpu " + ",".join(flavors)
+
+
+def _last_use(endpoint_id: str) -> str:
+    when = endpoint_use.last_used(endpoint_id)
+    return "-" if when is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
 
 
 def _delete(name: str) -> None:

@@ -15,7 +15,7 @@ import json
 import linecache
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Labeler = Callable[[str], "str | None"]
@@ -196,3 +196,53 @@ def endpoint_error_text(error: Any) -> str:
         message = error.get("error_message") or error.get("message") or ""
         return ": ".join(part for part in (kind, message) if part) or json.dumps(error)[:300]
     return str(error)
+
+
+_CAUSE = re.compile(r"^(?:cause:|caused by:|[╰├]─▶)\s*", re.IGNORECASE)
+
+
+def installer_reason(text: str) -> str | None:
+    """The installer's own reason in a worker's failure text, on one line: uv's error line and
+    the causes under it ("No solution found when resolving dependencies: Because x was not
+    found in the package registry ..."); None where the text holds no uv error."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("error:")), None)
+    if start is None:
+        return None
+    parts = [lines[start].lstrip()[len("error:") :].strip()]
+    for line in lines[start + 1 :]:
+        if not line[:1].isspace():
+            break
+        cause = _CAUSE.match(line.strip())
+        if cause:
+            parts.append(line.strip()[cause.end() :])
+        elif line.strip()[:1].isalpha() and len(parts) > 1:
+            parts[-1] += " " + line.strip()  # a long cause wrapped onto the next line
+    return ": ".join(part.rstrip(":").strip() for part in parts if part.strip())
+
+
+def _named(specs: Sequence[str], reason: str) -> list[str]:
+    """The requested packages the installer's reason names (all of them if it names none)."""
+    said = re.sub(r"[-_.]+", "-", reason.lower())
+    named = [s for s in specs if re.sub(r"[-_.]+", "-", _project(s).lower()) in said]
+    return named or list(specs)
+
+
+def _project(spec: str) -> str:
+    return re.split(r"[\s\[<>=!~;@(]", spec.strip(), maxsplit=1)[0]
+
+
+def worker_failure(text: str | None, dependencies: Sequence[str]) -> str:
+    """One sentence for a failure the published worker reports before the cell ran: with
+    `dependencies` requested and an installer error in `text`, which packages did not install
+    and the installer's own reason; otherwise the worker's first line."""
+    text = (text or "").strip()
+    reason = installer_reason(text) if dependencies else None
+    if reason is not None:
+        named = ", ".join(_named(dependencies, reason))
+        return f"{named} could not be installed on the worker, so the cell did not run: {reason}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if dependencies:
+        named = ", ".join(dependencies)
+        return f"installing {named} failed on the worker, so the cell did not run: {first}"
+    return f"the worker failed before running the cell: {first or 'it gave no reason'}"

@@ -1,5 +1,12 @@
-"""GPU names as users type them, mapped to RunPod's GPU pool ids; and the CPU instance types a
-`--cpu` endpoint asks for."""
+"""GPU names as users type them, mapped to RunPod's GPU pools; the exact GPU types in each pool;
+and the CPU instance types a `--cpu` endpoint asks for.
+
+RunPod's REST API v2 takes pools, not types (`gpu.pools`, createEndpoint in
+https://api.runpod.io/v2/openapi.json): an exact type is its pool with the pool's other types
+in `gpu.excludedTypes`. Which types make up which pool is RunPod's `GpuGroup` table as its own
+client publishes it (runpod-flash 1.21.0, `runpod_flash/core/resources/gpu.py`: the pools'
+docstrings, which list every type, where its `POOLS_TO_TYPES` omits some).
+"""
 
 from __future__ import annotations
 
@@ -25,10 +32,30 @@ POOLS: dict[str, str] = {
     "a4500": "AMPERE_16",
 }
 ALL_POOLS = tuple(dict.fromkeys(POOLS.values()))
-# CPU serverless instance types ({generation}{g: general, c: compute}-{vCPUs}-{GB RAM}), in the
-# order RunPod should try them: 4 vCPUs is enough to install packages and run a cell briskly.
+# The GPU type ids in each pool (runpod-flash 1.21.0, GpuGroup; see the module's docstring).
+POOL_TYPES: dict[str, tuple[str, ...]] = {
+    "ADA_24": ("NVIDIA GeForce RTX 4090",),
+    "ADA_32_PRO": ("NVIDIA GeForce RTX 5090",),
+    "ADA_48_PRO": ("NVIDIA RTX 6000 Ada Generation", "NVIDIA L40", "NVIDIA L40S"),
+    "ADA_80_PRO": ("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL"),
+    "AMPERE_16": (
+        "NVIDIA RTX A4000",
+        "NVIDIA RTX A4500",
+        "NVIDIA RTX 4000 Ada Generation",
+        "NVIDIA RTX 2000 Ada Generation",
+    ),
+    "AMPERE_24": ("NVIDIA RTX A5000", "NVIDIA L4", "NVIDIA GeForce RTX 3090"),
+    "AMPERE_48": ("NVIDIA A40", "NVIDIA RTX A6000"),
+    "AMPERE_80": ("NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"),
+    "HOPPER_141": ("NVIDIA H200",),
+    "BLACKWELL_180": ("NVIDIA B200",),
+}
+# Exact type id, lower-case -> (its pool, the id as RunPod spells it).
+_TYPES = {t.lower(): (pool, t) for pool, types in POOL_TYPES.items() for t in types}
+# CPU serverless instance types ({flavor}-{vCPUs}-{GB RAM}), in the order RunPod should try
+# them: 4 vCPUs is enough to install packages and run a cell briskly. REST v2 asks for the
+# flavor and the vCPU count (`cpu: [{id, vcpuCount}]`); RunPod sizes the memory.
 CPU_INSTANCES = ("cpu3c-4-8", "cpu5c-4-16", "cpu3g-4-8", "cpu5g-4-16")
-# Exact GPU type names (e.g. "NVIDIA A100-SXM4-80GB") are RunPod gpu ids as they stand.
 _EXACT_PREFIXES = ("nvidia ", "amd ")
 
 
@@ -38,7 +65,8 @@ def known_names() -> str:
 
 
 def gpu_ids(names: list[str]) -> list[str]:
-    """RunPod gpu ids for `names` (pools or exact types), in order, without repeats."""
+    """RunPod ids for `names` (pools, or exact types as RunPod spells them), in order, without
+    repeats. UsageError for a name that is neither."""
     ids: list[str] = []
     for raw in names:
         name = " ".join(raw.replace("_", " ").split())
@@ -47,16 +75,46 @@ def gpu_ids(names: list[str]) -> list[str]:
             ids.extend(ALL_POOLS)
         elif key in POOLS:
             ids.append(POOLS[key])
-        elif key.upper() in ALL_POOLS:
+        elif key.upper() in POOL_TYPES:
             ids.append(key.upper())
-        elif key.startswith(_EXACT_PREFIXES):
-            ids.append(name)
+        elif key in _TYPES:
+            ids.append(_TYPES[key][1])
         else:
-            raise UsageError(
-                f"--gpu: unknown GPU {raw!r}. Known names: {known_names()};"
-                ' or an exact RunPod GPU type such as "NVIDIA A100-SXM4-80GB".'
-            )
+            raise UsageError(_unknown(raw, key))
     return list(dict.fromkeys(ids))
+
+
+def _unknown(raw: str, key: str) -> str:
+    if key.startswith(_EXACT_PREFIXES):
+        return (
+            f"--gpu: {raw!r} is not a GPU type of RunPod's serverless pools. Exact types:"
+            f" {', '.join(_TYPES[t][1] for t in _TYPES)}; or a name such as A100."
+        )
+    return (
+        f"--gpu: unknown GPU {raw!r}. Known names: {known_names()};"
+        ' or an exact RunPod GPU type such as "NVIDIA A100-SXM4-80GB".'
+    )
+
+
+def pools_and_exclusions(ids: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """(`gpu.pools`, `gpu.excludedTypes`) for gpu ids from `gpu_ids`: a pool asked for whole
+    gives all its types; one reached only through exact types excludes its other types."""
+    whole = [i for i in ids if i in POOL_TYPES]
+    chosen = {i for i in ids if i not in POOL_TYPES}
+    pools = list(dict.fromkeys(i if i in POOL_TYPES else _TYPES[i.lower()][0] for i in ids))
+    excluded = [
+        t for pool in pools if pool not in whole for t in POOL_TYPES[pool] if t not in chosen
+    ]
+    return pools, excluded
+
+
+def cpu_flavors(instances: tuple[str, ...]) -> list[dict[str, object]]:
+    """REST v2's `cpu` list for instance types such as "cpu3c-4-8": [{id, vcpuCount}]."""
+    flavors = []
+    for instance in instances:
+        flavor, vcpus, _memory = instance.split("-")
+        flavors.append({"id": flavor, "vcpuCount": int(vcpus)})
+    return flavors
 
 
 def label(names: tuple[str, ...] | list[str]) -> str:

@@ -89,7 +89,13 @@ class Job(JobRecord):
         try:
             client = self._submit(client)
             target = client.endpoint
-            watch = QueueWatch(self._opts.queue_timeout, target.image, target.gpus, target.billed)
+            watch = QueueWatch(
+                self._opts.queue_timeout,
+                target.image,
+                target.gpus,
+                target.billed,
+                recheck=targets.rechecker(target),
+            )
             deadline = time.monotonic() + self._opts.timeout + CLIENT_GRACE
             self.followed = follow(client, self.id or "", _Watched(self), deadline, watch)
         except BaseException as exc:
@@ -170,7 +176,8 @@ class Job(JobRecord):
         if self.followed is None:
             raise JobFailed(f"job {self.id} did not end: {self.error}")
         try:
-            return outcome.check(self.followed, label, user_ns)
+            deps = [*(self._opts.dependencies or ()), *(self._opts.system_dependencies or ())]
+            return outcome.check(self.followed, label, user_ns, deps)
         except BaseException as exc:
             self.error = str(exc)
             raise

@@ -14,12 +14,21 @@ import builtins
 import contextlib
 import importlib
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tetra_magic.cell_runtime import MainNames, VersionMismatch, exception_note
-from tetra_magic.errors import JobFailed, Labeler, clean_detail, endpoint_error_text, remote_error
+from tetra_magic.errors import (
+    JobFailed,
+    Labeler,
+    clean_detail,
+    endpoint_error_text,
+    remote_error,
+    worker_failure,
+)
 from tetra_magic.follow import Followed
+from tetra_magic.progress import before_the_cell
 from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
@@ -46,10 +55,15 @@ class CellResult:
 
 
 def check(
-    followed: Followed, label: Labeler, user_ns: dict[str, Any] | None = None
+    followed: Followed,
+    label: Labeler,
+    user_ns: dict[str, Any] | None = None,
+    dependencies: Sequence[str] = (),
 ) -> FunctionResponse:
     """The worker's response for a COMPLETED job; the job's failure as an exception otherwise:
-    for a cell that raised, the user's own exception as the notebook knows its class."""
+    for a cell that raised, the user's own exception as the notebook knows its class; for the
+    published worker's own failure, before the cell ran, one sentence (naming the cell's
+    `dependencies` that did not install, in the installer's words)."""
     response = followed.response
     job = f"job {followed.job_id}"
     if followed.status == "TIMED_OUT":
@@ -60,6 +74,8 @@ def check(
         error = followed.document.get("error") or "the worker sent no response"
         raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
     if not response.success:
+        if before_the_cell(response):
+            raise JobFailed(worker_failure(response.error or response.result, dependencies))
         if response.failure in (None, "exception"):
             text, packed = exception_note(response.error or "")
             raise remote_error(response.error_type, text, label, _raised(packed, user_ns))

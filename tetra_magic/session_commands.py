@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import session_requests, sessions
+from tetra_magic import session_requests, sessions, targets
 from tetra_magic.errors import cell_labeler
 from tetra_magic.options import session_name
 
@@ -28,9 +28,7 @@ def run_command(magic: Any, command: str, rest: str) -> None:
         _pull(magic.shell.user_ns, words, magic.session)
     elif command == "end":
         for name in _names(command, words):
-            freed = session_requests.end(_session(name))
-            held = f"; it held {', '.join(freed)}" if freed else ""
-            print(f"tetra: session {name} ended{held}")
+            _end(name)
     else:
         force = "--force" in words
         for name in _names(command, [word for word in words if word != "--force"]):
@@ -41,6 +39,25 @@ def run_command(magic: Any, command: str, rest: str) -> None:
                     " anyway (its cells run again, side effects included)"
                 )
             session_requests.replay(session, cell_labeler(magic.shell))
+
+
+def _end(name: str) -> None:
+    """End the session on its worker, then hand its RunPod endpoint's worker back: max workers
+    0 (RunPod would keep the idle worker, billed, for its idle timeout, and the endpoint's
+    share of the account's worker quota); the session's next cell raises it again."""
+    session = _session(name)
+    opts, endpoint_id = session.opts, session.endpoint
+    try:
+        freed = session_requests.end(session)
+        held = f"; it held {', '.join(freed)}" if freed else ""
+        print(f"tetra: session {name} ended{held}")
+    finally:  # a session whose worker is gone still holds its endpoint's worker quota
+        parked = targets.park(opts, endpoint_id) if opts is not None and endpoint_id else None
+        if parked:
+            print(
+                f"tetra: {parked} set to 0 max workers: its worker stops and its share of the"
+                " worker quota is free; the session's next cell raises it again"
+            )
 
 
 def _default(magic: Any, words: list[str]) -> None:

@@ -4,20 +4,24 @@ Nothing past this module knows which it is talking to: both are an `Endpoint` fo
 REST client, differing only in base URL, credentials and limits.
 
 The key is credentials.api_key()'s; an endpoint this module does not name itself comes from
-provision, which depends on nothing here.
+provision, which depends on nothing here. What RunPod changed of an endpoint a job waits on is
+looked at through `rechecker` (waiting.py calls it), and `%tetra end` hands a session's
+endpoint back through `park`.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from tetra_magic import provision
 from tetra_magic.client import Endpoint
-from tetra_magic.cloud_api import rest_base
+from tetra_magic.cloud_api import CloudError, QuotaFull, rest_base
 from tetra_magic.credentials import KEY_ENV, api_key
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
+from tetra_magic.waiting import QueueGaveUp
 
 _told_local = False
 
@@ -72,6 +76,34 @@ def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
         return None
     provision.forget(gone.endpoint_id)
     return resolve(options)
+
+
+def rechecker(endpoint: Endpoint) -> Callable[[], str | None] | None:
+    """For a RunPod endpoint (ours or `--endpoint ID`), what a job's wait calls when no worker
+    at all shows up: a note when RunPod had scaled it down and it was raised back; QueueGaveUp
+    when it stays at 0 max workers; None when RunPod cannot be asked (the queue timeout still
+    holds). None for endpoints that are not on RunPod."""
+    if not endpoint.billed:
+        return None
+
+    def recheck() -> str | None:
+        try:
+            return provision.recheck(endpoint.endpoint_id, endpoint.api_key, endpoint.key_source)
+        except (provision.NoWorkers, QuotaFull) as exc:
+            raise QueueGaveUp(str(exc)) from None
+        except CloudError:
+            return None
+
+    return recheck
+
+
+def park(options: CellOptions, endpoint_id: str) -> str | None:
+    """`%tetra end`: a session's own RunPod endpoint set to 0 max workers; its name. None for a
+    session on the local endpoint or on an endpoint of the user's (`--endpoint`)."""
+    key, source = api_key()
+    if options.local or options.endpoint or key is None:
+        return None
+    return provision.park(options, endpoint_id, key, source)
 
 
 def _say_local_once(problem: str) -> None:

@@ -8,10 +8,17 @@ and scales down an endpoint that keeps producing them). `QueueWatch` turns those
 sentence when the situation changes, and ends the wait (the caller cancels the job) when the
 workers keep failing or the cell has waited `queue_timeout` seconds: never an unbounded silent
 wait.
+
+No worker at all (none idle, starting, throttled or failing) while a job waits looks wrong: an
+endpoint whose max workers RunPod lowered to 0 (after 7 idle days: docs, endpoint
+configurations, "Idle endpoint scale-down") looks exactly so, and stays so. Then the watch asks
+RunPod once what the endpoint is now (`recheck`, from targets.py): one of ours is raised back
+and the note says so, one at 0 that is not ours ends the wait at once, naming why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tetra_magic.errors import JobFailed
@@ -24,6 +31,7 @@ STARTING_NOTE_AFTER_S = 5.0
 UNHEALTHY_LIMIT = 3
 UNHEALTHY_GIVE_UP_S = 120.0
 _UP = ("idle", "ready", "running")
+_ANY = (*_UP, "initializing", "throttled", "unhealthy")
 
 
 class QueueGaveUp(JobFailed):
@@ -34,7 +42,9 @@ class QueueGaveUp(JobFailed):
 class QueueWatch:
     """Follows one job's time in the queue. `timeout` is TetraMagic.queue_timeout (s); `image`
     and `gpus` name what the endpoint runs ("" and () where unknown), for messages;
-    `cold_starts`: its workers start by pulling an image (RunPod), which is worth explaining."""
+    `cold_starts`: its workers start by pulling an image (RunPod), which is worth explaining;
+    `recheck`: asks RunPod what it changed of the endpoint (a note, or QueueGaveUp), where it
+    can be asked."""
 
     timeout: float
     image: str = ""
@@ -43,6 +53,7 @@ class QueueWatch:
     waited: float = 0.0
     unhealthy_for: float = 0.0
     told: set[str] = field(default_factory=set)
+    recheck: Callable[[], str | None] | None = None
 
     def tick(self, seconds: float) -> None:
         """Count `seconds` more in the queue; QueueGaveUp past the timeout."""
@@ -61,8 +72,12 @@ class QueueWatch:
 
     def read(self, health: dict, since_last: float) -> str | None:
         """What to tell the user about this `/health` answer: a sentence the first time a
-        situation is seen, else None. QueueGaveUp when the workers keep failing to start."""
+        situation is seen, else None. QueueGaveUp when the workers keep failing to start, or
+        the endpoint has no worker and stays at 0 max workers."""
         workers = health.get("workers") or {}
+        if not any(int(workers.get(k) or 0) for k in _ANY):
+            self.unhealthy_for = 0.0
+            return self._no_workers()
         count = {k: int(workers.get(k) or 0) for k in ("initializing", "throttled", "unhealthy")}
         if any(int(workers.get(k) or 0) for k in _UP):
             self.unhealthy_for = 0.0
@@ -91,6 +106,13 @@ class QueueWatch:
                 f"a worker is starting: its first start pulls {image} and can take several minutes",
             )
         return None
+
+    def _no_workers(self) -> str | None:
+        """No worker in any state: ask RunPod about the endpoint, once per wait."""
+        if self.recheck is None or "no workers" in self.told:
+            return None
+        self.told.add("no workers")
+        return self.recheck()
 
     def _once(self, situation: str, text: str) -> str | None:
         if situation in self.told:

@@ -161,3 +161,28 @@ def test_ending_a_session_hands_its_worker_back_and_its_next_cell_raises_it(
     )
     idle = {"min": 0, "idleTimeout": 600}
     assert updates(fake) == [{"workers": {**idle, "max": 0}}, {"workers": {**idle, "max": 1}}]
+
+
+def test_raising_back_keeps_what_the_user_changed_in_the_console(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    """The idle timeout set by hand on RunPod's console survives the raise: only max workers
+    is put back."""
+
+    def console_then_scale_down() -> None:
+        (ours,) = (i for i, e in fake.endpoints.items() if e["name"].startswith("tetra-magic-"))
+        fake.endpoints[ours]["workers"]["idleTimeout"] = 77
+        fake.scale_down(ours, 0)
+
+    first, middle, second = run_cloud(
+        fake,
+        tmp_path,
+        "%%tetra --gpu A100\n1 + 1",
+        in_step_with(tmp_path, console_then_scale_down),
+        "%%tetra --gpu A100\n2 + 2",
+    )
+    ok(first), ok(middle)
+    assert ok(second).results == ["4"]
+    assert updates(fake) == [{"workers": {"min": 0, "max": 3, "idleTimeout": 77}}]
+    (ours,) = (e for e in fake.endpoints.values() if e["name"].startswith("tetra-magic-"))
+    assert ours["workers"] == {"min": 0, "max": 3, "idleTimeout": 77}

@@ -25,6 +25,11 @@ def test_gpu_names_map_to_runpod_pools(magic: TetraMagic) -> None:
     assert opts.gpu_ids == ("AMPERE_80", "ADA_80_PRO", "ADA_24", "HOPPER_141")
 
 
+def test_pool_ids_are_taken_as_they_are() -> None:
+    """README: a RunPod pool id such as AMPERE_80 is a --gpu value of its own."""
+    assert gpu_ids(["AMPERE_80", "ada_24", "HOPPER_141"]) == ["AMPERE_80", "ADA_24", "HOPPER_141"]
+
+
 def test_exact_gpu_type_names_pass_through() -> None:
     assert gpu_ids(["NVIDIA A100-SXM4-80GB", "6000 Ada"]) == ["NVIDIA A100-SXM4-80GB", "ADA_48_PRO"]
 

@@ -570,3 +570,20 @@ def test_deps_go_into_the_workers_own_tree_never_this_machines_python(
     for python in (sys.executable, base, *machines):
         done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
         assert done.stdout.strip() == "True", python
+
+
+EXITS = "%%tetra {target}\nimport sys\nprint('about to exit')\nsys.exit('bye')"
+
+
+def test_sys_exit_ends_the_cell_at_once_and_the_worker_lives(
+    published: LoopbackEndpoint,
+) -> None:
+    """At home sys.exit() in a cell ends that cell with SystemExit and the kernel goes on; on
+    the published worker it must not end the worker's process (and with it the job that
+    would report it: the cell would wait forever)."""
+    [(remote, home), (after, _)] = remote_and_home(published, EXITS, "%%tetra {target}\n1 + 1")
+    assert remote.stdout == home.stdout == "about to exit\n"
+    assert remote.error is not None and home.error is not None
+    assert (remote.error["ename"], remote.error["evalue"]) == ("SystemExit", "bye")
+    assert (home.error["ename"], home.error["evalue"]) == ("SystemExit", "bye")
+    assert after.error is None and after.results == ["2"]

@@ -31,7 +31,8 @@ def run_cell(spec, blobs):
         with live:
             try:
                 out = _run_cell(spec, blobs)
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                # sys.exit() too: raised on, it would end that worker's process (and the job)
                 out = {"raised": _raised(exc)}
         out["output"] = live.chunks
         return out

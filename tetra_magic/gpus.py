@@ -75,8 +75,8 @@ def gpu_ids(names: list[str]) -> list[str]:
             ids.extend(ALL_POOLS)
         elif key in POOLS:
             ids.append(POOLS[key])
-        elif key.upper() in POOL_TYPES:
-            ids.append(key.upper())
+        elif raw.strip().upper() in POOL_TYPES:  # a pool id, whose "_" is part of it
+            ids.append(raw.strip().upper())
         elif key in _TYPES:
             ids.append(_TYPES[key][1])
         else:

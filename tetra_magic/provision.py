@@ -160,10 +160,9 @@ class EndpointSpec:
     def name(self) -> str:
         return f"{PREFIX}{self.label}-{self.digest}"
 
-    def workers(self, workers_max: int | None = None) -> dict[str, int]:
+    def workers(self) -> dict[str, int]:
         """REST v2's `workers` object: {min, max, idleTimeout}."""
-        most = self.workers_max if workers_max is None else workers_max
-        return {"min": self.workers_min, "max": most, "idleTimeout": self.idle_timeout}
+        return {"min": self.workers_min, "max": self.workers_max, "idleTimeout": self.idle_timeout}
 
     def hardware(self) -> dict[str, Any]:
         """REST v2's `gpu` (pools, count, excludedTypes) or `cpu` (flavors): one of the two."""
@@ -338,7 +337,7 @@ def _reconcile(
     if before is not None and before < spec.workers_max:
         listing = listing if listing is not None else api.endpoints()
         action = f"raising {spec.name} back to {spec.workers_max} max workers"
-        body = {"workers": spec.workers()}
+        body = {"workers": _only_max(found, spec.workers_max)}
         _within_quota(
             api,
             listing,
@@ -353,6 +352,19 @@ def _reconcile(
             f" run on it as it is (`%tetra delete {spec.name}`, and the next cell makes it anew)"
         )
     return notes
+
+
+def _only_max(found: dict[str, Any], most: int) -> dict[str, Any]:
+    """The endpoint's `workers` as RunPod has them with only max changed: PATCH replaces the
+    object, and what else the user changed in the console (idle timeout, min workers) stays,
+    min kept at most max."""
+    workers = found.get("workers") or {}
+    least = workers.get("min")
+    return {
+        **workers,
+        "max": most,
+        **({"min": most} if isinstance(least, int) and least > most else {}),
+    }
 
 
 def _raised(spec: EndpointSpec, endpoint_id: str, before: int) -> str:
@@ -413,7 +425,7 @@ def park(options: CellOptions, endpoint_id: str, key: str, source: str) -> str:
     anew). Returns the endpoint's name."""
     spec = spec_for(options, options.worker)
     with RunPodRest(key, source) as api:
-        api.update_endpoint(endpoint_id, {"workers": spec.workers(0)})
+        api.update_endpoint(endpoint_id, {"workers": _only_max(api.endpoint(endpoint_id), 0)})
     _checked.discard(endpoint_id)
     endpoint_use.ended(endpoint_id, spec.session)
     return spec.name

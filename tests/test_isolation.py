@@ -18,7 +18,9 @@ from kernels import LiveKernel, as_local, environ, private_local_endpoint, run_c
 from test_published_worker import LoopbackEndpoint, kernel_env
 
 LOAD = "%load_ext tetra_magic"
-published = test_published_worker.published  # its stand-in published worker, for this module
+# The published worker (worker-flash's own code, or its stand-in), for this module.
+worker = test_published_worker.worker
+published = test_published_worker.published
 PRESET = "TZ"  # in the worker's own environment (passed to it: local/passed_env.py)
 
 

@@ -142,7 +142,9 @@ def test_failures_read_as_one_clear_message_and_change_nothing() -> None:
     )
     assert re.fullmatch(
         r"UsageError: the request is 14\.\d MB, over the endpoint's 10\.0 MB limit \(largest"
-        r" variables: blob 11\.0 MB\)\. Load large data inside the cell instead of sending it\.\n",
+        r" variables: blob 11\.0 MB\)\. Load large data inside the cell instead of sending it, or"
+        r" keep it on the worker between cells with --session NAME \(a session cell sends a"
+        r" value once, and one that came back from the session not at all\)\.\n",
         too_big.stderr,
     )
     assert exited.stdout == "bye\n"

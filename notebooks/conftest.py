@@ -1,6 +1,9 @@
 """nbval's kernels get the environment tools/run_notebook.py gives the kernels that made the
 saved outputs: the plain-text view and no RunPod key, so cells run on the local endpoint.
 
+Every notebook cell is marked `slow`: it runs in a kernel, on the local endpoint, so the fast
+tier (`pytest -m "not slow"`) leaves the notebooks out.
+
 nbval starts a notebook's kernel while setting up its first cell, from this process's
 environment, so that environment is switched for the duration of each cell's setup only.
 """
@@ -28,3 +31,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each notebook cell nbval collects here `slow`, before `-m` selects."""
+    item.add_marker(pytest.mark.slow)

@@ -24,6 +24,9 @@ from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
 from worker.protocol import FunctionRequest, decode
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 SIZE = 10_000_000
 CHUNK_LIMIT = 1_000_000  # RunPod's, for one /stream chunk
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}

@@ -28,7 +28,8 @@ import lab_page
 import pytest
 from kernels import environ, shared_worker_env
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+# JupyterLab in a headless browser, on a local endpoint: not in the fast tier (-m "not slow").
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 # Installed by no other test into the shared worker env, so a concurrent run cannot pre-install it.
 DEPS_PACKAGE = "pyjokes"

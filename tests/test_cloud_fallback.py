@@ -12,6 +12,9 @@ from runpod_fakes import FakeRunPod
 
 from tetra_magic.local import launcher
 
+# Starts kernels against the RunPod stand-in: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 NOTICE = (
     "tetra: no RunPod API key (RUNPOD_API_KEY or ~/.runpod/config.toml); running on the local"
     " endpoint.\n"

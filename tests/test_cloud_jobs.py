@@ -28,6 +28,7 @@ def rest(fake: FakeRunPod) -> list[Any]:
     return [r for r in fake.requests if r.api == "jobs"]
 
 
+@pytest.mark.slow
 def test_a_wrong_key_says_where_it_was_read(fake: FakeRunPod, tmp_path: Path) -> None:
     mine = fake.add_endpoint("console-made")
     wrong = "rpa_WRONGKEY_0000"
@@ -48,6 +49,7 @@ def test_a_wrong_key_says_where_it_was_read(fake: FakeRunPod, tmp_path: Path) ->
     assert fake.jobs == {}
 
 
+@pytest.mark.slow
 def test_key_from_the_runpod_config_file(
     fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,6 +74,7 @@ def test_key_from_the_runpod_config_file(
         assert str(config) in failed.error["evalue"]
 
 
+@pytest.mark.slow
 def test_429_waits_as_retry_after_says(fake: FakeRunPod, tmp_path: Path) -> None:
     fake.forced_429 = [1, 2]  # /run refused twice
     fake.limits["status"] = (4, 2.0)  # and /stream + /status held to 4 per 2 s
@@ -88,6 +91,7 @@ def test_429_waits_as_retry_after_says(fake: FakeRunPod, tmp_path: Path) -> None
     assert len(fake.jobs) == 1  # a refused /run was sent again, not twice
 
 
+@pytest.mark.slow
 def test_a_job_queued_for_a_while_then_runs(fake: FakeRunPod, tmp_path: Path) -> None:
     fake.queue_seconds = 4.0
     runs = run_cloud(
@@ -103,6 +107,7 @@ def test_a_job_queued_for_a_while_then_runs(fake: FakeRunPod, tmp_path: Path) ->
     assert 3 <= len(waiting) <= 9, f"{len(waiting)} polls in a 4 s queue"
 
 
+@pytest.mark.slow
 def test_another_python_on_the_worker_is_explained_once(fake: FakeRunPod, tmp_path: Path) -> None:
     fake.worker_python = "3.9.18" if sys.version_info[:2] != (3, 9) else "3.12.7"
     runs = run_cloud(

@@ -38,6 +38,7 @@ def operations(fake: FakeRunPod) -> list[str]:
     return [f"{operation_id(r.method, r.path)} {r.status}" for r in fake.management]
 
 
+@pytest.mark.slow
 def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path: Path) -> None:
     cells = [cell(gpu, n) for n, gpu in enumerate(POOLS)]
     cells.append("rec.worker['gpus'], rec.endpoint")
@@ -74,6 +75,7 @@ def test_first_run_provisions_and_a_new_kernel_reuses(fake: FakeRunPod, tmp_path
     assert len(fake.endpoints) == 4 and set(used) >= {j.endpoint_id for j in fake.jobs.values()}
 
 
+@pytest.mark.slow
 def test_endpoint_option_skips_provisioning(fake: FakeRunPod, tmp_path: Path) -> None:
     mine = fake.add_endpoint("made-in-the-console", pools=("HOPPER_141",))
     run, unknown = run_cloud(
@@ -86,6 +88,7 @@ def test_endpoint_option_skips_provisioning(fake: FakeRunPod, tmp_path: Path) ->
     assert [job.endpoint_id for job in fake.jobs.values()] == [mine]
 
 
+@pytest.mark.slow
 def test_cpu_endpoints_list_and_delete(fake: FakeRunPod, tmp_path: Path) -> None:
     foreign = fake.add_endpoint("someone-elses-endpoint", workers_max=2)
     runs = run_cloud(
@@ -131,6 +134,7 @@ def test_cpu_endpoints_list_and_delete(fake: FakeRunPod, tmp_path: Path) -> None
     assert list(fake.endpoints) == [foreign]
 
 
+@pytest.mark.slow
 def test_settings_and_image_variable_make_their_own_endpoint(
     fake: FakeRunPod, tmp_path: Path
 ) -> None:
@@ -166,6 +170,7 @@ def options(**overrides: object) -> CellOptions:
     return CellOptions(**{**base, **overrides})
 
 
+@pytest.mark.slow
 def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
     worker = provision.WorkerSettings()
     spec = provision.spec_for(options(), worker)
@@ -225,6 +230,7 @@ def test_bad_settings_name_the_setting() -> None:
         provision.WorkerSettings(gpu_count=0)
 
 
+@pytest.mark.slow
 def test_two_kernels_at_once_make_one_endpoint(
     fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,6 +341,7 @@ def test_graphql_is_retired_on_the_stand_in_and_counted() -> None:
     assert [r.path for r in fake.graphql_requests] == ["/graphql"]
 
 
+@pytest.mark.slow
 def test_an_endpoint_deleted_elsewhere_is_provisioned_again(
     fake: FakeRunPod, tmp_path: Path
 ) -> None:

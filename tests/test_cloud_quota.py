@@ -17,6 +17,7 @@ from tetra_magic import provision
 from tetra_magic.cloud_api import QuotaFull, RunPodRest
 
 
+@pytest.mark.slow
 def test_a_full_quota_is_said_before_anything_is_created(fake: FakeRunPod, tmp_path: Path) -> None:
     fake.worker_quota = 5
     fake.add_endpoint("someone-elses", workers_max=1)

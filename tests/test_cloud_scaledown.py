@@ -13,8 +13,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from cloud_kernels import ok, run_cloud
 from runpod_fakes import FakeRunPod
+
+# Starts kernels against the RunPod stand-in: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 NAME = r"tetra-magic-{gpu}-[0-9a-f]{{10}}"
 

@@ -14,6 +14,9 @@ from cloud_kernels import KEY, ok, run_cloud, runpod_config
 from kernels import CellRun
 from runpod_fakes import FakeRunPod
 
+# Starts kernels against the RunPod stand-in: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 CELLS = [
     "%xmode Verbose",
     "import logging, os\nlogging.basicConfig(filename=os.path.expanduser('~/debug.log'),"

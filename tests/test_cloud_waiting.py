@@ -166,6 +166,7 @@ def test_the_queue_timeout_cancels_the_job(
     assert len(cancels(fake)) == 1
 
 
+@pytest.mark.slow
 def test_queue_timeout_and_prices_are_settings_and_the_cost_is_recorded(
     fake: FakeRunPod, tmp_path: Path
 ) -> None:
@@ -193,6 +194,7 @@ def test_queue_timeout_and_prices_are_settings_and_the_cost_is_recorded(
     assert len(cancels(fake)) == 1
 
 
+@pytest.mark.slow
 def test_bad_settings_are_refused_when_set(fake: FakeRunPod, tmp_path: Path) -> None:
     runs = run_cloud(
         fake,

@@ -15,6 +15,9 @@ import pytest
 from kernels import CellRun, private_local_endpoint, shared_worker_env
 from twins import Remote, assert_same, run_twins, seen
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -57,7 +57,10 @@ def other_python() -> tuple[str, str] | None:
 
 
 OTHER = other_python()
-pytestmark = pytest.mark.skipif(OTHER is None, reason="no Python of another minor version here")
+pytestmark = [
+    pytest.mark.skipif(OTHER is None, reason="no Python of another minor version here"),
+    pytest.mark.slow,  # kernels on a local endpoint: not in the fast tier (-m "not slow")
+]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,6 +17,9 @@ import test_published_worker
 from kernels import LiveKernel, as_local, environ, private_local_endpoint, run_cells
 from test_published_worker import LoopbackEndpoint, kernel_env
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 LOAD = "%load_ext tetra_magic"
 # The published worker (worker-flash's own code, or its stand-in), for this module.
 worker = test_published_worker.worker

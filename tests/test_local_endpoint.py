@@ -31,6 +31,9 @@ from tetra_magic.local.launcher import LocalEndpoint
 from tetra_magic.local.state import python_tag
 from worker.protocol import FunctionRequest, decode
 
+# Starts local endpoints and their worker processes: not in the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 WORKERS = 2
 ROOT = Path(__file__).resolve().parents[1]
 

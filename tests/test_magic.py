@@ -14,6 +14,9 @@ from collections.abc import Iterator
 import pytest
 from kernels import LiveKernel, private_local_endpoint, run_cells
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 LOAD = "%load_ext tetra_magic"
 
 

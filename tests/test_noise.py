@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from kernels import as_local, private_local_endpoint, run_cells
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 LOAD = "%load_ext tetra_magic"
 NOTE = re.compile(r"tetra: (\w+) was not brought back")
 

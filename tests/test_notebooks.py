@@ -97,6 +97,7 @@ def test_kernel_environment_hides_the_runpod_config_file(tmp_path: Path) -> None
     Path(env["HOME"]).rmdir()
 
 
+@pytest.mark.slow
 def test_nbval_fails_when_a_remote_output_changes(tmp_path: Path) -> None:
     """Edit one saved remote stdout in a copy of the quickstart: nbval must fail that cell, and
     only that one."""

@@ -19,6 +19,9 @@ from kernels import LiveKernel, environ
 from test_published_worker import PublishedWorker, kernel_env, published_worker
 from test_sessions import ok, pull_and_reassign, value
 
+# Starts the published worker's stand-in and kernels: not in the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 BIG = "bytes(range(250)) * 200_000"  # 50 MB
 USED = "big.count(7) + small['n']"
 

@@ -40,6 +40,9 @@ from tetra_magic.local.jobs import JobStore
 from tetra_magic.local.server import Api
 from tetra_magic.local.workers import WorkerUrls
 
+# Starts the published worker's stand-in and kernels: not in the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 STAND_IN = Path(__file__).with_name("published_worker.py")
 REAL = worker_flash.source()
 ENDPOINT_ID = "published"

@@ -28,6 +28,9 @@ from kernels import (
     shared_worker_env,
 )
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 LOAD = "%load_ext tetra_magic"
 TEXT_MIMES = ("text/html", "text/markdown", "text/latex", "image/svg+xml", "application/json")
 

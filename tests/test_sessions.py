@@ -16,6 +16,9 @@ from collections.abc import Iterator
 import pytest
 from kernels import LiveKernel, private_local_endpoint
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 LOAD = "%load_ext tetra_magic"
 SESSION = "%%tetra --local --session s"
 # 50 MB of float64 on the worker, and a small dict that comes home as a value.

@@ -39,6 +39,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow
 def test_reading_stdin_ends_the_cell_with_a_way_out() -> None:
     remote = [f"%%tetra --local --timeout 60\n{code}" for code in SHAPES.values()]
     cells = run_cells(
@@ -51,6 +52,7 @@ def test_reading_stdin_ends_the_cell_with_a_way_out() -> None:
     assert cells[-1].stdout == "before\n"
 
 
+@pytest.mark.slow
 def test_breakpoint_says_to_debug_in_the_notebook() -> None:
     cells = run_cells(
         LOAD, "%%tetra --local --timeout 60\nx = 1\nbreakpoint()\ny = 2", "print('y' in dir())"
@@ -63,6 +65,7 @@ def test_breakpoint_says_to_debug_in_the_notebook() -> None:
     assert cells[2].stdout == "False\n"
 
 
+@pytest.mark.slow
 def test_code_that_expects_no_stdin_carries_on() -> None:
     """EOFError is what a script run without stdin gets, so code written for that works; a
     subprocess reading stdin reads nothing and ends; multiprocessing, whose children close

@@ -394,6 +394,7 @@ def _run_and_click(client: Any, code: str, click_after_text: str) -> dict[str, A
     raise AssertionError(f"the cell did not end: {seen}")
 
 
+@pytest.mark.slow
 def test_a_frontend_click_cancels_a_running_cell_in_a_real_kernel(widget_kernel: Any) -> None:
     code = (
         "%%tetra --local\nimport time\nprint('working', flush=True)\n"

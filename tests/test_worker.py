@@ -97,6 +97,7 @@ def tripwire(tmp_path: Path) -> tuple[Path, Path]:
     return script, trace
 
 
+@pytest.mark.slow
 def test_install_then_warm_path(worker_python: Path, tmp_path: Path) -> None:
     """A real package from PyPI is installed by uv; the identical second request starts no uv
     process (a tripwire stands in for it) and needs no network (no network namespace at all,
@@ -118,6 +119,7 @@ def test_install_then_warm_path(worker_python: Path, tmp_path: Path) -> None:
     assert not trace.exists(), "the warm path started uv"
 
 
+@pytest.mark.slow
 def test_install_failure_runs_nothing(worker_python: Path, tmp_path: Path) -> None:
     """uv's own error text ends the request, and the code never runs."""
     ran = tmp_path / "ran"
@@ -130,6 +132,7 @@ def test_install_failure_runs_nothing(worker_python: Path, tmp_path: Path) -> No
     assert not ran.exists()
 
 
+@pytest.mark.slow
 def test_segfault_under_test_input(worker_python: Path) -> None:
     """The crash ends the request with the signal's name and the user's frame, and the SDK
     reports a failed job rather than a dead worker."""

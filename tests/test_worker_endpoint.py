@@ -20,6 +20,9 @@ from kernels import environ, shared_worker_env
 from tetra_magic.local import launcher
 from worker.protocol import FunctionRequest, FunctionResponse, decode
 
+# Starts local endpoints and their worker processes: not in the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 

@@ -170,6 +170,7 @@ def http_endpoint() -> Iterator[tuple[LoopbackEndpoint, WatchedStore]]:
     endpoint.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("take_ahead", [False, True])
 def test_the_worker_process_under_runpods_settings(
     http_endpoint: tuple[LoopbackEndpoint, WatchedStore], tmp_path: Path, take_ahead: bool

@@ -65,6 +65,7 @@ print("loaded on cpu")
 """
 
 
+@pytest.mark.slow
 def test_gpu_tensors_load_on_a_cpu_only_client(torch: ModuleType, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 import pytest
 from kernels import private_local_endpoint, run_cells
 
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

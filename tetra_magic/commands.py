@@ -1,4 +1,4 @@
-"""`%tetra local`, `%tetra endpoints`, `%tetra delete NAME`: managing where cells run.
+"""`%tetra local [status|stop]`, `%tetra endpoints`, `%tetra delete NAME`: where cells run.
 
 The line magic hands its commands here; they print for the user and return nothing.
 """
@@ -13,18 +13,37 @@ from IPython.core.error import UsageError
 from tetra_magic import endpoint_use, provision
 from tetra_magic.credentials import ApiKey, api_key
 from tetra_magic.errors import TetraError
+from tetra_magic.local import control
 from tetra_magic.local.launcher import ensure_running
 from tetra_magic.quota import Quota
+
+_LOCAL_USAGE = (
+    "%tetra local [start|status|stop]: start (or find) the local endpoint and print its URL;"
+    " status: whether it runs, its URL, pid, workers, idle time and log; stop: stop it (the"
+    " next cell on it starts a new one)"
+)
 
 
 def run(command: str, rest: str) -> None:
     """The command `command` (local, endpoints or delete) with the rest of its line."""
     if command == "local":
-        print(f"local endpoint: {ensure_running().base_url}")
+        local(rest)
     elif command == "endpoints":
         print(endpoint_table(*provision.our_endpoints(*_credentials())))
     else:
         _delete(rest)
+
+
+def local(rest: str) -> None:
+    """`%tetra local [start|status|stop]`: the server every kernel of this Python shares."""
+    if rest in ("", "start"):
+        print(f"local endpoint: {ensure_running().base_url}")
+    elif rest == "status":
+        print(control.status_text(control.status(), stop_command="%tetra local stop"))
+    elif rest == "stop":
+        print(control.stop_text())
+    else:
+        raise UsageError(f"%tetra local {rest}: unknown; {_LOCAL_USAGE}")
 
 
 def endpoint_table(endpoints: list[dict[str, Any]], quota: Quota) -> str:

@@ -4,11 +4,12 @@ A cell flows one way: parse options -> analyse the cell -> pack the request -> s
 follow the job (showing it live) -> write the results back. Each step lives in its own module;
 this one only wires them together and holds the configurable defaults.
 
-`%tetra` is both the place for commands (`%tetra local`, `%tetra endpoints`, `%tetra delete
-NAME`) and a one-line form of the cell magic: `%tetra [options] statement` runs the statement
-remotely, as `%time` times one. Its options come first and take one value each (list several
-with commas: `%tetra --gpu A100,H100 --deps torch,numpy torch.cuda.get_device_name()`); the
-statement starts at the first word that is not an option, or after `--`.
+`%tetra` is both the place for commands (`%tetra local [status|stop]`, `%tetra endpoints`,
+`%tetra delete NAME`) and a one-line form of the cell magic: `%tetra [options] statement` runs
+the statement remotely, as `%time` times one. Its options come first and take one value each
+(list several with commas: `%tetra --gpu A100,H100 --deps torch,numpy
+torch.cuda.get_device_name()`); the statement starts at the first word that is not an option,
+or after `--`.
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ class TetraMagic(Magics):
     @_options(one_line=True)
     @line_magic("tetra")
     def tetra_line(self, line: str) -> Any:
-        """`%tetra [options] statement` runs one statement remotely; `%tetra local`,
-        `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
+        """`%tetra [options] statement` runs one statement remotely; `%tetra local
+        [status|stop]`, `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
         command, _, rest = line.strip().partition(" ")
         if command in _COMMANDS:
             from tetra_magic import commands

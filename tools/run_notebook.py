@@ -15,10 +15,11 @@ key, so `%%tetra` cells always run on the embedded local endpoint, never on some
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import nbformat
@@ -26,6 +27,8 @@ from ipykernel.kernelspec import RESOURCES, get_kernel_dict
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
+from tetra_magic import state_dir
 
 CELL_TIMEOUT_S = 900  # a first cell on a fresh machine builds the workers' environment
 KEY_VARIABLE = "RUNPOD_API_KEY"
@@ -64,15 +67,65 @@ class ThisPythonKernels(KernelSpecManager):
         return super().get_kernel_spec(kernel_name)
 
 
-def execute(path: Path) -> nbformat.NotebookNode:
-    """Run every cell of the notebook at `path` (errors do not stop it); the executed notebook."""
+@contextlib.contextmanager
+def kernel_manager() -> Iterator[KernelManager]:
+    """A manager for a "python3" kernel of this Python that talks to it over Unix sockets.
+
+    Over TCP (jupyter_client's default) ipykernel warns that the channels are not encrypted and
+    "susceptible to eavesdropping": true of any loopback port another local user can reach, and
+    alarming in a tool that handles API keys. Unix sockets in a private (0700) directory are
+    reachable by this user only, and the kernel says nothing. The socket path is absolute: the
+    kernel runs in the notebook's folder, the client here. Windows has no ipc transport.
+    """
+    if sys.platform == "win32":
+        yield KernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernels())
+        return
+    with tempfile.TemporaryDirectory(prefix="tetra-kernel-") as folder:
+        yield KernelManager(
+            kernel_name="python3",
+            kernel_spec_manager=ThisPythonKernels(),
+            transport="ipc",
+            ip=str(Path(folder) / "kernel"),
+        )
+
+
+def execute(path: Path, env: Mapping[str, str]) -> nbformat.NotebookNode:
+    """Run every cell of the notebook at `path` (errors do not stop it) in a kernel with the
+    environment `env`; the executed notebook."""
     nb = nbformat.read(path, as_version=4)
-    manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernels())
-    client = NotebookClient(
-        nb, km=manager, timeout=CELL_TIMEOUT_S, allow_errors=True, record_timing=False
-    )
-    client.execute(cwd=str(path.resolve().parent), env=kernel_environment(os.environ))
+    with kernel_manager() as manager:
+        client = NotebookClient(
+            nb, km=manager, timeout=CELL_TIMEOUT_S, allow_errors=True, record_timing=False
+        )
+        # The client shuts the kernel down (cleanup_kc) rather than leave it to notice that
+        # this process has exited, as it would with a kernel manager passed in.
+        client.execute(cleanup_kc=True, cwd=str(path.resolve().parent), env=dict(env))
     return nb
+
+
+def endpoint_note(env: Mapping[str, str]) -> str | None:
+    """What the run left behind, if anything: the local endpoint its cells started stays up for
+    the next notebook, which a newcomer should hear about, with how to stop it, rather than
+    find a server running later. `env` is the kernels' environment (where their state is)."""
+    from tetra_magic.local import control
+
+    saved = os.environ.get("TETRA_MAGIC_HOME")
+    os.environ["TETRA_MAGIC_HOME"] = env.get("TETRA_MAGIC_HOME") or str(state_dir.home())
+    try:
+        found = control.status()
+    finally:
+        if saved is None:
+            os.environ.pop("TETRA_MAGIC_HOME")
+        else:
+            os.environ["TETRA_MAGIC_HOME"] = saved
+    if not found.running or found.record is None:
+        return None
+    command = control.cli_command()
+    return (
+        f"The local endpoint these cells ran on is still up (pid {found.record.get('pid')}), for"
+        " the next notebook;\nit stops by itself after two idle hours."
+        f" To see it: {command} status\nTo stop it now: {command} stop"
+    )
 
 
 def settle_streams(nb: nbformat.NotebookNode) -> None:
@@ -141,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--save", action="store_true", help="write the outputs into the files")
     args = parser.parse_args(argv)
+    env = kernel_environment(os.environ)
     status = 0
     for path in args.notebooks:
         print(f"=== {path}", flush=True)
-        nb = execute(path)
+        nb = execute(path, env)
         show(nb)
         if failed := unexpected_errors(nb):
             print(f"{path}: cells In {failed} raised unexpectedly; not saved", file=sys.stderr)
@@ -152,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.save:
             settle_streams(nb)
             nbformat.write(nb, path)
+    if note := endpoint_note(env):
+        print(f"\n{note}")
     return status
 
 

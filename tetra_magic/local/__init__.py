@@ -2,7 +2,8 @@
 
 `ensure_running()` (launcher.py) is what the magic calls; `python -m tetra_magic.local` runs the
 server by hand. Modules: jobs (queue and state machine), server (HTTP), workers (supervisor),
-environment (the workers' venv), state (state dir, token, server record), launcher.
+environment (the workers' venv), state (state dir, token, server record), launcher, control
+(`tetra-local status|stop`).
 """
 
 from tetra_magic.local.launcher import LocalEndpoint, LocalEndpointError, ensure_running, stop

@@ -1,7 +1,14 @@
-"""`python -m tetra_magic.local` (or `tetra-local`): run the local endpoint in the foreground.
+"""`tetra-local` (or `python -m tetra_magic.local`): run, see or stop the local endpoint.
 
-Prints the base URL and where the token is (never the token itself), then serves until
-Ctrl-C / SIGTERM, or until --idle-timeout seconds pass with no client call and no pending job.
+    tetra-local [start] [--port 8000 --workers 4 ...]   run a server in the foreground
+    tetra-local status                                  the one the kernels use: URL, pid, idle
+    tetra-local stop                                    stop it (the next cell starts another)
+
+`start` is the default, so the options alone still start a server, as they always did. It
+prints the base URL and where the token is (never the token itself), then serves until Ctrl-C /
+SIGTERM, or until --idle-timeout seconds pass with no client call and no pending job. `status`
+and `stop` act on the server this Python's kernels share (started in the background by the
+first cell, stopping after two idle hours): a user should not need a Python one-liner for it.
 """
 
 from __future__ import annotations
@@ -11,13 +18,25 @@ import logging
 import re
 import sys
 
-from tetra_magic.local.server import ServerOptions, run_forever
+COMMANDS = ("start", "status", "stop")
+_EPILOG = (
+    "commands: start (the default) runs a server in the foreground with these options;"
+    " status shows the server the kernels share (URL, pid, workers, idle time, log);"
+    " stop stops it."
+)
+
+
+def _prog() -> str:
+    """The name the user typed: the `tetra-local` script, or the module."""
+    name = sys.argv[0].rpartition("/")[2] if sys.argv and sys.argv[0] else ""
+    return "tetra-local" if name == "tetra-local" else "python -m tetra_magic.local"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tetra_magic.local",
+        prog=f"{_prog()} [start]",
         description="A RunPod Serverless endpoint on this machine, running the tetra worker.",
+        epilog=_EPILOG,
     )
     parser.add_argument(
         "--host",
@@ -43,7 +62,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`start` (the default: no command word), `status` or `stop`; the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else "start"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    if command == "start":
+        start(rest)
+        return 0
+    return see_or_stop(command, rest)
+
+
+def see_or_stop(command: str, argv: list[str]) -> int:
+    """`status` (exit status 0 when a server is running, 1 when not) or `stop` (always 0)."""
+    argparse.ArgumentParser(
+        prog=f"{_prog()} {command}",
+        description="Show the local endpoint the kernels of this Python share."
+        if command == "status"
+        else "Stop the local endpoint the kernels of this Python share.",
+    ).parse_args(argv)
+    from tetra_magic.local import control
+
+    if command == "stop":
+        print(control.stop_text())
+        return 0
+    found = control.status()
+    print(control.status_text(found, stop_command=f"{control.cli_command()} stop"))
+    return 0 if found.running else 1
+
+
+def start(argv: list[str]) -> None:
+    """Run a server in the foreground until it is stopped or idles out."""
+    from tetra_magic.local.server import ServerOptions, run_forever
+
     args = _parser().parse_args(argv)
     if args.workers is not None and args.workers < 1:
         _parser().error("--workers must be at least 1")
@@ -65,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """The HTTP side: RunPod's Serverless REST API for clients, and the job API its SDK workers call.
 
 Client routes (`/v2/{endpoint_id}/...`, bearer token): run, runsync, status, stream, cancel,
-health, purge-queue, with RunPod's JSON shapes, status codes and payload limits.
+health, purge-queue, with RunPod's JSON shapes, status codes and payload limits; and one of
+ours, local-status (what `tetra-local status` shows: idle time, jobs, workers).
 
 Worker routes, called by the runpod SDK's production loop in each worker (see workers.py):
 
@@ -143,12 +144,18 @@ class Api:
     """The route handlers, over one job store and one worker supervisor."""
 
     def __init__(
-        self, store: JobStore, supervisor: Supervisor | None, token: str, endpoint_id: str
+        self,
+        store: JobStore,
+        supervisor: Supervisor | None,
+        token: str,
+        endpoint_id: str,
+        idle_timeout: float | None = None,
     ) -> None:
         self.store = store
         self.supervisor = supervisor
         self.token = token
         self.endpoint_id = endpoint_id
+        self.idle_timeout = idle_timeout  # only reported; _idle_watch enforces it
         self.sdk_credential = SdkCredential()
         self.last_activity = time.monotonic()
 
@@ -164,6 +171,7 @@ class Api:
         add("POST", f"{prefix}/cancel/{{job_id}}", self.cancel)
         add("GET", f"{prefix}/health", self.health)
         add("POST", f"{prefix}/purge-queue", self.purge_queue)
+        add("GET", f"{prefix}/local-status", self.local_status)
         add("GET", f"{prefix}/job-take/{{worker_id}}", self.job_take)
         add("GET", f"{prefix}/job-take-batch/{{worker_id}}", self.job_take_batch)
         add("GET", f"{prefix}/job-stop/{{worker_id}}", self.job_stop)
@@ -181,15 +189,17 @@ class Api:
                 404, f"no endpoint {asked!r} here; this local endpoint is {self.endpoint_id!r}"
             )
 
-    def _client(self, request: web.Request) -> None:
-        """Client routes: the endpoint id must be ours and the token must match."""
+    def _client(self, request: web.Request, *, activity: bool = True) -> None:
+        """Client routes: the endpoint id must be ours and the token must match. A call counts
+        as activity (it keeps an idle server up) unless `activity` is False."""
         given = _bearer(request)
         if not given:
             raise ApiError(401, "missing Authorization header: send 'Authorization: Bearer TOKEN'")
         if not _same(given, self.token):
             raise ApiError(401, "invalid token for this local endpoint")
         self._endpoint(request)
-        self.last_activity = time.monotonic()
+        if activity:
+            self.last_activity = time.monotonic()
 
     def _worker(self, request: web.Request) -> str:
         """Worker routes: the token, or the SDK's configured key; returns the worker id."""
@@ -274,6 +284,21 @@ class Api:
     async def purge_queue(self, request: web.Request) -> web.Response:
         self._client(request)
         return web.json_response({"removed": self.store.purge_queue(), "status": "completed"})
+
+    async def local_status(self, request: web.Request) -> web.Response:
+        """Not RunPod's: /health plus how long no client has called and the idle timeout. It
+        does not count as activity, so looking at an idle server does not keep it up."""
+        self._client(request, activity=False)
+        workers = self.supervisor.health() if self.supervisor is not None else {}
+        return web.json_response(
+            {
+                "jobs": self.store.counts(),
+                "workers": workers,
+                "pending": self.store.pending(),
+                "idle_s": round(time.monotonic() - self.last_activity, 1),
+                "idle_timeout_s": self.idle_timeout,
+            }
+        )
 
     # ----------------------------------------------------------------- worker routes
 
@@ -474,7 +499,7 @@ async def serve(options: ServerOptions, announce: Callable[[str], None] = print)
         token=token,
         root=root,
     )
-    api = Api(store, supervisor, token, options.endpoint_id)
+    api = Api(store, supervisor, token, options.endpoint_id, options.idle_timeout)
     runner = app_runner(api)
     await runner.setup()
     await web.SockSite(runner, sock).start()

@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 CELLS = [
     "%xmode Verbose",
     "import logging, os\nlogging.basicConfig(filename=os.path.expanduser('~/debug.log'),"
-    " level=logging.DEBUG, force=True)",
+    " level=logging.DEBUG, force=True)\n"
+    # The magic's own requests, which never reach the notebook's logging, logged there too.
+    "own = logging.getLogger('tetra_magic.http')\nown.setLevel(logging.DEBUG)\n"
+    "own.addHandler(logging.getLogger().handlers[0])",
     "base = 20",
     "%%tetra --gpu A100 --out rec --name secret-test\nprint('hello')\nanswer = base + 22\nanswer",
     "print(rec)\nrec.to_dict()",

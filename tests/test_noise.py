@@ -143,3 +143,21 @@ def test_a_last_value_the_kernel_cannot_load_is_shown_without_a_note(tmp_path: P
     local = run_cells(f"%cd {tmp_path}", as_local(LAST))[1]
     assert remote.error is None and remote.stderr == local.stderr == ""
     assert remote.results[-1] == local.results[-1] == "[<Line>]"
+
+
+def test_the_magics_own_http_requests_never_reach_the_notebooks_logging() -> None:
+    """`logging.basicConfig(level=logging.DEBUG)` at home, a common first line: the remote
+    cell shows what the same cell shows at home, not a line of the magic's polling (httpx logs
+    each request at INFO, httpcore each step at DEBUG); the notebook's own httpx records
+    still show, also while and after the magic sends its own."""
+    setup = "import logging\nlogging.basicConfig(level=logging.DEBUG)"
+    cell = "%%tetra --local\nprint('computed')\n6 * 7"
+    mine = "import logging\nlogging.getLogger('httpx').info('my own request')"
+    remote = run_cells(LOAD, setup, cell, mine)
+    home = run_cells(LOAD, setup, as_local(cell), mine)
+    assert (remote[2].stdout, remote[2].stderr, remote[2].results) == (
+        home[2].stdout,
+        home[2].stderr,
+        home[2].results,
+    )
+    assert remote[2].stderr == "" and remote[3].stderr == "INFO:httpx:my own request\n"

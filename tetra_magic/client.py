@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tetra_magic import http_log
 from tetra_magic.credentials import KEY_ENV
 from tetra_magic.errors import TetraError
 from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
@@ -120,7 +121,8 @@ class EndpointClient:
     def close(self) -> None:
         """Close the connection, unless it is the one kept for the endpoint."""
         if self._own:
-            self._http.close()
+            with http_log.ours():
+                self._http.close()
 
     def run(self, job_input: dict[str, Any], execution_timeout: float | None = None) -> str:
         """Queue a job; return its id."""
@@ -148,7 +150,8 @@ class EndpointClient:
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path, **kwargs)
+                with http_log.ours():
+                    response = self._http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
                 # Never reached (refused, no such host) before any job exists: not worth 15 s
                 # of retries. Following a job, it is a connection lost, retried as any other.

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tetra_magic import http_log
 from tetra_magic.errors import TetraError
 
 REST_V2 = "https://api.runpod.io/v2"
@@ -81,7 +82,8 @@ class RunPodRest:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.close()
+        with http_log.ours():
+            self._http.close()
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Every serverless endpoint of the account (listEndpoints, `{"endpoints": [...]}`)."""
@@ -127,7 +129,8 @@ class RunPodRest:
         waited = 0.0
         for attempt in range(RETRIES_429 + 1):
             try:
-                response = self._http.request(method, path, **kwargs)
+                with http_log.ours():
+                    response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
                 reason = f"{rest_v2_base()} could not be reached ({type(exc).__name__})"
                 raise CloudError(f"could not {what} on RunPod: {reason}") from None

@@ -22,22 +22,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from kernels import LiveKernel, private_local_endpoint  # noqa: E402
-from test_load import LOAD, run_load  # noqa: E402
+from kernels import loaded_kernels, private_local_endpoint  # noqa: E402
+from test_load import run_load  # noqa: E402
 
 CELLS = 25
 
 
 def _per_cell(count: int) -> float:
-    kernels = [LiveKernel() for _ in range(count)]
-    try:
+    with loaded_kernels(count) as kernels:
         for kernel in kernels:
-            kernel.run(LOAD)
             kernel.run("%%tetra --local\npass")  # warm: the server and this kernel's process
         report = run_load(kernels, CELLS)
-    finally:
-        for kernel in kernels:
-            kernel.close()
     problems = report.errors + report.lost + report.crossed
     if problems:
         raise RuntimeError(f"{len(problems)} cell(s) went wrong: {problems[:5]}")

@@ -86,6 +86,20 @@ def private_local_endpoint(
             launcher.stop()
 
 
+@contextlib.contextmanager
+def loaded_kernels(count: int) -> Iterator[list[LiveKernel]]:
+    """`count` notebooks open at once, each with the extension loaded; shut down at the end."""
+    started: list[LiveKernel] = []
+    try:
+        for _ in range(count):
+            started.append(LiveKernel())
+            assert started[-1].run("%load_ext tetra_magic").error is None
+        yield started
+    finally:
+        for kernel in started:
+            kernel.close()
+
+
 class LiveKernel:
     """A kernel driven message by message, for what a notebook run cannot do: interrupting a
     cell while it runs, as the frontend's stop button does."""

@@ -418,36 +418,35 @@ class FakeRunPod:
     def _listEndpoints(self, _: str, __: Any) -> Answer:
         return 200, {"endpoints": [json.loads(json.dumps(e)) for e in self.endpoints.values()]}, {}
 
+    def _refused(self, body: Any, current: dict[str, Any] | None, adding: int) -> Answer | None:
+        """RunPod's refusal of a create (`current` None) or update body: 422 for the schema,
+        400 for its rules or for `adding` max workers past the quota; None to go ahead."""
+        errors = _schema_errors(body, create=current is None)
+        if errors:
+            return problem(422, "Request validation failed.", errors)
+        rule = _rule_errors(body, current)
+        if rule:
+            return problem(400, rule)
+        if adding > 0 and self._workers_in_use() + adding > self.worker_quota:
+            return problem(400, QUOTA.format(self.worker_quota))
+        return None
+
     def _getEndpoint(self, endpoint_id: str, _: Any) -> Answer:
         if endpoint_id not in self.endpoints:
             return problem(404, f"Endpoint {endpoint_id} not found.")
         return 200, json.loads(json.dumps(self.endpoints[endpoint_id])), {}
 
     def _createEndpoint(self, _: str, body: Any) -> Answer:
-        errors = _schema_errors(body, create=True)
-        if errors:
-            return problem(422, "Request validation failed.", errors)
-        rule = _rule_errors(body, None)
-        if rule:
-            return problem(400, rule)
-        wanted = body.get("workers", {}).get("max", 3)
-        if self._workers_in_use() + wanted > self.worker_quota:
-            return problem(400, QUOTA.format(self.worker_quota))
-        return 201, self._new_endpoint(body), {}
+        refused = self._refused(body, None, body.get("workers", {}).get("max", 3))
+        return refused or (201, self._new_endpoint(body), {})
 
     def _updateEndpoint(self, endpoint_id: str, body: Any) -> Answer:
         current = self.endpoints.get(endpoint_id)
         if current is None:
             return problem(404, f"Endpoint {endpoint_id} not found.")
-        errors = _schema_errors(body, create=False)
-        if errors:
-            return problem(422, "Request validation failed.", errors)
-        rule = _rule_errors(body, current)
-        if rule:
-            return problem(400, rule)
         raised = body.get("workers", {}).get("max", 0) - current["workers"]["max"]
-        if raised > 0 and self._workers_in_use() + raised > self.worker_quota:
-            return problem(400, QUOTA.format(self.worker_quota))
+        if refused := self._refused(body, current, raised):
+            return refused
         for key, value in body.items():  # partial: only the fields present change
             merge = key in NESTED and isinstance(current.get(key), dict)
             current[key] = {**current[key], **value} if merge else value

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import test_published_worker
-from kernels import LiveKernel, as_local, environ, private_local_endpoint, run_cells
+from kernels import (
+    LiveKernel,
+    as_local,
+    environ,
+    loaded_kernels,
+    private_local_endpoint,
+    run_cells,
+)
 from test_published_worker import LoopbackEndpoint, kernel_env
 
 # Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
@@ -37,14 +44,8 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def kernels() -> Iterator[tuple[LiveKernel, LiveKernel]]:
     """Two notebooks open at once, both with the extension loaded."""
-    pair = LiveKernel(), LiveKernel()
-    try:
-        for kernel in pair:
-            assert kernel.run(LOAD).error is None
-        yield pair
-    finally:
-        for kernel in pair:
-            kernel.close()
+    with loaded_kernels(2) as (a, b):
+        yield a, b
 
 
 READ_ENV = (

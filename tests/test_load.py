@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from kernels import LiveKernel, private_local_endpoint
+from kernels import LiveKernel, loaded_kernels, private_local_endpoint
 
 pytestmark = pytest.mark.slow
-
-LOAD = "%load_ext tetra_magic"
 
 
 @dataclass
@@ -63,15 +61,8 @@ def run_load(kernels: list[LiveKernel], cells: int) -> LoadReport:
 
 @pytest.fixture
 def kernels(tmp_path: Path) -> Iterator[list[LiveKernel]]:
-    with private_local_endpoint(tmp_path / "home", workers=2):
-        started = [LiveKernel() for _ in range(8)]
-        try:
-            for kernel in started:
-                assert kernel.run(LOAD).error is None
-            yield started
-        finally:
-            for kernel in started:
-                kernel.close()
+    with private_local_endpoint(tmp_path / "home", workers=2), loaded_kernels(8) as started:
+        yield started
 
 
 def test_eight_notebooks_at_once_lose_nothing_and_cross_nothing(

@@ -15,14 +15,19 @@ from pathlib import Path
 
 import pytest
 import requests
-from kernels import LiveKernel, environ, private_local_endpoint, shared_worker_env
+from kernels import (
+    LiveKernel,
+    environ,
+    loaded_kernels,
+    private_local_endpoint,
+    shared_worker_env,
+)
 
 from tetra_magic.local import launcher, state
 from tetra_magic.local.marks import SERVER_MARK, marked_processes
 
 pytestmark = pytest.mark.slow
 
-LOAD = "%load_ext tetra_magic"
 HEALED_S = 10.0  # how soon the next cell must have worked after a fault (issue 18)
 SECRET = "rpa_" + "KERNELSECRET" * 4
 
@@ -87,12 +92,8 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def kernel(home: Path) -> Iterator[LiveKernel]:
-    live = LiveKernel()
-    try:
-        assert live.run(LOAD).error is None
+    with loaded_kernels(1) as (live,):
         yield live
-    finally:
-        live.close()
 
 
 def _timed(kernel: LiveKernel, code: str) -> tuple[float, str]:
@@ -110,24 +111,20 @@ def test_no_kernels_environment_reaches_any_cell(home: Path) -> None:
         "%%tetra --local\nimport os\n"
         "print([os.environ.get(n) for n in ('RUNPOD_API_KEY', 'KERNEL_A_ONLY')])"
     )
-    with environ({"RUNPOD_API_KEY": SECRET, "KERNEL_A_ONLY": "from-a"}):
-        a = LiveKernel()
-    b = LiveKernel()
-    try:
-        for each in (a, b):
-            assert each.run(LOAD).error is None
+    with (
+        loaded_kernels(1) as (b,),  # started without them
+        environ({"RUNPOD_API_KEY": SECRET, "KERNEL_A_ONLY": "from-a"}),
+        loaded_kernels(1) as (a,),
+    ):
         assert a.run(read).stdout == "[None, None]\n"  # this cell started the server
         assert b.run(read).stdout == "[None, None]\n"
         sent = a.run(read.replace("--local", "--local --env KERNEL_A_ONLY"))
         assert sent.stdout == "[None, 'from-a']\n"
         assert a.run(read).stdout == "[None, None]\n"
-        for pid in _endpoint_pids():
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environment = handle.read()
-            assert SECRET.encode() not in environment and b"KERNEL_A_ONLY" not in environment
-    finally:
-        a.close()
-        b.close()
+    for pid in _endpoint_pids():
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environment = handle.read()
+        assert SECRET.encode() not in environment and b"KERNEL_A_ONLY" not in environment
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n", b"\xff\xfe not text"], ids=repr)
@@ -135,13 +132,9 @@ def test_a_bad_token_file_is_replaced(home: Path, kernel: LiveKernel, content: b
     assert kernel.run("%%tetra --local\nprint('before')").stdout == "before\n"
     old = _server_pid()
     (home / state.TOKEN_FILE).write_bytes(content)
-    other = LiveKernel()  # a kernel that has not seen the old token
-    try:
-        assert other.run(LOAD).error is None
+    with loaded_kernels(1) as (other,):  # a kernel that has not seen the old token
         took, out = _timed(other, "%%tetra --local\nprint('after')")
         assert out == "after\n" and took < HEALED_S, took
-    finally:
-        other.close()
     assert _gone(old), "the server with the old token was left running"
     token = (home / state.TOKEN_FILE).read_text().strip()
     assert len(token) >= 32 and (home / state.TOKEN_FILE).stat().st_mode & 0o777 == 0o600
@@ -169,70 +162,57 @@ def test_a_deleted_worker_environment_is_rebuilt(tmp_path: Path) -> None:
     """README's advice (delete envs/ to free its space) while the server runs."""
     env = tmp_path / "worker-env"
     shutil.copytree(shared_worker_env(), env, symlinks=True)
-    with private_local_endpoint(tmp_path / "home", worker_env=str(env)):
-        kernel = LiveKernel()
-        try:
-            assert kernel.run(LOAD).error is None
-            assert kernel.run("%%tetra --local\nprint('before')").stdout == "before\n"
-            shutil.rmtree(env)
-            took, out = _timed(kernel, "%%tetra --local\nprint('after')")
-            assert out == "after\n" and took < HEALED_S, took  # the rebuild included
-            assert (env / "bin" / "python").exists()
-        finally:
-            kernel.close()
+    with (
+        private_local_endpoint(tmp_path / "home", worker_env=str(env)),
+        loaded_kernels(1) as (kernel,),
+    ):
+        assert kernel.run("%%tetra --local\nprint('before')").stdout == "before\n"
+        shutil.rmtree(env)
+        took, out = _timed(kernel, "%%tetra --local\nprint('after')")
+        assert out == "after\n" and took < HEALED_S, took  # the rebuild included
+        assert (env / "bin" / "python").exists()
 
 
 def test_a_hung_worker_loses_its_job_to_another_and_is_restarted(tmp_path: Path) -> None:
     """One of two idle workers stops (SIGSTOP: alive, holding its job-take, never answering).
     Two cells start at once: the one handed to it goes to the other worker within seconds."""
-    with private_local_endpoint(tmp_path / "home", workers=2):
-        a, b = LiveKernel(), LiveKernel()
-        try:
-            for each in (a, b):
-                assert each.run(LOAD).error is None
-                assert each.run("%%tetra --local\nprint('warm')").stdout == "warm\n"
-            hung = _workers(_server_pid())[0]
-            time.sleep(1.0)  # both back in job-take
-            os.kill(hung, signal.SIGSTOP)
-            start = time.monotonic()
-            cells = [
-                k.execute("%%tetra --local\nimport time\ntime.sleep(1)\nprint('done')")
-                for k in (a, b)
-            ]
-            for each, cell in zip((a, b), cells, strict=True):
-                assert each.outputs(cell, timeout=60).stdout == "done\n"
-            took = time.monotonic() - start
-            assert took < HEALED_S, took
-            _until_gone([hung], 10)
-            assert _health()["jobs"]["retried"] == 1  # the job it was handed, given to the other
-            assert a.run("%%tetra --local\nprint('next')").stdout == "next\n"
-        finally:
-            for each in (a, b):
-                each.close()
+    with (
+        private_local_endpoint(tmp_path / "home", workers=2),
+        loaded_kernels(2) as (a, b),
+    ):
+        for each in (a, b):
+            assert each.run("%%tetra --local\nprint('warm')").stdout == "warm\n"
+        hung = _workers(_server_pid())[0]
+        time.sleep(1.0)  # both back in job-take
+        os.kill(hung, signal.SIGSTOP)
+        start = time.monotonic()
+        cells = [
+            k.execute("%%tetra --local\nimport time\ntime.sleep(1)\nprint('done')") for k in (a, b)
+        ]
+        for each, cell in zip((a, b), cells, strict=True):
+            assert each.outputs(cell, timeout=60).stdout == "done\n"
+        took = time.monotonic() - start
+        assert took < HEALED_S, took
+        _until_gone([hung], 10)
+        assert _health()["jobs"]["retried"] == 1  # the job it was handed, given to the other
+        assert a.run("%%tetra --local\nprint('next')").stdout == "next\n"
 
 
 def test_a_closed_kernels_processes_and_files_are_freed(home: Path) -> None:
-    leaver, stayer = LiveKernel(), LiveKernel()
-    try:
-        for each in (leaver, stayer):
-            assert each.run(LOAD).error is None
-        run = leaver.run(
-            "%%tetra --local\nimport os, subprocess\n"
-            "open('left-behind.txt', 'w').write('x')\n"
-            "sleeper = subprocess.Popen(['sleep', '600']).pid\n"
-            "print(os.getpid(), sleeper, os.getcwd())"
-        )
-        executor, sleeper, workdir = run.stdout.split()
-        assert (Path(workdir) / "left-behind.txt").exists()
-    finally:
-        leaver.close()
-    took = _until_gone([int(executor), int(sleeper)], 60)
-    assert not Path(workdir).exists()
-    print(f"freed {took:.1f} s after the kernel ended")
-    try:
+    with loaded_kernels(1) as (stayer,):
+        with loaded_kernels(1) as (leaver,):
+            run = leaver.run(
+                "%%tetra --local\nimport os, subprocess\n"
+                "open('left-behind.txt', 'w').write('x')\n"
+                "sleeper = subprocess.Popen(['sleep', '600']).pid\n"
+                "print(os.getpid(), sleeper, os.getcwd())"
+            )
+            executor, sleeper, workdir = run.stdout.split()
+            assert (Path(workdir) / "left-behind.txt").exists()
+        took = _until_gone([int(executor), int(sleeper)], 60)
+        assert not Path(workdir).exists()
+        print(f"freed {took:.1f} s after the kernel ended")
         assert stayer.run("%%tetra --local\nprint('still here')").stdout == "still here\n"
-    finally:
-        stayer.close()
 
 
 def test_a_quiet_long_job_is_not_taken_from_its_worker(tmp_path: Path) -> None:
@@ -242,14 +222,10 @@ def test_a_quiet_long_job_is_not_taken_from_its_worker(tmp_path: Path) -> None:
     with (
         environ({"TETRA_WORKER_STREAM": "0"}),
         private_local_endpoint(tmp_path / "home", workers=2),
+        loaded_kernels(1) as (kernel,),
     ):
-        kernel = LiveKernel()
-        try:
-            assert kernel.run(LOAD).error is None
-            took, out = _timed(
-                kernel, "%%tetra --local\nimport os, time\ntime.sleep(7)\nprint(os.getpid())"
-            )
-            assert out.strip().isdigit() and took >= 7
-            assert _health()["jobs"]["retried"] == 0
-        finally:
-            kernel.close()
+        took, out = _timed(
+            kernel, "%%tetra --local\nimport os, time\ntime.sleep(7)\nprint(os.getpid())"
+        )
+        assert out.strip().isdigit() and took >= 7
+        assert _health()["jobs"]["retried"] == 0

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kernels import LiveKernel, private_local_endpoint
+from kernels import LiveKernel, loaded_kernels, private_local_endpoint
 
 # Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
 pytestmark = pytest.mark.slow
@@ -38,12 +38,8 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture
 def kernel() -> Iterator[LiveKernel]:
-    live = LiveKernel()
-    try:
-        assert live.run(LOAD).error is None
+    with loaded_kernels(1) as (live,):
         yield live
-    finally:
-        live.close()
 
 
 def value(kernel: LiveKernel, expression: str) -> str:

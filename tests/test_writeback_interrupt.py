@@ -19,14 +19,14 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-TRIPWIRE = """\
+def tripwire(base: str = "object") -> str:
+    """A notebook class `Tripwire(base)` whose instance, given an attribute on the worker, sends
+    the kernel a real Ctrl-C (SIGINT, as the stop button does) as it loads in the kernel."""
+    return f"""\
 import os, signal
 KERNEL = os.getpid()
-class Tripwire:
-    def __init__(self):
-        self.armed = True
+class Tripwire({base}):
     def __setstate__(self, state):
-        # Loaded in this kernel: Ctrl-C now, in the middle of the cell's write-back.
         self.__dict__.update(state)
         if os.getpid() == KERNEL:
             os.kill(KERNEL, signal.SIGINT)
@@ -36,8 +36,8 @@ class Tripwire:
 def test_ctrl_c_during_write_back_lands_after_every_value() -> None:
     _, _, cell, after = run_cells(
         "%load_ext tetra_magic",
-        TRIPWIRE,
-        "%%tetra --local\nfirst = 1\nwire = Tripwire()\nlast = 3",
+        tripwire(),  # loads in the middle of the cell's write-back
+        "%%tetra --local\nfirst = 1\nwire = Tripwire()\nwire.armed = True\nlast = 3",
         "print(first, type(wire).__name__, last)",
     )
     assert cell.error is not None and cell.error["ename"] == "CellInterrupted"
@@ -48,25 +48,13 @@ def test_ctrl_c_during_write_back_lands_after_every_value() -> None:
     assert after.stdout == "1 Tripwire 3\n"
 
 
-TRIPWIRE_ERROR = """\
-import os, signal
-KERNEL = os.getpid()
-class Tripwire(Exception):
-    def __setstate__(self, state):
-        # Loaded in this kernel: Ctrl-C now, as the cell's exception is read.
-        self.__dict__.update(state)
-        if os.getpid() == KERNEL:
-            os.kill(KERNEL, signal.SIGINT)
-"""
-
-
 def test_ctrl_c_after_the_job_ended_but_before_write_back_says_so_in_one_line() -> None:
     """The job is over; the kernel is reading its answer (the cell's exception, loading) when
     Ctrl-C comes: one line says the job had ended and nothing was written back, never a
     traceback through the magic's HTTP client."""
     _, _, cell, after = run_cells(
         "%load_ext tetra_magic",
-        TRIPWIRE_ERROR,
+        tripwire("Exception"),  # loads as the cell's exception is read
         "%%tetra --local\nfirst = 1\nerror = Tripwire('boom')\nerror.armed = True\nraise error",
         "print('first' in globals())",
     )

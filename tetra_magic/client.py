@@ -110,7 +110,7 @@ class EndpointClient:
         self.endpoint = endpoint
         self.retries = retries
         self.max_backoff = max_backoff
-        url = f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}"
+        url = self._url = f"{endpoint.base_url.rstrip('/')}/{endpoint.endpoint_id}"
         self._own = transport is not None
         self._http = (
             _new_http(url, endpoint.api_key, transport)
@@ -176,13 +176,11 @@ class EndpointClient:
         raise EndpointError(f"{self.endpoint!r} kept answering 429 (rate limited); try again later")
 
     def _unreachable(self, exc: Exception) -> str:
-        where = f"{self.endpoint.base_url}/{self.endpoint.endpoint_id}"
-        return f"could not connect to {where} ({exc}): check its address, and that it is up"
+        return f"could not connect to {self._url} ({exc}): check its address, and that it is up"
 
     def _lost(self, exc: Exception, job_id: str | None) -> str:
-        where = f"{self.endpoint.base_url}/{self.endpoint.endpoint_id}"
         job = f"; job {job_id} may still be running there" if job_id else ""
-        return f"lost the connection to {where} ({type(exc).__name__}: {exc}){job}"
+        return f"lost the connection to {self._url} ({type(exc).__name__}: {exc}){job}"
 
     def _refused(self, status: int) -> str:
         """401/403 in words: which key was sent, from where (never the key itself)."""

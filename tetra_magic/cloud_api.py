@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from tetra_magic import http_log
+from tetra_magic.client import retry_after
 from tetra_magic.errors import TetraError
 
 REST_V2 = "https://api.runpod.io/v2"
@@ -207,9 +208,8 @@ def _detail(response: httpx.Response) -> str:
 def _wait_429(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait before asking again: what RunPod's `Retry-After` or `RateLimit` header
     (t= / reset=) says, else 1, 2, 4 ... s; at most MAX_WAIT_429."""
-    told = response.headers.get("Retry-After") or ""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", told) or _WAIT.search(
-        response.headers.get("RateLimit", "")
-    )
-    seconds = float(found[1]) if found else 2.0**attempt
+    seconds = retry_after(response.headers.get("Retry-After"))
+    if seconds is None:
+        found = _WAIT.search(response.headers.get("RateLimit", ""))
+        seconds = float(found[1]) if found else 2.0**attempt
     return min(max(seconds, 0.1), MAX_WAIT_429)

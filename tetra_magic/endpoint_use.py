@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from tetra_magic.local.state import write_json_private
 from tetra_magic.state_dir import home
 
 FILE = "endpoints-used.json"
@@ -73,11 +73,8 @@ def _read() -> dict[str, dict[str, Any]]:
 def _record() -> Iterator[dict[str, dict[str, Any]]]:
     """The record, to change in place, written back whole under a lock (kernels of this
     machine share it)."""
-    path = home() / FILE
     with open(home() / (FILE + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = _read()
         yield record
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(record, sort_keys=True))
-        os.replace(partial, path)
+        write_json_private(home() / FILE, record)

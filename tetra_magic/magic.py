@@ -147,24 +147,12 @@ class TetraMagic(Magics):
 
     @validate("session")
     def _session_named(self, proposal: Any) -> str:
-        name = proposal["value"]
-        if name:
-            try:
-                cell_options.session_name(name, "TetraMagic.session")
-            except UsageError as exc:
-                raise TraitError(str(exc)) from None
-        return name
+        return _checked_setting(cell_options.session_name, proposal["value"], "session")
 
     @validate("endpoint")
     def _endpoint_checked(self, proposal: Any) -> str:
         """A malformed address is refused when it is set, not at the next cell's first request."""
-        address = proposal["value"]
-        if address:
-            try:
-                cell_options.endpoint_address(address, "TetraMagic.endpoint")
-            except UsageError as exc:
-                raise TraitError(str(exc)) from None
-        return address
+        return _checked_setting(cell_options.endpoint_address, proposal["value"], "endpoint")
 
     @validate("gpu_prices")
     def _pools_priced(self, proposal: Any) -> dict[str, float]:
@@ -249,6 +237,17 @@ class TetraMagic(Magics):
     def _current_cell(self) -> str | None:
         cells = self._history()
         return cells[-1] if cells else None
+
+
+def _checked_setting(check: Callable[[str, str], str], value: str, trait: str) -> str:
+    """`value` of TetraMagic.`trait` ("" for none), checked as its option is: a TraitError,
+    what `%config` shows, with the option's own message."""
+    if value:
+        try:
+            check(value, f"TetraMagic.{trait}")
+        except UsageError as exc:
+            raise TraitError(str(exc)) from None
+    return value
 
 
 def parse_options(option_text: str) -> argparse.Namespace:

@@ -10,19 +10,14 @@ magic imports this inside the notebook kernel.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tetra_magic.local import launcher, state
-
-# Loopback never goes through an HTTP proxy, whatever HTTP_PROXY says.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -112,22 +107,10 @@ def _ask(record: dict[str, Any]) -> dict[str, Any] | None:
     A server of an older tetra-magic has no local-status route; its /health (which counts as
     activity there) still says that it answers, and what its workers do.
     """
-    url, endpoint_id = record.get("url"), record.get("endpoint_id")
-    if not isinstance(url, str) or not isinstance(endpoint_id, str):
+    endpoint = launcher.endpoint_of(record, state.token())
+    if endpoint is None:
         return None
-    base = f"{url}/{endpoint_id}"
-    return _get(f"{base}/local-status") or _get(f"{base}/health")
-
-
-def _get(url: str, timeout: float = 3.0) -> dict[str, Any] | None:
-    """A JSON object from one of the server's client routes, or None."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {state.token()}"})
-    try:
-        with _DIRECT.open(request, timeout=timeout) as response:
-            answer = json.load(response)
-    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
-        return None
-    return answer if isinstance(answer, dict) else None
+    return launcher.ask(endpoint, "local-status") or launcher.ask(endpoint, "health")
 
 
 def _workers(record: dict[str, Any], answer: dict[str, Any] | None) -> str:

@@ -446,11 +446,9 @@ class JobStore:
             job._timer = None
         job.status, job.worker_id, job.started = JobStatus.IN_QUEUE, None, None
         self._running.pop(worker_id, None)
-        self._dead_workers.add(worker_id)
-        self._pins = {s: w for s, w in self._pins.items() if w != worker_id}
         self._queue.appendleft(job.id)
         self.totals["retried"] += 1
-        self._wake_takers()
+        self.worker_gone(worker_id, f"it did not take up job {job.id}")  # no job of it is lost
         job.touch()
         if self.on_unresponsive is not None:
             self.on_unresponsive(worker_id, job.id)

@@ -69,7 +69,7 @@ def running() -> LocalEndpoint | None:
     known = _confirmed is not None and _confirmed[0] == record and isinstance(pid, int)
     if known and state.pid_alive(pid):
         return _confirmed[1]
-    endpoint = _endpoint(record, state.token())
+    endpoint = endpoint_of(record, state.token())
     if endpoint is None or not _answers(endpoint):
         return None
     _confirmed = (record, endpoint)
@@ -127,23 +127,30 @@ def stop(timeout: float = 15.0) -> bool:
     return bool(pids)
 
 
-def _endpoint(record: dict[str, Any], token: str) -> LocalEndpoint | None:
+def endpoint_of(record: dict[str, Any], token: str) -> LocalEndpoint | None:
+    """The endpoint a server record names, reached with `token`; None for a malformed one."""
     url, endpoint_id = record.get("url"), record.get("endpoint_id")
     if not isinstance(url, str) or not isinstance(endpoint_id, str):
         return None
     return LocalEndpoint(base_url=url, endpoint_id=endpoint_id, api_key=token)
 
 
-def _answers(endpoint: LocalEndpoint, timeout: float = 3.0) -> bool:
+def _answers(endpoint: LocalEndpoint) -> bool:
+    return ask(endpoint, "health") is not None
+
+
+def ask(endpoint: LocalEndpoint, route: str, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The JSON object a client route of the server answers with our token; None when it does
+    not answer (not running, another token, a route it does not have)."""
     request = urllib.request.Request(
-        f"{endpoint.url}/health", headers={"Authorization": f"Bearer {endpoint.api_key}"}
+        f"{endpoint.url}/{route}", headers={"Authorization": f"Bearer {endpoint.api_key}"}
     )
     try:
         with _DIRECT.open(request, timeout=timeout) as response:
-            json.load(response)
-            return response.status == 200
+            answer = json.load(response)
     except (OSError, ValueError):  # URLError and HTTPError are OSErrors
-        return False
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _spawn(
@@ -210,7 +217,7 @@ def _wait_for(process: subprocess.Popen[bytes], log_path: Path, timeout: float) 
             )
         record = state.read_record()
         if record is not None and record.get("pid") == process.pid:
-            endpoint = _endpoint(record, token)
+            endpoint = endpoint_of(record, token)
             if endpoint is not None and _answers(endpoint):
                 return endpoint
         time.sleep(0.05)

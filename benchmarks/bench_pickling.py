@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from tetra_magic.cell_runtime import MainNames
+from tetra_magic.runtime.pickling import MainNames
 
 
 def _best(function: Callable[[], Any], repeat: int = 5) -> float:

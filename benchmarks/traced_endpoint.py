@@ -29,7 +29,8 @@ from typing import Any, TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tetra_magic.local import server
-from tetra_magic.local.jobs import Job, JobStore
+from tetra_magic.local.job_store import JobStore
+from tetra_magic.local.jobs import Job
 
 
 class TracingStore(JobStore):

@@ -124,3 +124,20 @@ def test_line_numbers_match_the_cell() -> None:
         analyse("\n" + transform("x = 1\ny = (\n"), "<tetra-cell-3>")
     assert info.value.filename == "<tetra-cell-3>"
     assert info.value.lineno in (3, 4)
+
+
+def test_what_the_worker_needs_of_the_statements_is_found_here() -> None:
+    """The cell's top-level definitions (decorators included, with their first line), the
+    names `with` binds, imports and the submodules `import a.b` loads: at the cell's level, not
+    inside its functions."""
+    result = facts(
+        "import os.path, xml.dom.minidom as md\nfrom json import *\n"
+        "if go:\n    import email.utils\n"
+        "@deco\ndef f():\n    import re.sub_module\n    with g() as inner:\n        pass\n"
+        "with open(p) as (a, b), lock:\n    class C:\n        pass\n"
+    )
+    f = "@deco\ndef f():\n    import re.sub_module\n    with g() as inner:\n        pass\n"
+    assert result.defines == {"f": (f, 6)}
+    assert result.with_targets == {"a", "b"}
+    assert result.imported == ("email", "md", "os")
+    assert result.submodules == {"email": ("email.utils",), "os": ("os.path",)}

@@ -22,8 +22,8 @@ from IPython.testing import globalipapp
 
 from tetra_magic.client import EndpointError
 from tetra_magic.errors import CellSyntaxError
-from tetra_magic.local import server
-from tetra_magic.local.jobs import JobStore
+from tetra_magic.local import api, server
+from tetra_magic.local.job_store import JobStore
 
 # The body of every cell: `)` cannot parse, so an accepted cell ends at the analysis.
 NOT_PYTHON = ")"
@@ -228,7 +228,7 @@ def guarded_endpoint() -> Iterator[str]:
     thread.start()
 
     async def start() -> Any:
-        runner = server.app_runner(server.Api(JobStore(), None, "the-token", "local"))
+        runner = server.app_runner(api.Api(JobStore(), None, "the-token", "local"))
         await runner.setup()
         await server.web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import requests
+from following import followed
 from kernels import private_local_endpoint, run_cells
 
 from tetra_magic.client import Endpoint, EndpointClient
 from tetra_magic.display.text import TextView
-from tetra_magic.follow import follow
 from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
 from worker.protocol import FunctionRequest, decode
@@ -102,9 +102,9 @@ def test_the_stream_delivers_pieces_under_1_mb_that_the_client_joins_from_status
     target = Endpoint(endpoint.base_url, endpoint.endpoint_id, endpoint.api_key)
     client = EndpointClient(target)
     try:
-        followed = follow(client, job_id, TextView(live=False))  # /stream has nothing left
+        job = followed(client, job_id, TextView(live=False))  # /stream has nothing left
     finally:
         client.close()
-    assert [chunk["kind"] for chunk in followed.chunks].count("response") == 1
-    assert followed.response is not None and followed.response.success
-    assert decode(followed.response.result) == _expected()
+    assert [chunk["kind"] for chunk in job.chunks].count("response") == 1
+    assert job.response is not None and job.response.success
+    assert decode(job.response.result) == _expected()

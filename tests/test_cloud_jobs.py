@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from cloud_kernels import COST_LINE, KEY, ok, run_cloud, runpod_config
+from following import followed
 from runpod_fakes import FakeRunPod
 
 from tetra_magic.client import Endpoint, EndpointClient
 from tetra_magic.display.text import TextView
-from tetra_magic.follow import follow
 from worker.protocol import FunctionRequest
 
 
@@ -159,9 +159,9 @@ def test_waiting_in_the_queue_shows_queued_and_is_not_run_time(fake: FakeRunPod)
     fake.queue_seconds = 2.5
     client, job_id = submit(fake)
     view = Recording(WidgetView(name="q"))
-    followed = follow(client, job_id, view, deadline=time.monotonic() + 1.0)
+    job = followed(client, job_id, view, deadline=time.monotonic() + 1.0)
     client.close()
-    assert followed.status == "COMPLETED" and followed.response.success
+    assert job.status == "COMPLETED" and job.response.success
     assert view.statuses[0] == "IN_QUEUE" and view.statuses[-1] == "COMPLETED"
     queued = [h for s, h in zip(view.statuses, view.headers, strict=True) if s == "IN_QUEUE"]
     assert "queued" in queued[-1] and "waiting for a worker" in queued[-1]
@@ -183,7 +183,7 @@ def test_text_view_tells_a_terminal_about_a_long_queue_once(
     monkeypatch.setattr(TextView, "QUEUE_NOTICE_S", 0.5)
     fake.queue_seconds = 1.5
     client, job_id = submit(fake)
-    follow(client, job_id, TextView())
+    followed(client, job_id, TextView())
     client.close()
     notice = "tetra: queued, waiting for a worker to start (cold start)\n"
     assert stderr.getvalue() == (notice if tty else "")

@@ -21,11 +21,12 @@ from cloud_kernels import COST_LINE, KEY, LOAD, kernel_env, ok, run_cloud
 from kernels import run_cells
 from runpod_fakes import FakeRunPod, operation_id
 
-from tetra_magic import provision
-from tetra_magic.options import CellOptions
+from tetra_magic import endpoint_choice, provision, targets
+from tetra_magic.endpoint_spec import EndpointSpec
+from tetra_magic.options import CellOptions, WorkerSettings
 
-IMAGE = f"runpod/flash:py{provision.python_minor()}-latest"
-CPU_IMAGE = f"runpod/flash-cpu:py{provision.python_minor()}-latest"
+IMAGE = f"runpod/flash:py{endpoint_choice.python_minor()}-latest"
+CPU_IMAGE = f"runpod/flash-cpu:py{endpoint_choice.python_minor()}-latest"
 POOLS = {"A100": "AMPERE_80", "H100": "ADA_80_PRO", "H200": "HOPPER_141", "4090": "ADA_24"}
 
 
@@ -152,7 +153,7 @@ def test_settings_and_image_variable_make_their_own_endpoint(
     assert "is not a valid image reference" in runs[4].stderr and runs[4].results == []
     first, second = fake.created()
     assert (first["workers"]["max"], second["workers"]["max"]) == (3, 5)
-    image = f"me/tetra:0.1.0-py{provision.python_minor()}"
+    image = f"me/tetra:0.1.0-py{endpoint_choice.python_minor()}"
     assert first["image"] == second["image"] == image
     assert (first["env"], second["env"]) == ({}, {"HF_HOME": "/v/hf"})
     assert len(fake.endpoints) == 2
@@ -172,28 +173,29 @@ def options(**overrides: object) -> CellOptions:
 
 @pytest.mark.slow
 def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
-    worker = provision.WorkerSettings()
-    spec = provision.spec_for(options(), worker)
-    assert spec.name == provision.spec_for(options(timeout=5.0), worker).name  # per-job only
+    worker = WorkerSettings()
+    spec = endpoint_choice.spec_for(options(), worker)
+    assert spec.name == endpoint_choice.spec_for(options(timeout=5.0), worker).name  # per-job only
     changed = [
-        provision.spec_for(options(gpu_ids=("ADA_24",)), worker),
-        provision.spec_for(options(), provision.WorkerSettings(gpu_count=2)),
-        provision.spec_for(options(), provision.WorkerSettings(workers_min=1)),
-        provision.spec_for(options(), provision.WorkerSettings(idle_timeout=60)),
-        provision.spec_for(options(), provision.WorkerSettings(execution_timeout=60)),
-        provision.spec_for(options(), provision.WorkerSettings(env=(("A", "1"),))),
-        provision.spec_for(options(), provision.WorkerSettings(image="x/y:z")),
+        endpoint_choice.spec_for(options(gpu_ids=("ADA_24",)), worker),
+        endpoint_choice.spec_for(options(), WorkerSettings(gpu_count=2)),
+        endpoint_choice.spec_for(options(), WorkerSettings(workers_min=1)),
+        endpoint_choice.spec_for(options(), WorkerSettings(idle_timeout=60)),
+        endpoint_choice.spec_for(options(), WorkerSettings(execution_timeout=60)),
+        endpoint_choice.spec_for(options(), WorkerSettings(env=(("A", "1"),))),
+        endpoint_choice.spec_for(options(), WorkerSettings(image="x/y:z")),
     ]
     # A session's endpoint is its own even where its limits are the plain endpoint's.
-    one = provision.WorkerSettings(workers_max=1, idle_timeout=600)
-    changed.append(provision.spec_for(options(session="s"), one))
-    changed.append(provision.spec_for(options(session="t"), one))
-    assert provision.spec_for(options(), one).digest not in {c.digest for c in changed[-2:]}
+    one = WorkerSettings(workers_max=1, idle_timeout=600)
+    changed.append(endpoint_choice.spec_for(options(session="s"), one))
+    changed.append(endpoint_choice.spec_for(options(session="t"), one))
+    assert endpoint_choice.spec_for(options(), one).digest not in {c.digest for c in changed[-2:]}
     assert len({spec.digest, *(c.digest for c in changed)}) == 10
     # The same in another process (hash randomisation must not reach it).
     code = (
-        "from test_cloud_provision import options; from tetra_magic import provision;"
-        "print(provision.spec_for(options(), provision.WorkerSettings()).digest)"
+        "from test_cloud_provision import options; from tetra_magic import endpoint_choice;"
+        "from tetra_magic.options import WorkerSettings;"
+        "print(endpoint_choice.spec_for(options(), WorkerSettings()).digest)"
     )
     other = subprocess.run(
         [sys.executable, "-c", code],
@@ -209,7 +211,7 @@ def test_the_name_is_a_stable_hash_of_the_whole_configuration() -> None:
 def test_names_made_before_rest_v2_are_found_again() -> None:
     """The move from GraphQL to REST v2 changed no name: endpoints made before it are reused.
     (The names below are those the GraphQL-era code gave these configurations.)"""
-    plain = provision.EndpointSpec(
+    plain = EndpointSpec(
         label="a100", image="runpod/flash:py3.11-latest", gpu_ids=("AMPERE_80",),
         instance_ids=(), gpu_count=1, workers_min=0, workers_max=3, idle_timeout=5,
         execution_timeout_ms=600_000, env=(),
@@ -225,9 +227,9 @@ def test_bad_settings_name_the_setting() -> None:
     from IPython.core.error import UsageError
 
     with pytest.raises(UsageError, match=r"TetraMagic\.workers_max must be at least 2"):
-        provision.WorkerSettings(workers_min=2, workers_max=1)
+        WorkerSettings(workers_min=2, workers_max=1)
     with pytest.raises(UsageError, match=r"TetraMagic\.gpu_count"):
-        provision.WorkerSettings(gpu_count=0)
+        WorkerSettings(gpu_count=0)
 
 
 @pytest.mark.slow
@@ -260,9 +262,9 @@ def test_an_exact_gpu_type_is_its_pool_less_the_others(in_process: FakeRunPod) -
     exact = tuple(gpu_ids(["nvidia_a100-sxm4-80gb"]))
     assert exact == ("NVIDIA A100-SXM4-80GB",)
     tricky = (("EMPTY", ""), ("MOTD", 'say "hi"\\n\tthen {go}'))
-    worker = provision.WorkerSettings(env=tricky)
+    worker = WorkerSettings(env=tricky)
     chosen = options(gpus=("NVIDIA_A100-SXM4-80GB",), gpu_ids=exact, worker=worker)
-    endpoint = provision.provisioned(chosen, KEY, "test")
+    endpoint = targets.resolve(chosen)
     (made,) = in_process.created()
     assert made["gpu"] == {
         "pools": ["AMPERE_80"], "count": 1, "excludedTypes": ["NVIDIA A100 80GB PCIe"],
@@ -272,9 +274,7 @@ def test_an_exact_gpu_type_is_its_pool_less_the_others(in_process: FakeRunPod) -
 
 
 def test_exact_types_and_pools_together() -> None:
-    from IPython.core.error import UsageError
-
-    from tetra_magic.gpus import gpu_ids, pools_and_exclusions
+    from tetra_magic.gpus import UnknownGpu, gpu_ids, pools_and_exclusions
 
     both = gpu_ids(["NVIDIA L40S", "H100", "NVIDIA A100-SXM4-80GB", "A100"])
     assert pools_and_exclusions(both) == (
@@ -283,7 +283,7 @@ def test_exact_types_and_pools_together() -> None:
     )
     two = gpu_ids(["NVIDIA H100 PCIe", "NVIDIA H100 NVL"])
     assert pools_and_exclusions(two) == (["ADA_80_PRO"], ["NVIDIA H100 80GB HBM3"])
-    with pytest.raises(UsageError, match=r"'NVIDIA A100 40GB' is not a GPU type of RunPod's"):
+    with pytest.raises(UnknownGpu, match=r"'NVIDIA A100 40GB' is not a GPU type of RunPod's"):
         gpu_ids(["NVIDIA A100 40GB"])
 
 
@@ -398,7 +398,7 @@ def test_a_session_gets_an_endpoint_of_its_own_with_one_worker(in_process: FakeR
 
     def endpoint(session: str | None) -> str:
         chosen = options(session=session, session_idle_timeout=900)
-        return provision.provisioned(chosen, KEY, "test").endpoint_id
+        return targets.resolve(chosen).endpoint_id
 
     plain, train, train_again = endpoint(None), endpoint("train"), endpoint("train")
     provision._known.clear()  # what a later kernel knows

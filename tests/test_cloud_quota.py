@@ -13,7 +13,7 @@ from cloud_kernels import KEY, ok, run_cloud
 from runpod_fakes import FakeRunPod
 from test_cloud_provision import options
 
-from tetra_magic import provision
+from tetra_magic import targets
 from tetra_magic.cloud_api import QuotaFull, RunPodRest
 
 
@@ -59,7 +59,7 @@ def test_runpods_own_refusal_reads_the_same(in_process: FakeRunPod) -> None:
     in_process.worker_quota = 2
     in_process.account_limits = {"spendRate": {"limit": 80.0, "used": 0.0}}
     with pytest.raises(QuotaFull) as refused:
-        provision.provisioned(options(), KEY, "test")
+        targets.resolve(options())
     assert str(refused.value).startswith("creating RunPod endpoint tetra-magic-a100-")
     assert "the quota is 2 (RunPod's limit" in str(refused.value)
     assert "of which 0 are in use: none. Free some" in str(refused.value)

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 from cloud_kernels import COST_LINE, KEY, ok, run_cloud
+from following import followed
 from runpod_fakes import FakeRunPod
 
-from tetra_magic import provision
+from tetra_magic import endpoint_choice, targets
 from tetra_magic.client import Endpoint, EndpointClient
 from tetra_magic.display.text import TextView
-from tetra_magic.follow import follow
+from tetra_magic.options import WorkerSettings
 from tetra_magic.waiting import QueueGaveUp, QueueWatch
 from worker.protocol import FunctionRequest
 
-IMAGE = f"runpod/flash:py{provision.python_minor()}-latest"
+IMAGE = f"runpod/flash:py{endpoint_choice.python_minor()}-latest"
 
 
 def test_default_images_are_the_ones_runpod_flash_names(
@@ -31,36 +32,35 @@ def test_default_images_are_the_ones_runpod_flash_names(
 
     for variable in ("FLASH_GPU_IMAGE", "FLASH_CPU_IMAGE", "FLASH_IMAGE_TAG"):
         monkeypatch.delenv(variable, raising=False)
-    assert set(provision.PUBLISHED_PYTHONS) == set(constants.GPU_PYTHON_VERSIONS)
-    assert set(provision.PUBLISHED_PYTHONS) == set(constants.CPU_PYTHON_VERSIONS)
-    for python in provision.PUBLISHED_PYTHONS:
-        monkeypatch.setattr(provision, "python_minor", lambda python=python: python)
-        settings = provision.WorkerSettings()
+    assert set(endpoint_choice.PUBLISHED_PYTHONS) == set(constants.GPU_PYTHON_VERSIONS)
+    assert set(endpoint_choice.PUBLISHED_PYTHONS) == set(constants.CPU_PYTHON_VERSIONS)
+    for python in endpoint_choice.PUBLISHED_PYTHONS:
+        monkeypatch.setattr(endpoint_choice, "python_minor", lambda python=python: python)
+        settings = WorkerSettings()
         for cpu, kind in ((False, "gpu"), (True, "cpu")):
-            assert provision.worker_image(settings, cpu) == constants.get_image_name(kind, python)
+            image = endpoint_choice.worker_image(settings, cpu)
+            assert image == constants.get_image_name(kind, python)
 
 
 def test_a_python_without_a_published_image_is_refused_before_provisioning(
-    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+    in_process: FakeRunPod, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from IPython.core.error import UsageError
 
     from tetra_magic.options import CellOptions
 
-    for name, value in fake.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(provision, "python_minor", lambda: "3.9")
+    monkeypatch.setattr(endpoint_choice, "python_minor", lambda: "3.9")
     options = CellOptions(
         gpus=("A100",), gpu_ids=("AMPERE_80",), cpu=False, dependencies=(),
         system_dependencies=(), endpoint=None, local=False, timeout=60, name=None, out=None,
         stream=True, quiet=False, verbose=False,
     )  # fmt: skip
     with pytest.raises(UsageError) as info:
-        provision.provisioned(options, KEY, "test")
+        targets.resolve(options)
     message = str(info.value)
     assert "Python 3.9" in message and "3.10, 3.11, 3.12, 3.13" in message
     assert "TetraMagic.worker_image" in message and "tools/build_worker_image.sh" in message
-    assert fake.management == []  # nothing was looked up or created
+    assert in_process.management == []  # nothing was looked up or created
 
 
 # ------------------------------------------------------------------ waiting for a worker
@@ -89,7 +89,7 @@ def wait_for_worker(
     raised = None
     watch = watch or QueueWatch(timeout, IMAGE, ("A100",), cold_starts=True)
     try:
-        follow(client, job_id, TextView(), watch=watch)
+        followed(client, job_id, TextView(), watch=watch)
     except QueueGaveUp as exc:
         raised = exc
     finally:

@@ -1,7 +1,7 @@
 """The local endpoint's HTTP API answers every request, of any shape, with a status below 500,
 and every error as RunPod's JSON `{"error": ...}`; its log holds no traceback.
 
-The server is the real one (`server.app_runner` over an `Api`, as `serve` runs it) on loopback,
+The server is the real one (`server.app_runner` over an `api.Api`, as `serve` runs it) on loopback,
 without workers: this test plays the worker itself where it needs one. Requests go over raw
 sockets, so that bytes no HTTP client would send (invalid UTF-8 in headers, bogus methods) get
 sent too.
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tetra_magic.local import server
-from tetra_magic.local.jobs import JobStore
+from tetra_magic.local import api, server
+from tetra_magic.local.job_store import JobStore
 from tetra_magic.runpod_limits import STREAM_CHUNK_LIMIT
 
 TOKEN = "fuzz-token"
@@ -36,14 +36,14 @@ class Answer:
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long polls and runsync's wait held to a blink: the fuzz sends hundreds of them."""
-    monkeypatch.setattr(server, "TAKE_WAIT_S", 0.02)
-    monkeypatch.setattr(server, "STOP_WAIT_S", 0.02)
-    monkeypatch.setattr(server, "STREAM_HOLD_S", 0.02)
-    monkeypatch.setattr(server, "RUNSYNC_WAIT_MS", (10, 20, 30))
+    monkeypatch.setattr(api, "TAKE_WAIT_S", 0.02)
+    monkeypatch.setattr(api, "STOP_WAIT_S", 0.02)
+    monkeypatch.setattr(api, "STREAM_HOLD_S", 0.02)
+    monkeypatch.setattr(api, "RUNSYNC_WAIT_MS", (10, 20, 30))
 
 
 async def started() -> tuple[Any, int]:
-    runner = server.app_runner(server.Api(JobStore(), None, TOKEN, "local"))
+    runner = server.app_runner(api.Api(JobStore(), None, TOKEN, "local"))
     await runner.setup()
     site = server.web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -1,10 +1,12 @@
 """The code flows one way: no module of tetra_magic imports, however indirectly, one that
 imports it back, counting imports inside functions (which only hide a circle until they run);
-and the worker, which runs where tetra_magic is not installed, never imports tetra_magic."""
+the worker, which runs where tetra_magic is not installed, never imports tetra_magic; and the
+runtime, shipped to any worker as source, imports nothing that worker may lack."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +97,59 @@ def test_the_graph_sees_imports_inside_functions() -> None:
     edges = graph()
     assert "tetra_magic.magic" in edges["tetra_magic"]  # inside load_ipython_extension
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+RUNTIME = ROOT / "tetra_magic" / "runtime"
+# What a cell may bring to the worker, and the runtime uses where it is there: imported only
+# inside the functions that use it, so that the runtime itself loads without it.
+OPTIONAL_ON_THE_WORKER = {"IPython", "traitlets", "matplotlib"}
+
+
+def runtime_imports(source: str) -> list[tuple[str, bool]]:
+    """(what, inside a function) for each import in `source`: the top-level package an
+    absolute import names, or the dots of a relative one."""
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, inside: bool) -> None:
+        if isinstance(node, ast.Import):
+            found.extend((alias.name.partition(".")[0], inside) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            top = "." * node.level if node.level else (node.module or "").partition(".")[0]
+            found.append((top, inside))
+        inside = inside or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_the_runtime_imports_only_the_stdlib_cloudpickle_and_itself() -> None:
+    """At module level: the standard library, cloudpickle (every worker that loads a request's
+    arguments has it) and the runtime's own modules, by relative import from the same package;
+    inside functions, also the packages a cell may bring. Nothing of tetra_magic or the worker
+    by name: on the worker the package is `tetra_runtime`, and neither of those exists."""
+    stdlib = set(sys.stdlib_module_names)
+    wrong = {}
+    for path in sorted(RUNTIME.glob("*.py")):
+        bad = [
+            what
+            for what, inside in runtime_imports(path.read_text())
+            if what not in stdlib | {"cloudpickle", "."}
+            and not (inside and what in OPTIONAL_ON_THE_WORKER)
+        ]
+        if bad:
+            wrong[path.name] = bad
+    assert wrong == {}
+
+
+def test_the_runtime_rule_sees_what_it_forbids() -> None:
+    """The check itself: a package at module level, a relative import out of the package, and
+    an optional package at module level are found; the same package inside a function is not."""
+    probe = "import numpy\nfrom .. import x\nimport IPython\ndef f():\n    import IPython\n"
+    assert runtime_imports(probe) == [
+        ("numpy", False),
+        ("..", False),
+        ("IPython", False),
+        ("IPython", True),
+    ]

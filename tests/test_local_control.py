@@ -20,8 +20,9 @@ from kernels import environ, run_cells, shared_worker_env
 
 from tetra_magic import commands
 from tetra_magic.local import __main__ as cli
-from tetra_magic.local import control, launcher, server, state
-from tetra_magic.local.jobs import JobStore
+from tetra_magic.local import control, launcher, state
+from tetra_magic.local.api import Api
+from tetra_magic.local.job_store import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("tetra-local")
@@ -179,7 +180,7 @@ def test_the_idle_line(answer: dict[str, object], said: str) -> None:
 
 
 def test_asking_for_the_status_does_not_count_as_activity() -> None:
-    api = server.Api(JobStore(), None, "the-token", "local", idle_timeout=60.0)
+    api = Api(JobStore(), None, "the-token", "local", idle_timeout=60.0)
     api.last_activity -= 30
 
     async def ask() -> tuple[int, dict[str, object]]:

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from tetra_magic.local.jobs import JobStore, Policy, PolicyError
-from tetra_magic.local.workers import exit_reason, gpu_plan, visible_gpus
+from tetra_magic.local.job_store import JobStore
+from tetra_magic.local.jobs import Policy, PolicyError
+from tetra_magic.local.worker_gpus import gpu_plan, visible_gpus
+from tetra_magic.local.workers import exit_reason
 from tetra_magic.status import JobStatus
 
 

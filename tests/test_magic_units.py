@@ -17,10 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from following import followed
 from IPython.core.error import UsageError
 from IPython.core.inputtransformer2 import TransformerManager
 
-from tetra_magic import cell_runtime, outcome
+from tetra_magic import outcome
 from tetra_magic.analysis import analyse
 from tetra_magic.client import Endpoint, EndpointClient, EndpointError
 from tetra_magic.display.text import TextView
@@ -31,10 +32,13 @@ from tetra_magic.errors import (
     remote_error,
     render_traceback,
 )
-from tetra_magic.follow import JobTimeout, follow
+from tetra_magic.follow import JobTimeout
 from tetra_magic.magic import TetraMagic, parse_options, split_line
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import pack
+from tetra_magic.runtime import shell
+from tetra_magic.runtime.cell import run_cell
+from tetra_magic.runtime.pickling import MainNames
 from worker import frames, handler
 from worker.executor import Executor
 from worker.protocol import FunctionResponse, decode, encode
@@ -95,7 +99,7 @@ def run_here(cell: str, user_ns: dict[str, Any], **opts: Any) -> outcome.CellRes
     into `user_ns` as the magic does; the cell's last value is the result's `last`."""
     _, request = packed(cell, user_ns, **opts)
     kwargs = {k: decode(v) for k, v in request.request.kwargs.items()}
-    value = cell_runtime.run_cell(**kwargs)
+    value = run_cell(**kwargs)
     response = FunctionResponse(success=True, result=encode(value))
     result = outcome.unpack(response)
     outcome.apply(result, user_ns)
@@ -183,7 +187,7 @@ def test_a_module_only_on_the_worker_is_left_out_silently_and_the_rest_lands() -
     exec("class Thing:\n    pass\n", worker_only.__dict__)
     sys.modules["worker_only_mod"] = worker_only
     _, request = packed("import worker_only_mod\nt = worker_only_mod.Thing()\nn = 1", {})
-    value = cell_runtime.run_cell(**{k: decode(v) for k, v in request.request.kwargs.items()})
+    value = run_cell(**{k: decode(v) for k, v in request.request.kwargs.items()})
     del sys.modules["worker_only_mod"]
     result = outcome.unpack(FunctionResponse(success=True, result=encode(value)))
     outcome.apply(result, {})
@@ -203,7 +207,7 @@ def test_a_last_value_that_cannot_come_home_shows_the_workers_rendering_without_
         def __repr__(self) -> str:
             return "Frame(3 rows)"
 
-    portable = cell_runtime.MainNames({}).portable(Frame())
+    portable = MainNames({}).portable(Frame())
     result = outcome.unpack(FunctionResponse(success=True, result=encode({"last": portable})))
     outcome.apply(result, {})
     assert repr(result.last) == "Frame(3 rows)"
@@ -246,8 +250,8 @@ def test_shell_syntax_expands_notebook_values_as_ipython_does() -> None:
     user_ns = {"word": "tetra"}
     result = run_here("lines = !echo {word.upper()} $word '$word'\nlines", user_ns)
     assert result.last == ["TETRA tetra $word"]
-    assert cell_runtime.expand("a $$b {{c}} {missing}", {}) == "a $$b {{c}} {missing}"
-    assert cell_runtime.expand("a $$b {{c}} {n + 1}", {"n": 1}) == "a $b {c} 2"
+    assert shell.expand("a $$b {{c}} {missing}", {}) == "a $$b {{c}} {missing}"
+    assert shell.expand("a $$b {{c}} {n + 1}", {"n": 1}) == "a $b {c} 2"
 
 
 def test_unpicklable_global_is_named_with_its_type_and_nothing_is_packed() -> None:
@@ -387,10 +391,10 @@ CELL = "y = x * 2\nprint('hello from the worker')\ny + 1"
 
 def _finish(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> tuple[Any, dict, str]:
     view = TextView()
-    followed = follow(client, "job-1", view)  # type: ignore[arg-type]
-    view.close(followed.response)
+    job = followed(client, "job-1", view)
+    view.close(job.response)
     user_ns: dict[str, Any] = {}
-    result = outcome.unpack(outcome.check(followed, LABEL, user_ns))
+    result = outcome.unpack(job.check(LABEL, user_ns))
     outcome.apply(result, user_ns)
     return result.last, user_ns, capsys.readouterr().out
 
@@ -440,7 +444,7 @@ def test_ctrl_c_cancels_the_remote_job_and_says_so(streams: bool) -> None:
 
     client.on_stream = interrupt
     with pytest.raises(CellInterrupted) as info:
-        follow(client, "job-9", TextView())  # type: ignore[arg-type]
+        followed(client, "job-9", TextView())
     assert isinstance(info.value, KeyboardInterrupt)
     caveat = (
         " (a worker that does not stream, such as RunPod's published one, may run the code on"
@@ -454,7 +458,7 @@ def test_ctrl_c_cancels_the_remote_job_and_says_so(streams: bool) -> None:
 def test_a_deadline_cancels_the_job() -> None:
     client = FakeClient([{"status": "IN_PROGRESS", "stream": []}], {})
     with pytest.raises(JobTimeout) as info:
-        follow(client, "job-3", TextView(), deadline=0.0)  # type: ignore[arg-type]
+        followed(client, "job-3", TextView(), deadline=0.0)
     assert client.cancelled == ["job-3"]
     assert str(info.value).endswith("; job job-3 was cancelled on the endpoint")
 
@@ -472,8 +476,8 @@ def test_time_spent_installing_does_not_count_against_the_deadline() -> None:
         {"status": "COMPLETED", "output": []},
     )
     client.on_stream = lambda n: time.sleep(0.1) if n < 5 else None
-    followed = follow(client, "job-4", TextView(), deadline=time.monotonic() + 0.2)  # type: ignore[arg-type]
-    assert followed.status == "COMPLETED" and client.cancelled == []
+    job = followed(client, "job-4", TextView(), deadline=time.monotonic() + 0.2)
+    assert job.status == "COMPLETED" and client.cancelled == []
 
 
 def test_a_lost_connection_is_retried_then_named_with_the_job() -> None:
@@ -564,7 +568,7 @@ def test_loading_never_alters_an_existing_class() -> None:
 
     cls = make()
     before = dict(vars(cls))
-    names = cell_runtime.MainNames({})
+    names = MainNames({})
     copy = names.load("obj", names.dumps(cls()))
     assert type(copy) is cls and copy.get() == 1
     after = {k: v for k, v in vars(cls).items() if k != "__slotnames__"}  # pickle's own cache

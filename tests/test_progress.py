@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
-from tetra_magic.cell_runtime import LiveOutput
 from tetra_magic.progress import ProgressOutput
+from tetra_magic.runtime.live_output import LiveOutput
 from worker.protocol import FunctionResponse, encode
 
 

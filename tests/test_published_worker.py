@@ -36,8 +36,8 @@ from kernels import CellRun, LiveKernel, as_local, environ, private_local_endpoi
 from test_worker_endpoint import until
 
 from tetra_magic.errors import installer_reason
-from tetra_magic.local.jobs import JobStore
-from tetra_magic.local.server import Api
+from tetra_magic.local.api import Api
+from tetra_magic.local.job_store import JobStore
 from tetra_magic.local.workers import WorkerUrls
 
 # Starts the published worker's stand-in and kernels: not in the fast tier (-m "not slow").

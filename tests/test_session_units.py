@@ -1,4 +1,4 @@
-"""What a session sends home and what it keeps, decided on the worker (session_runtime), and how
+"""What a session sends home and what it keeps, decided on the worker (runtime.sessions), and how
 the notebook shows what stayed (sessions.RemoteRef): the parts, run directly."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ import pickle
 
 import pytest
 
-from tetra_magic import cell_runtime, session_runtime, sessions
+from tetra_magic import sessions
+from tetra_magic.runtime import sessions as runtime_sessions
+from tetra_magic.runtime.pickling import MainNames
 
 LIMIT = 1_000_000
 
 
 def send(value):
-    return session_runtime.send_home(cell_runtime.MainNames({}), value, LIMIT)
+    return runtime_sessions.send_home(MainNames({}), value, LIMIT)
 
 
 class Holder:
@@ -23,7 +25,7 @@ class Holder:
 
 def test_a_small_value_comes_home_as_a_value_that_loads() -> None:
     blob, description = send({"a": [1, 2]})
-    assert cell_runtime.MainNames({}).load("x", blob) == {"a": [1, 2]}
+    assert MainNames({}).load("x", blob) == {"a": [1, 2]}
     assert description["type"] == "dict" and description["size"] < 100
 
 
@@ -56,30 +58,30 @@ def test_a_remote_reference_shows_what_it_is_and_goes_nowhere_else() -> None:
             == "<remote s.m: GPT2LMHeadModel, 548 MB, cuda:0>"
         )
         with sessions.shipping(session):
-            cell_runtime.MainNames({}).dumps(big)  # a marker, for this session
+            MainNames({}).dumps(big)  # a marker, for this session
         with (
             pytest.raises(sessions.SessionError, match="run it with --session s"),
             sessions.shipping(None),
         ):
-            cell_runtime.MainNames({}).dumps(big)
+            MainNames({}).dumps(big)
     finally:
         sessions.SESSIONS.pop("s", None)
     with pytest.raises(sessions.SessionError, match="which has ended"), sessions.shipping(session):
-        cell_runtime.MainNames({}).dumps(big)
+        MainNames({}).dumps(big)
 
 
 def test_a_session_the_process_does_not_hold_is_reported_lost_not_made_again() -> None:
     info = {"key": "k:s", "id": "one", "new": True}
-    made, warm = session_runtime.open_session(info)
+    made, warm = runtime_sessions.open_session(info)
     try:
-        assert not warm and session_runtime.open_session({**info, "new": False}) == (made, True)
-        lost, answer = session_runtime.open_session({**info, "id": "two", "new": False})
+        assert not warm and runtime_sessions.open_session({**info, "new": False}) == (made, True)
+        lost, answer = runtime_sessions.open_session({**info, "id": "two", "new": False})
         assert lost is None and answer["lost"]
         made.main.__dict__["x"] = 1
-        assert session_runtime.end("k:s") == {"ended": True, "freed": ["x"]}
-        assert session_runtime.open_session({**info, "new": False})[0] is None
+        assert runtime_sessions.end("k:s") == {"ended": True, "freed": ["x"]}
+        assert runtime_sessions.open_session({**info, "new": False})[0] is None
     finally:
-        session_runtime.SESSIONS.pop("k:s", None)
+        runtime_sessions.SESSIONS.pop("k:s", None)
 
 
 def test_sizes_read_as_people_write_them() -> None:
@@ -125,7 +127,7 @@ class Slotted:
 def test_a_value_holding_array_data_under_the_limit_comes_home() -> None:
     blob, description = send({"weights": Buffered(bytes(range(256)) * 800)})
     assert blob is not None, description
-    loaded = cell_runtime.MainNames({}).load("x", blob)
+    loaded = MainNames({}).load("x", blob)
     assert loaded["weights"].data == bytes(range(256)) * 800
 
 

@@ -186,8 +186,8 @@ def test_a_reference_keeps_meaning_its_object_when_the_name_is_bound_again(
     ok(kernel, "del baseline")  # its value is freed on the worker at the next cell
     ok(
         kernel,
-        f"{SESSION}\nkept = sorted(__import__('tetra_sessions').SESSIONS[next(iter("
-        "__import__('tetra_sessions').SESSIONS))].kept)",
+        f"{SESSION}\nkept = sorted(next(iter(__import__('sys').modules["
+        "'tetra_runtime.sessions'].SESSIONS.values())).kept)",
     )
     assert value(kernel, "kept") == repr(["1.model"])
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from kernels import private_local_endpoint, run_cells
 
-from tetra_magic import cell_runtime
+from tetra_magic.runtime import cell_env
 
 LOAD = "%load_ext tetra_magic"
 ASK = "stdin is not available on the worker: ask in the notebook instead"
@@ -87,7 +87,7 @@ def test_the_stand_ins_last_for_the_cell_only(monkeypatch: pytest.MonkeyPatch) -
     its own) is back as it was once the cell ends, an --env variable the process had too."""
     monkeypatch.setenv("TETRA_STDIN_TEST", "process")
     before = (builtins.input, getpass.getpass, sys.breakpointhook, sys.stdin)
-    restore = cell_runtime._for_this_cell({"TETRA_STDIN_TEST": "cell", "TETRA_NEW": "x"})
+    restore = cell_env.for_this_cell({"TETRA_STDIN_TEST": "cell", "TETRA_NEW": "x"})
     assert builtins.input is not before[0] and os.environ["TETRA_STDIN_TEST"] == "cell"
     with pytest.raises(EOFError, match="stdin is not available"):
         input()

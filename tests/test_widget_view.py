@@ -18,10 +18,11 @@ import time
 from typing import Any
 
 import pytest
+from following import followed
 
 from tetra_magic.display import widget
 from tetra_magic.display.widget import WidgetView
-from tetra_magic.follow import CancelRequested, follow
+from tetra_magic.follow import CancelRequested
 from worker.protocol import FunctionResponse
 
 INFO = {
@@ -321,7 +322,7 @@ def test_a_click_during_the_follow_loop_cancels_the_job_promptly(shown: list[Any
     timer = threading.Timer(1.5, click_now)
     timer.start()
     with pytest.raises(CancelRequested):
-        follow(client, "job-5", view)  # type: ignore[arg-type]
+        followed(client, "job-5", view)
     assert client.cancelled.is_set()
     assert [t for t in client.streams if t < clicked[0]], "clicked before the loop polled"
     # Counted, not timed, so a loaded machine cannot fail it: the loop checks for a click

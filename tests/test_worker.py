@@ -503,14 +503,13 @@ def test_the_code_cannot_see_the_job_queue_key(
 
 
 DISPLAYS = """
-def f(source, image):
-    import sys, types
-    module = types.ModuleType('tetra_display')
-    sys.modules['tetra_display'] = module
-    exec(source, module.__dict__)
-    module.begin()
+def f(runtime, image):
+    install(runtime)  # the bootstrap's: the runtime package, from the sources
+    display = importlib.import_module('tetra_runtime.display')
+    stand_in = importlib.import_module('tetra_runtime.ipython_stand_in')
+    display.begin()
     print('before')
-    module.display(module.Image(image), module.HTML('<b>small</b>'))
+    stand_in.display(stand_in.Image(image), stand_in.HTML('<b>small</b>'))
     print('after')
 """
 
@@ -518,13 +517,12 @@ def f(source, image):
 def test_display_outputs_come_in_order_and_in_chunks_a_stream_accepts(worker: Worker) -> None:
     """An image bigger than RunPod's 1 MB stream chunk is cut into pieces that each fit, and the
     notebook's joiner makes it whole again; the plain handler frames it in its stdout."""
-    import inspect
-
-    from tetra_magic import remote_display
+    from tetra_magic import runtime
     from tetra_magic.display import rich
 
     image = b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20)
-    request = function(DISPLAYS, args=[encode(inspect.getsource(remote_display)), encode(image)])
+    code = runtime.bootstrap_source() + DISPLAYS
+    request = function(code, args=[encode(runtime.sources()), encode(image)])
     chunks = worker.stream(request)
     assert all(len(json.dumps(c)) < 2**20 for c in chunks)
     joiner = rich.Joiner()

@@ -28,7 +28,8 @@ from test_published_worker import LoopbackEndpoint
 from test_worker_endpoint import until
 
 from tetra_magic.local import environment
-from tetra_magic.local.jobs import Job, JobStore
+from tetra_magic.local.job_store import JobStore
+from tetra_magic.local.jobs import Job
 from tetra_magic.local.workers import WorkerUrls
 from worker.loop import JobLoop
 from worker.protocol import FunctionResponse, decode

@@ -9,6 +9,9 @@ comprehensions count where they resolve to module globals (Python's own `symtabl
 
 IPython syntax is analysed as what it runs: `%time stmt` as `stmt`, and `!cmd {expr} $name` as
 a read of the names it interpolates, since IPython evaluates them in the cell's namespace.
+
+The facts the worker needs of the cell's statements (its definitions, imports, `with` targets)
+are found here too and travel in the spec: the worker parses the cell only to run it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import ast
 import builtins
 import re
 import symtable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tetra_magic.cell_runtime import expansion_fields
+from tetra_magic.runtime.shell import expansion_fields
 
 # Statements whose bindings hold on every path through them.
 _DEFINITE = (
@@ -56,6 +59,15 @@ class CellAnalysis:
     deletes: frozenset[str] = frozenset()
     # Builtin names it reads: notebook values where the notebook has shadowed them (`max = 3`).
     builtins_read: frozenset[str] = frozenset()
+    # Its top-level def and class statements, {name: (source, first line)}: they come home
+    # as source.
+    defines: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Names `with ... as NAME` binds: closed when the block ends, so nobody misses them at home.
+    with_targets: frozenset[str] = frozenset()
+    # Names import statements bind: what the cell imported to use, not its results.
+    imported: tuple[str, ...] = ()
+    # `import a.b.c` without `as`: {"a": ("a.b.c",)}, imported at home too when `a` comes back.
+    submodules: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
@@ -73,6 +85,7 @@ def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
     body = tree.body
     has_last = bool(body) and isinstance(body[-1], ast.Expr) and not source.rstrip().endswith(";")
     builtin_names = set(dir(builtins))
+    defines, with_targets, imported, submodules = _statement_facts(tree, source)
     return CellAnalysis(
         source=source,
         reads=frozenset(cell.reads - builtin_names),
@@ -80,7 +93,46 @@ def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
         has_last_expr=has_last,
         deletes=frozenset(cell.deletes | (cell.deleted_in_scopes & cell.declared_global)),
         builtins_read=frozenset(cell.reads & builtin_names),
+        defines=defines,
+        with_targets=with_targets,
+        imported=imported,
+        submodules=submodules,
     )
+
+
+def _statement_facts(
+    tree: ast.Module, source: str
+) -> tuple[dict[str, tuple[str, int]], frozenset[str], tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """CellAnalysis' `defines`, `with_targets`, `imported` and `submodules`: what the cell's
+    statements at its own level (outside functions and classes, in loops and branches too)
+    define, bind with `with` and import."""
+    lines = source.splitlines(True)
+    defines = {
+        node.name: ("".join(lines[_span(node).start - 1 : node.end_lineno]), _span(node).start)
+        for node in tree.body
+        if isinstance(node, _NAMED_SCOPES)
+    }
+    with_targets: set[str] = set()
+    imported: list[str] = []
+    submodules: dict[str, list[str]] = {}
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (*_NAMED_SCOPES, ast.Lambda)):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            targets = [item.optional_vars for item in node.items if item.optional_vars]
+            with_targets.update(
+                n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
+            )
+        for alias in node.names if isinstance(node, (ast.Import, ast.ImportFrom)) else ():
+            if alias.name != "*":
+                imported.append(alias.asname or alias.name.split(".")[0])
+            if isinstance(node, ast.Import) and alias.asname is None and "." in alias.name:
+                submodules.setdefault(alias.name.partition(".")[0], []).append(alias.name)
+    subs = {name: tuple(sorted(found)) for name, found in submodules.items()}
+    return defines, frozenset(with_targets), tuple(sorted(imported)), subs
 
 
 def _as_python(source: str) -> str:

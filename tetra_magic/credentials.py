@@ -59,5 +59,7 @@ def _toml() -> Any:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+        import tomli
+
+        return tomli
     return tomllib

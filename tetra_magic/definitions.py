@@ -36,7 +36,8 @@ class Finder:
         value = self.user_ns.get(name)
         if isinstance(value, type):
             return self._class(name, value)
-        code = getattr(inspect.unwrap(value), "__code__", None)
+        # typeshed types unwrap's argument as a callable; it follows __wrapped__ on any object.
+        code = getattr(inspect.unwrap(value), "__code__", None)  # type: ignore[arg-type]
         if isinstance(code, types.CodeType) and code.co_filename in self.cell_set:
             return _statement(code.co_filename, code.co_firstlineno, name)
         return None

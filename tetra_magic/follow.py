@@ -1,4 +1,5 @@
-"""Following a job from submission to its final state, feeding each chunk to a view.
+"""Following a job from submission to its final state: the polling loop writes what it reads
+into the job (its status, its chunks, its final document and response), which shows it.
 
 /stream gives output as it is produced; /status gives the final result. The loop polls /stream
 (a RunPod-compatible endpoint holds it open briefly while nothing is new), slows down while the
@@ -24,8 +25,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tetra_magic.client import EndpointClient, EndpointError
 from tetra_magic.errors import CellInterrupted, JobFailed
@@ -34,14 +34,27 @@ from tetra_magic.status import JobStatus
 from tetra_magic.waiting import QueueGaveUp, QueueWatch
 from worker.protocol import FunctionResponse
 
-if TYPE_CHECKING:
-    from tetra_magic.display import JobView as View
-
 MIN_POLL = 0.05
 MAX_POLL = 1.0
 QUEUE_POLL = 2.0
 # When a queued job's endpoint is first asked what its workers are doing, and how often after.
 HEALTH_FIRST, HEALTH_POLL = 2.0, 3.0
+
+
+class Job(Protocol):
+    """What the loop writes into: a job (tetra_magic/job.py), as the loop sees it."""
+
+    id: str | None
+    chunks: list[dict[str, Any]]
+    document: dict[str, Any] | None
+    response: FunctionResponse | None
+
+    @property
+    def cancel_requested(self) -> threading.Event | None: ...
+
+    def update(self, status: JobStatus) -> None: ...
+
+    def show(self, chunk: dict[str, Any]) -> None: ...
 
 
 class JobTimeout(JobFailed):
@@ -53,49 +66,34 @@ class CancelRequested(JobFailed):
     """The view's Cancel button was clicked: the job is cancelled, nothing comes back."""
 
 
-@dataclass
-class Followed:
-    """A finished job: its final status document and the worker's response, if any."""
-
-    job_id: str
-    status: JobStatus
-    document: dict[str, Any]
-    response: FunctionResponse | None
-    chunks: list[dict[str, Any]] = field(default_factory=list)
-
-
 def follow(
+    job: Job,
     client: EndpointClient,
-    job_id: str,
-    view: View,
     deadline: float | None = None,
     watch: QueueWatch | None = None,
-) -> Followed:
-    """Show a job's output as it comes; return when it is final. Ctrl-C, the Cancel button
-    (the view's `cancel_requested`, where it has one), the deadline and `watch` giving up on
-    the queue cancel the remote job, then raise."""
-    chunks: list[dict[str, Any]] = []
-    cancel = getattr(view, "cancel_requested", None)
+) -> None:
+    """Follow the submitted `job` until it is final, writing into it as things come. Ctrl-C,
+    the Cancel button (the job's `cancel_requested`), the deadline and `watch` giving up on the
+    queue cancel the remote job, then raise."""
+    job_id = job.id or ""
     progress = ProgressOutput()
-    poll = _Poll(client, job_id, view, chunks, progress, watch)
+    poll = _Poll(client, job, progress, watch)
     try:
-        poll.run(_Deadline(deadline), cancel)
+        poll.run(_Deadline(deadline), job.cancel_requested)
     except KeyboardInterrupt:
-        note = _cancel(client, job_id, view) + poll.cancel_caveat()
+        note = _cancel(client, job) + poll.cancel_caveat()
         raise CellInterrupted(f"job {job_id} {note}") from None
     except (JobTimeout, CancelRequested, QueueGaveUp) as exc:
-        note = _cancel(client, job_id, view) + poll.cancel_caveat()
+        note = _cancel(client, job) + poll.cancel_caveat()
         raise type(exc)(f"{exc}; job {job_id} {note}") from None
     document = client.status(job_id)
     poll.deliver(_unseen(document.get("output"), poll.seen))
-    response = _response(document, chunks)
+    response = _response(document, job.chunks)
     # A worker that streamed (ours) sent its output that way: no need to decode its result here.
     for item in [] if poll.streamed else progress.rest(response):
-        chunks.append(item)
-        view.chunk(item)
-    status = JobStatus(document["status"])
-    view.status(status)
-    return Followed(job_id, status, document, response, chunks)
+        job.show(item)
+    job.document, job.response = document, response
+    job.update(JobStatus(document["status"]))
 
 
 class _Poll:
@@ -103,16 +101,10 @@ class _Poll:
     progress updates of one that does not (the published worker), /health while it queues."""
 
     def __init__(
-        self,
-        client: EndpointClient,
-        job_id: str,
-        view: View,
-        chunks: list[dict[str, Any]],
-        progress: ProgressOutput,
-        watch: QueueWatch | None,
+        self, client: EndpointClient, job: Job, progress: ProgressOutput, watch: QueueWatch | None
     ) -> None:
-        self.client, self.job_id, self.view = client, job_id, view
-        self.chunks, self.progress, self.watch = chunks, progress, watch
+        self.client, self.job, self.job_id = client, job, job.id or ""
+        self.progress, self.watch = progress, watch
         self.streaming = True  # until /stream turns out to say nothing at all
         self.streamed = False  # whether /stream has delivered anything yet
         self.seen = 0  # the worker's chunks /stream has delivered, pieces counted one by one
@@ -134,7 +126,7 @@ class _Poll:
             clock.paused = queued or self.installing
             if queued:
                 self.queued(clock.since_last)
-            self.view.status(status)
+            self.job.update(status)
             if status.final:
                 return
             if new or status != last:
@@ -191,15 +183,14 @@ class _Poll:
             return  # an endpoint without /health: the queue timeout still holds
         note = self.watch.read(health, since)
         if note:
-            self.view.chunk({"kind": "note", "text": note})
+            self.job.show({"kind": "note", "text": note})
 
     def deliver(self, items: list[Any]) -> None:
-        """Hand new chunks to the view, a response's pieces joined, noting whether the worker
+        """Hand new chunks to the job, a response's pieces joined, noting whether the worker
         is installing deps."""
         for item in items:
             if isinstance(item, dict) and (item := self._joined(item)) is not None:
-                self.chunks.append(item)
-                self.view.chunk(item)
+                self.job.show(item)
                 if item.get("kind") == "phase":
                     self.installing = item.get("text") == "installing"
 
@@ -239,16 +230,16 @@ def _sleep(seconds: float, cancel: threading.Event | None) -> None:
         cancel.wait(max(seconds, 0.0))  # a click ends the pause at once
 
 
-def _cancel(client: EndpointClient, job_id: str, view: View) -> str:
+def _cancel(client: EndpointClient, job: Job) -> str:
     """Cancel the job, even through a second Ctrl-C; what became of it, in words."""
     for _ in range(2):
         try:
-            client.cancel(job_id)
+            client.cancel(job.id or "")
         except KeyboardInterrupt:
             continue  # impatience: try once more, it is quick
         except EndpointError as exc:
             return f"could not be cancelled and may still be running ({exc})"
-        view.status(JobStatus.CANCELLED)
+        job.update(JobStatus.CANCELLED)
         return "was cancelled on the endpoint"
     return "may still be running: cancelling it was interrupted"
 

@@ -10,7 +10,7 @@ docstrings, which list every type, where its `POOLS_TO_TYPES` omits some).
 
 from __future__ import annotations
 
-from IPython.core.error import UsageError
+from tetra_magic.errors import TetraError
 
 # RunPod pools by the names people say (DESIGN.md). Keys are lower-case.
 POOLS: dict[str, str] = {
@@ -59,6 +59,12 @@ CPU_INSTANCES = ("cpu3c-4-8", "cpu5c-4-16", "cpu3g-4-8", "cpu5g-4-16")
 _EXACT_PREFIXES = ("nvidia ", "amd ")
 
 
+class UnknownGpu(TetraError):
+    """A GPU name that is neither a pool nor an exact RunPod type. Its own class, not
+    IPython's UsageError, so this module knows no notebook; the option parser shows it as a
+    UsageError."""
+
+
 def known_names() -> str:
     """The accepted names, for error messages."""
     return ", ".join(["any", *(k.upper() if k[0].isalpha() else k.title() for k in POOLS)])
@@ -66,7 +72,7 @@ def known_names() -> str:
 
 def gpu_ids(names: list[str]) -> list[str]:
     """RunPod ids for `names` (pools, or exact types as RunPod spells them), in order, without
-    repeats. UsageError for a name that is neither."""
+    repeats. UnknownGpu for a name that is neither."""
     ids: list[str] = []
     for raw in names:
         name = " ".join(raw.replace("_", " ").split())
@@ -80,7 +86,7 @@ def gpu_ids(names: list[str]) -> list[str]:
         elif key in _TYPES:
             ids.append(_TYPES[key][1])
         else:
-            raise UsageError(_unknown(raw, key))
+            raise UnknownGpu(_unknown(raw, key))
     return list(dict.fromkeys(ids))
 
 

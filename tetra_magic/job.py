@@ -1,14 +1,15 @@
 """One remote job, held as one object from submission to its record (what --out stores).
 
 Like ipyparallel's AsyncResult, the job owns its life: submitting (with the one re-provision
-after a 404), following it to its end, cancelling it, judging how it ended, and the record a
-user reads afterwards. The job watches what its view is shown, so its record holds the output
-and the last status seen however the job ended (done, failed, cancelled, lost).
+after a 404), following it to its end (the follow loop writes into it), waiting for it,
+cancelling it, judging how it ended, and the record a user reads afterwards, which holds the
+output and the last status seen however the job ended (done, failed, cancelled, lost).
 """
 
 from __future__ import annotations
 
 import html
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 from tetra_magic import outcome, pricing, targets
 from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
 from tetra_magic.display import JobView, rich
-from tetra_magic.errors import JobFailed, Labeler
-from tetra_magic.follow import Followed, follow
+from tetra_magic.errors import JobFailed, Labeler, endpoint_error_text
+from tetra_magic.follow import follow
 from tetra_magic.options import CellOptions
 from tetra_magic.packing import Packed
 from tetra_magic.status import JobStatus
@@ -59,59 +60,81 @@ class JobRecord:
 
 
 class Job(JobRecord):
-    """A job on an endpoint: run() submits and follows it; its fields are its record."""
+    """A job on an endpoint: run() submits and follows it; its fields are its record.
+
+    The follow loop writes into it (`update`, `show`), so the job holds the one list of what
+    it showed, its last status, and at its end RunPod's final document and the worker's
+    response; `check` judges how it ended."""
 
     def __init__(
         self,
         target: Endpoint,
         opts: CellOptions,
-        packed: Packed,
         view: JobView,
         started: float | None = None,
     ) -> None:
-        super().__init__(
-            id=None,
-            status=JobStatus.IN_QUEUE,
-            endpoint=repr(target),
-            name=opts.name,
-            shipped=list(packed.shipped),
-            request_bytes=packed.size,
-        )
-        self._target, self._opts, self._packed, self._view = target, opts, packed, view
+        super().__init__(id=None, status=JobStatus.IN_QUEUE, endpoint=repr(target), name=opts.name)
+        self._target, self._opts, self._view = target, opts, view
         self._started = started
-        self._chunks: list[dict[str, Any]] = []
-        self.followed: Followed | None = None
+        self.chunks: list[dict[str, Any]] = []
+        # RunPod's final status document and the worker's response: set once the job is final.
+        self.document: dict[str, Any] | None = None
+        self.response: FunctionResponse | None = None
+        self._ended = threading.Event()
 
-    def run(self) -> Followed:
-        """Submit and follow to the end, the view closed whatever happens (a live widget must
-        not outlive the cell: Ctrl-C, Cancel, errors)."""
+    def run(self, packed: Packed) -> None:
+        """Submit `packed` and follow the job to its end, the view closed whatever happens (a
+        live widget must not outlive the cell: Ctrl-C, Cancel, errors)."""
+        self.shipped, self.request_bytes = list(packed.shipped), packed.size
         client = EndpointClient(self._target)
         try:
-            client = self._submit(client)
-            target = client.endpoint
-            watch = QueueWatch(
-                self._opts.queue_timeout,
-                target.image,
-                target.gpus,
-                target.billed,
-                recheck=targets.rechecker(target),
-            )
-            deadline = time.monotonic() + self._opts.timeout + CLIENT_GRACE
-            self.followed = follow(client, self.id or "", _Watched(self), deadline, watch)
+            client = self._submit(client, packed)
+            self.follow(client, time.monotonic() + self._opts.timeout + CLIENT_GRACE)
         except BaseException as exc:
             self._view.close(None)
             self.error = str(exc)
+            self._end()  # where it never reached the follow loop
             raise
         finally:
             client.close()
-            self._record()
-        self._view.close(self.followed.response)
-        return self.followed
+        self._view.close(self.response)
 
-    def _submit(self, client: EndpointClient) -> EndpointClient:
+    def follow(self, client: EndpointClient, deadline: float | None = None) -> None:
+        """Follow the submitted job on `client` to its end (`deadline`: time.monotonic()
+        seconds, pushed back while it queues or installs); ended, for `wait`, however the
+        following ends."""
+        target = client.endpoint
+        watch = QueueWatch(
+            self._opts.queue_timeout,
+            target.image,
+            target.gpus,
+            target.billed,
+            recheck=targets.rechecker(target),
+        )
+        try:
+            follow(self, client, deadline, watch)
+        finally:
+            self._end()
+
+    def update(self, status: JobStatus) -> None:
+        """A status RunPod reported for the job: its own, and shown."""
+        self.status = status
+        self._view.status(status)
+
+    def show(self, chunk: dict[str, Any]) -> None:
+        """A chunk of what the job showed (output, logs, the worker's info): kept, and shown."""
+        self.chunks.append(chunk)
+        self._view.chunk(chunk)
+
+    @property
+    def cancel_requested(self) -> threading.Event | None:
+        """Set by the view's Cancel button, where it has one; the follow loop watches it."""
+        return getattr(self._view, "cancel_requested", None)
+
+    def _submit(self, client: EndpointClient, packed: Packed) -> EndpointClient:
         """Send the request; if a provisioned endpoint has vanished, provision again once.
         Returns the client the job lives on."""
-        body = self._packed.request.model_dump(exclude_none=True)
+        body = packed.request.model_dump(exclude_none=True)
         try:
             self.id = client.run(body, self._limit())
         except EndpointNotFound:
@@ -140,11 +163,6 @@ class Job(JobRecord):
         return self._opts
 
     @property
-    def chunks(self) -> list[dict[str, Any]]:
-        """Every chunk the job has shown so far (output, logs, the worker's info)."""
-        return self._chunks
-
-    @property
     def endpoint_id(self) -> str:
         return self._target.endpoint_id
 
@@ -165,42 +183,59 @@ class Job(JobRecord):
             client.close()
         self.status = JobStatus.CANCELLED
 
-    def wait(self) -> bool:
-        """Whether the job has ended. A cell's job has ended by the time the cell returns, so
-        there is nothing to wait for."""
-        return self.status.final
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended, at most `timeout` seconds (None: no limit); whether
+        it has, as ipyparallel's AsyncResult.wait answers. A job ends when its following does:
+        final on the endpoint, or given up on (cancelled, timed out, lost)."""
+        return self._ended.wait(timeout)
 
     def check(self, label: Labeler, user_ns: dict[str, Any]) -> FunctionResponse:
         """The worker's response for a COMPLETED job; how it ended, as an exception, otherwise
         (a cell's own exception as the notebook knows its class, hence `user_ns`)."""
-        if self.followed is None:
-            raise JobFailed(f"job {self.id} did not end: {self.error}")
         try:
             deps = [*(self._opts.dependencies or ()), *(self._opts.system_dependencies or ())]
-            return outcome.check(self.followed, label, user_ns, deps)
+            return outcome.check(self._response(), label, user_ns, deps)
         except BaseException as exc:
             self.error = str(exc)
             raise
 
+    def _response(self) -> FunctionResponse:
+        """The worker's response; JobFailed saying how the job ended without one."""
+        job = f"job {self.id}"
+        if self.document is None:
+            raise JobFailed(f"{job} did not end: {self.error}")
+        if self.status is JobStatus.TIMED_OUT:
+            raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
+        if self.status is JobStatus.CANCELLED:
+            raise JobFailed(f"{job} was cancelled on the endpoint")
+        if self.response is None:
+            error = self.document.get("error") or "the worker sent no response"
+            raise JobFailed(f"{job} {self.status.value.lower()}: {endpoint_error_text(error)}")
+        return self.response
+
     def cost(self, prices: dict[str, float] | None) -> pricing.Cost | None:
         """What the job cost on RunPod (an estimate, kept in the record); None elsewhere."""
-        if not self._target.billed or self.followed is None:
+        if not self._target.billed or self.document is None:
             return None
         gpu = ((self.worker or {}).get("gpus") or [None])[0]
-        estimate = pricing.estimate(self.followed.document, gpu, self._target.gpu_ids, prices)
+        estimate = pricing.estimate(self.document, gpu, self._target.gpu_ids, prices)
         if estimate is not None:
             self.billed_s, self.cost_estimate_usd = estimate.billed_s, estimate.usd
         return estimate
 
+    def _end(self) -> None:
+        """The job is over here: its record filled, and `wait` answered."""
+        self._record()
+        self._ended.set()
+
     def _record(self) -> None:
         """Fill the record from what the job showed and, if it ended, its final document."""
-        doc = self.followed.document if self.followed else {}
-        response = self.followed.response if self.followed else None
+        doc, response = self.document or {}, self.response
         self.delay_ms, self.execution_ms = doc.get("delayTime"), doc.get("executionTime")
         if self._started is not None:
             self.wall_s = round(time.time() - self._started, 3)
-        self.stdout = _text(self._chunks, "stdout") or _plain_stdout(response)
-        self.stderr = _text(self._chunks, "stderr")
+        self.stdout = _text(self.chunks, "stdout") or _plain_stdout(response)
+        self.stderr = _text(self.chunks, "stderr")
         self.worker = response.worker.model_dump() if response and response.worker else None
         self.result_bytes = len(response.result or "") if response else None
 
@@ -225,29 +260,6 @@ class Job(JobRecord):
     def _repr_html_(self) -> str:
         cells = "".join(f"<td>{html.escape(part)}</td>" for part in self._summary())
         return f"<table class='tetra-job'><tr><td>tetra</td>{cells}</tr></table>"
-
-
-class _Watched:
-    """The job's view as follow sees it: every status and chunk is noted in the job's record
-    on the way to the view the user watches."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.cancel_requested = getattr(job._view, "cancel_requested", None)
-
-    def submitted(self, job_id: str, name: str | None) -> None:
-        self.job._view.submitted(job_id, name)
-
-    def status(self, status: JobStatus) -> None:
-        self.job.status = status
-        self.job._view.status(status)
-
-    def chunk(self, chunk: dict[str, Any]) -> None:
-        self.job._chunks.append(chunk)
-        self.job._view.chunk(chunk)
-
-    def close(self, response: FunctionResponse | None) -> None:
-        self.job._view.close(response)
 
 
 def _plain_stdout(response: FunctionResponse | None) -> str:

@@ -15,11 +15,12 @@ or after `--`.
 from __future__ import annotations
 
 import argparse
+import io
 import linecache
 import shlex
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -29,6 +30,9 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, v
 
 from tetra_magic import options as cell_options
 from tetra_magic.gpus import POOLS
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 _COMMANDS = ("local", "endpoints", "delete")
 _SESSION_COMMANDS = ("session", "sessions", "pull", "end", "replay")
@@ -168,6 +172,13 @@ class TetraMagic(Magics):
             prices[pool] = price
         return prices
 
+    @property
+    def _ipython(self) -> InteractiveShell:
+        """The shell this magic belongs to. IPython makes a Magics with the shell that registers
+        it (load_ipython_extension) and only that shell calls it, so there is always one."""
+        assert self.shell is not None
+        return self.shell
+
     @_options(one_line=False)
     @cell_magic
     def tetra(self, line: str, cell: str) -> Any:
@@ -175,10 +186,13 @@ class TetraMagic(Magics):
         number = self._cell_number()
         raw = f"%%tetra {line}\n{cell}"
         # A leading newline keeps line numbers equal to the cell's: line 1 is the %%tetra line.
-        return self._run(parse_options(line), "\n" + self.shell.transform_cell(cell), number, raw)
+        return self._run(
+            parse_options(line), "\n" + self._ipython.transform_cell(cell), number, raw
+        )
 
     @_options(one_line=True)
-    @line_magic("tetra")
+    # IPython types line_magic(name) as returning `_F | Callable[[_F], _F]`, not as overloads.
+    @line_magic("tetra")  # type: ignore[arg-type]
     def tetra_line(self, line: str) -> Any:
         """`%tetra [options] statement` runs one statement remotely; `%tetra local
         [status|stop]`, `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
@@ -193,17 +207,17 @@ class TetraMagic(Magics):
             return session_commands.run_command(self, command, rest.strip())
         args, statement = split_line(line, self.tetra_line.parser)
         if not statement:
-            commands = ", ".join((*_COMMANDS, *_SESSION_COMMANDS))
+            names = ", ".join((*_COMMANDS, *_SESSION_COMMANDS))
             raise UsageError(
                 "%tetra: give a statement to run remotely (`%tetra [options] statement`), or a"
-                f" command: {commands}. Whole cells: %%tetra.\n{_usage()}"
+                f" command: {names}. Whole cells: %%tetra.\n{_usage()}"
             )
         number = self._cell_number()
         raw = self._current_cell() or f"%tetra {line}\n"
         lineno = _line_of(raw, line)
         if lineno is None:
             raw, lineno = f"%tetra {line}\n", 1
-        source = "\n" * (lineno - 1) + self.shell.transform_cell(statement)
+        source = "\n" * (lineno - 1) + self._ipython.transform_cell(statement)
         return self._run(args, source, number, raw)
 
     def _run(self, args: argparse.Namespace, source: str, number: int, raw: str) -> Any:
@@ -228,7 +242,7 @@ class TetraMagic(Magics):
         cells = self._history()
         if cells:
             return len(cells) - 1
-        return max(self.shell.execution_count - 1, 1)
+        return max(self._ipython.execution_count - 1, 1)
 
     def _history(self) -> list[str]:
         history = getattr(self.shell, "history_manager", None)
@@ -291,14 +305,15 @@ def _check_quotes(text: str, where: str) -> None:
 
 def _after_words(line: str, count: int) -> str:
     """The line after its first `count` words, split as IPython splits a magic's arguments."""
-    lexer = shlex.shlex(line, posix=False)
+    stream = io.StringIO(line)  # what shlex makes of a str, kept to read the position
+    lexer = shlex.shlex(stream, posix=False)
     lexer.whitespace_split, lexer.commenters = True, ""
     try:
         for _ in range(count):
             lexer.get_token()
     except ValueError:  # an unclosed quote runs to the end of the line
         return ""
-    return line[lexer.instream.tell() :].strip()
+    return line[stream.tell() :].strip()
 
 
 def _unquoted(args: argparse.Namespace) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from IPython.core.error import UsageError
 
-from tetra_magic.gpus import gpu_ids
+from tetra_magic.gpus import UnknownGpu, gpu_ids
 from tetra_magic.runpod_limits import MAX_EXECUTION_MS
 
 
@@ -305,7 +305,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
     check_apt_names(system_deps)
     return CellOptions(
         gpus=gpus,
-        gpu_ids=tuple(gpu_ids([g for gpu in gpus for g in gpu.split(",")])) if gpus else (),
+        gpu_ids=_gpu_ids(gpus),
         cpu=args.cpu,
         dependencies=deps,
         system_dependencies=system_deps,
@@ -336,6 +336,15 @@ def _endpoint(args: argparse.Namespace, defaults: Any) -> str | None:
     if defaults.endpoint:
         return endpoint_address(defaults.endpoint, "TetraMagic.endpoint")
     return None
+
+
+def _gpu_ids(gpus: tuple[str, ...]) -> tuple[str, ...]:
+    """RunPod's ids for the --gpu names (each may list several, comma-separated); an unknown
+    name is the user's typo, so a UsageError like every other bad option."""
+    try:
+        return tuple(gpu_ids([g for gpu in gpus for g in gpu.split(",")]))
+    except UnknownGpu as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _default_gpus(defaults: Any) -> tuple[str, ...]:

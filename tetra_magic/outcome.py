@@ -18,17 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tetra_magic.cell_runtime import MainNames, VersionMismatch, exception_note
 from tetra_magic.errors import (
     JobFailed,
     Labeler,
     clean_detail,
-    endpoint_error_text,
     remote_error,
     worker_failure,
 )
-from tetra_magic.follow import Followed
 from tetra_magic.progress import before_the_cell
+from tetra_magic.runtime.exceptions import exception_note
+from tetra_magic.runtime.pickling import MainNames, VersionMismatch
 from worker.protocol import FunctionResponse, decode
 
 _FAILURES = {
@@ -55,24 +54,16 @@ class CellResult:
 
 
 def check(
-    followed: Followed,
+    response: FunctionResponse,
     label: Labeler,
     user_ns: dict[str, Any] | None = None,
     dependencies: Sequence[str] = (),
 ) -> FunctionResponse:
-    """The worker's response for a COMPLETED job; the job's failure as an exception otherwise:
-    for a cell that raised, the user's own exception as the notebook knows its class; for the
+    """`response` itself if the cell succeeded; its failure as an exception otherwise: for a
+    cell that raised, the user's own exception as the notebook knows its class; for the
     published worker's own failure, before the cell ran, one sentence (naming the cell's
-    `dependencies` that did not install, in the installer's words)."""
-    response = followed.response
-    job = f"job {followed.job_id}"
-    if followed.status == "TIMED_OUT":
-        raise JobFailed(f"{job} ran past the endpoint's execution timeout and was stopped")
-    if followed.status == "CANCELLED":
-        raise JobFailed(f"{job} was cancelled on the endpoint")
-    if response is None:
-        error = followed.document.get("error") or "the worker sent no response"
-        raise JobFailed(f"{job} {followed.status.lower()}: {endpoint_error_text(error)}")
+    `dependencies` that did not install, in the installer's words). How a job ended without a
+    response is the job's to judge (job.Job.check)."""
     if not response.success:
         if before_the_cell(response):
             raise JobFailed(worker_failure(response.error or response.result, dependencies))
@@ -86,7 +77,7 @@ def check(
 
 
 _GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 and later
-# Packages whose objects a cell shows as images (remote_display): without the package here,
+# Packages whose objects a cell shows as images (runtime/figures.py): without the package here,
 # nobody misses the objects themselves.
 _DRAWN_HOME = frozenset({"matplotlib"})
 

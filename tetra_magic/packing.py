@@ -2,35 +2,38 @@
 
 Each value is pickled on its own, so an unpicklable one is named before anything is sent.
 Modules are shipped by name and imported again on the worker: pickling a module is impossible,
-and re-importing is what the user means by `np`. The request calls `run_cell` from
-`cell_runtime`, whose source travels as the function code (with `remote_display`'s, the cell's
-display machinery, in the spec), so the request is one the published tetra worker would run as
-well.
+and re-importing is what the user means by `np`. The request's function code is the runtime's
+bootstrap, and its spec (`make_spec`, the one place a spec is made) carries the runtime package
+itself as source (tetra_magic/runtime/), so the request is one the published tetra worker would
+run as well.
 
 Functions and classes from earlier cells travel as the source of their `def`/`class` statement
-(`cell_runtime.MainNames`, `tetra_magic.definitions`), with the names those read, and with them
-the text of the cells they were defined in, so their frames in a remote traceback, and
+(`runtime.pickling.MainNames`, `tetra_magic.definitions`), with the names those read, and with
+them the text of the cells they were defined in, so their frames in a remote traceback, and
 `inspect.getsource` on the worker, show their lines.
 """
 
 from __future__ import annotations
 
-import inspect
 import linecache
 import platform
 import re
 import secrets
 import sys
 import types
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import cell_runtime, definitions, remote_display, sessions
+from tetra_magic import definitions, runtime, sessions
 from tetra_magic.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
+from tetra_magic.runtime.contract import RUNTIME_SOURCE_PREFIX, Definition, SessionPart, Spec
+from tetra_magic.runtime.picklers import global_names
+from tetra_magic.runtime.pickling import MainNames
 from worker.protocol import FunctionRequest, encode
 
 # This kernel, to the worker: its cells share an executor process and a working directory there,
@@ -49,8 +52,8 @@ class Packed:
     shipped: tuple[str, ...]
     modules: tuple[str, ...]
     size: int
-    spec: dict[str, Any] = field(default_factory=dict, repr=False)
-    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
+    spec: Spec = field(repr=False)
+    blobs: dict[str, bytes] = field(repr=False)
 
 
 def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...] = ()) -> dict:
@@ -90,7 +93,7 @@ def _aliases(
 
 
 def _pickle_needed(
-    values: dict[str, Any], user_ns: dict[str, Any], names: cell_runtime.MainNames, files: set[str]
+    values: dict[str, Any], user_ns: dict[str, Any], names: MainNames, files: set[str]
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The blobs of the values the cell reads and of the names their definitions and functions
     read in turn (a helper's helper, the constant a method uses), which the cell itself does
@@ -112,7 +115,7 @@ def _pickle_needed(
         for top, (source, filename, _) in names.sent.items():
             if top not in reads:
                 code = compile(source, filename, "exec")
-                reads[top] = cell_runtime.global_names(code)
+                reads[top] = global_names(code)
         for used in [*names.bytecode, *(n for r in reads.values() for n in r)]:
             if used not in needed_by and _sendable(used, user_ns) and used not in values:
                 needed_by[used] = name
@@ -131,7 +134,7 @@ def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
 
 
 def _pickle(
-    name: str, value: Any, names: cell_runtime.MainNames, files: set[str], needed_by: str | None
+    name: str, value: Any, names: MainNames, files: set[str], needed_by: str | None
 ) -> bytes:
     try:
         return names.dumps(value, files, to_cpu=False)
@@ -215,50 +218,88 @@ def pack(
     if session is not None:
         referable = session.referable(referable)
         user_ns = {**user_ns, **session.substitutes(values, user_ns)}
-    names = cell_runtime.MainNames(user_ns, referable=referable)
+    names = MainNames(user_ns, referable=referable)
     files: set[str] = set()
     with sessions.shipping(session):
         blobs, module_values = _pickle_needed(values, user_ns, names, files)
     sent = "".join(source for source, _, _ in names.sent.values())
     modules = _modules(module_values, analysis.source + sent)
     files |= {filename for _, filename, _ in names.sent.values()}
-    spec = {
-        "filename": filename,
-        "source": analysis.source,
-        "binds": sorted(analysis.binds - set(opts.drop)),
-        "deletes": sorted(analysis.deletes),
-        "has_last_expr": analysis.has_last_expr,
-        "modules": modules,
-        "python": platform.python_version_tuple()[:2],
-        "sources": _sources(files, label),
-        "definitions": names.sent,
-        "env": dict(opts.env),
-        "display": inspect.getsource(remote_display),
-        "timeout": opts.timeout,  # for workers that do not read the request's own field
-        "aliases": _aliases(blobs, user_ns, names.sent),
-    }
+    session_part = None
     if session is not None:
-        reads = analysis.reads | set(opts.send)
-        spec["session"] = session.spec(reads, opts.session_value_limit)
+        reads = {*analysis.reads, *opts.send}
+        session_part = session.spec(reads, opts.session_value_limit)
+    spec = make_spec(
+        analysis,
+        filename,
+        drop=opts.drop,
+        modules=modules,
+        sources=_sources(files, label),
+        definitions=names.sent,
+        env=dict(opts.env),
+        timeout=opts.timeout,  # for workers that do not read the request's own field
+        aliases=_aliases(blobs, user_ns, names.sent),
+        session=session_part,
+    )
     request = request_for(spec, blobs, opts)
     size = len(request.model_dump_json()) + len('{"input": }')
     _check_size(blobs, size, limit)
     return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
 
 
-def request_for(
-    spec: dict[str, Any], blobs: dict[str, bytes], opts: CellOptions
-) -> FunctionRequest:
+def make_spec(
+    analysis: CellAnalysis,
+    filename: str,
+    *,
+    drop: Collection[str] = (),
+    modules: dict[str, list[str]] | None = None,
+    sources: dict[str, str] | None = None,
+    definitions: dict[str, Definition] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    aliases: dict[str, str] | None = None,
+    session: SessionPart | None = None,
+) -> Spec:
+    """The spec of one request: the cell as `analysis` found it (a request that runs no cell,
+    a session's pull or end, has an empty one), what travels with it, and the runtime that
+    runs it on the worker."""
+    spec: Spec = {
+        "filename": filename,
+        "source": analysis.source,
+        "binds": sorted(analysis.binds - set(drop)),
+        "deletes": sorted(analysis.deletes),
+        "has_last_expr": analysis.has_last_expr,
+        "modules": modules or {},
+        "python": ".".join(platform.python_version_tuple()[:2]),
+        "sources": sources or {},
+        "definitions": definitions or {},
+        "env": env or {},
+        "timeout": timeout,
+        "aliases": aliases or {},
+        "cell_definitions": {
+            name: [text, filename, line] for name, (text, line) in analysis.defines.items()
+        },
+        "with_targets": sorted(analysis.with_targets),
+        "imported": list(analysis.imported),
+        "submodules": {name: list(found) for name, found in analysis.submodules.items()},
+        "runtime": runtime.sources(),
+    }
+    if session is not None:
+        spec["session"] = session
+    return spec
+
+
+def request_for(spec: Spec, blobs: dict[str, bytes], opts: CellOptions) -> FunctionRequest:
     """The request that runs the cell `spec` describes with the values in `blobs`."""
     session = spec.get("session")
     return FunctionRequest(
         function_name="run_cell",
-        function_code=inspect.getsource(cell_runtime),
+        function_code=runtime.bootstrap_source(),
         kwargs={"spec": encode(spec), "blobs": encode(blobs)},
         dependencies=list(opts.dependencies) or None,
         system_dependencies=list(opts.system_dependencies) or None,
         timeout=opts.timeout,
-        source_name=f"<tetra-runtime {spec['filename']}>",
+        source_name=f"{RUNTIME_SOURCE_PREFIX}{spec['filename']}>",
         kernel_id=KERNEL_ID,
         session=session["key"] if session else None,
     )

@@ -1,6 +1,6 @@
 """A cell's output on the published worker, which does not stream: from RunPod progress updates.
 
-The cell runtime (cell_runtime.LiveOutput) publishes the output it has seen as the job's
+The cell runtime (runtime/live_output.py) publishes the output it has seen as the job's
 progress: `/status` of an IN_PROGRESS job then has `output: {"tetra_progress": {"first": i,
 "chunks": [...]}}`, the chunks from index i on. Its final result carries every chunk under
 "output", and, for a cell that raised, the exception under "raised". `ProgressOutput` hands
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tetra_magic.runtime.contract import PROGRESS_KEY as KEY
 from worker import frames
 from worker.protocol import FunctionResponse, decode
-
-KEY = "tetra_progress"
 
 
 class ProgressOutput:

@@ -3,7 +3,7 @@
 Functions and classes defined with `def`/`class` in a cell travel as source and work on any
 version, but what the notebook made otherwise (lambdas, closures) travels as bytecode, which runs
 only on the Python minor version that made it, and is refused elsewhere before it is loaded
-(cell_runtime.MainNames). The worker reports its Python in its first "info" chunk and in the
+(runtime.pickling.MainNames). The worker reports its Python in its first "info" chunk and in the
 response's `worker`; this module turns a mismatch into one explanation, once per kernel and
 worker version, so a refusal is never a surprise.
 """
@@ -52,7 +52,9 @@ def mismatch_note(worker: str) -> str | None:
 def warn(chunks: list[dict[str, Any]], response: FunctionResponse | None) -> None:
     """Explain a Python mismatch on stderr, the first time this kernel meets that version."""
     worker = worker_python(chunks, response)
-    note = mismatch_note(worker) if worker else None
-    if note and worker not in _told:
+    if not worker or worker in _told:
+        return
+    note = mismatch_note(worker)
+    if note:
         _told.add(worker)
         print(note, file=sys.stderr)

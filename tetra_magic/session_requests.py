@@ -1,6 +1,6 @@
 """A session's requests that run no new cell: pulling values, ending it, replaying the cells
 that built it. Each goes to the endpoint of the session's last cell, as one job, and reads the
-worker's answer (tetra_magic/session_runtime.py) from the payload.
+worker's answer (tetra_magic/runtime/sessions.py) from the payload.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import sys
 from typing import Any
 
 from tetra_magic import outcome, sessions, targets
-from tetra_magic.cell_runtime import MainNames
+from tetra_magic.analysis import analyse
 from tetra_magic.display.text import TextView
 from tetra_magic.errors import Labeler
 from tetra_magic.job import Job
-from tetra_magic.packing import Packed, request_for
+from tetra_magic.packing import Packed, make_spec, request_for
+from tetra_magic.runtime.contract import SessionPart, Spec
+from tetra_magic.runtime.pickling import MainNames
 
 
 def lost_answer(result: outcome.CellResult) -> dict[str, Any] | None:
@@ -25,7 +27,7 @@ def lost_answer(result: outcome.CellResult) -> dict[str, Any] | None:
 
 def session_request(
     session: sessions.Session,
-    spec: dict[str, Any],
+    spec: Spec,
     blobs: dict[str, bytes],
     quiet: bool = True,
     label: Labeler = lambda name: None,
@@ -39,33 +41,15 @@ def session_request(
     size = len(request.model_dump_json())
     packed = Packed(request, tuple(sorted(blobs)), (), size, spec, blobs)
     view = TextView(verbose=False, live=not quiet)
-    job = Job(targets.resolve(opts), opts, packed, view)
-    job.run()
+    job = Job(targets.resolve(opts), opts, view)
+    job.run(packed)
     return outcome.unpack(job.check(label, {}))
 
 
-def _plain_spec(session: sessions.Session, **part: Any) -> dict[str, Any]:
-    """The spec of a request that runs no cell: pull or end."""
-    return {
-        "filename": f"<tetra-session {session.name}>",
-        "source": "",
-        "binds": [],
-        "deletes": [],
-        "has_last_expr": False,
-        "modules": {},
-        "python": [str(n) for n in sys.version_info[:2]],
-        "definitions": {},
-        "display": _display_source(),
-        "session": session.spec(set(), 0, **part),
-    }
-
-
-def _display_source() -> str:
-    import inspect
-
-    from tetra_magic import remote_display
-
-    return inspect.getsource(remote_display)
+def _plain_spec(session: sessions.Session, part: SessionPart) -> Spec:
+    """The spec of a request that runs no cell: pull or end (in `part`)."""
+    name = f"<tetra-session {session.name}>"
+    return make_spec(analyse("", name), name, session={**session.spec(set(), 0), **part})
 
 
 def pull(
@@ -76,7 +60,7 @@ def pull(
     namespace `user_ns` (its classes). SessionLost for a lost session."""
     if session.lost:
         raise session.lost_error()
-    result = session_request(session, _plain_spec(session, pull=keys), {})
+    result = session_request(session, _plain_spec(session, {"pull": keys}), {})
     if (lost := lost_answer(result)) is not None:
         raise session.lost_error(lost)
     payload = result.payload
@@ -107,7 +91,7 @@ def end(session: sessions.Session) -> list[str]:
     try:
         if session.opts is None:  # no cell reached a worker
             return []
-        payload = session_request(session, _plain_spec(session, end=True), {}).payload
+        payload = session_request(session, _plain_spec(session, {"end": True}), {}).payload
         return list((payload.get("session") or {}).get("freed", []))
     finally:
         sessions.SESSIONS.pop(session.name, None)
@@ -123,8 +107,8 @@ def replay(session: sessions.Session, label: Labeler) -> None:
     made: set[str] = set()
     for index, record in enumerate(records):
         reads = set(record.spec["session"]["reads"])
-        part = {**session.spec(reads, record.opts.session_value_limit), "homes": []}
-        part.update(new=index == 0, released=[])
+        part = session.spec(reads, record.opts.session_value_limit)
+        part.update({"homes": [], "new": index == 0, "released": []})
         try:
             result = session_request(
                 session, {**record.spec, "session": part}, record.blobs, False, label

@@ -1,7 +1,7 @@
 """Sessions as the notebook knows them: which exist, what they hold, how they were built.
 
 A session cell (`%%tetra --session NAME`) runs in a namespace that lives on the worker between
-cells (tetra_magic/session_runtime.py is the worker's side). The kernel keeps one `Session`
+cells (tetra_magic/runtime/sessions.py is the worker's side). The kernel keeps one `Session`
 record per name: the id the worker must still hold (so a lost session is noticed before a cell
 runs), the cells that built it, with the requests they sent (so `%tetra replay` can rebuild it
 with the inputs they had), and what came home from it:
@@ -17,20 +17,20 @@ Sessions belong to their kernel: the worker keys them by this kernel's id and th
 
 from __future__ import annotations
 
-import inspect
 import secrets
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tetra_magic import session_runtime
-from tetra_magic.cell_runtime import MainNames, digest, markers
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
+from tetra_magic.runtime.contract import SessionPart, Spec
+from tetra_magic.runtime.picklers import markers
+from tetra_magic.runtime.pickling import MainNames, digest
 
 # The session whose cell is being packed: a reference to another session's value cannot go.
 _SHIPPING: list[Session] = []
@@ -41,7 +41,7 @@ class CellRecord:
     """One cell that built a session: enough to send it again as it was."""
 
     label: str
-    spec: dict[str, Any]
+    spec: Spec
     blobs: dict[str, bytes]
     opts: CellOptions
 
@@ -77,8 +77,10 @@ class Session:
     gpu_memory: dict[str, int] = field(default_factory=dict)
     lost: str | None = None
     cause: str = ""
-    # fetch(names, user_ns) -> {name: value}: given by whoever runs the session's jobs (run.py)
+    # fetch(names, user_ns) -> {name: value}, and the notebook namespace whose classes the
+    # values load against: given by whoever runs the session's cells (session_hooks.py)
     fetch: Callable[[list[str], dict[str, Any]], dict[str, Any]] | None = None
+    namespace: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:
@@ -89,8 +91,8 @@ class Session:
         """Whether the worker has yet to make it (no cell has built it)."""
         return not self.cells
 
-    def spec(self, reads: set[str], value_limit: int, **extra: Any) -> dict[str, Any]:
-        """The `session` part of a cell's spec, for session_runtime."""
+    def spec(self, reads: Set[str], value_limit: int) -> SessionPart:
+        """The `session` part of a cell's spec, for the worker's side (runtime/sessions.py)."""
         return {
             "key": self.key,
             "id": self.id,
@@ -100,8 +102,6 @@ class Session:
             "homes": sorted(n for n, home in self.homes.items() if type(home[2]) is SessionValue),
             "released": sorted(self.released),
             "value_limit": value_limit,
-            "runtime": inspect.getsource(session_runtime),
-            **extra,
         }
 
     def referable(self, finder: Any) -> Any:
@@ -128,7 +128,7 @@ class Session:
                 found[name] = copy[1]  # a value `ref.pull()` returned, by whatever name
         return found
 
-    def forget(self, names: set[str]) -> None:
+    def forget(self, names: Set[str]) -> None:
         """After a failed cell: the notebook's copies of `names` go to the next cell again, so
         the session gets back what the notebook has (the failed cell may have changed its own
         objects in place, and the notebook keeps its values as they were)."""
@@ -326,11 +326,8 @@ class RemoteRef:
 
     def pull(self) -> Any:
         """The value itself, fetched from the worker (GPU tensors come as CPU ones)."""
-        from IPython import get_ipython
-
         self._check_live()
-        shell = get_ipython()
-        user_ns = shell.user_ns if shell is not None else {}
+        user_ns = self.session.namespace
         if self.session.fetch is None:
             raise SessionError(f"session {self.session.name!r} has no cell to fetch from")
         value = self.session.fetch([self.marker.name], user_ns)[self.marker.name]

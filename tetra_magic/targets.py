@@ -4,7 +4,8 @@ Nothing past this module knows which it is talking to: both are an `Endpoint` fo
 REST client, differing only in base URL, credentials and limits.
 
 The key is credentials.api_key()'s; an endpoint this module does not name itself comes from
-provision, which depends on nothing here. What RunPod changed of an endpoint a job waits on is
+provision, for the spec endpoint_choice makes of the cell's options: provision knows no
+notebook, and depends on nothing here. What RunPod changed of an endpoint a job waits on is
 looked at through `rechecker` (waiting.py calls it), and `%tetra end` hands a session's
 endpoint back through `park`.
 """
@@ -19,6 +20,7 @@ from tetra_magic import provision
 from tetra_magic.client import Endpoint
 from tetra_magic.cloud_api import CloudError, QuotaFull, rest_base
 from tetra_magic.credentials import KEY_ENV, api_key
+from tetra_magic.endpoint_choice import spec_for
 from tetra_magic.errors import TetraError
 from tetra_magic.options import CellOptions
 from tetra_magic.waiting import QueueGaveUp
@@ -65,7 +67,7 @@ def resolve(options: CellOptions) -> Endpoint:
     if key is None:
         _say_local_once(source)
         return local()
-    return provision.provisioned(options, key, source)
+    return provision.provisioned(spec_for(options, options.worker), options.gpus, key, source)
 
 
 def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
@@ -103,7 +105,7 @@ def park(options: CellOptions, endpoint_id: str) -> str | None:
     key, source = api_key()
     if options.local or options.endpoint or key is None:
         return None
-    return provision.park(options, endpoint_id, key, source)
+    return provision.park(spec_for(options, options.worker), endpoint_id, key, source)
 
 
 def _say_local_once(problem: str) -> None:

@@ -18,11 +18,14 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.codec import decode
 from worker.results import encode_result
 from worker.tracebacks import register_source, user_traceback
+
+if TYPE_CHECKING:
+    from worker.protocol import Failure
 
 DEFAULT_SOURCE_NAME = "<tetra>"
 
@@ -44,7 +47,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _load(code: str | None, name: str, source_name: str) -> Any:
+def _load(code: str | None, name: str | None, source_name: str) -> Any:
     """Execute `code` in a fresh namespace and take `name` from it."""
     if not code or not name:
         raise RequestError("the request needs both the code and the name to call in it")
@@ -56,9 +59,9 @@ def _load(code: str | None, name: str, source_name: str) -> Any:
 
 
 def _compile(code: str, filename: str) -> CodeType:
-    """`code` compiled under `filename`. Every cell sends the same ~500-line cell runtime, whose
-    compiling would cost milliseconds per request: code seen before is compiled once and its
-    code objects are renamed (tracebacks name each request's own source)."""
+    """`code` compiled under `filename`. Every cell sends the same code (the runtime's
+    bootstrap), whose compiling would cost time on every request: code seen before is compiled
+    once and its code objects are renamed (tracebacks name each request's own source)."""
     compiled = _COMPILED.get(code)
     if compiled is None:
         compiled = compile(code, filename, "exec")
@@ -137,7 +140,7 @@ def _call(request: dict[str, Any]) -> dict[str, Any]:
     return {"value": value, "instance_id": instance_id, "instance_info": METADATA[instance_id]}
 
 
-def _failure(error: str, error_type: str, failure: str, **extra: Any) -> dict[str, Any]:
+def _failure(error: str, error_type: str, failure: Failure, **extra: Any) -> dict[str, Any]:
     return {"success": False, "error": error, "error_type": error_type, "failure": failure, **extra}
 
 

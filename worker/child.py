@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import io
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from worker import channel
 from worker.calls import run
@@ -49,6 +50,8 @@ def _die_with_parent(parent: int) -> None:
 def _flush_all() -> None:
     """Python's and C stdio's buffers, so buffered output lands before the end marker."""
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is None:  # the process has no such stream (sys.__stdout__ without an fd 1)
+            continue
         with contextlib.suppress(AttributeError, OSError, ValueError):
             stream.flush()
     LIBC.fflush(None)
@@ -95,8 +98,9 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
+    # Python made both at startup as TextIOWrappers on the pipes (typed as plain TextIO).
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stderr).reconfigure(line_buffering=True)
     faulthandler.enable(crash_log)  # a segfault leaves the Python stack where the worker reads it
     channel.write(responses, {"ready": True})
     serve(requests, responses, Streams())

@@ -37,18 +37,19 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from worker import channel, frames
 from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
-from worker.protocol import Emit, FunctionResponse, chunk
+from worker.protocol import Emit, Failure, FunctionResponse, chunk
 
 READ_SIZE = 65536
 MARKER = re.compile(
     re.escape(MARKER_PREFIX) + rb"([0-9a-f]{%d})" % TOKEN_LENGTH + re.escape(MARKER_SUFFIX)
 )
 MARKER_LENGTH = len(MARKER_PREFIX) + TOKEN_LENGTH + len(MARKER_SUFFIX)
-STREAMS = ("stdout", "stderr")
+Stream = Literal["stdout", "stderr"]
+STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 # After the response, how long to wait for the end markers (longer only if user code moved
 # fds 1/2 somewhere the worker cannot see); after a kill, how long to collect the last output.
 MARKER_GRACE_S = 2.0
@@ -155,7 +156,7 @@ class _Output:
         self.sent = 0
         self.dropped = 0
 
-    def __call__(self, kind: str, text: str) -> None:
+    def __call__(self, kind: Stream, text: str) -> None:
         items = self.frames.feed(text) if kind == "stdout" else [chunk(kind, text)]
         for item in items:
             self._forward(item)
@@ -189,12 +190,14 @@ class _Child:
         self.responses = responses
         self.crash_log = crash_log
         self.holds_session = False  # a session's namespace lives in this process
-        self.sink: Callable[[str, str], None] | None = None
-        self.backlog: list[tuple[str, str]] = []
+        self.sink: Callable[[Stream, str], None] | None = None
+        self.backlog: list[tuple[Stream, str]] = []
         self.backlog_size = 0
-        self.ended: dict[str, str] = {}
-        self.eof: set[str] = set()
+        self.ended: dict[Stream, str] = {}
+        self.eof: set[Stream] = set()
         self.changed = asyncio.Event()
+        # `start` makes the process with stdin, stdout and stderr all PIPE.
+        assert proc.stdout is not None and proc.stderr is not None
         self.readers = [
             asyncio.create_task(self._read(proc.stdout, "stdout")),
             asyncio.create_task(self._read(proc.stderr, "stderr")),
@@ -271,7 +274,7 @@ class _Child:
     def alive(self) -> bool:
         return self.proc.returncode is None and not self.eof
 
-    def _emit(self, kind: str, text: str) -> None:
+    def _emit(self, kind: Stream, text: str) -> None:
         if not text:
             return
         if self.sink is not None:
@@ -280,7 +283,7 @@ class _Child:
             self.backlog.append((kind, text))
             self.backlog_size += len(text)
 
-    async def _read(self, stream: asyncio.StreamReader, kind: str) -> None:
+    async def _read(self, stream: asyncio.StreamReader, kind: Stream) -> None:
         """Forward a pipe's text, noting each end marker, until the pipe closes."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = b""
@@ -298,7 +301,7 @@ class _Child:
         self.eof.add(kind)
         self.changed.set()
 
-    def attach(self, sink: Callable[[str, str], None]) -> None:
+    def attach(self, sink: Callable[[Stream, str], None]) -> None:
         """Send output to `sink` from now on, starting with any backlog."""
         self.sink = sink
         backlog, self.backlog, self.backlog_size = self.backlog, [], 0
@@ -313,12 +316,13 @@ class _Child:
             self.changed.clear()
             await self.changed.wait()
 
-    def _ended(self, stream: str, token: str) -> bool:
+    def _ended(self, stream: Stream, token: str) -> bool:
         return self.ended.get(stream) == token or stream in self.eof
 
     async def exchange(self, token: str, request: dict[str, Any]) -> dict[str, Any] | None:
         """Send the request; its response once all its output is in; None if the child died.
         Unresponsive (the child killed) if it does not say it took the request up in time."""
+        assert self.proc.stdin is not None  # `start` makes the process with stdin=PIPE
         try:
             await channel.send(self.proc.stdin, {"token": token, "request": request})
             try:
@@ -381,7 +385,7 @@ def _child_env(kernel: str | None) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, KERNEL_MARK: kernel or ""}
 
 
-def _failure(error: str, error_type: str, failure: str) -> dict[str, Any]:
+def _failure(error: str, error_type: str, failure: Failure) -> dict[str, Any]:
     """A failure the child could not report (crash, timeout), shaped like `worker.calls` ones."""
     return FunctionResponse(
         success=False, error=error, error_type=error_type, failure=failure
@@ -417,8 +421,8 @@ class Executor:
     async def _ready(self, emit: Emit, kernel: str | None, session: str | None) -> _Child:
         """The kernel's child: its running one, else a new one. Other kernels' children go,
         unless they hold a session (or have died, which loses it)."""
-        for other, child in list(self._children.items()):
-            if not child.alive or (other != kernel and not child.holds_session):
+        for other, kept in list(self._children.items()):
+            if not kept.alive or (other != kernel and not kept.holds_session):
                 self._close(other)
         holding = [other for other in self._children if other != kernel]
         for other in holding[: max(0, len(holding) - KEPT_SESSION_PROCESSES + 1)]:

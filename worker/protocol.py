@@ -31,6 +31,10 @@ from worker.codec import decode, encode
 # runs cells starts afresh to load them (what it held, a session too, is gone).
 EXECUTOR_RESTARTED = "packages were replaced: restarting the executor to load them\n"
 ChunkKind = Literal["stdout", "stderr", "log", "phase", "info", "display", "response"]
+# How a request failed (FunctionResponse.failure; see there).
+Failure = Literal[
+    "exception", "install", "start", "timeout", "crash", "cancelled", "invalid", "internal"
+]
 # What the worker is doing, in "phase" chunks: installing deps, starting an executor, running.
 PHASES = ("installing", "starting", "running")
 
@@ -91,12 +95,7 @@ class FunctionResponse(BaseModel):
     # a cancel, since a cancelled job sends no response), the request was unusable
     # ("invalid"), or the worker itself went wrong ("internal").
     error_type: str | None = None
-    failure: (
-        Literal[
-            "exception", "install", "start", "timeout", "crash", "cancelled", "invalid", "internal"
-        ]
-        | None
-    ) = None
+    failure: Failure | None = None
     # Ours: result entries that could not be pickled, by name, with the reason.
     unpicklable: dict[str, str] = Field(default_factory=dict)
     worker: WorkerInfo | None = None
@@ -115,6 +114,7 @@ __all__ = [
     "PHASES",
     "ChunkKind",
     "Emit",
+    "Failure",
     "FunctionRequest",
     "FunctionResponse",
     "WorkerInfo",

@@ -13,9 +13,18 @@ import linecache
 import os
 import traceback
 
+
+def _package_dir(name: str) -> str:
+    """The directory of the standard library package `name`, located without importing it."""
+    spec = importlib.util.find_spec(name)
+    # A standard library package is always found, and its spec names the file it loads from.
+    assert spec is not None and spec.origin is not None, name
+    return os.path.dirname(os.path.abspath(spec.origin)) + os.sep
+
+
 _WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Located, not imported: the child imports asyncio only for requests that need it.
-_ASYNCIO_DIR = os.path.dirname(os.path.abspath(importlib.util.find_spec("asyncio").origin)) + os.sep
+_ASYNCIO_DIR = _package_dir("asyncio")
 
 
 def register_source(code: str, name: str) -> str:

@@ -20,7 +20,8 @@ class JobView(Protocol):
     """What a display must accept while a job runs. `cancel_requested` is set by a Cancel
     button (None on a view without one); the follow loop checks it between polls."""
 
-    cancel_requested: threading.Event | None
+    @property
+    def cancel_requested(self) -> threading.Event | None: ...
 
     def submitted(self, job_id: str, name: str | None) -> None: ...
     def status(self, status: JobStatus) -> None: ...

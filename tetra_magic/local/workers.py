@@ -14,11 +14,9 @@ worker starts carries marker variables in its environment, and the supervisor ki
 still carries a dead worker's marker. Workers also get SIGKILL when the server dies (Linux
 PDEATHSIG), and a new server clears what a dead one left behind.
 
-GPUs: with several visible GPUs (nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES) each worker gets
-one, round robin, and the default worker count is the GPU count; with one GPU all workers share
-it. The SDK's host fitness checks (free memory, disk, reaching 8.8.8.8) are for RunPod's
-machines and would kill workers on a busy or offline laptop, so they are skipped unless the
-user's environment says otherwise.
+Each worker gets its GPU as worker_gpus.py plans it. The SDK's host fitness checks (free
+memory, disk, reaching 8.8.8.8) are for RunPod's machines and would kill workers on a busy or
+offline laptop, so they are skipped unless the user's environment says otherwise.
 """
 
 from __future__ import annotations
@@ -30,16 +28,16 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from tetra_magic.local import environment, kernels, state
-from tetra_magic.local.jobs import JobStore
+from tetra_magic.local.job_store import JobStore
 from tetra_magic.local.marks import SERVER_MARK, WORKER_MARK, kill_marked
 from tetra_magic.local.passed_env import passed
+from tetra_magic.local.worker_gpus import gpu_plan
 from worker.parent_death import die_with_parent
 
 log = logging.getLogger("tetra_magic.local.workers")
@@ -48,48 +46,6 @@ QUICK_EXIT_S = 15.0
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 GIVE_UP_AFTER = 3
 KERNEL_CHECK_S = 5.0
-
-
-def visible_gpus(smi_listing: str | None, cuda_visible: str | None) -> list[str]:
-    """The GPUs the workers may use, as CUDA_VISIBLE_DEVICES entries.
-
-    `smi_listing` is `nvidia-smi -L` output (None: no nvidia-smi). An existing
-    CUDA_VISIBLE_DEVICES wins, as it does for CUDA: entries up to the first "-1" or blank.
-    """
-    listed = [line for line in (smi_listing or "").splitlines() if line.startswith("GPU ")]
-    if not listed:
-        return []
-    if cuda_visible is None:
-        return [str(index) for index in range(len(listed))]
-    chosen: list[str] = []
-    for entry in (part.strip() for part in cuda_visible.split(",")):
-        if not entry or entry == "-1":
-            break
-        chosen.append(entry)
-    return chosen
-
-
-def detect_gpus() -> list[str]:
-    """GPUs on this machine (see `visible_gpus`); none without a working nvidia-smi."""
-    smi = shutil.which("nvidia-smi")
-    listing = None
-    if smi is not None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            listing = subprocess.run(
-                [smi, "-L"], capture_output=True, text=True, timeout=15, check=True
-            ).stdout
-    return visible_gpus(listing, os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-
-def gpu_plan(gpus: list[str], workers: int) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES of each worker; None leaves the inherited value alone."""
-    if len(gpus) <= 1:
-        return [None] * workers
-    return [gpus[index % len(gpus)] for index in range(workers)]
-
-
-def default_worker_count(gpus: list[str]) -> int:
-    return len(gpus) if gpus else 2
 
 
 def exit_reason(returncode: int) -> str:
@@ -374,7 +330,7 @@ class Supervisor:
                 "RUNPOD_DEBUG_LEVEL": level,
                 "PYTHONUNBUFFERED": "1",
                 "TETRA_WORKER_TAKE_AHEAD": "1",
-                # The heartbeat names the jobs a worker has taken up (jobs.TAKE_UP_S).
+                # The heartbeat names the jobs a worker has taken up (take_up.TAKE_UP_S).
                 "RUNPOD_PING_INTERVAL": "1000",
                 "TETRA_WORK_DIR": str(self.kernel_dirs),
                 SERVER_MARK: str(os.getpid()),

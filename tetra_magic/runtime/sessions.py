@@ -1,47 +1,53 @@
 """The worker's side of sessions: namespaces that outlive a cell, in the process that runs cells.
 
-A session cell's spec carries this module's source; the cell runtime makes it the module
-`tetra_sessions` once per process (as it does the display runtime) and runs the cell in the
-session's own `__main__` instead of a fresh one. The process is our worker's executor child
-(kept while it holds a session) or the published worker's own long-lived process: either way
-the registry below lives exactly as long as the process, so a session is lost with it (idle
-timeout, crash, restart, a --timeout kill) and `open` says so before anything runs, rather
-than letting a cell continue with half the state it expects.
+A session cell runs in the session's own `__main__` instead of a fresh one (cell.py). The
+process is our worker's executor child (kept while it holds a session) or the published worker's
+own long-lived process: either way the registry below lives exactly as long as the process (a
+newer runtime takes it over: KEPT), so a session is lost with it (idle timeout, crash, restart,
+a --timeout kill) and `open_session` says so before anything runs, rather than letting a cell
+continue with half the state it expects.
 
 What a session cell binds stays here. What goes home is decided per name by `send_home`: a
 value small enough and free of GPU data travels as a value; anything else (a model, a 50 MB
 array, an open file) stays, and the notebook gets a description of it (type, size, device), a
 remote reference it can hand back to later session cells at no transfer cost.
-
-Self-contained like the cell runtime: standard library only, imports inside the functions.
 """
 
-SESSIONS = {}  # "<owner>:<name>" -> Session; carried over when a newer source is loaded
+from __future__ import annotations
+
+import gc
+import io
+import os
+import sys
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+from .contract import Definition, Description, Payload, SessionPart
+from .pickling import MainNames
+
+# The names of this module's state that a newer version of the runtime takes over (bootstrap).
+KEPT = ("SESSIONS",)
 
 
 class Session:
     """One session's namespace and what the notebook knows of it."""
 
-    def __init__(self, key, session_id):
-        import time
-        import types
-
+    def __init__(self, key: str, session_id: str) -> None:
         self.key, self.id = key, session_id
         self.main = types.ModuleType("__main__")
         self.created = time.time()
         self.cells = 0
-        self.definitions = {}  # name -> [source, filename, line] of the defs its cells made
-        self.at_home = {}  # name -> the definition object the notebook already has
-        self.described = {}  # name -> {"type", "size", "device"}, as last measured
+        self.definitions: dict[str, Definition] = {}  # the defs its cells made
+        self.at_home: dict[str, Any] = {}  # name -> the definition the notebook already has
+        self.described: dict[str, Description] = {}  # name -> as last measured
         # "<cell>.<name>" -> a value that stays here, for the notebook's remote reference to
         # it: the reference keeps meaning that object when the name is bound again
-        self.kept = {}
+        self.kept: dict[str, Any] = {}
 
-    def free(self):
+    def free(self) -> list[str]:
         """Drop everything the session holds, and give its memory back (GPU memory too)."""
-        import gc
-        import sys
-
         held = sorted(_data_names(self.main.__dict__))
         self.main.__dict__.clear()
         self.at_home.clear()
@@ -53,7 +59,10 @@ class Session:
         return held
 
 
-def open_session(info):
+SESSIONS: dict[str, Session] = {}  # "<owner>:<name>" -> Session
+
+
+def open_session(info: SessionPart) -> tuple[Session, bool] | tuple[None, dict[str, Any]]:
     """(session, warm) to run the cell in, or (None, why) when the notebook expects a session
     this process does not hold: it was lost with the process that held it."""
     key, session_id = info["key"], info["id"]
@@ -70,12 +79,9 @@ def open_session(info):
     return found, True
 
 
-def _process_started():
+def _process_started() -> float | None:
     """When this process started (epoch seconds; None where /proc cannot tell): the session
     was lost before then."""
-    import os
-    import time
-
     try:
         with open("/proc/self/stat") as stat:
             ticks = int(stat.read().rpartition(")")[2].split()[19])
@@ -86,14 +92,14 @@ def _process_started():
         return time.time() if not SESSIONS else None
 
 
-def refer_to(session, names, cell_definitions):
+def refer_to(session: Session, names: MainNames, cell_definitions: dict[str, Definition]) -> None:
     """Let the notebook's copies of the session's definitions be referred to by name (the
     notebook has them), and every definition the session's cells made travel as source."""
     session.definitions.update(cell_definitions)
     names.refer_to(session.definitions, home=session.at_home)
 
 
-def home_copies(names, info):
+def home_copies(names: MainNames, info: SessionPart) -> dict[str, Any]:
     """{name: value} of the session values the notebook holds copies of (`info["homes"]`)
     among the names the cell reads: the cell may change them in place, and the notebook's copy
     must then follow, as an input's does."""
@@ -105,15 +111,15 @@ def home_copies(names, info):
     }
 
 
-def dumper(session, names, info):
+def dumper(session: Session, names: MainNames, info: SessionPart) -> Callable[[str, Any], Any]:
     """The function that packs a bound value for home: its blob, or its description (a dict)
     when it stays here, kept for the reference the notebook gets. A value the notebook holds a
     copy of (`info["homes"]`: it came home, was pulled, or was sent from there) goes home
     whatever its size, unless it holds GPU data."""
     homes = set(info.get("homes", ()))
-    kept_now = {}  # id -> (value, description): one reference for one object, `b = a`
+    kept_now: dict[int, tuple[Any, Description]] = {}  # one reference for one object, `b = a`
 
-    def dump(name, value):
+    def dump(name: str, value: Any) -> bytes | Description:
         if name and id(value) in kept_now and kept_now[id(value)][0] is value:
             session.described[name] = kept_now[id(value)][1]
             return kept_now[id(value)][1]
@@ -132,30 +138,33 @@ def dumper(session, names, info):
     return dump
 
 
-def send_home(names, value, limit):
+def send_home(names: MainNames, value: Any, limit: float) -> tuple[bytes | None, Description]:
     """(blob, description): the blob is None when the value stays in the session, because it
     holds GPU data, is over `limit` bytes pickled, or cannot be pickled at all (an open file, a
     lock). The description says what it is without fetching it. Pickling stops at `limit`: a
     model is never copied off its GPU, nor a large value pickled whole, only to be left here."""
-    import io
-
-    description = {"type": _type_name(value), "size": _nbytes(value), "device": _device(value)}
+    description: Description = {
+        "type": _type_name(value),
+        "size": _nbytes(value),
+        "device": _device(value),
+    }
     if description["device"] is not None or isinstance(value, io.IOBase):
         return None, description  # cloudpickle would send an open file's contents
-    if description["size"] is not None and description["size"] > limit:
+    size = description["size"]
+    if size is not None and size > limit:
         return None, description
     sink = _Capped(limit)
     try:
         header, devices = names.dump_body(value, sink, to_cpu=False)
     except _TooLarge:
-        size, device = _scan(value)
-        description.update(size=size or description["size"] or limit, device=device)
-        description["over"] = size is None  # the size then is where pickling stopped
+        found, device = _scan(value)
+        description["size"], description["device"] = found or size or int(limit), device
+        description["over"] = found is None  # the size then is where pickling stopped
         return None, description
     except Exception as exc:
         description["reason"] = f"{type(exc).__name__}: {exc}"
         return None, description
-    description["size"] = description["size"] or sink.size
+    description["size"] = size or sink.size
     if devices:
         description["device"] = sorted(devices)[0]
         return None, description
@@ -169,10 +178,11 @@ class _TooLarge(Exception):
 class _Capped:
     """A file that keeps what is written, up to `limit` bytes."""
 
-    def __init__(self, limit):
-        self.limit, self.size, self.parts = limit, 0, []
+    def __init__(self, limit: float) -> None:
+        self.limit, self.size = limit, 0
+        self.parts: list[bytes] = []
 
-    def write(self, data):
+    def write(self, data: Any) -> int:
         size = memoryview(data).nbytes  # an array's data comes as a PickleBuffer, with no len()
         self.size += size
         if self.size > self.limit:
@@ -181,10 +191,11 @@ class _Capped:
         return size
 
 
-def _scan(value, budget=100_000):
+def _scan(value: Any, budget: int = 100_000) -> tuple[int | None, str | None]:
     """(bytes, device) of the arrays, tensors and models found inside `value` (its attributes
     and containers, up to `budget` objects); (None, None) if it holds none."""
-    seen, todo, total, device = set(), [value], 0, None
+    seen: set[int] = set()
+    todo, total, device = [value], 0, None
     while todo and len(seen) < budget:
         item = todo.pop()
         if id(item) in seen or isinstance(item, (str, int, float, bool, type(None), type)):
@@ -205,7 +216,7 @@ def _scan(value, budget=100_000):
     return (total or None), device
 
 
-def _slot_values(item):
+def _slot_values(item: Any) -> list[Any]:
     """What an object keeps in `__slots__`, which its `__dict__` (if any) does not hold."""
     found = []
     for kind in type(item).__mro__:
@@ -219,7 +230,7 @@ def _slot_values(item):
     return found
 
 
-def _type_name(value):
+def _type_name(value: Any) -> str:
     kind = type(value)
     module = kind.__module__
     return (
@@ -227,17 +238,15 @@ def _type_name(value):
     )
 
 
-def _nbytes(value):
+def _nbytes(value: Any) -> int | None:
     """The size of a value's data where it says so cheaply (arrays, tensors, models, bytes);
     None where only pickling would tell."""
-    import sys
-
     if isinstance(value, (bytes, bytearray, str)):
         return len(value)
     torch = sys.modules.get("torch")
     if torch is not None:
         if isinstance(value, torch.Tensor):
-            return value.nelement() * value.element_size()
+            return int(value.nelement() * value.element_size())
         if isinstance(value, torch.nn.Module):
             tensors = [*value.parameters(), *value.buffers()]
             return sum(t.nelement() * t.element_size() for t in tensors)
@@ -250,10 +259,8 @@ def _nbytes(value):
     return None
 
 
-def _device(value):
+def _device(value: Any) -> str | None:
     """The GPU a tensor or model lives on ("cuda:0"); None for everything else."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None:
         return None
@@ -266,18 +273,16 @@ def _device(value):
     return None if device is None or device.type == "cpu" else str(device)
 
 
-def _cuda_ready(torch):
+def _cuda_ready(torch: Any) -> bool:
     try:
-        return torch.cuda.is_available() and torch.cuda.is_initialized()
+        return bool(torch.cuda.is_available() and torch.cuda.is_initialized())
     except Exception:
         return False
 
 
-def _data_names(namespace):
+def _data_names(namespace: dict[str, Any]) -> list[str]:
     """The session's own values: not dunders, not the runtime's, not modules, functions or
     classes."""
-    import types
-
     runtime = ("get_ipython", "display")
     code = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
     return [
@@ -287,11 +292,9 @@ def _data_names(namespace):
     ]
 
 
-def summary(session, warm):
+def summary(session: Session, warm: bool) -> dict[str, Any]:
     """What the notebook shows of the session after a cell: whether it was warm, the names it
     holds with their sizes, the GPU memory in use."""
-    import sys
-
     namespace = session.main.__dict__
     held = {}
     for name in _data_names(namespace):
@@ -304,7 +307,7 @@ def summary(session, warm):
                 "device": _device(value),
             }
             if described["size"] is None:
-                described["size"] = sys.getsizeof(value, None)
+                described["size"] = sys.getsizeof(value, None)  # type: ignore[arg-type]
         held[name] = {key: described.get(key) for key in ("type", "size", "device")}
     return {
         "warm": warm,
@@ -316,17 +319,15 @@ def summary(session, warm):
     }
 
 
-def _gpu_memory():
+def _gpu_memory() -> dict[str, int]:
     """{device: bytes allocated} where torch has used CUDA in this process; {} otherwise."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None or not _cuda_ready(torch):
         return {}
     return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
 
 
-def pull(session, names, wanted):
+def pull(session: Session, names: MainNames, wanted: list[str]) -> Payload:
     """The blobs of the session values the notebook asked for (by name, or by the reference
     ids of the values kept for its references), whatever their size (GPU tensors as CPU ones);
     a reason for each that cannot come."""
@@ -343,7 +344,7 @@ def pull(session, names, wanted):
     return {"values": values, "errors": errors, "definitions": names.sent}
 
 
-def end(key):
+def end(key: str) -> dict[str, Any]:
     """Free the session `key`; the names it held (empty if it was not here)."""
     session = SESSIONS.pop(key, None)
     return {"ended": session is not None, "freed": session.free() if session else []}

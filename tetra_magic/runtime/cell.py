@@ -1,0 +1,188 @@
+"""One cell on the worker, start to end: the notebook's values in, the cell run as `__main__`,
+what it bound out. The bootstrap (the request's function code) calls `run_cell`.
+
+Values travel as pickles inside the arguments and the result, one blob per name (pickling.py).
+What the cell displays goes out with its prints, through the display machinery (display.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import linecache
+import platform
+import sys
+import types
+from typing import Any, cast
+
+from . import display, exceptions, sessions
+from .cell_env import for_this_cell
+from .contract import Payload, SessionPart, Spec
+from .live_output import LiveOutput
+from .outputs import pack_outputs
+from .pickling import MainNames, VersionMismatch, digest
+from .shell import Shell
+
+
+def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
+    """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
+    of what it bound or changed in place, the names it deleted and its last expression's value.
+    What it displays goes out with its prints, through the display runtime. On the published
+    worker, also the cell's output, which it sent live as progress updates, and an exception
+    the cell raised, as "raised": that worker's own report of a failure puts its log records in
+    front of the cell's output (stderr and logging merged into stdout) and its own frames on
+    the traceback, so the cell's failure comes home in the result, as the cell showed it.
+
+    Its --env variables, and the stand-ins for stdin, last for this cell only, however it ends:
+    the same process runs later cells (other kernels' too, on the published worker)."""
+    restore = for_this_cell(spec.get("env") or {})
+    try:
+        live = LiveOutput.on_published_worker(spec.get("timeout"))
+        if live is None:
+            return _run_cell(spec, blobs)
+        with live:
+            try:
+                out = _run_cell(spec, blobs)
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                # sys.exit() too: raised on, it would end that worker's process (and the job)
+                out = {"raised": exceptions.raised(exc)}
+        out["output"] = live.chunks
+        return out
+    finally:
+        restore()
+
+
+def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
+    register_sources(spec.get("sources") or {})
+    info: SessionPart = spec.get("session") or {}
+    session = None
+    if info:
+        if info.get("end"):
+            return {"session": sessions.end(info["key"])}
+        opened = sessions.open_session(info)
+        if opened[0] is None:
+            return {"session": opened[1]}  # lost: nothing runs
+        session, warm = opened
+    display.begin()
+    # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
+    # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
+    # A session's cells share their own `__main__`, which lives on between them.
+    main = session.main if session is not None else types.ModuleType("__main__")
+    namespace = main.__dict__
+    namespace.update({"__builtins__": builtins, "get_ipython": Shell})
+    namespace["display"] = display.display_function()
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        names = MainNames(namespace, spec.get("definitions"), blobs, spec["modules"])
+        if session is not None:
+            names.kept = session.kept
+        if session is not None and info.get("pull") is not None:
+            display.end()
+            sessions.refer_to(session, names, {})
+            return sessions.pull(session, names, info["pull"])
+        held = {id(value) for value in namespace.values()} if session is not None else set()
+        inputs = _load_inputs(names, spec)
+        cell_definitions = spec["cell_definitions"]
+        dump = None
+        if session is None:
+            names.refer_to(cell_definitions)
+        else:
+            # What the session held already came as references to its own objects: only the
+            # notebook's copies of them are checked for changes in place (a model is not).
+            inputs = {name: value for name, value in inputs.items() if id(value) not in held}
+            sessions.refer_to(session, names, cell_definitions)
+            inputs.update(sessions.home_copies(names, info))
+            dump = sessions.dumper(session, names, info)
+        digests = {name: digest(names, value) for name, value in inputs.items()}
+        before = dict(namespace)
+        try:
+            last = _run_source(spec, names)
+        except BaseException:
+            if session is not None:  # as in the notebook: a failed cell binds nothing
+                namespace.clear()
+                namespace.update(before)
+            raise
+        finally:
+            display.end()
+        names.refresh()
+        out = pack_outputs(names, spec, last, inputs, digests, dump)
+        out["definitions"] = names.sent
+        if session is not None:
+            session.cells += 1
+            session.at_home.update({name: namespace.get(name) for name in names.sent})
+            out["session"] = sessions.summary(session, warm)
+            out["described"] = {name: session.described.get(name) for name in out["values"]}
+        return out
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+def _run_source(spec: Spec, names: MainNames) -> Any:
+    """Run the cell's code; its last expression's value (None without one). An exception the
+    cell raises is packed for the notebook, which raises it as the user's own exception: the
+    pack rides as a last note on the exception, since every worker (the published one too)
+    sends the exception's traceback text home, notes included."""
+    filename, source, namespace = spec["filename"], spec["source"], names.namespace
+    register_sources({filename: source})
+    tree = ast.parse(source, filename)
+    try:
+        if not spec["has_last_expr"]:
+            return _execute(tree, filename, namespace)
+        expr = cast(ast.Expr, tree.body.pop())  # the kernel's analysis found it so
+        _execute(tree, filename, namespace)
+        return _execute(ast.Expression(expr.value), filename, namespace)
+    except Exception as exc:
+        names.refresh()
+        exceptions.add_note(names, exc)
+        raise
+
+
+def _execute(tree: ast.Module | ast.Expression, filename: str, namespace: dict[str, Any]) -> Any:
+    """Run a module (or evaluate an expression) in `namespace`; top-level `await` works, as
+    IPython's autoawait lets it at home."""
+    mode = "eval" if isinstance(tree, ast.Expression) else "exec"
+    code = compile(tree, filename, mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    value = eval(code, namespace)
+    if code.co_flags & inspect.CO_COROUTINE:
+        import asyncio  # only here: importing it costs a worker's first cell 0.1 s
+
+        value = asyncio.run(value)
+    return value
+
+
+def register_sources(sources: dict[str, str]) -> None:
+    """Make notebook cells readable by linecache, so tracebacks and `inspect.getsource` show
+    the lines of functions defined in them."""
+    for name, text in sources.items():
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+
+
+def _load_inputs(names: MainNames, spec: Spec) -> dict[str, Any]:
+    """Every value the kernel sent, bound in the namespace; {name: value} of the data among
+    them (not modules, not definitions), whose changes in place the notebook must get back."""
+    inputs = {}
+    for name in [*spec["modules"], *names.definitions, *names.blobs]:
+        try:
+            names.ensure(name)
+        except VersionMismatch as exc:
+            message = f"notebook variable {name!r} was not loaded on the worker: {exc}"
+            raise RuntimeError(message) from None
+        except Exception as exc:
+            hint = ""
+            here = ".".join(platform.python_version_tuple()[:2])
+            if spec["python"] != here:
+                notebook, worker = spec["python"], platform.python_version()
+                hint = f" (the notebook runs Python {notebook}, this worker {worker})"
+            raise RuntimeError(
+                f"notebook variable {name!r} could not be loaded on the worker:"
+                f" {type(exc).__name__}: {exc}{hint}"
+            ) from None
+        if name in names.blobs and name not in names.definitions and name in names.namespace:
+            inputs[name] = names.namespace[name]
+    for name, first in (spec.get("aliases") or {}).items():
+        if first in inputs:  # `b = a` in the notebook: one object here too
+            names.namespace[name] = inputs[name] = inputs[first]
+    return inputs

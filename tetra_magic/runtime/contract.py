@@ -1,0 +1,133 @@
+"""What the notebook and the worker's runtime say to each other: the spec of a cell (with its
+session part), the payload that comes back, and the marker strings both sides read.
+
+One definition for both sides: the kernel builds the spec (tetra_magic/packing.py, `make_spec`)
+and reads the payload (tetra_magic/outcome.py); the runtime reads the spec and builds the
+payload. Everything is plain data (str, bytes, numbers, lists, dicts), cloudpickled as the
+request's `spec` argument and as its result, so any worker that runs `function_code` carries it.
+
+Our worker (worker/frames.py) reads the display frames with constants of its own, since it
+never imports tetra_magic; tests/test_runtime_contract.py checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+# A display message, written into the cell's stdout among its prints: START + JSON + END.
+FRAME_START = "\x00tetra-display:"
+FRAME_END = "\n"
+# Where a progress update (the published worker's live output) carries the cell's chunks.
+PROGRESS_KEY = "tetra_progress"
+# The line a cell's exception carries home as its last note: this, then the packed exception.
+EXCEPTION_NOTE = "tetra-exception:"
+# The file names of the runtime's code on the worker (its modules, and the request's function
+# code under our worker) start with this: home cuts those frames from a cell's traceback.
+RUNTIME_SOURCE_PREFIX = "<tetra-runtime "
+
+# A definition that travels as source: [its source, the file it was defined in, first line].
+Definition = list[Any]
+
+
+class RuntimeSources(TypedDict):
+    """The runtime package as it travels: each module's source by its name in the package,
+    and a hash of them all, which names the version installed on the worker."""
+
+    hash: str
+    modules_zlib: bytes  # zlib-compressed JSON: {module name: source}
+
+
+class SessionPart(TypedDict, total=False):
+    """spec["session"]: the session a cell runs in (tetra_magic/sessions.py makes it)."""
+
+    key: str  # "<kernel id>:<name>"
+    id: str  # this incarnation: a session the worker holds under another id was lost
+    new: bool  # make it (again), rather than expect it
+    cell: int  # the cell's number in the session, naming the values kept for references
+    reads: list[str]
+    homes: list[str]  # names whose value the notebook holds a copy of
+    released: list[str]  # kept values the notebook holds no reference to any more
+    value_limit: int  # bytes: a larger value stays in the session
+    pull: list[str]  # a request that runs no cell: fetch these
+    end: bool  # a request that runs no cell: free the session
+
+
+class _SpecFields(TypedDict):
+    filename: str
+    source: str
+    binds: list[str]
+    deletes: list[str]
+    has_last_expr: bool
+    # {alias: [module, submodules the cell uses]} of the notebook's modules the cell reads
+    modules: dict[str, list[str]]
+    python: str  # the notebook's "major.minor"
+    sources: dict[str, str]  # the text of notebook files the shipped definitions come from
+    definitions: dict[str, Definition]  # notebook definitions shipped as source
+    env: dict[str, str]
+    timeout: float | None
+    aliases: dict[str, str]  # notebook names bound to one object: {name: its first name}
+    # What the kernel's analysis of the cell found, so the worker parses it only to run it:
+    cell_definitions: dict[str, Definition]  # the cell's top-level def/class statements
+    with_targets: list[str]  # names `with ... as NAME` binds
+    imported: list[str]  # names import statements bind
+    submodules: dict[str, list[str]]  # `import a.b.c` at the cell's level: {"a": ["a.b.c"]}
+    runtime: RuntimeSources
+
+
+class Spec(_SpecFields, total=False):
+    """What the worker needs to run one cell (the request's `spec` argument)."""
+
+    session: SessionPart
+
+
+class Chunk(TypedDict):
+    kind: str  # "stdout", "stderr"
+    text: str
+
+
+class Raised(TypedDict):
+    """A cell's exception on the published worker, as the notebook shows it."""
+
+    type: str
+    traceback: str
+
+
+class Portable(TypedDict):
+    """A value as it can best travel: its blob, and what shows it where the blob cannot load."""
+
+    blob: bytes | None
+    reason: str | None
+    repr: str | None
+    mime: dict[str, Any]
+
+
+class Description(TypedDict, total=False):
+    """What a value that stays in a session is, without fetching it."""
+
+    type: str
+    size: int | None
+    device: str | None
+    over: bool  # the size is where pickling stopped, over the limit
+    reason: str  # why it cannot be pickled at all
+    ref: str  # the id of the kept value, for the notebook's remote reference
+
+
+class Payload(TypedDict, total=False):
+    """What run_cell returns: the cell's results (values, modules, deletions, the last
+    expression's value), or a session's answer to a request that ran no cell."""
+
+    values: dict[str, bytes]
+    modules: dict[str, list[str]]
+    errors: dict[str, str]  # a value that could not travel, and why
+    deleted: list[str]
+    changed: list[str]  # inputs changed in place
+    aliases: dict[str, str]
+    refs: dict[str, Description]  # values that stayed in the session
+    imported: list[str]
+    last: Portable | None
+    definitions: dict[str, Definition]  # the worker's definitions the values refer to
+    # a session cell: its summary; a lost session: {"lost": True, ...}; end: what was freed
+    session: dict[str, Any]
+    described: dict[str, Description | None]
+    output: list[Chunk]  # the published worker: every chunk, also sent as progress
+    raised: Raised  # the published worker: the cell's exception

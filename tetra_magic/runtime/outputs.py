@@ -1,0 +1,155 @@
+"""What a cell sends home once it has run: the blobs of what it bound, of the inputs it changed in
+place, and of its last expression's value; the modules it bound, by name; the names it
+deleted; and, for what cannot travel, a reason, where the user would miss it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+from .contract import Description, Payload, Spec
+from .pickling import MainNames, blob_digest, safe
+
+Dump = Callable[[str, Any], "bytes | Description"]
+
+
+def pack_outputs(
+    names: MainNames,
+    spec: Spec,
+    last: Any,
+    inputs: dict[str, Any],
+    digests: dict[str, bytes | None],
+    dump: Dump | None = None,
+) -> Payload:
+    """The blobs of what the cell bound, and of the inputs it changed in place: those are
+    pickled again and compared with their pickle as they arrived, so an unchanged input does not
+    travel back. In a session, `dump(name, value)` gives a value's blob, or the description
+    of a value that stays on the worker (a remote reference, in `refs`).
+
+    Names bound to one mutable object (`b = a`, `c = arr` of an input) come home as one object:
+    it travels once, under the first name, and `aliases` maps each other name to that one (an
+    input's first name is the notebook's own object). In a session the alias's blob travels
+    too: `dump` notes what came home by name, and so does the notebook's session."""
+    values: dict[str, bytes] = {}
+    modules: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    deleted: list[str] = []
+    changed: list[str] = []
+    refs: dict[str, Description] = {}
+    aliases: dict[str, str] = {}
+    namespace = names.namespace
+    first = {  # id of a mutable object -> the name it comes home under
+        id(value): name
+        for name, value in reversed(inputs.items())
+        if namespace.get(name, values) is value and _one_object(value)
+    }
+
+    def send(name: str, value: Any, blob: bytes | None = None) -> None:
+        holder = first.get(id(value), name)
+        if holder != name and not dump:
+            aliases[name] = holder
+            return
+        try:
+            sent = dump(name, value) if dump else blob or names.dumps(value)
+        except Exception as exc:
+            errors[name] = f"{type(value).__name__} cannot be pickled: {exc}"
+            return
+        if isinstance(sent, dict):
+            refs[name] = sent
+            return
+        values[name] = sent
+        if holder != name:
+            aliases[name] = holder
+        elif _one_object(value):
+            first.setdefault(id(value), name)
+
+    for name in spec["binds"]:
+        if name not in namespace:
+            if name in spec["deletes"]:
+                deleted.append(name)
+            continue
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = [value.__name__, *spec["submodules"].get(name, [])]
+            continue
+        if inputs.get(name, values) is value:
+            continue  # `arr *= 2`: the input itself, changed in place or not (below)
+        send(name, value)
+    for name, value in inputs.items():
+        if name in values or name in errors or name in refs or name in aliases:
+            continue
+        if name not in namespace:
+            continue
+        if namespace[name] is not value:  # rebound by a function's `global name`
+            send(name, namespace[name])
+            continue
+        try:
+            blob = names.dumps(value)
+        except Exception:
+            continue
+        if blob_digest(blob) != digests[name]:
+            send(name, value, blob)
+            changed.append(name)
+    has_last = spec["has_last_expr"] and last is not None
+    portable_dump = (
+        None if dump is None else functools.partial(dump, "")
+    )  # the last value: never kept
+    return {
+        "values": values,
+        "modules": modules,
+        "errors": _worth_a_note(errors, namespace, spec["with_targets"]),
+        "deleted": deleted,
+        "changed": changed,
+        "aliases": aliases,
+        "refs": refs,
+        "imported": spec["imported"],
+        "last": names.portable(last, portable_dump) if has_last else None,
+    }
+
+
+def _one_object(value: Any) -> bool:
+    """Whether names bound to `value` must stay bound to one object at home: not for values
+    that cannot change (a number, a string, a tuple), nor for functions and classes, which come
+    home by name."""
+    immutable = (int, float, complex, str, bytes, tuple, frozenset, range, type(None))
+    return not isinstance(value, (*immutable, type, types.FunctionType))
+
+
+def _worth_a_note(
+    errors: dict[str, str], namespace: dict[str, Any], with_bound: list[str]
+) -> dict[str, str]:
+    """The values that could not travel which the user would miss. Left out without a note:
+    what is spent or only means something in the worker's process (see `_spent`), and names a
+    `with` statement bound, whose block has already closed them (files, pools, sessions)."""
+    return {
+        name: reason
+        for name, reason in errors.items()
+        if name not in with_bound and not _spent(namespace[name])
+    }
+
+
+def _spent(value: Any) -> bool:
+    """Whether a value is over or bound to this process, so nobody misses it at home: a closed
+    file or socket, a finished thread or process, an exhausted generator, a lock or other
+    thread synchronisation, or a non-empty list, tuple, set or dict of only such things."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return bool(value) and all(_spent(item) for item in value)
+    if inspect.isgenerator(value):
+        return inspect.getgeneratorstate(value) == inspect.GEN_CLOSED
+    socket, process = sys.modules.get("socket"), sys.modules.get("multiprocessing.process")
+    if socket is not None and isinstance(value, socket.socket):
+        return bool(value.fileno() == -1)
+    runs = (threading.Thread, process.BaseProcess) if process else threading.Thread
+    if isinstance(value, runs):
+        return not value.is_alive()
+    sync = (threading.Condition, threading.Semaphore, threading.Event, threading.Barrier)
+    locks = (type(threading.Lock()), type(threading.RLock()))
+    return isinstance(value, (*sync, *locks)) or safe(getattr, value, "closed") is True

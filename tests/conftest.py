@@ -32,7 +32,7 @@ def in_process(fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     kernel's empty memory of RunPod endpoints."""
     from cloud_kernels import kernel_env
 
-    from tetra_magic import provision
+    from tetra_magic.cloud import provision
 
     for name, value in kernel_env(fake, tmp_path).items():
         monkeypatch.setenv(name, value)

@@ -1,15 +1,15 @@
-"""The real follow loop (tetra_magic/follow.py) on a job submitted some other way: a test's
+"""The real follow loop (tetra_magic/job/follow.py) on a job submitted some other way: a test's
 own client (a loopback endpoint's, or a scripted one) and view."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tetra_magic.client import Endpoint
-from tetra_magic.follow import follow
-from tetra_magic.job import Job
+from tetra_magic.cloud.client import Endpoint
+from tetra_magic.job.follow import follow
+from tetra_magic.job.job import Job
+from tetra_magic.job.waiting import QueueWatch
 from tetra_magic.options import CellOptions
-from tetra_magic.waiting import QueueWatch
 
 OPTIONS = CellOptions(
     gpus=(), gpu_ids=(), cpu=False, dependencies=(), system_dependencies=(), endpoint=None,

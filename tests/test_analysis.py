@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from tetra_magic.analysis import analyse
+from tetra_magic.cell.analysis import analyse
 
 
 def transform(cell: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from tetra_magic.client import EndpointError
+from tetra_magic.cloud.client import EndpointError
 from tetra_magic.errors import CellSyntaxError
 from tetra_magic.local import api, server
 from tetra_magic.local.job_store import JobStore

@@ -18,10 +18,10 @@ import requests
 from following import followed
 from kernels import private_local_endpoint, run_cells
 
-from tetra_magic.client import Endpoint, EndpointClient
-from tetra_magic.display.text import TextView
+from tetra_magic.cloud.client import Endpoint, EndpointClient
 from tetra_magic.local import launcher
 from tetra_magic.local.launcher import LocalEndpoint
+from tetra_magic.view.text import TextView
 from worker.protocol import FunctionRequest, decode
 
 # Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").

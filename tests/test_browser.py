@@ -7,7 +7,7 @@ cell meets a cold start and is seen queued; the workers' venv is the one the oth
 
 JupyterLab's `commsOverSubshells` is "disabled", so the Cancel button's click reaches the
 kernel as a plain comm message, as from frontends without that feature: what cancels the cell
-is tetra_magic's own routing of the click to a kernel subshell (tetra_magic/display/cancel.py).
+is tetra_magic's own routing of the click to a kernel subshell (tetra_magic/view/cancel.py).
 
 The tests run in file order on one page, each on its own cells; the last one saves, reloads,
 and checks what all of them left behind.

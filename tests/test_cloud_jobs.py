@@ -18,8 +18,8 @@ from cloud_kernels import COST_LINE, KEY, ok, run_cloud, runpod_config
 from following import followed
 from runpod_fakes import FakeRunPod
 
-from tetra_magic.client import Endpoint, EndpointClient
-from tetra_magic.display.text import TextView
+from tetra_magic.cloud.client import Endpoint, EndpointClient
+from tetra_magic.view.text import TextView
 from worker.protocol import FunctionRequest
 
 
@@ -154,7 +154,7 @@ def submit(fake: FakeRunPod) -> tuple[EndpointClient, str]:
 
 
 def test_waiting_in_the_queue_shows_queued_and_is_not_run_time(fake: FakeRunPod) -> None:
-    from tetra_magic.display.widget import WidgetView
+    from tetra_magic.view.widget import WidgetView
 
     fake.queue_seconds = 2.5
     client, job_id = submit(fake)
@@ -192,7 +192,7 @@ def test_text_view_tells_a_terminal_about_a_long_queue_once(
 def test_retry_after_in_seconds_or_as_a_date() -> None:
     from email.utils import formatdate
 
-    from tetra_magic.client import retry_after
+    from tetra_magic.cloud.client import retry_after
 
     assert retry_after("2") == 2.0 and retry_after("0.5") == 0.5
     assert 2.0 <= retry_after(formatdate(time.time() + 4, usegmt=True)) <= 4.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tetra_magic import credentials
+from tetra_magic.cloud import credentials
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from cloud_kernels import COST_LINE, KEY, LOAD, kernel_env, ok, run_cloud
 from kernels import run_cells
 from runpod_fakes import FakeRunPod, operation_id
 
-from tetra_magic import endpoint_choice, provision, targets
-from tetra_magic.endpoint_spec import EndpointSpec
+from tetra_magic import endpoint_choice, targets
+from tetra_magic.cloud import provision
+from tetra_magic.cloud.endpoint_spec import EndpointSpec
 from tetra_magic.options import CellOptions, WorkerSettings
 
 IMAGE = f"runpod/flash:py{endpoint_choice.python_minor()}-latest"
@@ -257,7 +258,7 @@ def test_two_kernels_at_once_make_one_endpoint(
 def test_an_exact_gpu_type_is_its_pool_less_the_others(in_process: FakeRunPod) -> None:
     """REST v2 takes pools only: "NVIDIA A100-SXM4-80GB" is AMPERE_80 without the PCIe A100;
     and env values travel as they are (a JSON object, no escaping of ours)."""
-    from tetra_magic.gpus import gpu_ids
+    from tetra_magic.cloud.gpus import gpu_ids
 
     exact = tuple(gpu_ids(["nvidia_a100-sxm4-80gb"]))
     assert exact == ("NVIDIA A100-SXM4-80GB",)
@@ -274,7 +275,7 @@ def test_an_exact_gpu_type_is_its_pool_less_the_others(in_process: FakeRunPod) -
 
 
 def test_exact_types_and_pools_together() -> None:
-    from tetra_magic.gpus import UnknownGpu, gpu_ids, pools_and_exclusions
+    from tetra_magic.cloud.gpus import UnknownGpu, gpu_ids, pools_and_exclusions
 
     both = gpu_ids(["NVIDIA L40S", "H100", "NVIDIA A100-SXM4-80GB", "A100"])
     assert pools_and_exclusions(both) == (
@@ -290,7 +291,7 @@ def test_exact_types_and_pools_together() -> None:
 def test_runpods_refusals_are_one_sentence_with_its_detail(in_process: FakeRunPod) -> None:
     """RunPod's problem objects (RFC 9457): its `detail` and `errors` in our sentence, the
     status kept for the code that needs it, the key nowhere."""
-    from tetra_magic.cloud_api import CloudError, RunPodRest
+    from tetra_magic.cloud.rest import CloudError, RunPodRest
 
     scaling = {"type": "QUEUE_DELAY", "queueDelay": 4}
     base = {"name": "x", "type": "QUEUE", "image": "a/b", "scaling": scaling}
@@ -314,7 +315,7 @@ def test_runpods_refusals_are_one_sentence_with_its_detail(in_process: FakeRunPo
 
 
 def test_429_is_waited_out_as_runpod_asks_then_named(in_process: FakeRunPod) -> None:
-    from tetra_magic.cloud_api import RETRIES_429, CloudError, RunPodRest
+    from tetra_magic.cloud.rest import RETRIES_429, CloudError, RunPodRest
 
     in_process.forced_429_management = [1, 1]  # RateLimit: t=1, twice
     started = time.monotonic()

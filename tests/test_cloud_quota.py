@@ -14,7 +14,7 @@ from runpod_fakes import FakeRunPod
 from test_cloud_provision import options
 
 from tetra_magic import targets
-from tetra_magic.cloud_api import QuotaFull, RunPodRest
+from tetra_magic.cloud.rest import QuotaFull, RunPodRest
 
 
 @pytest.mark.slow

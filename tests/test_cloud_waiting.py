@@ -14,10 +14,10 @@ from following import followed
 from runpod_fakes import FakeRunPod
 
 from tetra_magic import endpoint_choice, targets
-from tetra_magic.client import Endpoint, EndpointClient
-from tetra_magic.display.text import TextView
+from tetra_magic.cloud.client import Endpoint, EndpointClient
+from tetra_magic.job.waiting import QueueGaveUp, QueueWatch
 from tetra_magic.options import WorkerSettings
-from tetra_magic.waiting import QueueGaveUp, QueueWatch
+from tetra_magic.view.text import TextView
 from worker.protocol import FunctionRequest
 
 IMAGE = f"runpod/flash:py{endpoint_choice.python_minor()}-latest"
@@ -217,8 +217,8 @@ def test_bad_settings_are_refused_when_set(fake: FakeRunPod, tmp_path: Path) -> 
 
 
 def test_the_price_is_the_gpus_when_the_worker_names_it_else_an_upper_bound() -> None:
-    from tetra_magic.gpus import ALL_POOLS
-    from tetra_magic.pricing import FLEX_PRICES, estimate
+    from tetra_magic.cloud.gpus import ALL_POOLS
+    from tetra_magic.cloud.pricing import FLEX_PRICES, estimate
 
     ran = {"delayTime": 1500, "executionTime": 2100}
     named = estimate(ran, "NVIDIA RTX A4000", ALL_POOLS)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from tetra_magic.cloud.limits import STREAM_CHUNK_LIMIT
 from tetra_magic.local import api, server
 from tetra_magic.local.job_store import JobStore
-from tetra_magic.runpod_limits import STREAM_CHUNK_LIMIT
 
 TOKEN = "fuzz-token"
 WORKER = "w-fuzz"

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.local.job_store import JobStore
 from tetra_magic.local.jobs import Policy, PolicyError
 from tetra_magic.local.worker_gpus import gpu_plan, visible_gpus
 from tetra_magic.local.workers import exit_reason
-from tetra_magic.status import JobStatus
 
 
 class Clock:

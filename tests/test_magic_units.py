@@ -21,10 +21,10 @@ from following import followed
 from IPython.core.error import UsageError
 from IPython.core.inputtransformer2 import TransformerManager
 
-from tetra_magic import outcome
-from tetra_magic.analysis import analyse
-from tetra_magic.client import Endpoint, EndpointClient, EndpointError
-from tetra_magic.display.text import TextView
+from tetra_magic.cell import outcome
+from tetra_magic.cell.analysis import analyse
+from tetra_magic.cell.packing import pack
+from tetra_magic.cloud.client import Endpoint, EndpointClient, EndpointError
 from tetra_magic.errors import (
     CellInterrupted,
     JobFailed,
@@ -32,13 +32,13 @@ from tetra_magic.errors import (
     remote_error,
     render_traceback,
 )
-from tetra_magic.follow import JobTimeout
+from tetra_magic.job.follow import JobTimeout
 from tetra_magic.magic import TetraMagic, parse_options, split_line
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import pack
 from tetra_magic.runtime import shell
 from tetra_magic.runtime.cell import run_cell
 from tetra_magic.runtime.pickling import MainNames
+from tetra_magic.view.text import TextView
 from worker import frames, handler
 from worker.executor import Executor
 from worker.protocol import FunctionResponse, decode, encode

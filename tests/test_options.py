@@ -6,7 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from tetra_magic.gpus import gpu_ids
+from tetra_magic.cloud.gpus import gpu_ids
 from tetra_magic.magic import TetraMagic, parse_options
 from tetra_magic.options import build, split_packages
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tetra_magic.progress import ProgressOutput
+from tetra_magic.job.progress import ProgressOutput
 from tetra_magic.runtime.live_output import LiveOutput
 from worker.protocol import FunctionResponse, encode
 

@@ -15,10 +15,13 @@ import zlib
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from tetra_magic import errors, packing, progress, runtime, sessions
-from tetra_magic.analysis import analyse
+from tetra_magic import errors, runtime
+from tetra_magic.cell import packing
+from tetra_magic.cell.analysis import analyse
+from tetra_magic.job import progress
 from tetra_magic.runtime import bootstrap, contract, publishing
-from tetra_magic.session_requests import _plain_spec
+from tetra_magic.session import model as sessions
+from tetra_magic.session.requests import _plain_spec
 from worker import frames
 
 

@@ -8,9 +8,9 @@ import pickle
 
 import pytest
 
-from tetra_magic import sessions
 from tetra_magic.runtime import sessions as runtime_sessions
 from tetra_magic.runtime.pickling import MainNames
+from tetra_magic.session import model as sessions
 
 LIMIT = 1_000_000
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from following import followed
 
-from tetra_magic.display import widget
-from tetra_magic.display.widget import WidgetView
-from tetra_magic.follow import CancelRequested
+from tetra_magic.job.follow import CancelRequested
+from tetra_magic.view import widget
+from tetra_magic.view.widget import WidgetView
 from worker.protocol import FunctionResponse
 
 INFO = {
@@ -333,7 +333,7 @@ def test_a_click_during_the_follow_loop_cancels_the_job_promptly(shown: list[Any
 
 
 def test_route_needs_a_kernel_with_subshells() -> None:
-    from tetra_magic.display.cancel import route_to_side_thread
+    from tetra_magic.view.cancel import route_to_side_thread
 
     class Plain:
         comm = None

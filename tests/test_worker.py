@@ -518,7 +518,7 @@ def test_display_outputs_come_in_order_and_in_chunks_a_stream_accepts(worker: Wo
     """An image bigger than RunPod's 1 MB stream chunk is cut into pieces that each fit, and the
     notebook's joiner makes it whole again; the plain handler frames it in its stdout."""
     from tetra_magic import runtime
-    from tetra_magic.display import rich
+    from tetra_magic.view import rich
 
     image = b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20)
     code = runtime.bootstrap_source() + DISPLAYS

@@ -10,12 +10,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import endpoint_use, provision
-from tetra_magic.credentials import ApiKey, api_key
+from tetra_magic.cloud import endpoint_use, provision
+from tetra_magic.cloud.credentials import ApiKey, api_key
+from tetra_magic.cloud.quota import Quota
 from tetra_magic.errors import TetraError
 from tetra_magic.local import control
 from tetra_magic.local.launcher import ensure_running
-from tetra_magic.quota import Quota
 
 _LOCAL_USAGE = (
     "%tetra local [start|status|stop]: start (or find) the local endpoint and print its URL;"

@@ -31,8 +31,8 @@ import sys
 
 from IPython.core.error import UsageError
 
-from tetra_magic import gpus
-from tetra_magic.endpoint_spec import EndpointSpec
+from tetra_magic.cloud import gpus
+from tetra_magic.cloud.endpoint_spec import EndpointSpec
 from tetra_magic.options import CellOptions, WorkerSettings
 
 # The published standard worker, as runpod-flash 1.21.0's get_image_name("gpu"|"cpu", python)

@@ -29,7 +29,7 @@ from IPython.utils.process import arg_split
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from tetra_magic import options as cell_options
-from tetra_magic.gpus import POOLS
+from tetra_magic.cloud.gpus import POOLS
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -103,7 +103,7 @@ class TetraMagic(Magics):
     verbose = Bool(False, help="Show worker logs (installs, phases) in the text view.").tag(
         config=True
     )
-    # RunPod endpoints the magic provisions (tetra_magic/provision.py); each distinct setting
+    # RunPod endpoints the magic provisions (tetra_magic/cloud/provision.py); each distinct setting
     # is its own endpoint, found again by the hash in its name.
     worker_image = Unicode(
         "",
@@ -202,7 +202,7 @@ class TetraMagic(Magics):
 
             return commands.run(command, rest.strip())
         if command in _SESSION_COMMANDS:
-            from tetra_magic import session_commands
+            from tetra_magic.session import commands as session_commands
 
             return session_commands.run_command(self, command, rest.strip())
         args, statement = split_line(line, self.tetra_line.parser)

@@ -20,8 +20,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from IPython.core.error import UsageError
 
-from tetra_magic.gpus import UnknownGpu, gpu_ids
-from tetra_magic.runpod_limits import MAX_EXECUTION_MS
+from tetra_magic.cloud.gpus import UnknownGpu, gpu_ids
+from tetra_magic.cloud.limits import MAX_EXECUTION_MS
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Heavy imports (httpx, widgets) happen here, on a cell's first run, never at %load_ext.
 The --out job is stored however the job ended (done, failed, cancelled, lost), since that is
 when a user most wants to look at it; the cell's own names only on success, all of them or none:
-a Ctrl-C while they are written back waits until they all are (tetra_magic/interrupts.py).
+a Ctrl-C while they are written back waits until they all are (tetra_magic/cell/interrupts.py).
 
 A session cell runs the same way: its session's part comes in as hooks
-(tetra_magic/session_hooks.py), which replay a lost session where the user asked for that.
+(tetra_magic/session/hooks.py), which replay a lost session where the user asked for that.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tetra_magic import interrupts, outcome, pythons, session_hooks, targets
-from tetra_magic.analysis import CellAnalysis, analyse
-from tetra_magic.client import EndpointError
-from tetra_magic.display import make_view
+from tetra_magic import targets
+from tetra_magic.cell import interrupts, outcome
+from tetra_magic.cell.analysis import CellAnalysis, analyse
+from tetra_magic.cell.packing import Packed, pack
+from tetra_magic.cloud.client import EndpointError
 from tetra_magic.errors import CellInterrupted, Labeler, cell_labeler, syntax_error
-from tetra_magic.job import Job
+from tetra_magic.job import pythons
+from tetra_magic.job.job import Job
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import Packed, pack
+from tetra_magic.session import hooks as session_hooks
+from tetra_magic.view import make_view
 
 # What a Ctrl-C during write-back says when it is raised, once the write-back is done.
 WRITTEN_BACK = "the cell had ended: its values were all written into the notebook first"

@@ -16,22 +16,22 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from tetra_magic import provision
-from tetra_magic.client import Endpoint
-from tetra_magic.cloud_api import CloudError, QuotaFull, rest_base
-from tetra_magic.credentials import KEY_ENV, api_key
+from tetra_magic.cloud import provision
+from tetra_magic.cloud.client import Endpoint
+from tetra_magic.cloud.credentials import KEY_ENV, api_key
+from tetra_magic.cloud.rest import CloudError, QuotaFull, rest_base
 from tetra_magic.endpoint_choice import spec_for
 from tetra_magic.errors import TetraError
+from tetra_magic.job.waiting import QueueGaveUp
 from tetra_magic.options import CellOptions
-from tetra_magic.waiting import QueueGaveUp
 
 _told_local = False
 
 
 def local() -> Endpoint:
     """The embedded local endpoint, started on first use and shared by every kernel."""
+    from tetra_magic.cell.packing import KERNEL_ID
     from tetra_magic.local.launcher import ensure_running
-    from tetra_magic.packing import KERNEL_ID
 
     running = ensure_running(kernel_id=KERNEL_ID)
     return Endpoint(

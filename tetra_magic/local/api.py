@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tetra_magic.cloud.limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT, STREAM_CHUNK_LIMIT
 from tetra_magic.local.job_store import JobStore
 from tetra_magic.local.jobs import Job, Policy, PolicyError
 from tetra_magic.local.request_checks import (
@@ -43,7 +44,6 @@ from tetra_magic.local.request_checks import (
     same_secret,
 )
 from tetra_magic.local.workers import Supervisor
-from tetra_magic.runpod_limits import RUN_PAYLOAD_LIMIT, RUNSYNC_PAYLOAD_LIMIT, STREAM_CHUNK_LIMIT
 
 log = logging.getLogger("tetra_magic.local.server")
 

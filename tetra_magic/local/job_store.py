@@ -28,10 +28,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.local import retention, take_up
 from tetra_magic.local.jobs import Job, Policy
 from tetra_magic.local.stop_signals import StopSignals
-from tetra_magic.status import JobStatus
 
 _MISSING: Any = object()  # "no output field", as opposed to an output of None
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS
-from tetra_magic.status import JobStatus
+from tetra_magic.cloud.limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS
+from tetra_magic.cloud.status import JobStatus
 
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 DEFAULT_TTL_MS = 24 * 3600 * 1000

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tetra_magic import credentials
+from tetra_magic.cloud import credentials
 
 # Nesting a body may have: an answer puts a kept value up to 3 levels deeper, and Python's json
 # writes nothing past ~1000 (RecursionError), so a deeper one would fail every later answer.

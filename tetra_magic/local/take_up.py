@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.local.jobs import Job
-from tetra_magic.status import JobStatus
 
 TAKE_UP_S = 5.0
 

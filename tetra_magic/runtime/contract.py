@@ -1,8 +1,8 @@
 """What the notebook and the worker's runtime say to each other: the spec of a cell (with its
 session part), the payload that comes back, and the marker strings both sides read.
 
-One definition for both sides: the kernel builds the spec (tetra_magic/packing.py, `make_spec`)
-and reads the payload (tetra_magic/outcome.py); the runtime reads the spec and builds the
+One definition for both sides: the kernel builds the spec (tetra_magic/cell/packing.py, `make_spec`)
+and reads the payload (tetra_magic/cell/outcome.py); the runtime reads the spec and builds the
 payload. Everything is plain data (str, bytes, numbers, lists, dicts), cloudpickled as the
 request's `spec` argument and as its result, so any worker that runs `function_code` carries it.
 
@@ -38,7 +38,7 @@ class RuntimeSources(TypedDict):
 
 
 class SessionPart(TypedDict, total=False):
-    """spec["session"]: the session a cell runs in (tetra_magic/sessions.py makes it)."""
+    """spec["session"]: the session a cell runs in (tetra_magic/session/model.py makes it)."""
 
     key: str  # "<kernel id>:<name>"
     id: str  # this incarnation: a session the worker holds under another id was lost

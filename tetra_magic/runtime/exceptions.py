@@ -3,7 +3,7 @@
 Every worker sends an exception's traceback text home, notes included (the published one too),
 so the exception itself rides in that text as a last note: the exception the cell raised and
 those chained to it, pickled, which the notebook raises as an instance of its own class
-(tetra_magic/outcome.py). On the published worker the cell's failure comes home in the result
+(tetra_magic/cell/outcome.py). On the published worker the cell's failure comes home in the result
 instead (`raised`): see cell.run_cell.
 """
 

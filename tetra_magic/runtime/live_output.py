@@ -3,7 +3,7 @@
 That worker runs the cell in its own process, under the runpod SDK, with stdout captured into a
 buffer that it returns only when the job ends. From inside, the output can go out sooner: RunPod
 shows a job's latest progress update as its `/status` output while it is IN_PROGRESS
-(tetra_magic/progress.py reads them at home). Our own worker streams output itself; there (and
+(tetra_magic/job/progress.py reads them at home). Our own worker streams output itself; there (and
 wherever no runpod job is running in this process) this stays off.
 """
 

@@ -1,7 +1,7 @@
 """`%tetra session`, `sessions`, `pull`, `end`, `replay`: the notebook's handles on its sessions.
 
 The line magic hands these commands here with the rest of their line. Those that reach the
-worker send a session request (tetra_magic/session_requests.py).
+worker send a session request (tetra_magic/session/requests.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import session_requests, sessions, targets
+from tetra_magic import targets
 from tetra_magic.errors import cell_labeler
 from tetra_magic.options import session_name
+from tetra_magic.session import model as sessions
+from tetra_magic.session import requests as session_requests
 
 
 def run_command(magic: Any, command: str, rest: str) -> None:

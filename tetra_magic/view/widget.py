@@ -26,9 +26,9 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
-from tetra_magic.display import render, rich
-from tetra_magic.display.cancel import route_to_side_thread
-from tetra_magic.status import JobStatus
+from tetra_magic.cloud.status import JobStatus
+from tetra_magic.view import render, rich
+from tetra_magic.view.cancel import route_to_side_thread
 from worker.protocol import FunctionResponse
 
 FLUSH_S = 0.2

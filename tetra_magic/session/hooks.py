@@ -4,7 +4,7 @@ calls the same hooks with or without a session (`for_cell`).
 Before the cell, a lost session is replayed where the user asked for that; when the answer
 says the session was lost meanwhile, it is replayed once and the cell runs again; a failed cell
 leaves the session's record as it was and names a process that ended with it; a cell whose
-values were written back is added to the session's record (tetra_magic/sessions.py).
+values were written back is added to the session's record (tetra_magic/session/model.py).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import sys
 from collections.abc import Set
 from typing import Any
 
-from tetra_magic import outcome, sessions
+from tetra_magic.cell import outcome
+from tetra_magic.cell.packing import KERNEL_ID, Packed
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.errors import Labeler
-from tetra_magic.job import Job
+from tetra_magic.job.job import Job
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import KERNEL_ID, Packed
-from tetra_magic.session_requests import fetch, lost_answer, replay
-from tetra_magic.status import JobStatus
+from tetra_magic.session import model as sessions
+from tetra_magic.session.requests import fetch, lost_answer, replay
 from worker.protocol import EXECUTOR_RESTARTED
 
 

@@ -24,11 +24,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from tetra_magic import endpoint_use, quota
-from tetra_magic.client import Endpoint
-from tetra_magic.cloud_api import CloudError, RunPodRest, rest_base, rest_v2_base
-from tetra_magic.endpoint_reconcile import only_max, reconcile, within_quota
-from tetra_magic.endpoint_spec import EndpointSpec, is_ours, ours_with_digest
+from tetra_magic.cloud import endpoint_use, quota
+from tetra_magic.cloud.client import Endpoint
+from tetra_magic.cloud.endpoint_reconcile import only_max, reconcile, within_quota
+from tetra_magic.cloud.endpoint_spec import EndpointSpec, is_ours, ours_with_digest
+from tetra_magic.cloud.rest import CloudError, RunPodRest, rest_base, rest_v2_base
 from tetra_magic.errors import TetraError
 from tetra_magic.state_dir import home
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tetra_magic import gpus
+from tetra_magic.cloud import gpus
 
 PREFIX = "tetra-magic-"
 CONTAINER_DISK_GB = 20  # room for --deps such as torch on top of the image

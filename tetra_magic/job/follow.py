@@ -27,11 +27,11 @@ import threading
 import time
 from typing import Any, Protocol
 
-from tetra_magic.client import EndpointClient, EndpointError
+from tetra_magic.cloud.client import EndpointClient, EndpointError
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.errors import CellInterrupted, JobFailed
-from tetra_magic.progress import ProgressOutput
-from tetra_magic.status import JobStatus
-from tetra_magic.waiting import QueueGaveUp, QueueWatch
+from tetra_magic.job.progress import ProgressOutput
+from tetra_magic.job.waiting import QueueGaveUp, QueueWatch
 from worker.protocol import FunctionResponse
 
 MIN_POLL = 0.05
@@ -42,7 +42,7 @@ HEALTH_FIRST, HEALTH_POLL = 2.0, 3.0
 
 
 class Job(Protocol):
-    """What the loop writes into: a job (tetra_magic/job.py), as the loop sees it."""
+    """What the loop writes into: a job (tetra_magic/job/job.py), as the loop sees it."""
 
     id: str | None
     chunks: list[dict[str, Any]]

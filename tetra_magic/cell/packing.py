@@ -8,7 +8,7 @@ itself as source (tetra_magic/runtime/), so the request is one the published tet
 run as well.
 
 Functions and classes from earlier cells travel as the source of their `def`/`class` statement
-(`runtime.pickling.MainNames`, `tetra_magic.definitions`), with the names those read, and with
+(`runtime.pickling.MainNames`, `tetra_magic.cell.definitions`), with the names those read, and with
 them the text of the cells they were defined in, so their frames in a remote traceback, and
 `inspect.getsource` on the worker, show their lines.
 """
@@ -27,13 +27,15 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic import definitions, runtime, sessions
-from tetra_magic.analysis import CellAnalysis
+from tetra_magic import runtime
+from tetra_magic.cell import definitions
+from tetra_magic.cell.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
 from tetra_magic.runtime.contract import RUNTIME_SOURCE_PREFIX, Definition, SessionPart, Spec
 from tetra_magic.runtime.picklers import global_names
 from tetra_magic.runtime.pickling import MainNames
+from tetra_magic.session import model as sessions
 from worker.protocol import FunctionRequest, encode
 
 # This kernel, to the worker: its cells share an executor process and a working directory there,

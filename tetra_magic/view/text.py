@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from tetra_magic.display import rich
-from tetra_magic.status import JobStatus
+from tetra_magic.cloud.status import JobStatus
+from tetra_magic.view import rich
 from worker.protocol import FunctionResponse
 
 

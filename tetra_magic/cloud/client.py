@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from tetra_magic import http_log
-from tetra_magic.credentials import KEY_ENV
+from tetra_magic.cloud import http_log
+from tetra_magic.cloud.credentials import KEY_ENV
+from tetra_magic.cloud.limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
 from tetra_magic.errors import TetraError
-from tetra_magic.runpod_limits import MAX_EXECUTION_MS, MIN_EXECUTION_MS, RUN_PAYLOAD_LIMIT
 
 MAX_RETRY_AFTER = 60.0
 # Attempts past the first at a connection that cannot be made, before any job exists.

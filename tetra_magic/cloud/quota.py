@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tetra_magic.cloud_api import QuotaFull
+from tetra_magic.cloud.rest import QuotaFull
 
 
 def max_workers(endpoint: dict[str, Any]) -> int | None:

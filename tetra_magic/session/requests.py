@@ -9,14 +9,16 @@ import dataclasses
 import sys
 from typing import Any
 
-from tetra_magic import outcome, sessions, targets
-from tetra_magic.analysis import analyse
-from tetra_magic.display.text import TextView
+from tetra_magic import targets
+from tetra_magic.cell import outcome
+from tetra_magic.cell.analysis import analyse
+from tetra_magic.cell.packing import Packed, make_spec, request_for
 from tetra_magic.errors import Labeler
-from tetra_magic.job import Job
-from tetra_magic.packing import Packed, make_spec, request_for
+from tetra_magic.job.job import Job
 from tetra_magic.runtime.contract import SessionPart, Spec
 from tetra_magic.runtime.pickling import MainNames
+from tetra_magic.session import model as sessions
+from tetra_magic.view.text import TextView
 
 
 def lost_answer(result: outcome.CellResult) -> dict[str, Any] | None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from tetra_magic import http_log
-from tetra_magic.client import retry_after
+from tetra_magic.cloud import http_log
+from tetra_magic.cloud.client import retry_after
 from tetra_magic.errors import TetraError
 
 REST_V2 = "https://api.runpod.io/v2"

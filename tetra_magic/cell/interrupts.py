@@ -1,6 +1,6 @@
 """Ctrl-C held back while the notebook is being changed, so a change is made whole or not at all.
 
-A cell's values land in the notebook one name at a time (tetra_magic/outcome.py): a
+A cell's values land in the notebook one name at a time (tetra_magic/cell/outcome.py): a
 KeyboardInterrupt between two of them would leave some of the cell's names bound and others not,
 a notebook no run of the cell could have made. `deferred` notes a Ctrl-C that comes meanwhile
 and raises it once the change is done.

@@ -10,9 +10,9 @@ import os
 import threading
 from typing import Any, Protocol
 
-from tetra_magic.display.text import TextView
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.options import CellOptions
-from tetra_magic.status import JobStatus
+from tetra_magic.view.text import TextView
 from worker.protocol import FunctionResponse
 
 
@@ -42,7 +42,7 @@ def make_view(shell: Any, opts: CellOptions, display: str) -> JobView:
     """The view for one cell."""
     if opts.quiet or not widgets_wanted(shell, display):
         return TextView(verbose=opts.verbose, live=opts.stream)
-    from tetra_magic.display.widget import WidgetView
+    from tetra_magic.view.widget import WidgetView
 
     session = f"session {opts.session}" if opts.session else None
     return WidgetView(live=opts.stream, name=opts.name or session)

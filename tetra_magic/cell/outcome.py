@@ -25,7 +25,7 @@ from tetra_magic.errors import (
     remote_error,
     worker_failure,
 )
-from tetra_magic.progress import before_the_cell
+from tetra_magic.job.progress import before_the_cell
 from tetra_magic.runtime.exceptions import exception_note
 from tetra_magic.runtime.pickling import MainNames, VersionMismatch
 from worker.protocol import FunctionResponse, decode

@@ -14,15 +14,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tetra_magic import outcome, pricing, targets
-from tetra_magic.client import Endpoint, EndpointClient, EndpointNotFound
-from tetra_magic.display import JobView, rich
+from tetra_magic import targets
+from tetra_magic.cell import outcome
+from tetra_magic.cell.packing import Packed
+from tetra_magic.cloud import pricing
+from tetra_magic.cloud.client import Endpoint, EndpointClient, EndpointNotFound
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.errors import JobFailed, Labeler, endpoint_error_text
-from tetra_magic.follow import follow
+from tetra_magic.job.follow import follow
+from tetra_magic.job.waiting import QueueWatch
 from tetra_magic.options import CellOptions
-from tetra_magic.packing import Packed
-from tetra_magic.status import JobStatus
-from tetra_magic.waiting import QueueWatch
+from tetra_magic.view import JobView, rich
 from worker.protocol import FunctionResponse
 
 # Seconds past --timeout before the client gives up on an endpoint that has not stopped the job.

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tetra_magic import endpoint_use, quota
-from tetra_magic.cloud_api import QuotaFull, RunPodRest
-from tetra_magic.endpoint_spec import EndpointSpec, is_ours
+from tetra_magic.cloud import endpoint_use, quota
+from tetra_magic.cloud.endpoint_spec import EndpointSpec, is_ours
+from tetra_magic.cloud.rest import QuotaFull, RunPodRest
 
 # RunPod's idle scale-down (docs, endpoint configurations): max workers -> 2 after 3 days
 # without requests, -> 0 after 7.

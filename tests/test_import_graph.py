@@ -153,3 +153,52 @@ def test_the_runtime_rule_sees_what_it_forbids() -> None:
         ("IPython", False),
         ("IPython", True),
     ]
+
+
+# What RunPod's code may not know: the notebook (IPython), the cell's options and where it
+# runs (options, targets, endpoint_choice), nor any other side of a cell.
+NOT_FOR_CLOUD = tuple(
+    f"tetra_magic.{name}"
+    for name in "options targets endpoint_choice magic run commands cell job session view".split()
+)
+
+
+def reached(edges: dict[str, set[str]], start: str) -> set[str]:
+    """`start` and every module of ours it imports, however indirectly."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(edges[name])
+    return seen
+
+
+def test_the_cloud_package_knows_no_notebook() -> None:
+    """tetra_magic/cloud/ and all it imports (inside functions too) import neither IPython nor
+    the modules that know a cell: it raises its own errors, which the magic turns into the
+    notebook's."""
+    edges, known = graph(), modules()
+    wrong = {}
+    for name in sorted(n for n in edges if n.startswith("tetra_magic.cloud")):
+        closure = reached(edges, name)
+        ours = sorted(m for m in closure if m.startswith(NOT_FOR_CLOUD))
+        ipython = sorted(
+            m
+            for m in closure
+            if any(top == "IPython" for top, _ in runtime_imports(known[m].read_text()))
+        )
+        if ours or ipython:
+            wrong[name] = ours + ipython
+    assert wrong == {}
+
+
+def imports_ipython(name: str) -> bool:
+    source = modules()[name].read_text()
+    return any(top == "IPython" for top, _ in runtime_imports(source))
+
+
+def test_the_cloud_rule_sees_what_it_forbids() -> None:
+    """The check itself: from the magic, the rule would find options and IPython."""
+    closure = reached(graph(), "tetra_magic.magic")
+    assert "tetra_magic.options" in closure and imports_ipython("tetra_magic.options")

@@ -157,9 +157,17 @@ def test_the_runtime_rule_sees_what_it_forbids() -> None:
 
 # What RunPod's code may not know: the notebook (IPython), the cell's options and where it
 # runs (options, targets, endpoint_choice), nor any other side of a cell.
-NOT_FOR_CLOUD = tuple(
-    f"tetra_magic.{name}"
-    for name in "options targets endpoint_choice magic run commands cell job session view".split()
+NOT_FOR_CLOUD = (
+    "tetra_magic.options",
+    "tetra_magic.targets",
+    "tetra_magic.endpoint_choice",
+    "tetra_magic.magic",
+    "tetra_magic.run",
+    "tetra_magic.commands",
+    "tetra_magic.cell",
+    "tetra_magic.job",
+    "tetra_magic.session",
+    "tetra_magic.view",
 )
 
 

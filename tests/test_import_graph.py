@@ -158,8 +158,8 @@ def test_the_runtime_rule_sees_what_it_forbids() -> None:
 # What RunPod's code may not know: the notebook (IPython), the cell's options and where it
 # runs (options, targets, endpoint_choice), nor any other side of a cell.
 # (Modules and folders of tetra_magic, by name.)
-NOT_FOR_CLOUD = set("options targets endpoint_choice magic run commands".split())
-NOT_FOR_CLOUD |= set("cell job session view".split())
+NOT_FOR_CLOUD = {"options", "targets", "endpoint_choice", "magic", "run", "commands"}
+NOT_FOR_CLOUD |= {"cell", "job", "session", "view"}
 
 
 def reached(edges: dict[str, set[str]], start: str) -> set[str]:

@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from kernels import loaded_kernels, private_local_endpoint  # noqa: E402
-from test_load import run_load  # noqa: E402
+from helpers.kernels import loaded_kernels, private_local_endpoint  # noqa: E402
+from helpers.load import run_load  # noqa: E402
 
 CELLS = 25
 

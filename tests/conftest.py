@@ -1,5 +1,10 @@
-"""Test-wide settings: kernels started by tests show the deterministic plain-text view; the
-`fake` fixture is a loopback stand-in for RunPod's cloud (tests/runpod_fakes.py), never ours."""
+"""Test-wide settings, for the tests in every folder: kernels started by tests show the
+deterministic plain-text view; the `fake` fixture is a loopback stand-in for RunPod's cloud
+(helpers/runpod_fakes.py), never ours.
+
+This file's folder, tests/, is on sys.path (pytest's "prepend" import mode puts it there), which
+is how every test folder imports the shared `helpers` package (helpers/__init__.py lists them).
+Test folders have no __init__.py, so each test module's basename must be unique across tests/."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runpod_fakes import FakeRunPod
+from helpers.runpod_fakes import FakeRunPod
 
 os.environ["TETRA_MAGIC_DISPLAY"] = "text"
 
@@ -17,7 +22,7 @@ os.environ["TETRA_MAGIC_DISPLAY"] = "text"
 def fake() -> Iterator[FakeRunPod]:
     """A fake RunPod that accepts cloud_kernels.KEY, closed at the end of the test; no test
     may have sent it a GraphQL request (RunPod retires GraphQL: everything goes over REST v2)."""
-    from cloud_kernels import KEY
+    from helpers.cloud_kernels import KEY
 
     server = FakeRunPod(KEY)
     yield server
@@ -30,7 +35,7 @@ def fake() -> Iterator[FakeRunPod]:
 def in_process(fake: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRunPod:
     """This process pointed at `fake` as a kernel is (state under tmp_path), with a new
     kernel's empty memory of RunPod endpoints."""
-    from cloud_kernels import kernel_env
+    from helpers.cloud_kernels import kernel_env
 
     from tetra_magic.cloud import provision
 

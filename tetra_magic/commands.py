@@ -1,21 +1,53 @@
-"""`%tetra local [status|stop]`, `%tetra endpoints`, `%tetra delete NAME`: where cells run.
+"""Every `%tetra` command, in one table: its name, its usage, and the function that carries it
+out with the magic and the rest of its line (`%tetra NAME rest`). The commands print for the
+user and return nothing.
 
-The line magic hands its commands here; they print for the user and return nothing.
+The table is read when the magic loads (its names tell a command from a statement), so this
+module stays light: a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from tetra_magic.cloud import endpoint_use, provision
-from tetra_magic.cloud.credentials import ApiKey, api_key
-from tetra_magic.cloud.quota import Quota
 from tetra_magic.errors import TetraError
-from tetra_magic.local import control
-from tetra_magic.local.launcher import ensure_running
+
+if TYPE_CHECKING:
+    from tetra_magic.cloud.credentials import ApiKey
+    from tetra_magic.cloud.quota import Quota
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `%tetra` command: `usage` as the user types it, and the function that runs it,
+    as "module:function" (imported on first use), called with (magic, rest of the line)."""
+
+    usage: str
+    target: str
+
+    def run(self, magic: Any, rest: str) -> None:
+        module, _, function = self.target.partition(":")
+        runner: Callable[[Any, str], None] = getattr(importlib.import_module(module), function)
+        runner(magic, rest)
+
+
+_SESSIONS = "tetra_magic.session.commands"
+COMMANDS: dict[str, Command] = {
+    "local": Command("local [start|status|stop]", f"{__name__}:local"),
+    "endpoints": Command("endpoints", f"{__name__}:endpoints"),
+    "delete": Command("delete NAME", f"{__name__}:delete"),
+    "session": Command("session [NAME|off]", f"{_SESSIONS}:default"),
+    "sessions": Command("sessions", f"{_SESSIONS}:table"),
+    "pull": Command("pull [--session S] NAME ...", f"{_SESSIONS}:pull"),
+    "end": Command("end NAME ...", f"{_SESSIONS}:end"),
+    "replay": Command("replay [--force] NAME ...", f"{_SESSIONS}:replay"),
+}
 
 _LOCAL_USAGE = (
     "%tetra local [start|status|stop]: start (or find) the local endpoint and print its URL;"
@@ -24,18 +56,11 @@ _LOCAL_USAGE = (
 )
 
 
-def run(command: str, rest: str) -> None:
-    """The command `command` (local, endpoints or delete) with the rest of its line."""
-    if command == "local":
-        local(rest)
-    elif command == "endpoints":
-        print(endpoint_table(*provision.our_endpoints(*_credentials())))
-    else:
-        _delete(rest)
-
-
-def local(rest: str) -> None:
+def local(magic: Any, rest: str) -> None:
     """`%tetra local [start|status|stop]`: the server every kernel of this Python shares."""
+    from tetra_magic.local import control
+    from tetra_magic.local.launcher import ensure_running
+
     if rest in ("", "start"):
         print(f"local endpoint: {ensure_running().base_url}")
     elif rest == "status":
@@ -44,6 +69,13 @@ def local(rest: str) -> None:
         print(control.stop_text())
     else:
         raise UsageError(f"%tetra local {rest}: unknown; {_LOCAL_USAGE}")
+
+
+def endpoints(magic: Any, rest: str) -> None:
+    """`%tetra endpoints`: our endpoints on the RunPod account, and the worker quota."""
+    from tetra_magic.cloud import provision
+
+    print(endpoint_table(*provision.our_endpoints(*_credentials())))
 
 
 def endpoint_table(endpoints: list[dict[str, Any]], quota: Quota) -> str:
@@ -83,11 +115,16 @@ def _hardware(endpoint: dict[str, Any]) -> str:
 
 
 def _last_use(endpoint_id: str) -> str:
+    from tetra_magic.cloud import endpoint_use
+
     when = endpoint_use.last_used(endpoint_id)
     return "-" if when is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
 
 
-def _delete(name: str) -> None:
+def delete(magic: Any, name: str) -> None:
+    """`%tetra delete NAME`: delete one of our endpoints on RunPod."""
+    from tetra_magic.cloud import provision
+
     if not name:
         raise UsageError("%tetra delete NAME: name the endpoint (see %tetra endpoints)")
     gone = provision.delete(name, *_credentials())
@@ -95,6 +132,8 @@ def _delete(name: str) -> None:
 
 
 def _credentials() -> tuple[ApiKey, str]:
+    from tetra_magic.cloud.credentials import api_key
+
     key, source = api_key()
     if key is None:
         raise TetraError(

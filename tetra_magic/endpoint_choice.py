@@ -36,7 +36,7 @@ from tetra_magic.cloud.endpoint_spec import EndpointSpec
 from tetra_magic.options import CellOptions, WorkerSettings
 
 # The published standard worker, as runpod-flash 1.21.0's get_image_name("gpu"|"cpu", python)
-# names it (tests/test_cloud_waiting.py checks these against the installed runpod-flash).
+# names it (tests/cloud/test_cloud_waiting.py checks these against the installed runpod-flash).
 PUBLISHED_IMAGE = "runpod/flash:py{python}-latest"
 PUBLISHED_CPU_IMAGE = "runpod/flash-cpu:py{python}-latest"
 PUBLISHED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")

@@ -30,12 +30,11 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, v
 
 from tetra_magic import options as cell_options
 from tetra_magic.cloud.gpus import POOLS
+from tetra_magic.commands import COMMANDS
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-_COMMANDS = ("local", "endpoints", "delete")
-_SESSION_COMMANDS = ("session", "sessions", "pull", "end", "replay")
 _REPEATABLE = {"nargs": "+", "action": "append"}
 # The options of %%tetra and of %tetra's one-line form (flags, argparse's keywords).
 _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
@@ -194,23 +193,17 @@ class TetraMagic(Magics):
     # IPython types line_magic(name) as returning `_F | Callable[[_F], _F]`, not as overloads.
     @line_magic("tetra")  # type: ignore[arg-type]
     def tetra_line(self, line: str) -> Any:
-        """`%tetra [options] statement` runs one statement remotely; `%tetra local
-        [status|stop]`, `%tetra endpoints`, `%tetra delete NAME` manage where cells run."""
+        """`%tetra [options] statement` runs one statement remotely; `%tetra COMMAND ...` runs
+        one of tetra_magic/commands.py's commands (where cells run, sessions)."""
         command, _, rest = line.strip().partition(" ")
-        if command in _COMMANDS:
-            from tetra_magic import commands
-
-            return commands.run(command, rest.strip())
-        if command in _SESSION_COMMANDS:
-            from tetra_magic.session import commands as session_commands
-
-            return session_commands.run_command(self, command, rest.strip())
+        if command in COMMANDS:
+            return COMMANDS[command].run(self, rest.strip())
         args, statement = split_line(line, self.tetra_line.parser)
         if not statement:
-            names = ", ".join((*_COMMANDS, *_SESSION_COMMANDS))
+            names = ", ".join(f"%tetra {command.usage}" for command in COMMANDS.values())
             raise UsageError(
                 "%tetra: give a statement to run remotely (`%tetra [options] statement`), or a"
-                f" command: {names}. Whole cells: %%tetra.\n{_usage()}"
+                f" command ({names}). Whole cells: %%tetra.\n{_usage()}"
             )
         number = self._cell_number()
         raw = self._current_cell() or f"%tetra {line}\n"

@@ -92,7 +92,8 @@ class CellOptions:
     env: tuple[tuple[str, str], ...] = ()
     queue_timeout: float = 1200.0
     worker: WorkerSettings = WorkerSettings()
-    # The session the cell runs in (sessions.py), and how long its RunPod worker idles.
+    # The session the cell runs in (tetra_magic/session/model.py), and how long its RunPod
+    # worker idles.
     session: str | None = None
     session_idle_timeout: int = 600
     session_value_limit: int = 1_000_000

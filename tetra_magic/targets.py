@@ -6,8 +6,8 @@ REST client, differing only in base URL, credentials and limits.
 The key is credentials.api_key()'s; an endpoint this module does not name itself comes from
 provision, for the spec endpoint_choice makes of the cell's options: provision knows no
 notebook, and depends on nothing here. What RunPod changed of an endpoint a job waits on is
-looked at through `rechecker` (waiting.py calls it), and `%tetra end` hands a session's
-endpoint back through `park`.
+looked at through `rechecker` (tetra_magic/job/waiting.py calls it), and `%tetra end` hands a
+session's endpoint back through `park`.
 """
 
 from __future__ import annotations

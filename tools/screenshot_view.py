@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/screenshot_view.py [--theme light|dark|both] [--out DIR]
 
-Starts JupyterLab (headless Chromium, see tests/lab_page.py) on a notebook with a demo cell
+Starts JupyterLab (headless Chromium, see tests/helpers/lab_page.py) on a notebook with a demo cell
 that prints, writes to stderr, installs nothing or a small package, and sleeps; takes one
 picture while it runs (logs opened), one after it ends, one of a failing cell and one of a
 cancelled cell, per theme. Prints each PNG's path. Needs Debian's chromium, playwright and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import lab_page
+from helpers import lab_page
 
 DEMO = """%%tetra --local --name demo
 import sys, time

@@ -2,11 +2,11 @@
 
 A remote cell's display() calls and figures must reach the notebook in order with its prints,
 which travel on the child's fd 1; so the cell's display runtime (tetra_magic/runtime/, which
-writes the same framing from its own constants in contract.py; tests/test_runtime_contract.py
-checks that they agree) writes each display message into stdout as START + JSON + END. The
-JSON is ASCII (binary data is base64) on one line, so the newline that ends it is unambiguous;
-and a frame ends in a newline, not a NUL, so the executor, which holds back a trailing NUL as a
-possible end marker (worker/child.py), passes it on at once.
+writes the same framing from its own constants in contract.py;
+tests/runtime/test_runtime_contract.py checks that they agree) writes each display message into
+stdout as START + JSON + END. The JSON is ASCII (binary data is base64) on one line, so the
+newline that ends it is unambiguous; and a frame ends in a newline, not a NUL, so the executor,
+which holds back a trailing NUL as a possible end marker (worker/child.py), passes it on at once.
 The worker splits the frames out into "display" chunks as it reads; the notebook
 does the same for the stdout of a worker that does not stream (the published worker, where the
 frames arrive inside the response's `stdout`).

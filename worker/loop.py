@@ -10,7 +10,7 @@ at once, and a job ending lets the next one be asked for at once.
 Everything that crosses the wire is still the SDK's: job-take (`rp_job.get_job`), stream and
 done posts (`rp_job.handle_job`), the stop channel (`JobScaler.monitor_stop_signals`,
 `stop_job`) and the ping process; so are the fitness checks, start-up and shutdown. The loop
-relies on JobScaler internals of that one SDK version (tests/test_worker_loop.py pins it).
+relies on JobScaler internals of that one SDK version (tests/worker/test_worker_loop.py pins it).
 
 Take-ahead (TETRA_WORKER_TAKE_AHEAD=1, local endpoint only): one job-take stays open while a
 job runs, so the next job arrives the moment this one is done. RunPod would answer it with a

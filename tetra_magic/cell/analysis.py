@@ -20,6 +20,7 @@ import ast
 import builtins
 import re
 import symtable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tetra_magic.runtime.shell import expansion_fields
@@ -39,6 +40,17 @@ _DEFINITE = (
 _NAMED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _COMPREHENSION_NODES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _COMPREHENSIONS = ("listcomp", "setcomp", "dictcomp", "genexpr")
+# A node that opens a scope of its own.
+_Scope = (
+    ast.FunctionDef
+    | ast.AsyncFunctionDef
+    | ast.ClassDef
+    | ast.Lambda
+    | ast.ListComp
+    | ast.SetComp
+    | ast.DictComp
+    | ast.GeneratorExp
+)
 # A line IPython's transformer wrote for `%magic args` or `!cmd`, maybe after `x = `.
 _MAGIC_LINE = re.compile(
     r"^(?P<head>\s*(?:[\w.\[\], ]+=\s*)?)get_ipython\(\)\."
@@ -249,7 +261,7 @@ class _Cell(ast.NodeVisitor):
                 self.walk(handler.type)
             if handler.name:  # Python deletes it when the handler ends
                 self.deletes.add(handler.name)
-            self.block(handler.body, self.bound | {handler.name} - {None})
+            self.block(handler.body, self.bound | ({handler.name} if handler.name else set()))
         self.block(stmt.orelse + stmt.finalbody, set(self.bound))
 
     def statement_Match(self, stmt: ast.Match) -> None:
@@ -319,7 +331,7 @@ class _Cell(ast.NodeVisitor):
 
     # ------------------------------------------------------------ nested scopes
 
-    def visit_scope(self, node: ast.AST) -> None:
+    def visit_scope(self, node: _Scope) -> None:
         """A function, lambda, class or comprehension: what it evaluates where it stands
         (defaults, decorators, bases, a comprehension's first iterable) reads here; what its
         body reads from the cell, symtable says."""
@@ -338,18 +350,18 @@ class _Cell(ast.NodeVisitor):
     visit_GeneratorExp = visit_scope
 
 
-def _nested_tables(table: symtable.SymbolTable):
+def _nested_tables(table: symtable.SymbolTable) -> Iterator[symtable.SymbolTable]:
     for child in table.get_children():
         yield child
         yield from _nested_tables(child)
 
 
-def _span(node: ast.AST) -> range:
+def _span(node: ast.stmt | ast.expr) -> range:
     start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
     return range(start, (node.end_lineno or node.lineno) + 1)
 
 
-def _reads_in_scopes(node: ast.AST, nested: list[symtable.SymbolTable]) -> set[str]:
+def _reads_in_scopes(node: ast.stmt | ast.expr, nested: list[symtable.SymbolTable]) -> set[str]:
     """Module globals read by the scopes defined in `node`'s lines."""
     lines = _span(node)
     return {
@@ -385,7 +397,7 @@ def _module_bindings(table: symtable.SymbolTable, nested: list[symtable.SymbolTa
     return names
 
 
-def _scope_outer_parts(scope: ast.AST) -> list[ast.AST]:
+def _scope_outer_parts(scope: _Scope) -> list[ast.AST]:
     """The parts of a scope evaluated in the enclosing scope: defaults, decorators, bases,
     and a comprehension's first iterable."""
     if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):

@@ -2,17 +2,17 @@
 configured; listing and deleting ours.
 
 An endpoint's spec (endpoint_spec.py; the caller makes it from a cell's options with
-endpoint_choice.py, so nothing here knows a notebook) is found by its name's hash in RunPod's
-list of the account's endpoints, else created; a kernel remembers what it found, so only its
-first cell per configuration asks RunPod. All of it goes through RunPod's REST API v2
-(cloud_api.py). A file lock in the state dir keeps two kernels of one machine from creating
+tetra_magic/endpoint_choice.py, so nothing here knows a notebook) is found by its name's hash
+in RunPod's list of the account's endpoints, else created; a kernel remembers what it found, so
+only its first cell per configuration asks RunPod. All of it goes through RunPod's REST API v2
+(rest.py). A file lock in the state dir keeps two kernels of one machine from creating
 the same endpoint.
 
 Before a kernel's first cell goes to an endpoint it found, the endpoint's settings are compared
 with what RunPod reports and put right (endpoint_reconcile.py); again when a cell's wait in the
-queue sees no worker at all (`recheck`, from waiting.py). `%tetra end` sets a session
-endpoint's max workers to 0 (`park`), which frees its share of the quota; its next cell raises
-it again.
+queue sees no worker at all (`recheck`, from tetra_magic/job/waiting.py). `%tetra end` sets a
+session endpoint's max workers to 0 (`park`), which frees its share of the quota; its next cell
+raises it again.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def _find_or_create(api: RunPodRest, spec: EndpointSpec) -> tuple[dict[str, Any]
 
 
 def recheck(endpoint_id: str, key: str, source: str) -> str | None:
-    """After a wait in the queue with no worker at all (waiting.py): the endpoint as RunPod
-    has it now. One of ours that RunPod scaled down is raised back, and the note says so; one
-    that is not ours and has 0 max workers is NoWorkers. None where all is as it should be."""
+    """After a wait in the queue with no worker at all (tetra_magic/job/waiting.py): the
+    endpoint as RunPod has it now. One of ours that RunPod scaled down is raised back, and the
+    note says so; one that is not ours and has 0 max workers is NoWorkers. None where all is as
+    it should be."""
     with RunPodRest(key, source) as api:
         found = api.endpoint(endpoint_id)
         spec = _specs.get(endpoint_id)

@@ -50,7 +50,7 @@ class CloudError(TetraError):
 class QuotaFull(CloudError):
     """An endpoint's max workers would pass the account's worker quota (`limit`, when known)."""
 
-    def __init__(self, message: str, limit: int | None = None, status: int | None = None):
+    def __init__(self, message: str, limit: int | None = None, status: int | None = None) -> None:
         super().__init__(message, status)
         self.limit = limit
 
@@ -69,7 +69,7 @@ class RunPodRest:
     """One account's serverless endpoints and limits, through RunPod's REST API v2. A context
     manager: the connection closes at the end."""
 
-    def __init__(self, key: str, source: str, transport: httpx.BaseTransport | None = None):
+    def __init__(self, key: str, source: str, transport: httpx.BaseTransport | None = None) -> None:
         self.source = source
         self._key = key
         self._http = httpx.Client(

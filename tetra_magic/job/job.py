@@ -50,7 +50,7 @@ class JobRecord:
     shipped: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
     error: str | None = None
-    # On RunPod: seconds billed for the run, and the estimated price (pricing.py).
+    # On RunPod: seconds billed for the run, and the estimated price (tetra_magic/cloud/pricing.py).
     billed_s: int | None = None
     cost_estimate_usd: float | None = None
     # Bytes of the request as sent, and of the result the worker sent back (its pickles).

@@ -12,8 +12,8 @@ wait.
 No worker at all (none idle, starting, throttled or failing) while a job waits looks wrong: an
 endpoint whose max workers RunPod lowered to 0 (after 7 idle days: docs, endpoint
 configurations, "Idle endpoint scale-down") looks exactly so, and stays so. Then the watch asks
-RunPod once what the endpoint is now (`recheck`, from targets.py): one of ours is raised back
-and the note says so, one at 0 that is not ours ends the wait at once, naming why.
+RunPod once what the endpoint is now (`recheck`, from tetra_magic/targets.py): one of ours is
+raised back and the note says so, one at 0 that is not ours ends the wait at once, naming why.
 """
 
 from __future__ import annotations

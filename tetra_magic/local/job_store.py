@@ -177,7 +177,8 @@ class JobStore:
             job = self._jobs.get(job_id)
             if job is None or job.status is not JobStatus.IN_QUEUE:
                 continue
-            if self._pins.get(_session(job), worker_id) != worker_id:
+            session = _session(job)
+            if session is not None and self._pins.get(session, worker_id) != worker_id:
                 passed.append(job_id)
                 continue
             self._queue.extendleft(reversed(passed))

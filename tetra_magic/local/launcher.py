@@ -66,8 +66,12 @@ def running() -> LocalEndpoint | None:
     if record is None or record.get("code") != state.code_fingerprint():
         return None
     pid = record.get("pid")
-    known = _confirmed is not None and _confirmed[0] == record and isinstance(pid, int)
-    if known and state.pid_alive(pid):
+    if (
+        _confirmed is not None
+        and _confirmed[0] == record
+        and isinstance(pid, int)
+        and state.pid_alive(pid)
+    ):
         return _confirmed[1]
     endpoint = endpoint_of(record, state.token())
     if endpoint is None or not _answers(endpoint):

@@ -46,7 +46,10 @@ class StopSignals:
                 return due
             if deadline <= now:
                 return []
-            resend_at = min((sent + STOP_RESEND_S for sent in pending.values()), default=deadline)
+            resend_at = min(
+                (sent + STOP_RESEND_S for sent in pending.values() if sent is not None),
+                default=deadline,
+            )
             wait = min(deadline, resend_at) - now
             event = self._stops_changed.setdefault(worker_id, asyncio.Event())
             try:

@@ -7,7 +7,7 @@ payload. Everything is plain data (str, bytes, numbers, lists, dicts), cloudpick
 request's `spec` argument and as its result, so any worker that runs `function_code` carries it.
 
 Our worker (worker/frames.py) reads the display frames with constants of its own, since it
-never imports tetra_magic; tests/test_runtime_contract.py checks that the two agree.
+never imports tetra_magic; tests/runtime/test_runtime_contract.py checks that the two agree.
 """
 
 from __future__ import annotations

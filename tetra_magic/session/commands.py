@@ -1,7 +1,8 @@
 """`%tetra session`, `sessions`, `pull`, `end`, `replay`: the notebook's handles on its sessions.
 
-The line magic hands these commands here with the rest of their line. Those that reach the
-worker send a session request (tetra_magic/session/requests.py).
+Each takes the magic and the rest of its line, as tetra_magic/commands.py's table calls it, and
+prints for the user. Those that reach the worker send a session request
+(tetra_magic/session/requests.py).
 """
 
 from __future__ import annotations
@@ -19,28 +20,39 @@ from tetra_magic.session import model as sessions
 from tetra_magic.session import requests as session_requests
 
 
-def run_command(magic: Any, command: str, rest: str) -> None:
-    """Carry out `command` with the rest of its line; prints for the user."""
+def default(magic: Any, rest: str) -> None:
+    """`%tetra session [NAME|off]`: the notebook's default session."""
+    _default(magic, shlex.split(rest))
+
+
+def table(magic: Any, rest: str) -> None:
+    """`%tetra sessions`: this kernel's sessions, one line each."""
+    print(sessions.table())
+
+
+def pull(magic: Any, rest: str) -> None:
+    """`%tetra pull [--session S] NAME...`: values from their sessions into the notebook."""
+    _pull(magic.shell.user_ns, shlex.split(rest), magic.session)
+
+
+def end(magic: Any, rest: str) -> None:
+    """`%tetra end NAME...`: end sessions on their workers."""
+    for name in _names("end", shlex.split(rest)):
+        _end(name)
+
+
+def replay(magic: Any, rest: str) -> None:
+    """`%tetra replay [--force] NAME...`: rebuild lost sessions by running their cells again."""
     words = shlex.split(rest)
-    if command == "session":
-        _default(magic, words)
-    elif command == "sessions":
-        print(sessions.table())
-    elif command == "pull":
-        _pull(magic.shell.user_ns, words, magic.session)
-    elif command == "end":
-        for name in _names(command, words):
-            _end(name)
-    else:
-        force = "--force" in words
-        for name in _names(command, [word for word in words if word != "--force"]):
-            session = _session(name)
-            if not session.lost and not force:
-                raise UsageError(
-                    f"session {name} is not lost; `%tetra replay --force {name}` rebuilds it"
-                    " anyway (its cells run again, side effects included)"
-                )
-            session_requests.replay(session, cell_labeler(magic.shell))
+    force = "--force" in words
+    for name in _names("replay", [word for word in words if word != "--force"]):
+        session = _session(name)
+        if not session.lost and not force:
+            raise UsageError(
+                f"session {name} is not lost; `%tetra replay --force {name}` rebuilds it"
+                " anyway (its cells run again, side effects included)"
+            )
+        session_requests.replay(session, cell_labeler(magic.shell))
 
 
 def _end(name: str) -> None:

@@ -1,5 +1,5 @@
-"""A session's part in a cell's run, as hooks: run.py's pipeline stays one straight line, and
-calls the same hooks with or without a session (`for_cell`).
+"""A session's part in a cell's run, as hooks: tetra_magic/run.py's pipeline stays one
+straight line, and calls the same hooks with or without a session (`for_cell`).
 
 Before the cell, a lost session is replayed where the user asked for that; when the answer
 says the session was lost meanwhile, it is replayed once and the cell runs again; a failed cell

@@ -78,7 +78,7 @@ class Session:
     lost: str | None = None
     cause: str = ""
     # fetch(names, user_ns) -> {name: value}, and the notebook namespace whose classes the
-    # values load against: given by whoever runs the session's cells (session_hooks.py)
+    # values load against: given by whoever runs the session's cells (hooks.py)
     fetch: Callable[[list[str], dict[str, Any]], dict[str, Any]] | None = None
     namespace: dict[str, Any] = field(default_factory=dict, repr=False)
 

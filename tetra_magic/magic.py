@@ -15,6 +15,8 @@ or after `--`.
 from __future__ import annotations
 
 import argparse
+import builtins
+import difflib
 import io
 import linecache
 import shlex
@@ -193,12 +195,15 @@ class TetraMagic(Magics):
     # IPython types line_magic(name) as returning `_F | Callable[[_F], _F]`, not as overloads.
     @line_magic("tetra")  # type: ignore[arg-type]
     def tetra_line(self, line: str) -> Any:
-        """`%tetra [options] statement` runs one statement remotely; `%tetra COMMAND ...` runs
-        one of tetra_magic/commands.py's commands (where cells run, sessions)."""
+        """`%tetra [options] statement` runs one statement remotely. Commands: `%tetra local
+        [start|status|stop]`, `%tetra endpoints`, `%tetra delete NAME` (where cells run);
+        `%tetra session [NAME|off]`, `%tetra sessions`, `%tetra pull NAME ...`, `%tetra end
+        NAME ...`, `%tetra replay [--force] NAME ...` (sessions)."""
         command, _, rest = line.strip().partition(" ")
         if command in COMMANDS:
             return COMMANDS[command].run(self, rest.strip())
         args, statement = split_line(line, self.tetra_line.parser)
+        self._check_not_a_misspelt_command(statement)
         if not statement:
             names = ", ".join(f"%tetra {command.usage}" for command in COMMANDS.values())
             raise UsageError(
@@ -212,6 +217,20 @@ class TetraMagic(Magics):
             raw, lineno = f"%tetra {line}\n", 1
         source = "\n" * (lineno - 1) + self._ipython.transform_cell(statement)
         return self._run(args, source, number, raw)
+
+    def _check_not_a_misspelt_command(self, statement: str) -> None:
+        """`%tetra endpoint` would run the name `endpoint` remotely, a NameError on a worker
+        after a job's wait: a lone undefined name close to a command's is a UsageError."""
+        if not statement.isidentifier() or statement in self._ipython.user_ns:
+            return
+        if hasattr(builtins, statement):
+            return
+        close = difflib.get_close_matches(statement, COMMANDS, n=1, cutoff=0.75)
+        if close:
+            raise UsageError(
+                f"%tetra {statement}: no such command; did you mean %tetra"
+                f" {COMMANDS[close[0]].usage}? (commands: {', '.join(COMMANDS)})"
+            )
 
     def _run(self, args: argparse.Namespace, source: str, number: int, raw: str) -> Any:
         from tetra_magic.run import run_cell

@@ -135,6 +135,14 @@ def test_an_unclosed_quote_on_the_line_form_is_named(shell: Any) -> None:
         shell.run_line_magic("tetra", "--deps 'numpy x = 1")
 
 
+@pytest.mark.parametrize(("line", "meant"), [("endpoint", "endpoints"), ("sesions", "sessions")])
+def test_a_misspelt_command_is_named_not_run_remotely(shell: Any, line: str, meant: str) -> None:
+    """A lone undefined name close to a command's would run remotely, a NameError after a
+    job; it is the command the user meant."""
+    with pytest.raises(UsageError, match=rf"no such command; did you mean %tetra {meant}\b"):
+        shell.run_line_magic("tetra", line)
+
+
 # --------------------------------------------------------------------------- --endpoint
 
 

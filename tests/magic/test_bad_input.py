@@ -279,3 +279,16 @@ def test_a_refused_key_is_named_by_where_it_came_from_never_by_its_value(
         "the endpoint rejected the API key (401); key read from the RUNPOD_API_KEY environment"
         " variable"
     )
+
+
+@pytest.mark.parametrize("cell", ["x = 1\nreturn x", "break", "async def f():\n    yield from g()"])
+def test_what_only_the_compiler_refuses_is_a_syntax_error_at_home(shell: Any, cell: str) -> None:
+    """The parser accepts these; Python's compiler, as a plain kernel's, refuses them. The
+    cell is refused before any job, with the compiler's message and the cell's line."""
+    with pytest.raises(SyntaxError) as at_home:
+        compile(cell, "<cell>", "exec")
+    with pytest.raises(CellSyntaxError) as remote:
+        shell.run_cell_magic("tetra", "--local", cell)
+    shown = "\n".join(remote.value._render_traceback_())
+    assert f"SyntaxError: {at_home.value.msg}" in shown
+    assert f"line {at_home.value.lineno + 1}" in shown  # the %%tetra line is the cell's first

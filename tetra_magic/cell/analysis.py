@@ -83,8 +83,16 @@ class CellAnalysis:
 
 
 def analyse(source: str, filename: str = "<tetra-cell>") -> CellAnalysis:
-    """Analyse Python `source` (already transformed); raises SyntaxError as Python would."""
+    """Analyse Python `source` (already transformed); raises SyntaxError as Python would,
+    compiling it too: the parser accepts what only the compiler refuses ('return' outside a
+    function, 'break' outside a loop), which the worker would otherwise report after a job."""
     tree = ast.parse(source, filename)
+    try:
+        compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError as exc:  # the compiler names no line text for a file it cannot read
+        if exc.text is None and exc.lineno:
+            exc.text = source.splitlines()[exc.lineno - 1] + "\n"
+        raise
     seen = _as_python(source)
     try:
         seen_tree = ast.parse(seen, filename)

@@ -11,11 +11,14 @@ renamed `Cell In[N], line M` as IPython names them, with the line's source from 
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 import linecache
+import os
 import re
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 Labeler = Callable[[str], "str | None"]
@@ -92,11 +95,11 @@ def cell_labeler(shell: Any) -> Labeler:
 
 
 def render_traceback(text: str, label: Labeler) -> list[str]:
-    """The remote traceback's lines, without our runtime's frames, cell frames as IPython
-    shows them."""
+    """The remote traceback's lines, without our runtime's frames (nor the asyncio frames
+    that run an awaiting cell, before the cell's own), cell frames as IPython shows them."""
     lines = text.rstrip("\n").splitlines()
     out: list[str] = []
-    index = 0
+    index, machinery = 0, True  # until the first frame of the user's
     while index < len(lines):
         match = _FRAME.match(lines[index])
         end = index + 1
@@ -104,10 +107,19 @@ def render_traceback(text: str, label: Labeler) -> list[str]:
             end += 1
         if match is None:
             out.append(lines[index])
-        elif not match["file"].startswith("<tetra-runtime "):
+            machinery = True  # the next exception of a chain starts again
+        elif not _runtime(match["file"], machinery):
             out += _frame(match, lines[index + 1 : end], label(match["file"]))
+            machinery = False
         index = end
     return out
+
+
+def _runtime(filename: str, before_the_cell: bool) -> bool:
+    """Whether a frame is ours: the runtime's, or asyncio running the cell's top-level await
+    (IPython's own loop at home shows none of its frames)."""
+    asyncio = f"{os.sep}asyncio{os.sep}" in filename
+    return filename.startswith("<tetra-runtime ") or (before_the_cell and asyncio)
 
 
 def _frame(match: re.Match[str], body: list[str], where: str | None) -> list[str]:
@@ -246,3 +258,69 @@ def worker_failure(text: str | None, dependencies: Sequence[str]) -> str:
         named = ", ".join(dependencies)
         return f"installing {named} failed on the worker, so the cell did not run: {first}"
     return f"the worker failed before running the cell: {first or 'it gave no reason'}"
+
+
+# Import names whose distribution on PyPI is named otherwise, for the hint under a remote
+# ModuleNotFoundError (any other name is suggested as it is imported).
+INSTALL_NAMES = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "attr": "attrs",
+    "Crypto": "pycryptodome",
+    "dotenv": "python-dotenv",
+    "jwt": "pyjwt",
+    "magic": "python-magic",
+    "docx": "python-docx",
+    "pptx": "python-pptx",
+    "serial": "pyserial",
+    "usb": "pyusb",
+    "zmq": "pyzmq",
+    "git": "gitpython",
+    "OpenSSL": "pyopenssl",
+    "fitz": "pymupdf",
+    "faiss": "faiss-cpu",
+    "umap": "umap-learn",
+    "mpl_toolkits": "matplotlib",
+}
+_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '(?P<name>[\w.]+)'$")
+
+
+def import_hint(traceback_text: str, dependencies: Sequence[str] = ()) -> str | None:
+    """One line under a remote cell's ModuleNotFoundError saying which --deps would install the
+    missing module on the worker; None for another error, a submodule (its package is there),
+    a package the cell's --deps already named, or a module that is a file of the notebook's
+    own folder at home (that one travels with the cell, not through --deps)."""
+    lines = traceback_text.rstrip("\n").splitlines()
+    match = _NO_MODULE.match(lines[-1].strip()) if lines else None
+    if match is None or "." in match["name"]:
+        return None
+    name = match["name"]
+    install = INSTALL_NAMES.get(name, name.replace("_", "-"))
+    requested = {_normal(_project(spec)) for spec in dependencies}
+    if _normal(install) in requested or _normal(name) in requested or _local_module(name):
+        return None
+    return f"tetra: the worker has no module {name!r}; add --deps {install} to the %%tetra line"
+
+
+def _normal(project: str) -> str:
+    return re.sub(r"[-_.]+", "-", project).lower()
+
+
+def _local_module(name: str) -> bool:
+    """Whether `name` imports at home from a file of the working folder (not an installed
+    package)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    origin = spec.origin if spec is not None else None
+    if not origin or origin in ("built-in", "frozen"):
+        return False
+    path = Path(origin).resolve()
+    installed = ("site-packages" in path.parts) or ("dist-packages" in path.parts)
+    return not installed and path.is_relative_to(Path.cwd().resolve())

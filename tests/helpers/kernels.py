@@ -29,12 +29,17 @@ class CellRun:
 
 
 def run_cells(
-    *sources: str, env: dict[str, str] | None = None, timeout: int = 300
+    *sources: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path | None = None
 ) -> list[CellRun]:
-    """Execute `sources` as consecutive cells of one new kernel; errors do not stop later cells."""
+    """Execute `sources` as consecutive cells of one new kernel (working in `cwd`, the
+    notebook's folder, when given); errors do not stop later cells."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    resources = {"metadata": {"path": str(cwd)}} if cwd is not None else {}
     with environ(env or {}):
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True).execute()
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", allow_errors=True, resources=resources
+        )
+        client.execute()
     return [split(cell.outputs) for cell in nb.cells]
 
 

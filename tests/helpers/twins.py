@@ -5,6 +5,7 @@ cell gives locally, rather than with a value written down."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from helpers.kernels import CellRun, run_cells
 
@@ -26,14 +27,14 @@ class Twins:
     remote: list[CellRun]
 
 
-def run_twins(*cells: str | Remote) -> Twins:
-    """Run `cells` locally and with the `Remote` ones remote; the outputs of each side, the
-    %load_ext cell left out."""
+def run_twins(*cells: str | Remote, cwd: Path | None = None) -> Twins:
+    """Run `cells` locally and with the `Remote` ones remote (both kernels working in `cwd`
+    when given); the outputs of each side, the %load_ext cell left out."""
     plain = [c.source if isinstance(c, Remote) else c for c in cells]
     magic = [
         f"%%tetra --local {c.options}\n{c.source}" if isinstance(c, Remote) else c for c in cells
     ]
-    return Twins(run_cells(LOAD, *plain)[1:], run_cells(LOAD, *magic)[1:])
+    return Twins(run_cells(LOAD, *plain, cwd=cwd)[1:], run_cells(LOAD, *magic, cwd=cwd)[1:])
 
 
 def seen(run: CellRun) -> tuple:

@@ -383,3 +383,24 @@ def test_an_exception_group_is_shown_not_a_crash() -> None:
     assert (error["ename"], error["evalue"]) == ("ExceptionGroup", "grp (2 sub-exceptions)")
     assert "ValueError: 1" in "\n".join(error["traceback"])
     assert seen(twins.remote[1]) == seen(twins.local[1])
+
+
+AWAITING = """\
+import asyncio
+
+async def fetch(n):
+    await asyncio.sleep(0)
+    return 10 // n
+
+await fetch(0)
+"""
+
+
+def test_an_awaiting_cell_shows_only_its_own_frames() -> None:
+    """A cell with top-level await runs in an event loop on the worker, as in IPython's at
+    home; its traceback shows the cell's frames as at home, none of asyncio's that run it."""
+    twins = run_twins(Remote(AWAITING))
+    assert_same(twins)
+    local, remote = _traceback(twins.local[0]), _traceback(twins.remote[0])
+    assert "asyncio" + "/" not in remote and "File " not in remote, remote
+    assert [line for _, line in _cell_lines(remote)] == [line + 1 for _, line in _cell_lines(local)]

@@ -377,6 +377,31 @@ def test_the_sdk_logging_at_debug_is_never_the_cells_output(
     assert "Sending Progress Update" in log and "Progress Update Sent" in log
 
 
+HOME_LOGGING = (
+    "import logging, sys, warnings\nlogging.basicConfig(level=logging.DEBUG, stream=sys.stdout,"
+    " format='%(levelname)s %(name)s: %(message)s')\nlogging.getLogger('chatty').setLevel("
+    "logging.ERROR)\nwarnings.simplefilter('ignore', FutureWarning)"
+)
+LOGS_AND_WARNS = (
+    "%%tetra {target}\nimport logging, warnings\nprint('start')\n"
+    "logging.getLogger('model').debug('loading')\nlogging.getLogger('chatty').warning('chatter')\n"
+    "warnings.warn('old api', FutureWarning)\nprint('end')"
+)
+
+
+def test_the_notebooks_logging_and_warning_setup_applies_there_too(
+    worker: PublishedWorker, published: LoopbackEndpoint
+) -> None:
+    """The kernel logs at DEBUG to stdout with a format of its own, quiets a logger and a
+    warning category: the cell's records show there as at home, among its prints, with none of
+    the worker's or the SDK's lines (at DEBUG too), and worker-flash logs as before after it."""
+    _, (remote, home) = remote_and_home(published, HOME_LOGGING, LOGS_AND_WARNS)
+    assert_as_at_home(remote, home)
+    assert home.stdout == "start\nDEBUG model: loading\nend\n" and home.stderr == ""
+    if REAL is not None:
+        assert not own_lines(worker, "DEBUG", "loading")
+
+
 MISSING = "tetra-magic-no-such-package-xyz"
 NEEDS_MISSING = f"%%tetra {{target}} --deps six,{MISSING}\nran = True\nprint('ran')"
 

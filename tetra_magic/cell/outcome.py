@@ -22,6 +22,7 @@ from tetra_magic.errors import (
     JobFailed,
     Labeler,
     clean_detail,
+    import_hint,
     remote_error,
     worker_failure,
 )
@@ -69,6 +70,8 @@ def check(
             raise JobFailed(worker_failure(response.error or response.result, dependencies))
         if response.failure in (None, "exception"):
             text, packed = exception_note(response.error or "")
+            if hint := import_hint(text, dependencies):  # under the error, as a note shows
+                text = f"{text.rstrip()}\n{hint}\n"
             raise remote_error(response.error_type, text, label, _raised(packed, user_ns))
         reason = _FAILURES.get(response.failure, "the job failed")
         detail = clean_detail((response.error or "").rstrip(), label)

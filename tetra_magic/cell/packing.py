@@ -28,11 +28,18 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic import runtime
-from tetra_magic.cell import definitions
+from tetra_magic.cell import definitions, local_modules
 from tetra_magic.cell.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
-from tetra_magic.runtime.contract import RUNTIME_SOURCE_PREFIX, Definition, SessionPart, Spec
+from tetra_magic.runtime import at_home
+from tetra_magic.runtime.contract import (
+    RUNTIME_SOURCE_PREFIX,
+    Definition,
+    LocalPackage,
+    SessionPart,
+    Spec,
+)
 from tetra_magic.runtime.picklers import global_names
 from tetra_magic.runtime.pickling import MainNames
 from tetra_magic.session import model as sessions
@@ -185,11 +192,16 @@ def _cell_number(label: str | None) -> int | None:
     return int(found[1]) if found else None
 
 
-def _check_size(blobs: dict[str, bytes], size: int, limit: int) -> None:
+def _check_size(
+    blobs: dict[str, bytes], size: int, limit: int, local: dict[str, LocalPackage]
+) -> None:
     if size <= limit:
         return
     largest = sorted(blobs.items(), key=lambda item: -len(item[1]))[:5]
     detail = ", ".join(f"{name} {_mb(len(blob))}" for name, blob in largest)
+    if local:  # the notebook's own modules, sent as source (local_modules.py)
+        detail += f"; sources of the notebook's modules {', '.join(local)}:"
+        detail += f" {_mb(local_modules.size(local))}"
     raise UsageError(
         f"the request is {_mb(size)}, over the endpoint's {_mb(limit)} limit"
         f" (largest variables: {detail}). Load large data inside the cell instead of sending"
@@ -242,10 +254,14 @@ def pack(
         timeout=opts.timeout,  # for workers that do not read the request's own field
         aliases=_aliases(blobs, user_ns, names.sent),
         session=session_part,
+        local_packages=local_modules.needed(
+            [analysis.source, *(source for source, _, _ in names.sent.values())],
+            [*(module for module, *_ in modules.values()), *names.modules_named],
+        ),
     )
     request = request_for(spec, blobs, opts)
     size = len(request.model_dump_json()) + len('{"input": }')
-    _check_size(blobs, size, limit)
+    _check_size(blobs, size, limit, spec["local_modules"])
     return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
 
 
@@ -261,6 +277,7 @@ def make_spec(
     timeout: float | None = None,
     aliases: dict[str, str] | None = None,
     session: SessionPart | None = None,
+    local_packages: dict[str, LocalPackage] | None = None,
 ) -> Spec:
     """The spec of one request: the cell as `analysis` found it (a request that runs no cell,
     a session's pull or end, has an empty one), what travels with it, and the runtime that
@@ -285,6 +302,9 @@ def make_spec(
         "imported": list(analysis.imported),
         "submodules": {name: list(found) for name, found in analysis.submodules.items()},
         "runtime": runtime.sources(),
+        # the notebook's logging and warning setup, which the cell runs under on the worker
+        "home": at_home.describe(),
+        "local_modules": local_packages or {},  # the notebook's own modules, as source
     }
     if session is not None:
         spec["session"] = session

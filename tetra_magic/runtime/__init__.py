@@ -10,8 +10,10 @@ own modules by relative import, and the packages a cell may bring (IPython, trai
 matplotlib) only inside the functions that use them.
 
 The modules, by job: `contract` (the spec, the payload, the markers both sides read); `cell`
-(one cell, start to end), `cell_env` (what lasts for the cell only: --env, stdin), `outputs`
+(one cell, start to end), `cell_env` (what lasts for the cell only: --env, stdin), `at_home`
+(the notebook's logging and warning setup, for the cell), `outputs`
 (what comes home), `exceptions`; `pickling` and `picklers` (how values travel, both ways);
+`local_modules` (the notebook's own modules, importable while a cell runs);
 `shell` (IPython syntax in a cell); `live_output` (output as progress updates, on the published
 worker); `display`, `publishing`, `ipython_stand_in`, `figures` (what a cell shows); `sessions`
 (namespaces that outlive a cell). The kernel imports several of them too, so both sides share

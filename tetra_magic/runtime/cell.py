@@ -16,7 +16,7 @@ import sys
 import types
 from typing import Any, cast
 
-from . import display, exceptions, sessions
+from . import at_home, display, exceptions, local_modules, sessions
 from .cell_env import for_this_cell
 from .contract import Payload, SessionPart, Spec
 from .live_output import LiveOutput
@@ -34,9 +34,13 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
     front of the cell's output (stderr and logging merged into stdout) and its own frames on
     the traceback, so the cell's failure comes home in the result, as the cell showed it.
 
-    Its --env variables, and the stand-ins for stdin, last for this cell only, however it ends:
-    the same process runs later cells (other kernels' too, on the published worker)."""
+    Its --env variables, the stand-ins for stdin, and the notebook's logging and warning setup
+    (at_home.py) last for this cell only, however it ends: the same process runs later cells
+    (other kernels' too, on the published worker)."""
     restore = for_this_cell(spec.get("env") or {})
+    restore_home = at_home.for_this_cell(spec.get("home"))
+    # the notebook's own modules, importable while the cell runs (local_modules.py)
+    restore_modules = local_modules.for_this_cell(spec["local_modules"])
     try:
         live = LiveOutput.on_published_worker(spec.get("timeout"))
         if live is None:
@@ -50,6 +54,8 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         out["output"] = live.chunks
         return out
     finally:
+        restore_modules()
+        restore_home()
         restore()
 
 

@@ -52,6 +52,43 @@ class SessionPart(TypedDict, total=False):
     end: bool  # a request that runs no cell: free the session
 
 
+# --- spec["home"]: the notebook's logging and warning setup (runtime/at_home.py) ---
+
+
+class HandlerSetup(TypedDict):
+    """One of the root logger's handlers at home that writes into the cell's output."""
+
+    stream: str  # "stdout" or "stderr": the cell's stream it writes to
+    level: int
+    fmt: str | None  # its Formatter's (None: the default, "%(message)s")
+    datefmt: str | None
+    style: str  # "%", "{" or "$"
+
+
+class LoggingSetup(TypedDict):
+    level: int  # the root logger's
+    handlers: list[HandlerSetup]
+    levels: dict[str, int]  # named loggers given a level of their own
+
+
+class WarningFilter(TypedDict):
+    """An entry of `warnings.filters`; a pattern with flags None matches as a plain string
+    (as the interpreter's own default filters do), else as a regex compiled with the flags."""
+
+    action: str
+    message: str | None
+    message_flags: int | None
+    category: str  # "module:qualname"
+    module: str | None
+    module_flags: int | None
+    lineno: int
+
+
+class HomeSetup(TypedDict):
+    logging: LoggingSetup
+    warnings: list[WarningFilter]
+
+
 class _SpecFields(TypedDict):
     filename: str
     source: str
@@ -72,6 +109,21 @@ class _SpecFields(TypedDict):
     imported: list[str]  # names import statements bind
     submodules: dict[str, list[str]]  # `import a.b.c` at the cell's level: {"a": ["a.b.c"]}
     runtime: RuntimeSources
+    home: HomeSetup  # the notebook's logging and warning setup, applied for the cell only
+    # {top-level name: the package} of the notebook's own modules the cell needs
+    local_modules: dict[str, LocalPackage]
+
+
+class LocalPackage(TypedDict):
+    """A module or package the cell imports from the notebook's own files (beside the
+    notebook, or on a path the user added), which the worker does not have: its sources, as
+    they are at home when the cell is sent (tetra_magic/cell/local_modules.py; the worker
+    imports them with runtime/local_modules.py)."""
+
+    hash: str  # of its files and their text: the worker keeps what it imported while it holds
+    # {module name: [its file at home, its source]}: a package's own is its __init__.py, and a
+    # folder without one has its folder and an empty source
+    files: dict[str, list[str]]
 
 
 class Spec(_SpecFields, total=False):

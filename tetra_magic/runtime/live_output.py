@@ -10,7 +10,6 @@ wherever no runpod job is running in this process) this stays off.
 from __future__ import annotations
 
 import ctypes
-import logging
 import sys
 import threading
 import time
@@ -34,10 +33,9 @@ class LiveOutput:
     Only the cell's own output is recorded. The runpod SDK in that process prints its log lines
     (at its default level, DEBUG: one for every progress update sent) to whatever sys.stdout is
     at the time, and so into the cell's output, which the next update would carry and the SDK
-    print again: those lines go to the process's own stdout, the worker's log, instead. And
-    the cell logs as it would at home: the worker's handlers on the root logger (which copy
-    every record into the response) are taken off while it runs, and the root logger is at
-    its default level, so `logging.warning("x")` prints "WARNING:root:x" to the cell's stderr.
+    print again: those lines go to the process's own stdout, the worker's log, instead. (The
+    cell logs as at home, without the worker's handlers on the root logger, which copy every
+    record into the response: at_home.py, for every worker.)
     """
 
     PERIOD_S = 0.5
@@ -89,13 +87,11 @@ class LiveOutput:
         self.saved = sys.stdout, sys.stderr
         sys.stdout = _Tee(sys.stdout, "stdout", self, sys.__stdout__)
         sys.stderr = _Tee(sys.stderr, "stderr", self, sys.__stderr__)
-        self.worker_logging = _logging_as_at_home()
         self.thread = threading.Thread(target=self._publish, daemon=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.worker_logging()
         sys.stdout, sys.stderr = self.saved
         self.stop.set()
         self.thread.join()
@@ -143,25 +139,6 @@ def _fixed_message(message: str) -> Callable[..., None]:
         TimeoutError.__init__(self, message)
 
     return __init__
-
-
-def _logging_as_at_home() -> Callable[[], None]:
-    """Give the root logger the state a notebook kernel's has (no handlers, level WARNING);
-    returns what gives the worker back its own."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    for handler in handlers:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-    def restore() -> None:
-        for handler in root.handlers[:]:  # what the cell added (logging.basicConfig)
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-
-    return restore
 
 
 class _Tee:

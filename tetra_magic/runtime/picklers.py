@@ -27,6 +27,7 @@ class Names(Protocol):
 
     namespace: dict[str, Any]
     bytecode: list[str]
+    modules_named: set[str]
 
     def path(self, obj: Any) -> str | None: ...
 
@@ -122,6 +123,8 @@ class Pickler(cloudpickle.Pickler):
             return NotImplemented
         if obj is _NAMESPACE:
             return self.marks.namespace, ()
+        if isinstance(obj, (type, types.FunctionType)):  # by reference, unless by value below
+            self.names.modules_named.add(getattr(obj, "__module__", None) or "")
         path = self.names.path(obj) if callable(obj) else None  # definitions are callable
         if path is not None:
             return self.marks.main, (path,)

@@ -56,6 +56,8 @@ class MainNames:
         self.referable = referable or (lambda name: None)
         self.sent: dict[str, Definition] = {}  # definitions the other side needs, by name
         self.bytecode: list[str] = []  # globals read by functions that went as bytecode
+        # modules whose functions and classes the pickles named: the notebook's own go along
+        self.modules_named: set[str] = set()
         self.bind = namespace.__setitem__
         self._known: dict[str, Definition | None] = {}
         self._ids: dict[int, str] | None = None

@@ -60,6 +60,8 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--env",), {**_REPEATABLE, "metavar": "NAME[=VALUE]", "help": "worker env vars"}),
     (("--session",), {"metavar": "NAME", "help": "run in this session, kept on the worker"}),
     (("--no-session",), {"action": "store_true", "help": "run outside TetraMagic.session"}),
+    (("--files",), {**_REPEATABLE, "metavar": "PATTERN", "help": "send these files along"}),
+    (("--get",), {**_REPEATABLE, "metavar": "PATTERN", "help": "bring these files back"}),
 )
 
 
@@ -148,6 +150,11 @@ class TetraMagic(Magics):
     ).tag(config=True)
     session_replay = Bool(
         False, help="Replay a lost session's cells automatically before the next cell runs."
+    ).tag(config=True)
+    files = List(
+        Unicode(),
+        help="Files every cell sends (as --files): glob patterns relative to the notebook's"
+        " working directory; a folder sends its files.",
     ).tag(config=True)
 
     @validate("session")

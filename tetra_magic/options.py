@@ -98,6 +98,10 @@ class CellOptions:
     session_idle_timeout: int = 600
     session_value_limit: int = 1_000_000
     session_replay: bool = False
+    # Data files (tetra_magic/cell/files.py): the files --files and TetraMagic.files send
+    # (relative paths, matched when the cell is parsed), and --get's patterns.
+    files: tuple[str, ...] = ()
+    get: tuple[str, ...] = ()
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -327,7 +331,19 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         session_idle_timeout=defaults.session_idle_timeout,
         session_value_limit=defaults.session_value_limit,
         session_replay=defaults.session_replay,
+        **_data_files(args, defaults),
     )
+
+
+def _data_files(args: argparse.Namespace, defaults: Any) -> dict[str, tuple[str, ...]]:
+    """--files (after TetraMagic.files), matched here, and --get's patterns, both checked."""
+    from tetra_magic.cell import files
+
+    setting = files.patterns([list(defaults.files)], "TetraMagic.files")
+    sent = files.expand(setting, "TetraMagic.files") + files.expand(
+        files.patterns(args.files, "--files"), "--files"
+    )
+    return {"files": tuple(dict.fromkeys(sent)), "get": files.patterns(args.get, "--get")}
 
 
 def _endpoint(args: argparse.Namespace, defaults: Any) -> str | None:

@@ -15,8 +15,9 @@ import sys
 from typing import Any
 
 from tetra_magic import targets
-from tetra_magic.cell import interrupts, outcome
+from tetra_magic.cell import interrupts, outcome, unloaded
 from tetra_magic.cell.analysis import CellAnalysis, analyse
+from tetra_magic.cell.files import bring_home
 from tetra_magic.cell.packing import Packed, pack
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.errors import CellInterrupted, Labeler, cell_labeler, syntax_error
@@ -133,10 +134,13 @@ def _write_back(
         outcome.apply(result, user_ns)
         job.returned = sorted(result.values)
         hooks.wrote_back(job, packed, result, user_ns)
-        _report(result.problems)
+        bring_home(result.payload)  # --get's files, with a line saying what came back
+        _report(result.problems, user_ns)
 
 
-def _report(problems: dict[str, str]) -> None:
-    """Values that did not come back, one line each, after the cell's own output."""
+def _report(problems: dict[str, str], user_ns: dict[str, Any]) -> None:
+    """Values that did not come back, or came as stand-ins, one line each, after the cell's
+    own output."""
     for name, reason in problems.items():
-        print(f"tetra: {name} was not brought back: {reason}", file=sys.stderr)
+        line = unloaded.note(name, user_ns.get(name))
+        print(line or f"tetra: {name} was not brought back: {reason}", file=sys.stderr)

@@ -30,7 +30,8 @@ NOT_PYTHON = ")"
 FLAGS = (
     "--gpu", "--cpu", "--deps", "--system-deps", "--endpoint", "--local", "--timeout", "--name",
     "--out", "--no-stream", "--quiet", "--verbose", "--send", "--drop", "--env", "--session",
-    "--no-session", "--", "-", "--gp", "--no", "--gpu=", "--timeout=", "--out=", "--endpoint=",
+    "--no-session", "--files", "--get", "--", "-", "--gp", "--no", "--gpu=", "--timeout=",
+    "--out=", "--endpoint=",
 )  # fmt: skip
 VALUES = (
     "", "''", '""', "'", '"', "'a b'", '"numpy', "numpy'", "A100", "a100,h100", "any", "cpu",

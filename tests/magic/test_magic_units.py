@@ -191,7 +191,8 @@ def test_a_module_only_on_the_worker_is_left_out_silently_and_the_rest_lands() -
     del sys.modules["worker_only_mod"]
     result = outcome.unpack(FunctionResponse(success=True, result=encode(value)))
     outcome.apply(result, {})
-    assert result.values == {"n": 1}
+    assert result.values["n"] == 1
+    assert repr(result.values["t"]).startswith("<tetra: worker_only_mod.Thing, not loadable")
     assert list(result.problems) == ["t"]
     assert result.problems["t"].startswith("cannot be loaded here: ModuleNotFoundError")
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tetra_magic.cell.files import missing_file_hint
+from tetra_magic.cell.unloaded import Unloaded
 from tetra_magic.errors import (
     JobFailed,
     Labeler,
@@ -72,11 +74,19 @@ def check(
             text, packed = exception_note(response.error or "")
             if hint := import_hint(text, dependencies):  # under the error, as a note shows
                 text = f"{text.rstrip()}\n{hint}\n"
+            text = _missing_file_hint(text)
             raise remote_error(response.error_type, text, label, _raised(packed, user_ns))
         reason = _FAILURES.get(response.failure, "the job failed")
         detail = clean_detail((response.error or "").rstrip(), label)
         raise JobFailed(f"{reason}:\n{detail}" if detail else reason)
     return response
+
+
+def _missing_file_hint(text: str) -> str:
+    """`text` with a line under it where the cell missed a file it could have sent
+    (--files; tetra_magic/cell/files.py)."""
+    hint = missing_file_hint(text)
+    return f"{text.rstrip()}\n{hint}\n" if hint else text
 
 
 _GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 and later
@@ -168,6 +178,8 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
             )
             if not silent:
                 result.problems[name] = _load_problem(exc)
+                if isinstance(exc, ImportError) and name in values:  # the worker can load it
+                    bind(name, Unloaded(name, values[name], exc))
     _bind_aliases(payload.get("aliases", {}), result, user_ns)
     modules = _import_modules(payload.get("modules", {}), result.problems)
     result.values.update(modules)
@@ -185,6 +197,8 @@ def _bind_aliases(aliases: dict[str, str], result: CellResult, user_ns: dict[str
     for name, first in aliases.items():
         if first in result.problems:
             result.problems[name] = result.problems[first]
+            if isinstance(user_ns.get(first), Unloaded):
+                result.values[name] = user_ns[name] = user_ns[first]
         elif first in user_ns:
             result.values[name] = user_ns[name] = user_ns[first]
 

@@ -28,7 +28,8 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic import runtime
-from tetra_magic.cell import definitions, local_modules
+from tetra_magic.cell import definitions, local_modules, unloaded
+from tetra_magic.cell import files as data_files
 from tetra_magic.cell.analysis import CellAnalysis
 from tetra_magic.errors import Labeler
 from tetra_magic.options import CellOptions
@@ -145,6 +146,8 @@ def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
 def _pickle(
     name: str, value: Any, names: MainNames, files: set[str], needed_by: str | None
 ) -> bytes:
+    if (blob := unloaded.blob_of(value)) is not None:  # goes as it came from the worker
+        return blob
     try:
         return names.dumps(value, files, to_cpu=False)
     except sessions.SessionError as exc:  # a reference to another session's value
@@ -193,7 +196,11 @@ def _cell_number(label: str | None) -> int | None:
 
 
 def _check_size(
-    blobs: dict[str, bytes], size: int, limit: int, local: dict[str, LocalPackage]
+    blobs: dict[str, bytes],
+    size: int,
+    limit: int,
+    local: dict[str, LocalPackage],
+    contents: dict[str, bytes] | None = None,
 ) -> None:
     if size <= limit:
         return
@@ -202,6 +209,8 @@ def _check_size(
     if local:  # the notebook's own modules, sent as source (local_modules.py)
         detail += f"; sources of the notebook's modules {', '.join(local)}:"
         detail += f" {_mb(local_modules.size(local))}"
+    if contents:  # --files (cell/files.py)
+        detail += f"; files sent with --files: {_mb(sum(map(len, contents.values())))}"
     raise UsageError(
         f"the request is {_mb(size)}, over the endpoint's {_mb(limit)} limit"
         f" (largest variables: {detail}). Load large data inside the cell instead of sending"
@@ -258,10 +267,12 @@ def pack(
             [analysis.source, *(source for source, _, _ in names.sent.values())],
             [*(module for module, *_ in modules.values()), *names.modules_named],
         ),
+        data_files=data_files.read(opts.files),
+        get=opts.get,
     )
     request = request_for(spec, blobs, opts)
     size = len(request.model_dump_json()) + len('{"input": }')
-    _check_size(blobs, size, limit, spec["local_modules"])
+    _check_size(blobs, size, limit, spec["local_modules"], spec["file_contents"])
     return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
 
 
@@ -278,6 +289,8 @@ def make_spec(
     aliases: dict[str, str] | None = None,
     session: SessionPart | None = None,
     local_packages: dict[str, LocalPackage] | None = None,
+    data_files: tuple[dict[str, str], dict[str, bytes]] = ({}, {}),
+    get: Collection[str] = (),
 ) -> Spec:
     """The spec of one request: the cell as `analysis` found it (a request that runs no cell,
     a session's pull or end, has an empty one), what travels with it, and the runtime that
@@ -305,6 +318,10 @@ def make_spec(
         # the notebook's logging and warning setup, which the cell runs under on the worker
         "home": at_home.describe(),
         "local_modules": local_packages or {},  # the notebook's own modules, as source
+        # --files: {path: sha256}, each content once by its sha256; --get's patterns
+        "files": data_files[0],
+        "file_contents": data_files[1],
+        "get": list(get),
     }
     if session is not None:
         spec["session"] = session

@@ -13,7 +13,8 @@ The modules, by job: `contract` (the spec, the payload, the markers both sides r
 (one cell, start to end), `cell_env` (what lasts for the cell only: --env, stdin), `at_home`
 (the notebook's logging and warning setup, for the cell), `outputs`
 (what comes home), `exceptions`; `pickling` and `picklers` (how values travel, both ways);
-`local_modules` (the notebook's own modules, importable while a cell runs);
+`local_modules` (the notebook's own modules, importable while a cell runs); `files` (data
+files: --files written before the cell, --get read after it);
 `shell` (IPython syntax in a cell); `live_output` (output as progress updates, on the published
 worker); `display`, `publishing`, `ipython_stand_in`, `figures` (what a cell shows); `sessions`
 (namespaces that outlive a cell). The kernel imports several of them too, so both sides share

@@ -16,7 +16,7 @@ import sys
 import types
 from typing import Any, cast
 
-from . import at_home, display, exceptions, local_modules, sessions
+from . import at_home, display, exceptions, files, local_modules, sessions
 from .cell_env import for_this_cell
 from .contract import Payload, SessionPart, Spec
 from .live_output import LiveOutput
@@ -70,6 +70,8 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         if opened[0] is None:
             return {"session": opened[1]}  # lost: nothing runs
         session, warm = opened
+    # --files: the notebook's data files, in the cell's working directory before it runs
+    files.write_sent(spec["files"], spec["file_contents"])
     display.begin()
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
     # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
@@ -115,6 +117,8 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         names.refresh()
         out = pack_outputs(names, spec, last, inputs, digests, dump)
         out["definitions"] = names.sent
+        if spec["get"]:  # --get: the files the notebook asked for, once the cell succeeded
+            out["got"], out["got_missing"] = files.collect(spec["get"])
         if session is not None:
             session.cells += 1
             session.at_home.update({name: namespace.get(name) for name in names.sent})

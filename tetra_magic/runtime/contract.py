@@ -112,6 +112,11 @@ class _SpecFields(TypedDict):
     home: HomeSetup  # the notebook's logging and warning setup, applied for the cell only
     # {top-level name: the package} of the notebook's own modules the cell needs
     local_modules: dict[str, LocalPackage]
+    # Data files (runtime/files.py): --files, {path relative to the cell's working
+    # directory: sha256}, and their contents by sha256; --get, the patterns to bring back.
+    files: dict[str, str]
+    file_contents: dict[str, bytes]
+    get: list[str]
 
 
 class LocalPackage(TypedDict):
@@ -183,3 +188,7 @@ class Payload(TypedDict, total=False):
     described: dict[str, Description | None]
     output: list[Chunk]  # the published worker: every chunk, also sent as progress
     raised: Raised  # the published worker: the cell's exception
+    # --get (runtime/files.py): {relative path: content} of the files the patterns matched,
+    # and the patterns that matched none
+    got: dict[str, bytes]
+    got_missing: list[str]

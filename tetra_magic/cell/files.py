@@ -1,0 +1,121 @@
+"""Data files that travel with a cell on request, the kernel's side.
+
+`--files PATTERN` (and `TetraMagic.files`) sends files of the notebook's working directory (the
+kernel's cwd), by glob pattern, a folder with its files recursively; they land at the same
+relative paths in the cell's working directory on the worker (runtime/files.py), sent whole
+with every request and written there unless the worker's copy already has that content.
+`--get PATTERN` brings files the cell left in its working directory back to the same relative
+paths here, once it succeeded. Paths stay inside the working directories: absolute paths and
+`..` are refused on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from tetra_magic.runtime.files import matching, outside
+
+
+def patterns(groups: list[list[str]] | None, option: str) -> tuple[str, ...]:
+    """`--files a,b --files c d` -> ("a", "b", "c", "d"), each checked to stay inside the
+    working directory; UsageError naming `option` otherwise."""
+    found: list[str] = []
+    for group in groups or []:
+        found.extend(part.strip() for item in group for part in item.split(","))
+    result = tuple(dict.fromkeys(p for p in found if p))
+    for pattern in result:
+        why = outside(pattern)
+        if why is not None:
+            raise UsageError(
+                f"{option}: {pattern!r} is {why}; give a path or glob pattern relative to the"
+                " notebook's working directory (e.g. data.csv, data/, *.json)"
+            )
+    return result
+
+
+def expand(found: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """The files `found` match in the kernel's working directory, relative and sorted; a
+    UsageError naming a pattern that matches no file."""
+    paths: dict[str, None] = {}
+    for pattern in found:
+        matched = matching(pattern)
+        if not matched:
+            raise UsageError(
+                f"{option}: {pattern!r} matches no file in the notebook's working directory"
+                f" ({Path.cwd()})"
+            )
+        paths.update(dict.fromkeys(matched))
+    return tuple(paths)
+
+
+def read(paths: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The spec's parts for `paths`: {path: sha256}, and each content once, by sha256. Read
+    when the cell is sent, so a file edited since the last cell travels as it is now."""
+    files: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--files: {path} cannot be read: {exc.strerror or exc}") from None
+        sha = hashlib.sha256(data).hexdigest()
+        files[path] = sha
+        contents[sha] = data
+    return files, contents
+
+
+def size_text(size: int) -> str:
+    """12 B, 12 KB, 1.2 MB."""
+    if size < 1000:
+        return f"{size} B"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} KB"
+    return f"{size / 1e6:.1f} MB"
+
+
+def bring_home(payload: dict[str, Any]) -> None:
+    """Write the files --get brought back into the notebook's working directory, and say in
+    one line what came back, in another which patterns matched nothing on the worker."""
+    got: dict[str, bytes] = payload.get("got") or {}
+    written = []
+    for path, data in got.items():
+        why = outside(path)
+        if why is not None or not path.strip("/."):
+            print(f"tetra: --get: {path!r} was not written here ({why})", file=sys.stderr)
+            continue
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        written.append(f"{path} ({size_text(len(data))})")
+    if written:
+        print(f"tetra: got {', '.join(written)}", file=sys.stderr)
+    missing = payload.get("got_missing") or []
+    if missing:
+        names = ", ".join(missing)
+        print(f"tetra: --get {names}: matched no file on the worker", file=sys.stderr)
+
+
+# The last line of a traceback for a missing file: `FileNotFoundError: [Errno 2] No such file
+# or directory: 'data.csv'`.
+_NO_FILE = re.compile(
+    r"^FileNotFoundError: \[Errno \d+\] [^:]*: (?P<quote>['\"])(?P<path>.+)(?P=quote)$"
+)
+
+
+def missing_file_hint(traceback_text: str) -> str | None:
+    """One line under a remote cell's FileNotFoundError for a relative path that exists here,
+    in the notebook's working directory: it was not sent. None for any other error."""
+    lines = traceback_text.rstrip("\n").splitlines()
+    match = _NO_FILE.match(lines[-1].strip()) if lines else None
+    if match is None:
+        return None
+    path = match["path"]
+    if outside(path) is not None or not Path(path).exists():
+        return None
+    return f"tetra: {path} exists here but not on the worker; send it with --files {path}"

@@ -304,7 +304,9 @@ def import_hint(traceback_text: str, dependencies: Sequence[str] = ()) -> str | 
     requested = {_normal(_project(spec)) for spec in dependencies}
     if _normal(install) in requested or _normal(name) in requested or _local_module(name):
         return None
-    return f"tetra: the worker has no module {name!r}; add --deps {install} to the %%tetra line"
+    hint = f"tetra: the worker has no module {name!r}; add --deps {install} to the %%tetra line"
+    # A name we know nothing of may be a typo: a package of that name may be someone else's.
+    return hint if name in INSTALL_NAMES else f"{hint} if that is its package (check the spelling)"
 
 
 def _normal(project: str) -> str:

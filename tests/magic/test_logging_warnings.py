@@ -107,12 +107,21 @@ def test_a_filter_for_a_packages_warning_needs_no_import_on_the_worker() -> None
 
 @pytest.mark.parametrize(
     ("module", "install"),
-    [("sklearn", "scikit-learn"), ("cv2", "opencv-python"), ("PIL", "pillow"), ("rich", "rich")],
+    [("sklearn", "scikit-learn"), ("cv2", "opencv-python"), ("PIL", "pillow")],
 )
 def test_the_hint_names_the_package_to_install(module: str, install: str) -> None:
     text = f"Traceback ...\nModuleNotFoundError: No module named '{module}'\n"
     assert import_hint(text) == (
         f"tetra: the worker has no module '{module}'; add --deps {install} to the %%tetra line"
+    )
+
+
+def test_a_name_the_table_does_not_know_is_suggested_with_a_caveat() -> None:
+    """`import tabulatee` (a typo): a package of that name on PyPI may be anyone's."""
+    text = "Traceback ...\nModuleNotFoundError: No module named 'tabulatee'\n"
+    assert import_hint(text) == (
+        "tetra: the worker has no module 'tabulatee'; add --deps tabulatee to the %%tetra line"
+        " if that is its package (check the spelling)"
     )
 
 

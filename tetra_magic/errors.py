@@ -119,7 +119,10 @@ def _runtime(filename: str, before_the_cell: bool) -> bool:
     """Whether a frame is ours: the runtime's, or asyncio running the cell's top-level await
     (IPython's own loop at home shows none of its frames)."""
     asyncio = f"{os.sep}asyncio{os.sep}" in filename
-    return filename.startswith("<tetra-runtime ") or (before_the_cell and asyncio)
+    # The import machinery, which Python cuts from an import's traceback at home; a helper
+    # module the runtime loads for the cell keeps them.
+    importlib = filename.startswith("<frozen importlib.")
+    return filename.startswith("<tetra-runtime ") or importlib or (before_the_cell and asyncio)
 
 
 def _frame(match: re.Match[str], body: list[str], where: str | None) -> list[str]:
@@ -153,8 +156,10 @@ def remote_error(
     """The exception to raise in the notebook for a cell that raised remotely: `raised`, the
     user's own exception as it came home, shown with its remote traceback; else (it could not
     be brought here) a stand-in named `error_type`, a subclass of the builtin of that name too
-    when there is one, so `except ValueError` works."""
-    if raised is not None:
+    when there is one, so `except ValueError` works. Not for a SyntaxError: IPython shows one
+    with its own renderer, from the kernel's frames (the magic's), never its
+    `_render_traceback_`; a stand-in of that name shows the remote frames instead."""
+    if raised is not None and not isinstance(raised, SyntaxError):
         # IPython shows an exception through its `_render_traceback_`: the remote frames,
         # named as cells, and the message, notes and chain as Python printed them there.
         raised._render_traceback_ = lambda: render_traceback(traceback_text, label)  # type: ignore[attr-defined]
@@ -168,6 +173,8 @@ def remote_error(
         last_line or name,
     )
     message = last_line.partition(": ")[2] or last_line
+    if isinstance(raised, SyntaxError):
+        message = str(raised)  # with its file and line, as at home
     try:
         error = _error_class(name)(message)
     except TypeError:  # a builtin that wants other arguments (ExceptionGroup's list)
@@ -187,7 +194,11 @@ def _type_named_by(last_line: str) -> str | None:
 def _error_class(name: str) -> type[RemoteCellError]:
     namespace = {"__module__": "tetra_magic.remote"}
     local = getattr(builtins, name, None)
-    if isinstance(local, type) and issubclass(local, Exception):
+    if (
+        isinstance(local, type)
+        and issubclass(local, Exception)
+        and not issubclass(local, SyntaxError)
+    ):
         try:
             return type(name, (RemoteCellError, local), namespace)
         except TypeError:

@@ -87,6 +87,27 @@ def test_the_notebooks_own_modules_travel_and_installed_ones_do_not(
     assert sorted(local_modules.needed(["def f():\n    import textutil\n"], [])) == ["textutil"]
 
 
+def test_a_package_installed_into_a_folder_the_user_added_is_not_the_notebooks(
+    notebook_folder: Path,
+) -> None:
+    """`pip install --target DIR numpy` and DIR on sys.path: installed (its metadata says so,
+    and its compiled parts could not travel as source); --deps brings it on the worker."""
+    write(
+        notebook_folder,
+        {
+            "vendored/__init__.py": "",
+            "vendored-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: vendored\n",
+            "vendored-1.0.dist-info/top_level.txt": "vendored\n",
+            "compiled/__init__.py": "",
+            "compiled/_core.so": "",
+        },
+    )
+    assert local_modules.needed(["import vendored, compiled, cleaning"], []).keys() == {
+        "cleaning",
+        "textutil",
+    }
+
+
 def test_a_notebook_value_from_a_helper_takes_its_module_along(notebook_folder: Path) -> None:
     """`from cleaning import clean` at home, then `clean(...)` in the cell: the pickle names
     cleaning, which goes along."""
@@ -236,3 +257,18 @@ def _assert_as_at_home(twins: Twins, folder: Path) -> None:
     assert _helper_lines(twins.remote[-1]) == frames
     remote_text = "\n".join(twins.remote[-1].error["traceback"])
     assert "return 1 / x" in remote_text
+
+
+@pytest.mark.slow
+def test_a_helper_with_a_syntax_error_reads_as_at_home(tmp_path: Path) -> None:
+    """IPython renders a SyntaxError its own way, from the kernel's frames: the remote one
+    must show the helper's line, as at home, not the magic's frames."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    (folder / "badmod.py").write_text("x = 1\n\ndef broken(:\n    pass\n")
+    with private_local_endpoint(tmp_path / "home", workers=1):
+        twins = run_twins(Remote("import badmod"), cwd=folder)
+    assert_same(twins)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(twins.remote[0].error["traceback"]))
+    assert "tetra_magic" not in shown and "interactiveshell" not in shown, shown
+    assert f'File "{folder / "badmod.py"}", line 3' in shown and "def broken(:" in shown, shown

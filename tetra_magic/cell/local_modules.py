@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -122,7 +123,19 @@ def _home(top: str) -> Path | None:
         where = Path(folders[0])
     else:
         return None  # an extension module, a zip, a namespace package spread over folders
-    return None if _installed(str(where)) else where
+    if _installed(str(where)) or top in _distributed(tuple(sys.path)):
+        return None
+    if where.is_dir() and any(p.suffix in (".so", ".pyd") for p in where.rglob("*")):
+        return None  # compiled parts cannot travel as source
+    return where
+
+
+@functools.lru_cache(maxsize=4)
+def _distributed(path: tuple[str, ...]) -> frozenset[str]:
+    """Top-level names an installed distribution provides anywhere on `path` (sys.path), as
+    its metadata says: a package `pip install --target DIR` put on a folder the user added is
+    installed, not the notebook's own; on the worker, --deps brings it."""
+    return frozenset(importlib.metadata.packages_distributions())
 
 
 def _installed(path: str) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic.runtime.files import matching, outside
+from tetra_magic.sizes import size_text
 
 
 def patterns(groups: list[list[str]] | None, option: str) -> tuple[str, ...]:
@@ -68,15 +69,6 @@ def read(paths: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
         files[path] = sha
         contents[sha] = data
     return files, contents
-
-
-def size_text(size: int) -> str:
-    """12 B, 12 KB, 1.2 MB."""
-    if size < 1000:
-        return f"{size} B"
-    if size < 1_000_000:
-        return f"{size / 1000:.0f} KB"
-    return f"{size / 1e6:.1f} MB"
 
 
 def bring_home(payload: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from tetra_magic.options import CellOptions
 from tetra_magic.runtime.contract import SessionPart, Spec
 from tetra_magic.runtime.picklers import markers
 from tetra_magic.runtime.pickling import MainNames, digest
+from tetra_magic.sizes import size_text
 
 # The session whose cell is being packed: a reference to another session's value cannot go.
 _SHIPPING: list[Session] = []
@@ -365,15 +366,6 @@ def _plain_value(value: Any) -> bool:
 def _digest(value: Any, user_ns: dict[str, Any]) -> bytes | None:
     """A fingerprint of the notebook value's pickle, as the worker takes an input's."""
     return digest(MainNames(user_ns), value)
-
-
-def size_text(size: int) -> str:
-    """548 MB, 50.0 MB, 312 KB, 80 bytes."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            value = size / scale
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{size} bytes"
 
 
 def _clock(moment: float | None) -> str:

@@ -1,10 +1,16 @@
-"""Installing a request's dependencies into the worker's own environment.
+"""Installing a request's dependencies: a notebook's Python packages into its own layer.
 
-Python packages go in with `uv pip install` against this interpreter, so the executor child can
-import them. Specifiers already met by what is installed never reach uv: that check reads
-installed metadata, with no process, no network and no resolver, which is what makes the second
-run of a `--deps` cell cost nothing. System packages go in with apt-get, only where that is safe
-(as root, in a container); packages dpkg already has are never fetched again.
+Python packages go in with `uv pip install` for this interpreter. A request from a notebook
+kernel (its `kernel_id`) installs into that kernel's layer, a directory of its own that its
+executor child finds ahead of the worker's environment, so the worker's image plus what this
+notebook asked for is what its cells see: never what another notebook installed (a cell that
+runs here runs on a fresh worker with the same declared deps). A request without a kernel
+installs into the worker's environment, as the published worker does. Specifiers already met by
+the image or the layer never reach uv: that check reads installed metadata, with no process, no
+network and no resolver, which is what makes the second run of a `--deps` cell cost nothing.
+
+System packages go in with apt-get, only where that is safe (as root, in a container), into
+the one system every notebook shares; packages dpkg already has are never fetched again.
 
 Each installer's output streams as "log" chunks; a failure raises InstallError carrying the
 installer's own words, and the request then runs nothing.
@@ -18,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -28,7 +35,7 @@ from worker.uv_binary import find_uv
 
 ERROR_LINES = 40
 _apt_lists_updated = False
-_satisfied_at: dict[str, tuple[int, ...]] = {}
+_satisfied_at: dict[tuple[str, Path | None], tuple[int, ...]] = {}
 
 
 class InstallError(Exception):
@@ -43,8 +50,31 @@ def _check_names(names: list[str]) -> None:
             raise InstallError(f"{name!r} is not a package name (installer options are refused)")
 
 
-def _met(req: Requirement, seen: set[str]) -> bool:
-    """Whether `req` (and the deps its extras add) is met by the installed distributions."""
+def layer(kernel_id: str | None) -> Path | None:
+    """Where a kernel's own packages go: $TETRA_PACKAGES_DIR/<kernel id> (default: under the
+    temp dir), made on first use; None for a request without a kernel."""
+    if kernel_id is None:
+        return None
+    default = Path(tempfile.gettempdir()) / f"tetra-packages-{os.getuid()}"
+    path = Path(os.environ.get("TETRA_PACKAGES_DIR") or default) / kernel_id
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _search_path(layer: Path | None) -> list[str]:
+    """Where the executor child looks for packages, in its order: the layer first."""
+    return [str(layer), *sys.path] if layer is not None else sys.path
+
+
+def _distribution(name: str, layer: Path | None) -> metadata.Distribution | None:
+    """The distribution `name` the child would import: the first on its search path."""
+    found = metadata.distributions(name=name, path=_search_path(layer))
+    return next(iter(found), None)
+
+
+def _met(req: Requirement, seen: set[str], layer: Path | None) -> bool:
+    """Whether `req` (and the deps its extras add) is met by the distributions installed in
+    the image or in `layer`."""
     if req.marker is not None and not req.marker.evaluate():
         return True  # not meant for this platform
     if req.url:
@@ -52,13 +82,10 @@ def _met(req: Requirement, seen: set[str]) -> bool:
     if req.name.lower() in seen:
         return True  # judged where it first came up (extras can lead back to it)
     seen.add(req.name.lower())
-    try:
-        dist = metadata.distribution(req.name)
-    except metadata.PackageNotFoundError:
+    dist = _distribution(req.name, layer)
+    if dist is None or not req.specifier.contains(_version(dist), prereleases=True):
         return False
-    if not req.specifier.contains(_version(dist), prereleases=True):
-        return False
-    return not req.extras or all(_met(dep, seen) for dep in _extra_deps(dist, req.extras))
+    return not req.extras or all(_met(dep, seen, layer) for dep in _extra_deps(dist, req.extras))
 
 
 def _version(dist: metadata.Distribution) -> str:
@@ -87,37 +114,38 @@ def _extra_deps(dist: metadata.Distribution, extras: set[str]) -> list[Requireme
     return deps
 
 
-def _fingerprint() -> tuple[int, ...]:
+def _fingerprint(layer: Path | None) -> tuple[int, ...]:
     """The modification times of the import path's directories: any install, upgrade or
     removal adds or deletes a *.dist-info entry in one of them, and so changes this."""
     times = []
-    for entry in sys.path:
+    for entry in _search_path(layer):
         with contextlib.suppress(OSError):
             times.append(os.stat(entry or ".").st_mtime_ns)
     return tuple(times)
 
 
-def satisfied(spec: str) -> bool:
-    """Whether `spec` is already met here; unparsable ones are left to the installer to judge.
+def satisfied(spec: str, layer: Path | None = None) -> bool:
+    """Whether `spec` is already met by the image or `layer`; unparsable ones are left to the
+    installer to judge.
 
     A spec found met is remembered until the import path's directories change, so a warm
     request's check is a handful of stat calls.
     """
-    fingerprint = _fingerprint()
-    if _satisfied_at.get(spec) == fingerprint:
+    fingerprint = _fingerprint(layer)
+    if _satisfied_at.get((spec, layer)) == fingerprint:
         return True
     try:
-        met = _met(Requirement(spec), set())
+        met = _met(Requirement(spec), set(), layer)
     except InvalidRequirement:
         return False
     if met:
-        _satisfied_at[spec] = fingerprint
+        _satisfied_at[spec, layer] = fingerprint
     return met
 
 
-def missing(specs: list[str]) -> list[str]:
-    """The specifiers not already met by what is installed here."""
-    return [spec for spec in specs if not satisfied(spec)]
+def missing(specs: list[str], layer: Path | None = None) -> list[str]:
+    """The specifiers not already met by what is installed in the image or `layer`."""
+    return [spec for spec in specs if not satisfied(spec, layer)]
 
 
 def uv_binary() -> str:
@@ -158,16 +186,22 @@ async def _run(argv: list[str], env: dict[str, str], emit: Emit) -> list[str]:
     return lines
 
 
-async def install_python(specs: list[str], emit: Emit) -> bool:
-    """Install what `specs` needs that is not already here; whether uv replaced or removed an
-    installed package (code already running may hold the old version)."""
+async def install_python(specs: list[str], emit: Emit, layer: Path | None = None) -> bool:
+    """Install what `specs` needs that is not already here, into `layer` (None: the worker's
+    environment); whether uv replaced or removed an installed package (code already running
+    may hold the old version).
+
+    uv resolves a layer on its own (`--target`), so a package the image also has may land in
+    it again (hard-linked from uv's cache): the layer's copy is the one the notebook imports.
+    """
     _check_names(specs)
-    todo = missing(specs)
+    todo = missing(specs, layer)
     if not todo:
         emit(chunk("log", f"Python dependencies already satisfied: {' '.join(specs)}\n"))
         return False
     emit(chunk("log", f"$ uv pip install {' '.join(todo)}\n"))
-    argv = [uv_binary(), "pip", "install", "--python", sys.executable, *todo]
+    into = ["--target", str(layer)] if layer is not None else []
+    argv = [uv_binary(), "pip", "install", "--python", sys.executable, *into, *todo]
     lines = await _run(argv, {**os.environ, "NO_COLOR": "1"}, emit)
     return any(line.startswith(" - ") for line in lines)
 

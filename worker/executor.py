@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from worker import channel, frames
+from worker import channel, deps, frames
 from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
 from worker.protocol import Emit, Failure, FunctionResponse, chunk
 
@@ -71,6 +71,8 @@ KEPT_SESSION_PROCESSES = int(os.environ.get("TETRA_KEPT_SESSION_PROCESSES", 4))
 _RUNPOD_INFO_ENV = {"RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID", "RUNPOD_GPU_COUNT", "RUNPOD_DC_ID"}
 # Names the kernel an executor process serves (read by tetra_magic/local/kernels.py).
 KERNEL_MARK = "TETRA_KERNEL"
+# Names the kernel's package layer in its executor process (read by the cell runtime's %pip).
+PACKAGES_VARIABLE = "TETRA_PACKAGES"
 # `python -c` with the working directory moved from the front of sys.path to its end (-P would
 # drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
 _START = "import sys; sys.path.append(sys.path.pop(0)); from worker.child import main; main()"
@@ -373,15 +375,21 @@ def _child_env(kernel: str | None) -> dict[str, str]:
     """The worker's environment (its image's and its endpoint's template's), less RunPod's
     own variables: the job-queue credentials and the account's API key are the worker's,
     and a cell gets secrets only through its own --env. Plus unbuffered Python, the worker
-    package importable, and the kernel's mark, by which the local endpoint frees a closed
-    kernel's processes. PYTHONPATH entries are made absolute: relative ones would mean the
-    kernel's directory."""
+    package importable, the kernel's package layer ahead of the image's packages (and named
+    in TETRA_PACKAGES, where a cell's `%pip install` puts packages), and the kernel's mark,
+    by which the local endpoint frees a closed kernel's processes. PYTHONPATH entries are
+    made absolute: relative ones would mean the kernel's directory."""
     root = str(Path(__file__).resolve().parent.parent)
+    packages = deps.layer(kernel)
+    own = [root] if packages is None else [root, str(packages)]
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    path = os.pathsep.join([root, *(os.path.abspath(p) for p in inherited if p)])
+    path = os.pathsep.join([*own, *(os.path.abspath(p) for p in inherited if p)])
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_") or k in _RUNPOD_INFO_ENV
     }
+    env.pop(PACKAGES_VARIABLE, None)
+    if packages is not None:
+        env[PACKAGES_VARIABLE] = str(packages)
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, KERNEL_MARK: kernel or ""}
 
 
@@ -406,12 +414,13 @@ class Executor:
         for child in self._children.values():
             child.kill()
 
-    def close(self) -> None:
-        """Kill every child (the next request starts a new one). Called when packages were
-        replaced: a process that imported the old ones cannot load the new, so the sessions
-        the children held are lost, and each one's next cell says so."""
-        for kernel in list(self._children):
-            self._close(kernel)
+    def close(self, kernel: str | None = None) -> None:
+        """Kill the kernel's child, or with no kernel every child (the next request starts a
+        new one). Called when packages were replaced (in the kernel's layer, or in the
+        worker's environment): a process that imported the old ones cannot load the new, so
+        the sessions the children held are lost, and each one's next cell says so."""
+        for held in [kernel] if kernel is not None else list(self._children):
+            self._close(held)
 
     def _close(self, kernel: str | None) -> None:
         child = self._children.pop(kernel, None)

@@ -48,9 +48,10 @@ async def _install(request: FunctionRequest, emit: Emit) -> None:
         await deps.install_system(request.system_dependencies, emit)
     if request.dependencies:
         emit(chunk("phase", "installing"))
-        if await deps.install_python(request.dependencies, emit):
+        layer = deps.layer(request.kernel_id)
+        if await deps.install_python(request.dependencies, emit, layer):
             emit(chunk("log", EXECUTOR_RESTARTED))
-            EXECUTOR.close()
+            EXECUTOR.close(request.kernel_id)
 
 
 async def _respond(request: FunctionRequest, emit: Emit) -> FunctionResponse:

@@ -245,3 +245,32 @@ def test_an_executor_that_cannot_start_says_so(kernels: tuple[LiveKernel, LiveKe
     ), failed.error
     assert "crashed" not in failed.error["evalue"]
     assert a.run("%%tetra --local\nprint('A runs')").stdout == "A runs\n"
+
+
+IMPORT_TABULATE = "import tabulate\nprint(tabulate.__name__)"
+
+
+def test_packages_one_notebook_installs_stay_its_own(
+    kernels: tuple[LiveKernel, LiveKernel],
+) -> None:
+    """Notebook A installs a package with --deps and another with %pip on the shared worker;
+    notebook B's cells there do not see them (they fail as on a fresh worker, as they do in
+    this plain kernel, which has neither), while A's later cells still do without --deps."""
+    a, b = kernels
+    home = run_cells(IMPORT_TABULATE, "import cowsay")
+    assert [cell.error["ename"] for cell in home] == ["ModuleNotFoundError"] * 2, home
+    installed = a.run(f"%%tetra --local --deps tabulate\n{IMPORT_TABULATE}")
+    assert installed.stdout == "tabulate\n", installed
+    piped = a.run("%%tetra --local\n%pip install -q cowsay==6.1\nimport cowsay")
+    assert piped.error is None, piped
+    assert a.run(f"%%tetra --local\n{IMPORT_TABULATE}\nimport cowsay").error is None
+
+    for source, at_home in zip((IMPORT_TABULATE, "import cowsay"), home, strict=True):
+        other = b.run(f"%%tetra --local\n{source}")
+        assert other.error is not None, other
+        assert (other.error["ename"], other.error["evalue"]) == (
+            at_home.error["ename"],
+            at_home.error["evalue"],
+        )
+    # B's own --deps gives it the package, as it would on a fresh worker.
+    assert b.run(f"%%tetra --local --deps tabulate\n{IMPORT_TABULATE}").stdout == "tabulate\n"

@@ -5,7 +5,8 @@ state dir for as long as it lives. The operating system lets go of a lock when i
 ends, however it ends (shutdown, crash, SIGKILL), so the server, trying each lock now and then,
 learns which kernels are gone without the kernels having to say goodbye, and frees what they
 held on the workers: their executor processes (marked `KERNEL_MARK`, with everything those
-started) and their working directories. Stdlib only: the kernel side runs in the notebook.
+started), their working directories and their package layers. Stdlib only: the kernel side
+runs in the notebook.
 """
 
 from __future__ import annotations
@@ -51,15 +52,17 @@ def hold(kernel_id: str, root: Path | None = None) -> None:
         handle.close()
 
 
-def free_gone(kernel_dirs: Path, root: Path | None = None) -> list[str]:
+def free_gone(kernel_dirs: list[Path], root: Path | None = None) -> list[str]:
     """Server side: for each kernel whose lock is free, kill its processes on the workers and
-    remove its working directory (`kernel_dirs/<id>`); the ids of the kernels freed."""
+    remove its directories (`<each of kernel_dirs>/<id>`: its working directory, its package
+    layer); the ids of the kernels freed."""
     freed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(alive_dir(root)):
             if _gone(Path(entry.path)):
                 kill_marked(KERNEL_MARK, entry.name)
-                shutil.rmtree(kernel_dirs / entry.name, ignore_errors=True)
+                for parent in kernel_dirs:
+                    shutil.rmtree(parent / entry.name, ignore_errors=True)
                 freed.append(entry.name)
     return freed
 

@@ -125,11 +125,12 @@ class Supervisor:
         self._stopping = False
         logs = state.private_dir(state.server_dir(root) / "workers")
         self.workdir = state.private_dir(state.server_dir(root) / "work")
-        # The kernels' working directories start empty with each server, as a new container's
-        # would, so files cells wrote do not pile up in the state dir.
-        kernel_dirs = state.server_dir(root) / "kernels"
-        shutil.rmtree(kernel_dirs, ignore_errors=True)
-        self.kernel_dirs = state.private_dir(kernel_dirs)
+        # The kernels' working directories and package layers (worker/deps.py) start empty
+        # with each server, as a new container's would, so what cells wrote or installed does
+        # not pile up in the state dir.
+        self.kernel_dirs, self.package_dirs = (
+            _emptied(state.server_dir(root) / name) for name in ("kernels", "packages")
+        )
         self.slots = [
             Slot(index=i + 1, gpu=gpu, log_path=logs / f"worker-{i + 1}.log")
             for i, gpu in enumerate(gpu_plan(gpus, workers))
@@ -190,7 +191,9 @@ class Supervisor:
         """Every few seconds: free what kernels that ended left on the workers (kernels.py)."""
         while True:
             await asyncio.sleep(KERNEL_CHECK_S)
-            freed = await asyncio.to_thread(kernels.free_gone, self.kernel_dirs, self.root)
+            freed = await asyncio.to_thread(
+                kernels.free_gone, [self.kernel_dirs, self.package_dirs], self.root
+            )
             for kernel_id in freed:
                 log.info("kernel %s is gone: freed its processes and files", kernel_id)
 
@@ -333,6 +336,7 @@ class Supervisor:
                 # The heartbeat names the jobs a worker has taken up (take_up.TAKE_UP_S).
                 "RUNPOD_PING_INTERVAL": "1000",
                 "TETRA_WORK_DIR": str(self.kernel_dirs),
+                "TETRA_PACKAGES_DIR": str(self.package_dirs),
                 SERVER_MARK: str(os.getpid()),
                 WORKER_MARK: slot.worker_id,
             }
@@ -376,6 +380,12 @@ class Supervisor:
             elif self.store.polling(slot.worker_id):
                 counts["idle"] += 1
         return counts
+
+
+def _emptied(path: Path) -> Path:
+    """`path` as a new, empty private directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    return state.private_dir(path)
 
 
 def _trim(path: Path) -> None:

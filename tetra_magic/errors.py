@@ -11,13 +11,15 @@ renamed `Cell In[N], line M` as IPython names them, with the line's source from 
 from __future__ import annotations
 
 import builtins
+import importlib.metadata
 import importlib.util
 import json
 import linecache
 import os
 import re
+import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,23 +303,63 @@ INSTALL_NAMES = {
 _NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '(?P<name>[\w.]+)'$")
 
 
-def import_hint(traceback_text: str, dependencies: Sequence[str] = ()) -> str | None:
-    """One line under a remote cell's ModuleNotFoundError saying which --deps would install the
-    missing module on the worker; None for another error, a submodule (its package is there),
-    a package the cell's --deps already named, or a module that is a file of the notebook's
-    own folder at home (that one travels with the cell, not through --deps)."""
+def import_hint(
+    traceback_text: str, dependencies: Sequence[str] = (), sent: Mapping[str, str] | None = None
+) -> str | None:
+    """One line under a remote cell's ModuleNotFoundError saying how the worker gets the
+    module: for a helper of the notebook's that earlier cells sent and that is gone from
+    beside it now, where it was; for a package installed here (or one of the well-known
+    names), which --deps installs it; for a name unknown here, that it is not beside the
+    notebook, and --deps only if it is a package on PyPI. None for another error, a submodule
+    (its package is there), a package the cell's --deps already named, or a module that is a
+    file of the notebook's own folder (that one travels with the cell, not through --deps).
+    `sent`: {module: its file or folder here} of the notebook's modules earlier cells sent."""
     lines = traceback_text.rstrip("\n").splitlines()
     match = _NO_MODULE.match(lines[-1].strip()) if lines else None
     if match is None or "." in match["name"]:
         return None
     name = match["name"]
-    install = INSTALL_NAMES.get(name, name.replace("_", "-"))
+    if (gone := _gone_helper(name, (sent or {}).get(name))) is not None:
+        return (
+            f"tetra: {name} is not beside the notebook any more: earlier cells sent it from"
+            f" {gone}, which is gone; put it back there, and cells take it along again"
+        )
+    install = _distribution(name)
     requested = {_normal(_project(spec)) for spec in dependencies}
     if _normal(install) in requested or _normal(name) in requested or _local_module(name):
         return None
-    hint = f"tetra: the worker has no module {name!r}; add --deps {install} to the %%tetra line"
-    # A name we know nothing of may be a typo: a package of that name may be someone else's.
-    return hint if name in INSTALL_NAMES else f"{hint} if that is its package (check the spelling)"
+    hint = f"tetra: the worker has no module {name!r}"
+    if name in INSTALL_NAMES or _installed_here(name):
+        return f"{hint}; add --deps {install} to the %%tetra line"
+    # A name unknown here: a helper that is missing, or a package (maybe a typo, and a
+    # package of that name on PyPI may be anyone's).
+    return (
+        f"{hint}, and none is beside the notebook ({Path.cwd()}); if it is a package on PyPI,"
+        f" add --deps {install} to the %%tetra line (check the spelling)"
+    )
+
+
+def _distribution(name: str) -> str:
+    """The PyPI name that installs the module `name`: the installed distribution's here, the
+    table's, else the name itself."""
+    if name in INSTALL_NAMES:
+        return INSTALL_NAMES[name]
+    installed = importlib.metadata.packages_distributions().get(name)
+    return installed[0] if installed else name.replace("_", "-")
+
+
+def _installed_here(name: str) -> bool:
+    """Whether an installed distribution here provides the module `name`."""
+    return name in importlib.metadata.packages_distributions()
+
+
+def _gone_helper(name: str, home: str | None) -> str | None:
+    """The file or folder here that the notebook's module `name` came from (`home`, where an
+    earlier cell sent it from; else the one the kernel imported it from), if it is gone now."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if home is None and file and _outside_installed(file):
+        home = file
+    return home if home is not None and not Path(home).exists() else None
 
 
 def _normal(project: str) -> str:
@@ -326,7 +368,7 @@ def _normal(project: str) -> str:
 
 def _local_module(name: str) -> bool:
     """Whether `name` imports at home from a file of the working folder (not an installed
-    package)."""
+    package) that is there."""
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -335,5 +377,11 @@ def _local_module(name: str) -> bool:
     if not origin or origin in ("built-in", "frozen"):
         return False
     path = Path(origin).resolve()
-    installed = ("site-packages" in path.parts) or ("dist-packages" in path.parts)
-    return not installed and path.is_relative_to(Path.cwd().resolve())
+    return (
+        _outside_installed(origin) and path.is_relative_to(Path.cwd().resolve()) and (path.exists())
+    )
+
+
+def _outside_installed(file: str) -> bool:
+    parts = Path(file).resolve().parts
+    return "site-packages" not in parts and "dist-packages" not in parts

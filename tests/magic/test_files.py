@@ -21,7 +21,7 @@ import pytest
 from helpers import published as harness
 from helpers.kernels import private_local_endpoint, run_cells
 from helpers.published import LoopbackEndpoint, kernel_env
-from helpers.twins import LOAD, Twins, assert_same
+from helpers.twins import LOAD, Remote, Twins, assert_same, run_twins
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
@@ -203,3 +203,29 @@ def test_the_worker_writes_a_file_only_when_its_content_differs(
     with pytest.raises(ValueError):
         on_worker.write_sent({"../escape.txt": files["d/x.txt"]}, contents)
     assert on_worker.collect(["d/", "none*"]) == ({"d/x.txt": b"one"}, ["none*"])
+
+
+@pytest.mark.slow
+def test_a_file_edited_at_home_is_sent_again_to_later_cells(tmp_path: Path) -> None:
+    """Sent once with --files, then edited here: the next remote cell reads it as it is now,
+    with --files or without, never the copy an earlier cell left on the worker."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    write = "with open('data.csv', 'w') as f:\n    f.write({!r})"
+    read = "open('data.csv').read()"
+    with private_local_endpoint(tmp_path / "state", workers=1):
+        twins = run_twins(
+            write.format("one\n"),
+            Remote(read, "--files data.csv"),
+            write.format("two, a longer line\n"),
+            Remote(read),
+            write.format("six\n"),
+            Remote(read, "--files data.csv"),
+            cwd=folder,
+        )
+    assert_same(twins)
+    assert [twins.local[i].results[-1] for i in (1, 3, 5)] == [
+        repr("one\n"),
+        repr("two, a longer line\n"),
+        repr("six\n"),
+    ]

@@ -29,6 +29,7 @@ from IPython.core.error import UsageError
 from tetra_magic.cell import local_modules
 from tetra_magic.cell.analysis import analyse
 from tetra_magic.cell.packing import pack
+from tetra_magic.errors import import_hint
 from tetra_magic.runtime import local_modules as on_worker
 
 # The published worker behind a loopback endpoint, for the test that runs cells on it.
@@ -272,3 +273,85 @@ def test_a_helper_with_a_syntax_error_reads_as_at_home(tmp_path: Path) -> None:
     shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(twins.remote[0].error["traceback"]))
     assert "tetra_magic" not in shown and "interactiveshell" not in shown, shown
     assert f'File "{folder / "badmod.py"}", line 3' in shown and "def broken(:" in shown, shown
+
+
+# ------------------------------------------- a notebook's own `worker`, and a helper gone
+
+OWN_WORKER = {
+    "module": {"worker.py": "def f(x):\n    return x * 10\n"},
+    "package": {
+        "worker/__init__.py": "from .sub import f\n",
+        "worker/sub.py": "def f(x):\n    return x * 100\n",
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(OWN_WORKER))
+def test_a_notebooks_own_worker_module_is_its_own_at_home_and_on_the_worker(
+    tmp_path: Path, kind: str
+) -> None:
+    """Our worker package is named `worker` too: the notebook's own worker.py (or worker/)
+    is what `import worker` gets, at home and in a remote cell, while the magic and our
+    worker keep running (the cells after it run in the same executor process)."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    write(folder, OWN_WORKER[kind])
+    with private_local_endpoint(tmp_path / "home", workers=1):
+        twins = run_twins(
+            Remote("import os\npid = os.getpid()\nfrom worker import f\nf(2)"),
+            "from worker import f as home_f\nhome_f(3)",
+            Remote("import worker\nprint('remote', worker.f(4))\nworker.f(4)"),
+            Remote("g = f\ng(5)"),
+            "g(6), worker.f(7)",
+            Remote("os.getpid() == pid"),
+            cwd=folder,
+        )
+    assert_same(twins)
+    assert twins.local[0].results == ["20" if kind == "module" else "200"]
+    assert twins.remote[-1].results[-1] == "True"
+
+
+def test_a_helper_earlier_cells_sent_that_is_gone_is_not_a_package_to_install(
+    notebook_folder: Path,
+) -> None:
+    """The hint under a ModuleNotFoundError: a helper the cell took along before, deleted
+    since, is named with where it was, never as a --deps; an unknown name is said not to be
+    beside the notebook."""
+    local_modules.needed(["import textutil"], [])
+    (notebook_folder / "textutil.py").unlink()
+    missing = "Traceback ...\nModuleNotFoundError: No module named 'textutil'\n"
+    hint = import_hint(missing, (), local_modules.sent())
+    assert hint == (
+        f"tetra: textutil is not beside the notebook any more: earlier cells sent it from"
+        f" {notebook_folder / 'textutil.py'}, which is gone; put it back there, and cells take"
+        " it along again"
+    )
+    unknown = import_hint(missing.replace("textutil", "helpers_never_seen"))
+    assert unknown is not None and "and none is beside the notebook" in unknown
+
+
+@pytest.mark.slow
+def test_a_deleted_helper_is_named_as_gone_under_the_error(tmp_path: Path) -> None:
+    """A function that imports a helper goes on to later cells; once helpers.py is deleted
+    at home, the remote cell's ModuleNotFoundError says where the helper was."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    (folder / "helpers.py").write_text("def h():\n    return 5\n")
+    use = "def use():\n    import helpers\n    return helpers.h()\n"
+    with private_local_endpoint(tmp_path / "home", workers=1):
+        runs = run_cells(
+            LOAD,
+            f"%%tetra --local\n{use}use()",
+            "import os\nos.remove('helpers.py')",
+            "%%tetra --local\nuse()",
+            cwd=folder,
+        )[1:]
+    assert runs[0].results[-1] == "5"
+    error = runs[2].error
+    assert error is not None and error["ename"] == "ModuleNotFoundError"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))
+    gone = folder / "helpers.py"
+    said = f"tetra: helpers is not beside the notebook any more: earlier cells sent it from {gone}"
+    assert f"{said}, which is gone" in shown, shown
+    assert "--deps" not in shown

@@ -117,11 +117,13 @@ def test_the_hint_names_the_package_to_install(module: str, install: str) -> Non
 
 
 def test_a_name_the_table_does_not_know_is_suggested_with_a_caveat() -> None:
-    """`import tabulatee` (a typo): a package of that name on PyPI may be anyone's."""
+    """`import tabulatee` (a typo, or a helper missing from beside the notebook): a package of
+    that name on PyPI may be anyone's."""
     text = "Traceback ...\nModuleNotFoundError: No module named 'tabulatee'\n"
     assert import_hint(text) == (
-        "tetra: the worker has no module 'tabulatee'; add --deps tabulatee to the %%tetra line"
-        " if that is its package (check the spelling)"
+        f"tetra: the worker has no module 'tabulatee', and none is beside the notebook"
+        f" ({Path.cwd()}); if it is a package on PyPI, add --deps tabulatee to the %%tetra line"
+        " (check the spelling)"
     )
 
 

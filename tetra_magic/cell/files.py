@@ -3,7 +3,9 @@
 `--files PATTERN` (and `TetraMagic.files`) sends files of the notebook's working directory (the
 kernel's cwd), by glob pattern, a folder with its files recursively; they land at the same
 relative paths in the cell's working directory on the worker (runtime/files.py), sent whole
-with every request and written there unless the worker's copy already has that content.
+with every request and written there unless the worker's copy already has that content. A file
+an earlier cell sent goes again, with any later cell, once its content here has changed: the
+worker's copy follows the notebook's, so no cell reads an old one (on a worker that has it).
 `--get PATTERN` brings files the cell left in its working directory back to the same relative
 paths here, once it succeeded. Paths stay inside the working directories: absolute paths and
 `..` are refused on both sides.
@@ -11,6 +13,7 @@ paths here, once it succeeded. Paths stay inside the working directories: absolu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sys
@@ -55,9 +58,15 @@ def expand(found: tuple[str, ...], option: str) -> tuple[str, ...]:
     return tuple(paths)
 
 
+# {path as sent: (its absolute path here, sha256 of the content last sent)}, for the files this
+# kernel's cells sent.
+_SENT: dict[str, tuple[Path, str]] = {}
+
+
 def read(paths: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
-    """The spec's parts for `paths`: {path: sha256}, and each content once, by sha256. Read
-    when the cell is sent, so a file edited since the last cell travels as it is now."""
+    """The spec's parts for `paths`, and for the files earlier cells sent that changed here
+    since: {path: sha256}, and each content once, by sha256. Read when the cell is sent, so a
+    file edited since the last cell travels as it is now."""
     files: dict[str, str] = {}
     contents: dict[str, bytes] = {}
     for path in paths:
@@ -65,10 +74,22 @@ def read(paths: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"--files: {path} cannot be read: {exc.strerror or exc}") from None
-        sha = hashlib.sha256(data).hexdigest()
-        files[path] = sha
-        contents[sha] = data
+        files[path] = _add(contents, data)
+    for path, (where, sha) in _SENT.items():
+        if path not in files and Path(path).absolute() == where:  # not after a %cd
+            with contextlib.suppress(OSError):  # gone here: the worker keeps its copy
+                data = Path(path).read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    files[path] = _add(contents, data)
+    _SENT.update({path: (Path(path).absolute(), sha) for path, sha in files.items()})
     return files, contents
+
+
+def _add(contents: dict[str, bytes], data: bytes) -> str:
+    """`data`, among `contents` by its sha256, which it returns."""
+    sha = hashlib.sha256(data).hexdigest()
+    contents[sha] = data
+    return sha
 
 
 def bring_home(payload: dict[str, Any]) -> None:

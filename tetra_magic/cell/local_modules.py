@@ -27,12 +27,18 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
+from tetra_magic import our_worker
 from tetra_magic.runtime.contract import LocalPackage
 
-# The magic's own packages, which the kernel has imported (so `import worker` at home is ours,
-# whatever file of that name lies beside the notebook); the worker has the runtime of its own.
-_OURS = frozenset({"tetra_magic", "worker", "__main__"})
+# The magic's own package, and the notebook itself; the worker has the runtime of its own. Our
+# `worker` package is told by its folder, not its name: a notebook's own worker.py travels
+# (tetra_magic/our_worker.py keeps the two apart here).
+_OURS = frozenset({"tetra_magic", "__main__"})
 _INSTALLED_PARTS = frozenset({"site-packages", "dist-packages"})
+# {top-level name: its file or folder here} of each module of the notebook's own that a cell
+# of this kernel sent: a later ModuleNotFoundError for one whose file is gone is a helper
+# missing from beside the notebook, not a package to install (errors.import_hint).
+_SENT: dict[str, str] = {}
 
 
 def needed(sources: Iterable[str], names: Iterable[str]) -> dict[str, LocalPackage]:
@@ -50,8 +56,15 @@ def needed(sources: Iterable[str], names: Iterable[str]) -> dict[str, LocalPacka
         package = _package(top)
         if package is not None:
             found[top] = package
+            _SENT[top] = package["files"][top][0]
             todo += [n for _, text in package["files"].values() for n in _imports(text)]
     return dict(sorted(found.items()))
+
+
+def sent() -> dict[str, str]:
+    """{top-level name: its file or folder here} of the notebook's modules this kernel's
+    cells sent."""
+    return dict(_SENT)
 
 
 def size(packages: dict[str, LocalPackage]) -> int:
@@ -123,7 +136,9 @@ def _home(top: str) -> Path | None:
         where = Path(folders[0])
     else:
         return None  # an extension module, a zip, a namespace package spread over folders
-    if _installed(str(where)) or top in _distributed(tuple(sys.path)):
+    if not where.exists():
+        return None  # imported here, then deleted or moved: nothing to send
+    if _installed(str(where)) or top in _distributed(tuple(sys.path)) or our_worker.is_ours(where):
         return None
     if where.is_dir() and any(p.suffix in (".so", ".pyd") for p in where.rglob("*")):
         return None  # compiled parts cannot travel as source

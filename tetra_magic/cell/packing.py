@@ -68,7 +68,7 @@ class Packed:
 
 def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...] = ()) -> dict:
     """The notebook values the cell reads (builtins the notebook shadowed included), and those
-    named by --send; never IPython's own names, nor its `display`, which the worker provides."""
+    named by --send; never IPython's own names, nor its stand-ins for builtins."""
     missing = [name for name in send if name not in user_ns]
     if missing:
         raise UsageError(f"--send: {', '.join(missing)} not defined in the notebook")
@@ -76,13 +76,22 @@ def inputs(analysis: CellAnalysis, user_ns: dict[str, Any], send: tuple[str, ...
     return {
         n: user_ns[n]
         for n in names
-        if n in user_ns and not _IPYTHON_NAMES.match(n) and not _ipython_display(user_ns[n])
+        if n in user_ns and not _IPYTHON_NAMES.match(n) and not _ipython_builtin(user_ns[n])
     }
 
 
-def _ipython_display(value: Any) -> bool:
-    module = sys.modules.get("IPython.core.display_functions")
-    return module is not None and value is getattr(module, "display", None)
+# IPython's own versions of builtins in the user namespace: its `display`, which the worker
+# provides, and the `open` wrapper that only refuses fds 0-2; the worker's builtins serve.
+_IPYTHON_BUILTINS = (
+    ("IPython.core.display_functions", "display"),
+    ("IPython.core.interactiveshell", "_modified_open"),
+)
+
+
+def _ipython_builtin(value: Any) -> bool:
+    return callable(value) and any(
+        value is getattr(sys.modules.get(module), name, None) for module, name in _IPYTHON_BUILTINS
+    )
 
 
 def _aliases(
@@ -139,7 +148,7 @@ def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
         name in user_ns
         and not dunder
         and not _IPYTHON_NAMES.match(name)
-        and not _ipython_display(user_ns[name])
+        and not _ipython_builtin(user_ns[name])
     )
 
 

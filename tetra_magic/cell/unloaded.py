@@ -2,10 +2,15 @@
 worker has): the notebook keeps it as an `Unloaded` stand-in holding the blob as it came, and a
 later remote cell that reads the name sends that blob unchanged (packing.py), so on the worker
 the name is the real object again. Reading it here raises an error naming what to install.
+
+The user reads the stand-in as their own thing: `type(model)` and a TypeError's message name
+the class as the user imports it (`sklearn.linear_model.LinearRegression`, not the module
+`sklearn.linear_model._base` it is defined in, nor this module's class).
 """
 
 from __future__ import annotations
 
+import functools
 import pickletools
 from typing import Any, NoReturn
 
@@ -20,17 +25,21 @@ _PLUMBING = ("copyreg", "builtins", "cloudpickle", "_codecs", "tetra_magic", "__
 class Unloaded:
     """Stands in the notebook for `name`'s value, which came as `blob` and cannot be loaded
     here because of `error` (an ImportError). Its repr says so; attribute access, calls,
-    indexing and iteration raise a TetraError naming the package to install here."""
+    indexing and iteration raise a TetraError naming the package to install here. Made as
+    an instance of a subclass named as the value's own class (`_named`)."""
 
     __slots__ = ("_tetra_blob", "_tetra_kind", "_tetra_missing", "_tetra_name", "_tetra_why")
 
-    def __init__(self, name: str, blob: bytes, error: ImportError) -> None:
+    def __new__(cls, name: str, blob: bytes, error: ImportError) -> Unloaded:
+        kind = describe(blob, error.name)
+        self = object.__new__(_named(kind))
         set_ = object.__setattr__
         set_(self, "_tetra_name", name)
         set_(self, "_tetra_blob", blob)
-        set_(self, "_tetra_kind", describe(blob, error.name))
+        set_(self, "_tetra_kind", kind)
         set_(self, "_tetra_why", str(error))
         set_(self, "_tetra_missing", (error.name or "").partition(".")[0])
+        return self
 
     def __repr__(self) -> str:
         return (
@@ -76,14 +85,26 @@ class Unloaded:
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _named(kind: str) -> type[Unloaded]:
+    """The stand-ins' class for values of `kind` ("pkg.mod.Class", or "list holding ..."),
+    under the name the user knows the value's class by (a list's is `list`)."""
+    path = kind.partition(" holding ")[0]
+    if path == kind and "." not in kind:  # nothing told: the plain stand-in
+        return Unloaded
+    module, _, qualname = path.rpartition(".")
+    namespace = {"__slots__": (), "__module__": module or "builtins", "__qualname__": qualname}
+    return type(qualname.rpartition(".")[2], (Unloaded,), namespace)
+
+
 def blob_of(value: Any) -> bytes | None:
     """The blob `value` came as, if it is a stand-in; None otherwise."""
-    return value._tetra_blob if type(value) is Unloaded else None
+    return value._tetra_blob if isinstance(value, Unloaded) else None
 
 
 def note(name: str, value: Any) -> str | None:
     """The one line telling that `name` is kept as a stand-in; None if it is not one."""
-    if type(value) is not Unloaded:
+    if not isinstance(value, Unloaded):
         return None
     return (
         f"tetra: {name} is kept as a stand-in ({value._tetra_kind} cannot be loaded here:"
@@ -113,9 +134,10 @@ def describe(blob: bytes, missing: str | None = None) -> str:
                 strings.append(memo[arg])
             path = None
             if name in {"GLOBAL", "INST"}:
-                path = str(arg).replace(" ", ".")
+                module, _, qualname = str(arg).partition(" ")
+                path = _public(module, qualname)
             elif name == "STACK_GLOBAL" and len(strings) >= 2:
-                path = f"{strings[-2]}.{strings[-1]}"
+                path = _public(strings[-2], strings[-1])
             if path is None or path.startswith(_PLUMBING):
                 continue
             first = first or path
@@ -126,3 +148,12 @@ def describe(blob: bytes, missing: str | None = None) -> str:
         pass
     kind = found or first or "value"
     return f"{container} holding {kind}" if container else kind
+
+
+def _public(module: str, qualname: str) -> str:
+    """The dotted name of `qualname` of `module` as the user imports it: from the package
+    above a private module (`sklearn.linear_model._base` -> `sklearn.linear_model`), which is
+    where a package's public name for the class lives."""
+    parts = module.split(".")
+    private = next((i for i, p in enumerate(parts) if p.startswith("_") and i), len(parts))
+    return ".".join([*parts[:private], qualname])

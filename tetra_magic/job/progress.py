@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from tetra_magic.runtime.contract import PROGRESS_KEY as KEY
-from worker import frames
+from worker.frames import Splitter
 from worker.protocol import FunctionResponse, decode
 
 
@@ -27,7 +27,7 @@ class ProgressOutput:
     def __init__(self) -> None:
         self.delivered = 0
         self.stdout = ""
-        self.frames = frames.Splitter()
+        self.frames = Splitter()
 
     def new(self, document: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks of a `/status` document's progress update not delivered before."""

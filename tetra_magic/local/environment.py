@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tetra_magic import our_worker
 from tetra_magic.local import state
 from worker.uv_binary import find_uv
 
@@ -50,11 +50,11 @@ def requirements() -> list[str]:
 
 
 def worker_package() -> Path:
-    """The directory of our `worker` package, wherever it is installed (wheel or checkout)."""
-    spec = importlib.util.find_spec("worker")
-    if spec is None or spec.origin is None:
-        raise WorkerEnvError("the `worker` package (shipped with tetra-magic) is not importable")
-    path = Path(spec.origin).parent
+    """The directory of our `worker` package, wherever it is installed (wheel or checkout):
+    beside tetra_magic, whatever `worker` the current directory holds."""
+    path = our_worker.FOLDER
+    if not path.is_dir():
+        raise WorkerEnvError(f"the `worker` package (shipped with tetra-magic) is not in {path}")
     if not (path / "handler.py").exists() or not (path / "protocol.py").exists():
         raise WorkerEnvError(f"{path} is a `worker` package, but not tetra-magic's")
     return path

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tetra_magic import our_worker
 from tetra_magic.state_dir import home, private_dir
 
 TOKEN_FILE = "token"
@@ -148,10 +148,7 @@ def code_fingerprint() -> str:
     edited in a checkout) replaces that server rather than sending jobs to old code. Every
     cell asks, so the hash is kept while no file changed (size and mtime).
     """
-    spec = importlib.util.find_spec("worker")
-    folders = [Path(__file__).parent]
-    if spec is not None and spec.origin is not None:
-        folders.append(Path(spec.origin).parent)
+    folders = [Path(__file__).parent, our_worker.FOLDER]  # not a notebook's own worker.py
     paths = [path for folder in folders for path in sorted(folder.glob("*.py"))]
     signature = tuple((str(p), s.st_size, s.st_mtime_ns) for p in paths for s in [p.stat()])
     if signature not in _FINGERPRINTS:

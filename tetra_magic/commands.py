@@ -38,6 +38,7 @@ class Command:
 
 
 _SESSIONS = "tetra_magic.session.commands"
+_BACKGROUND = "tetra_magic.job.background"
 COMMANDS: dict[str, Command] = {
     "local": Command("local [start|status|stop]", f"{__name__}:local"),
     "endpoints": Command("endpoints", f"{__name__}:endpoints"),
@@ -47,6 +48,9 @@ COMMANDS: dict[str, Command] = {
     "pull": Command("pull [--session S] NAME ...", f"{_SESSIONS}:pull"),
     "end": Command("end NAME ...", f"{_SESSIONS}:end"),
     "replay": Command("replay [--force] NAME ...", f"{_SESSIONS}:replay"),
+    "jobs": Command("jobs", f"{_BACKGROUND}:jobs_command"),
+    "wait": Command("wait [JOB ...]", f"{_BACKGROUND}:wait_command"),
+    "cancel": Command("cancel JOB ...", f"{_BACKGROUND}:cancel_command"),
 }
 
 _LOCAL_USAGE = (

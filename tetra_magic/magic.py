@@ -62,6 +62,9 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--no-session",), {"action": "store_true", "help": "run outside TetraMagic.session"}),
     (("--files",), {**_REPEATABLE, "metavar": "PATTERN", "help": "send these files along"}),
     (("--get",), {**_REPEATABLE, "metavar": "PATTERN", "help": "bring these files back"}),
+    (("--bg",), {"action": "store_true", "help": "run in the background: the kernel is free"}),
+    (("--map",), {"nargs": "+", "metavar": "NAME in EXPR", "help": "run once per item, at once"}),
+    (("--workers",), {"type": int, "metavar": "N", "help": "--map: jobs running at once"}),
 )
 
 
@@ -205,7 +208,8 @@ class TetraMagic(Magics):
         """`%tetra [options] statement` runs one statement remotely. Commands: `%tetra local
         [start|status|stop]`, `%tetra endpoints`, `%tetra delete NAME` (where cells run);
         `%tetra session [NAME|off]`, `%tetra sessions`, `%tetra pull NAME ...`, `%tetra end
-        NAME ...`, `%tetra replay [--force] NAME ...` (sessions)."""
+        NAME ...`, `%tetra replay [--force] NAME ...` (sessions); `%tetra jobs`, `%tetra wait
+        [JOB ...]`, `%tetra cancel JOB ...` (background cells, `%%tetra --bg`)."""
         command, _, rest = line.strip().partition(" ")
         if command in COMMANDS:
             return COMMANDS[command].run(self, rest.strip())

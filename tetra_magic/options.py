@@ -102,6 +102,13 @@ class CellOptions:
     # (relative paths, matched when the cell is parsed), and --get's patterns.
     files: tuple[str, ...] = ()
     get: tuple[str, ...] = ()
+    # --bg: the cell runs in the background (tetra_magic/job/background.py).
+    background: bool = False
+    # --map NAME in EXPR: the cell runs once per item of EXPR, with NAME bound to it, as
+    # jobs spread over the endpoint's workers, at most `workers` at once (job/fan_out.py).
+    map_name: str | None = None
+    map_items: str | None = None
+    workers: int | None = None
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -301,6 +308,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         )
     if args.out is not None:
         _check_new_name("--out", args.out)
+    map_name, map_items = _fan_out(args)
     gpus = tuple(g for group in args.gpu or [] for g in group) or (
         () if args.cpu else _default_gpus(defaults)
     )
@@ -331,8 +339,34 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         session_idle_timeout=defaults.session_idle_timeout,
         session_value_limit=defaults.session_value_limit,
         session_replay=defaults.session_replay,
+        background=args.bg,
+        map_name=map_name,
+        map_items=map_items,
+        workers=args.workers,
         **_data_files(args, defaults),
     )
+
+
+def _fan_out(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--map NAME in EXPR as (NAME, EXPR), the expression evaluated when the cell runs;
+    --workers checked with it."""
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(
+            f"--workers is how many --map jobs run at once: 1 or more, not {args.workers}"
+        )
+    if not args.map:
+        if args.workers is not None:
+            raise UsageError("--workers sets how many --map jobs run at once: use it with --map")
+        return None, None
+    tokens = args.map
+    if len(tokens) < 3 or tokens[1] != "in":
+        raise UsageError(
+            f"--map {' '.join(tokens)}: write --map NAME in EXPR, e.g. --map lr in [0.1, 0.01]"
+        )
+    _check_identifier("--map", tokens[0])
+    if args.bg:
+        raise UsageError("--map does not combine with --bg yet: drop one of them")
+    return tokens[0], " ".join(tokens[2:])
 
 
 def _data_files(args: argparse.Namespace, defaults: Any) -> dict[str, tuple[str, ...]]:

@@ -14,14 +14,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from IPython.core.error import UsageError
+
 from tetra_magic import targets
-from tetra_magic.cell import interrupts, outcome, unloaded
+from tetra_magic.cell import interrupts, outcome
 from tetra_magic.cell.analysis import CellAnalysis, analyse
 from tetra_magic.cell.files import bring_home
 from tetra_magic.cell.packing import Packed, pack
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.errors import CellInterrupted, Labeler, cell_labeler, syntax_error
-from tetra_magic.job import pythons
+from tetra_magic.job import background, fan_out, pythons
 from tetra_magic.job.job import Job
 from tetra_magic.options import CellOptions
 from tetra_magic.session import hooks as session_hooks
@@ -46,6 +48,10 @@ def run_cell(
     rebuilds it first)."""
     label = cell_labeler(shell)
     analysis = _analysed(source, filename, label)
+    if opts.background:
+        return _in_background(shell, opts, analysis, filename, label, display, started, prices)
+    if opts.map_name:
+        return fan_out.run_map(shell, opts, analysis, filename, label, prices, started)
     hooks = session_hooks.for_cell(opts, label)
     hooks.before()
     result = None
@@ -64,6 +70,43 @@ def run_cell(
         result = _result(job, packed, hooks, analysis, label, shell.user_ns, prices)
     _write_back(shell.user_ns, job, packed, result, hooks)
     return result.last if analysis.has_last_expr else None
+
+
+def _in_background(
+    shell: Any,
+    opts: CellOptions,
+    analysis: CellAnalysis,
+    filename: str,
+    label: Labeler,
+    display: str,
+    started: float | None,
+    prices: dict[str, float] | None,
+) -> Job:
+    """--bg: pack and submit as any cell, then return the job at once (held in --out too);
+    a thread follows it, and its values land between later cells (job/background.py)."""
+    if opts.session:
+        raise UsageError("--bg cells do not run in a session yet: drop --session (or --bg)")
+    endpoint = targets.resolve(opts)
+    packed = pack(
+        analysis, shell.user_ns, opts, filename=filename, limit=endpoint.payload_limit, label=label
+    )
+    job = Job(endpoint, opts, make_view(shell, opts, display), started)
+    hooks = session_hooks.NoSession()
+
+    def follow() -> outcome.CellResult:
+        result = _result(job, packed, hooks, analysis, label, shell.user_ns, prices)
+        assert result is not None  # None only for a lost session, and there is none
+        return result
+
+    held = background.jobs(shell).submit(job, follow, filename, analysis.binds | analysis.deletes)
+    if opts.out:
+        shell.user_ns[opts.out] = job
+    print(
+        f"tetra: background job {held.label} submitted; the kernel is free (`%tetra jobs` shows"
+        " it, `%tetra wait` waits for its values)",
+        file=sys.stderr,
+    )
+    return job
 
 
 def _analysed(source: str, filename: str, label: Labeler) -> CellAnalysis:
@@ -94,13 +137,13 @@ def _result(
         result = outcome.unpack(job.check(label, user_ns))
         return None if hooks.lost(job, result) else result
     except BaseException as exc:
-        job.error = job.error or str(exc)
+        job.error, job.failure = job.error or str(exc), exc
         hooks.failed(job, analysis.reads)
         if type(exc) is KeyboardInterrupt:  # outside the follow loop, which says its own
             raise CellInterrupted(_interrupted(job)) from None
         raise
-    finally:
-        if job.opts.out and job.id is not None:
+    finally:  # a background cell's job is held from its submission (_in_background)
+        if job.opts.out and job.id is not None and not job.opts.background:
             user_ns[job.opts.out] = job
 
 
@@ -132,15 +175,7 @@ def _write_back(
     Ctrl-C meanwhile is raised only once they are all in, with word of what did not land."""
     with interrupts.deferred(WRITTEN_BACK):
         outcome.apply(result, user_ns)
-        job.returned = sorted(result.values)
+        job.values, job.returned = dict(result.values), sorted(result.values)
         hooks.wrote_back(job, packed, result, user_ns)
         bring_home(result.payload)  # --get's files, with a line saying what came back
-        _report(result.problems, user_ns)
-
-
-def _report(problems: dict[str, str], user_ns: dict[str, Any]) -> None:
-    """Values that did not come back, or came as stand-ins, one line each, after the cell's
-    own output."""
-    for name, reason in problems.items():
-        line = unloaded.note(name, user_ns.get(name))
-        print(line or f"tetra: {name} was not brought back: {reason}", file=sys.stderr)
+        outcome.report(result.problems, user_ns)

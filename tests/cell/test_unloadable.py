@@ -19,7 +19,6 @@ from helpers.twins import LOAD
 from IPython.core.error import UsageError
 from IPython.core.inputtransformer2 import TransformerManager
 
-from tetra_magic import run
 from tetra_magic.cell import outcome, unloaded
 from tetra_magic.cell.analysis import analyse
 from tetra_magic.cell.packing import pack
@@ -96,7 +95,7 @@ def test_a_value_the_kernel_cannot_load_is_kept_as_a_stand_in_that_says_so(
         "<tetra: sklearn.ensemble.RandomForestClassifier, not loadable here: No module named"
         " 'sklearn'; it travels to later %%tetra cells as it came>"
     )
-    run._report(result.problems, user_ns)
+    outcome.report(result.problems, user_ns)
     assert capsys.readouterr().err == (
         "tetra: model is kept as a stand-in (sklearn.ensemble.RandomForestClassifier cannot be"
         " loaded here: No module named 'sklearn'); later %%tetra cells get it as it came\n"

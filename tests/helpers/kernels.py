@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ import nbformat
 import pytest
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
+
+OUTPUT_TYPES = ("stream", "execute_result", "display_data", "error")
 
 
 @dataclass
@@ -124,16 +127,33 @@ class LiveKernel:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = self.client.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.1))
-            if msg["parent_header"].get("msg_id") != msg_id:
+            if self._keep(msg) != msg_id:
                 continue
             kind = msg["msg_type"]
             if kind == "status" and msg["content"]["execution_state"] == "idle":
                 return split(outputs)
-            if kind in ("stream", "execute_result", "display_data", "error"):
-                outputs.append(nbformat.v4.output_from_msg(msg))
-                if until is not None and until(split(outputs)):
-                    return split(outputs)
+            if kind in OUTPUT_TYPES and until is not None and until(split(outputs)):
+                return split(outputs)
         raise TimeoutError(f"the cell did not finish in {timeout} s: {split(outputs)}")
+
+    def _keep(self, msg: dict) -> str | None:
+        """File an output under the cell it belongs to, whichever cell is awaited: output a
+        cell sends after it finished (a background thread's) stays readable (`later`)."""
+        parent = msg["parent_header"].get("msg_id")
+        if msg["msg_type"] in OUTPUT_TYPES and parent is not None:
+            self.seen.setdefault(parent, []).append(nbformat.v4.output_from_msg(msg))
+        return parent
+
+    def later(self, msg_id: str, until: Callable[[CellRun], bool], timeout: float = 60) -> CellRun:
+        """The outputs of a cell that has finished, once `until` holds for them (what it
+        showed after it finished included); TimeoutError if it never does."""
+        deadline = time.monotonic() + timeout
+        while not until(split(self.seen.get(msg_id, []))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not seen in {timeout} s: {split(self.seen.get(msg_id, []))}")
+            with contextlib.suppress(queue.Empty):
+                self._keep(self.client.get_iopub_msg(timeout=0.2))
+        return split(self.seen[msg_id])
 
     def run(self, code: str, timeout: float = 120) -> CellRun:
         return self.outputs(self.execute(code), timeout=timeout)

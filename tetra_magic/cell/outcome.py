@@ -14,10 +14,12 @@ import builtins
 import contextlib
 import importlib
 import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tetra_magic.cell import local_modules, unloaded
 from tetra_magic.cell.files import missing_file_hint
 from tetra_magic.cell.unloaded import Unloaded
 from tetra_magic.errors import (
@@ -72,7 +74,8 @@ def check(
             raise JobFailed(worker_failure(response.error or response.result, dependencies))
         if response.failure in (None, "exception"):
             text, packed = exception_note(response.error or "")
-            if hint := import_hint(text, dependencies):  # under the error, as a note shows
+            # under the error, as a note shows
+            if hint := import_hint(text, dependencies, local_modules.sent()):
                 text = f"{text.rstrip()}\n{hint}\n"
             text = _missing_file_hint(text)
             raise remote_error(response.error_type, text, label, _raised(packed, user_ns))
@@ -170,16 +173,17 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
         try:
             names.ensure(name)
         except Exception as exc:
-            # `from torch import nn` with no torch here is left out silently, as modules are;
-            # so are figures and axes when matplotlib is not here: they came home as images.
+            # Figures and axes when matplotlib is not here are left out silently: they came
+            # home as images. Any other value the worker can load stays as a stand-in; one
+            # the cell imported (`from tabulate import tabulate`, no tabulate here) without a
+            # note, as the worker's own package is no news.
             missing = (getattr(exc, "name", None) or "").partition(".")[0]
-            silent = (name in imported and isinstance(exc, ImportError)) or (
-                isinstance(exc, ModuleNotFoundError) and missing in _DRAWN_HOME
-            )
-            if not silent:
+            if isinstance(exc, ModuleNotFoundError) and missing in _DRAWN_HOME:
+                continue
+            if isinstance(exc, ImportError) and name in values:  # the worker can load it
+                bind(name, Unloaded(name, values[name], exc))
+            if not (name in imported and isinstance(exc, ImportError)):
                 result.problems[name] = _load_problem(exc)
-                if isinstance(exc, ImportError) and name in values:  # the worker can load it
-                    bind(name, Unloaded(name, values[name], exc))
     _bind_aliases(payload.get("aliases", {}), result, user_ns)
     modules = _import_modules(payload.get("modules", {}), result.problems)
     result.values.update(modules)
@@ -188,6 +192,14 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
         user_ns.pop(name, None)
     if payload.get("last") is not None:
         result.last = _load_portable(names, payload["last"])
+
+
+def report(problems: dict[str, str], user_ns: dict[str, Any]) -> None:
+    """Values that did not come back, or came as stand-ins, one line each on stderr, after
+    the cell's own output."""
+    for name, reason in problems.items():
+        line = unloaded.note(name, user_ns.get(name))
+        print(line or f"tetra: {name} was not brought back: {reason}", file=sys.stderr)
 
 
 def _bind_aliases(aliases: dict[str, str], result: CellResult, user_ns: dict[str, Any]) -> None:

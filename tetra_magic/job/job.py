@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,6 +84,11 @@ class Job(JobRecord):
         self.document: dict[str, Any] | None = None
         self.response: FunctionResponse | None = None
         self._ended = threading.Event()
+        # What the cell brought back, {name: value}, or how it failed: for `result()`. A
+        # background cell's values are written back later; `settle` does that on demand.
+        self.values: dict[str, Any] = {}
+        self.failure: BaseException | None = None
+        self.settle: Callable[[], None] | None = None
 
     def run(self, packed: Packed) -> None:
         """Submit `packed` and follow the job to its end, the view closed whatever happens (a
@@ -190,6 +196,19 @@ class Job(JobRecord):
         it has, as ipyparallel's AsyncResult.wait answers. A job ends when its following does:
         final on the endpoint, or given up on (cancelled, timed out, lost)."""
         return self._ended.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The names the cell brought back, {name: value}, once it has ended (waiting up to
+        `timeout` seconds; TimeoutError if it still runs then); a background cell's values are
+        written into the notebook first, where they have not been yet. A cell that failed
+        raises its error again."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still {self.status.value} after {timeout:g} s")
+        if self.settle is not None:
+            self.settle()
+        if self.failure is not None:
+            raise self.failure
+        return dict(self.values)
 
     def check(self, label: Labeler, user_ns: dict[str, Any]) -> FunctionResponse:
         """The worker's response for a COMPLETED job; how it ended, as an exception, otherwise

@@ -1,0 +1,139 @@
+"""Background cells (`%%tetra --bg`), in real kernels on a real local endpoint: the kernel is
+free while the job runs, its output still shows in its own cell, and its values land between
+later cells, never during one, and never over a name changed at home meanwhile.
+
+A background cell here waits for a file the test creates, so the test decides when its job
+ends, rather than sleeping and hoping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from helpers.kernels import LiveKernel, run_cells
+from helpers.polling import until
+
+from tetra_magic.local import launcher
+
+# Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def kernel() -> Iterator[LiveKernel]:
+    kernel = LiveKernel()
+    try:
+        assert kernel.run("%load_ext tetra_magic").error is None
+        yield kernel
+    finally:
+        kernel.close()
+
+
+def gated(go: Path, body: str, options: str = "") -> str:
+    """A background cell that prints, waits until `go` exists, then runs `body`."""
+    return (
+        f"%%tetra --local --bg {options}\nimport os, time\nprint('started')\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n{body}"
+    )
+
+
+BODY = "squares = [n * n for n in range(5)]\ntotal = sum(squares)\nprint('done', total)"
+
+
+def test_the_kernel_is_free_and_values_land_between_cells(
+    kernel: LiveKernel, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    expected = run_cells(BODY, "print(squares, total)")[1].stdout  # the cell run at home
+    submitted = kernel.execute(gated(go, BODY, "--out job"))
+    cell = kernel.outputs(submitted)
+    assert cell.error is None and "background job [1] submitted" in cell.stderr, cell
+
+    # The kernel runs other cells meanwhile; one that reads `total` is told it is not in yet.
+    assert kernel.run("other = 2 + 2\nprint(other)").stdout == "4\n"
+    reading = kernel.run("try:\n    print(total)\nexcept NameError:\n    print(None)")
+    assert reading.stdout == "None\n"
+    assert "total still being computed by background job [1]" in reading.stderr, reading
+
+    # The job ends while a cell runs: nothing lands during that cell...
+    during = kernel.run(
+        f"import time\nopen({str(go)!r}, 'w').close()\njob.wait(60)\ntime.sleep(0.5)\n"
+        "print(job.status.value, 'total' in globals())"
+    )
+    assert during.stdout == "COMPLETED False\n", during
+    # ...and everything has landed by the next one, equal to the cell run at home.
+    assert kernel.run("print(squares, total)").stdout == expected
+    # What the job printed shows in its own cell, under the submission line.
+    shown = kernel.later(submitted, lambda run: "done" in run.stdout)
+    assert shown.stdout.splitlines()[-2:] == ["started", "done 30"], shown
+    assert (
+        kernel.run("print(sorted(job.result()))").stdout == "['os', 'squares', 'time', 'total']\n"
+    )
+
+
+def test_a_name_changed_at_home_meanwhile_is_kept(kernel: LiveKernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    assert kernel.run("total = 'before'").error is None
+    assert kernel.run(gated(go, BODY, "--out job")).error is None
+    assert kernel.run(f"total = 'mine'\nopen({str(go)!r}, 'w').close()").error is None
+    waited = kernel.run("%tetra wait\nprint(total, squares)")
+    assert waited.stdout == "mine [0, 1, 4, 9, 16]\n", waited
+    assert "did not write total: changed in the notebook" in waited.stderr
+    assert kernel.run("print(job.result()['total'])").stdout == "30\n"
+
+
+def test_a_failed_background_cell_writes_nothing_and_says_so_twice(
+    kernel: LiveKernel, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    failing = "partial = 1\nraise ValueError('bad input')"
+    home = run_cells(failing)[0]  # the same cell at home
+    submitted = kernel.execute(gated(go, failing))
+    kernel.outputs(submitted)
+    go.touch()
+    # Its own cell shows the failure as a failed cell does, the same error as at home.
+    shown = kernel.later(submitted, lambda run: run.error is not None)
+    assert "background job [1] failed" in shown.stderr, shown
+    assert shown.error is not None
+    assert (shown.error["ename"], shown.error["evalue"]) == (home.error["ename"], "bad input")
+    assert home.error["evalue"] == "bad input"
+    after = kernel.run("%tetra wait\nprint('partial' in globals())")
+    assert after.stdout == "False\n"
+    assert "background job [1] failed, nothing was written back" in after.stderr
+    assert "failed" not in kernel.run("print('next')").stderr  # told once
+
+
+def test_cancel_a_running_background_cell(kernel: LiveKernel, tmp_path: Path) -> None:
+    submitted = kernel.execute(gated(tmp_path / "never", BODY, "--out job"))
+    kernel.outputs(submitted)
+    kernel.later(submitted, lambda run: "started" in run.stdout)
+    cancelled = kernel.run("%tetra cancel 1")
+    assert cancelled.stdout == "tetra: job [1] cancelled\n", cancelled
+    after = kernel.run("%tetra wait\nprint(job.status.value, 'total' in globals())")
+    assert after.stdout == "CANCELLED False\n", after
+    listed = kernel.run("%tetra jobs").stdout.splitlines()
+    assert listed[1].split()[:3] == ["[1]", "<tetra-cell-2>", "FAILED"], listed
+
+
+def test_a_kernel_that_exits_cancels_its_running_background_cells(tmp_path: Path) -> None:
+    kernel = LiveKernel()
+    try:
+        assert kernel.run("%load_ext tetra_magic").error is None
+        submitted = kernel.execute(gated(tmp_path / "never", BODY, "--out job"))
+        kernel.outputs(submitted)
+        kernel.later(submitted, lambda run: "started" in run.stdout)
+        job_id = kernel.run("print(job.id)").stdout.strip()
+        kernel.client.stop_channels()
+        kernel.manager.shutdown_kernel(now=False)  # as a restart does: the kernel exits itself
+    finally:
+        kernel.close()
+    endpoint = launcher.ensure_running()  # the kernels' local endpoint
+    url = f"{endpoint.url}/status/{job_id}"
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+
+    def status() -> str:
+        return requests.get(url, headers=headers, timeout=5).json()["status"]
+
+    until(lambda: status() == "CANCELLED", 30, f"job {job_id} cancelled on the endpoint")

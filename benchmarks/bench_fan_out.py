@@ -1,0 +1,64 @@
+"""Many workers from one notebook: `--map` and `--bg`, each against a baseline measured in the
+same run.
+
+    python benchmarks/bench_fan_out.py        (or: python benchmarks/run.py fan_out)
+
+Rows (`run()` returns them for benchmarks/run.py):
+- 8 items of `time.sleep(2)` with `--map` on a local endpoint of 4 workers, against the ideal:
+  two rounds of one `time.sleep(2)` cell, that single cell timed in the same run (so the ideal
+  carries the same round-trip cost a job has). The issue's bar: at most 1.15x.
+- a `--bg` cell's submission (execute request to idle: the kernel is free again), against a
+  trivial foreground cell (`1 + 1`) run the same way. The bar: at most 2x.
+
+It starts its own traced local endpoint of 4 workers (bench_magic.environment) and one kernel
+with the plain-text view.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_magic import Kernel, _median, _row, environment
+
+WORKERS = 4
+ITEMS = 8
+SLEEP = "import time\ntime.sleep(2)\n"
+RUNS = 3
+
+
+def run() -> list[dict[str, Any]]:
+    with environment(WORKERS):
+        kernel = Kernel()
+        try:
+            kernel.run("%load_ext tetra_magic")
+            single = _median(kernel.cells(f"%%tetra --local\n{SLEEP}", runs=RUNS))
+            fanned = _median(
+                kernel.cells(f"%%tetra --local --map i in range({ITEMS})\n{SLEEP}", runs=RUNS)
+            )
+            trivial = _median(kernel.cells("%%tetra --local\n1 + 1"))
+            submits = kernel.cells("%%tetra --local --bg\nx = 1 + 1")
+            kernel.run("%tetra wait")
+            background = statistics.median(idle - sent for sent, idle in submits)
+        finally:
+            kernel.close()
+    rounds = ITEMS // WORKERS
+    return [
+        _row(
+            f"--map: {ITEMS} x sleep(2) on {WORKERS} workers",
+            fanned,
+            f"ideal: {rounds} x one sleep(2) cell",
+            rounds * single,
+        ),
+        _row("--bg: submitted, kernel free", background, "a trivial foreground cell", trivial),
+    ]
+
+
+if __name__ == "__main__":
+    for row in run():
+        ratio = row["value_s"] / row["baseline_s"]
+        print(f"{row['name']:<45} {row['value_s']:8.3f} s  {ratio:5.2f}x  {row['baseline_name']}")

@@ -102,7 +102,7 @@ def test_the_graph_sees_imports_inside_functions() -> None:
 RUNTIME = ROOT / "tetra_magic" / "runtime"
 # What a cell may bring to the worker, and the runtime uses where it is there: imported only
 # inside the functions that use it, so that the runtime itself loads without it.
-OPTIONAL_ON_THE_WORKER = {"IPython", "traitlets", "matplotlib"}
+OPTIONAL_ON_THE_WORKER = {"IPython", "traitlets", "matplotlib", "plotly", "comm"}
 
 
 def runtime_imports(source: str) -> list[tuple[str, bool]]:

@@ -88,17 +88,24 @@ def _free_port() -> int:
 
 
 def _settings(directory: Path, theme: str, comms_over_subshells: str | None) -> None:
-    """User settings: the theme, no news or update checks, every cell kept in the DOM; and
-    optionally how JupyterLab sends comm messages (its own subshells, or not at all)."""
+    """User settings: the theme, no news or update checks, every cell kept in the DOM, widget
+    state saved with the notebook (ipywidgets' "saveState", off by default); and optionally how
+    JupyterLab sends comm messages (its own subshells, or not at all)."""
     values: dict[str, dict[str, Any]] = {
-        "apputils-extension/themes": {"theme": THEMES[theme]},
-        "apputils-extension/notification": {"checkForUpdates": False, "fetchNews": "false"},
-        "notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/themes": {"theme": THEMES[theme]},
+        "@jupyterlab/apputils-extension/notification": {
+            "checkForUpdates": False,
+            "fetchNews": "false",
+        },
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyter-widgets/jupyterlab-manager/plugin": {"saveState": True},
     }
     if comms_over_subshells is not None:
-        values["apputils-extension/kernels-settings"] = {"commsOverSubshells": comms_over_subshells}
+        values["@jupyterlab/apputils-extension/kernels-settings"] = {
+            "commsOverSubshells": comms_over_subshells
+        }
     for name, value in values.items():
-        path = directory / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        path = directory / f"{name}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
 

@@ -1,7 +1,8 @@
 """A remote cell says that something did not come back only when the user would miss it.
 
 Spent things and things that only mean something in the worker's process (files a `with`
-closed, finished threads, exhausted generators, locks, a pool that was shut down) and modules
+closed, finished threads, exhausted generators, locks, a pool that was shut down, logging
+handlers, event loops and finished tasks, a PIL ImageDraw) and modules
 only the worker has come back without a note, as the same cells run locally print nothing
 extra, nor do names the cell imported from such modules; modules the kernel has come back as
 modules. What the user would reach for again (a
@@ -92,16 +93,19 @@ def test_nothing_the_user_would_miss_is_reported(tmp_path: Path, cell: str, chec
 
 
 def test_worker_only_modules_are_left_out_and_kernel_modules_come_back(tmp_path: Path) -> None:
-    """The module only the worker has, and the function the cell imported from it, are not
-    bound in the notebook (they could not be); the kernel's modules are its own objects."""
+    """The module only the worker has is not bound in the notebook (a later cell imports it
+    again); the function the cell imported from it comes as a stand-in that later remote cells
+    get as it came; the kernel's modules are its own objects."""
     cells = run_cells(
         LOAD,
         f"%cd {tmp_path}",
         MODULES,
         "import json, sys\nminidom = sys.modules['xml.dom.minidom']\n"
         "print('only_here' in dir(), 'twice' in dir(), js is json, xml.dom.minidom is minidom)",
+        "%%tetra --local\nprint(twice(21))",
     )
-    assert cells[-1].stdout == "False False True True\n", cells[-1]
+    assert cells[-2].stdout == "False True True True\n", cells[-2]
+    assert cells[-1].stdout == "42\n", cells[-1]
 
 
 MISSED = """%%tetra --local
@@ -161,3 +165,46 @@ def test_the_magics_own_http_requests_never_reach_the_notebooks_logging() -> Non
         home[2].results,
     )
     assert remote[2].stderr == "" and remote[3].stderr == "INFO:httpx:my own request\n"
+
+
+PROCESS_BOUND = """%%tetra --local
+import asyncio, logging, sys
+log = logging.getLogger('training')
+handler = logging.StreamHandler(sys.stdout)
+log.addHandler(handler)
+log.removeHandler(handler)
+async def work():
+    return 3
+task = asyncio.create_task(work())
+result = await task
+loop = asyncio.get_running_loop()
+"""
+
+
+def test_handlers_loops_and_finished_tasks_come_back_without_a_note() -> None:
+    """A logging handler, a logger, the cell's event loop and a task it awaited cannot travel,
+    and nobody reaches for them in the next cell: the remote cell says nothing, as the same
+    cell at home; its result came back."""
+    remote = run_cells(LOAD, PROCESS_BOUND, "print(result)")
+    local = run_cells(as_local(PROCESS_BOUND), "print(result)")
+    assert remote[1].error is None, remote[1]
+    assert remote[1].stderr == local[0].stderr == ""
+    assert remote[2].stdout == local[1].stdout == "3\n"
+
+
+DRAWING = """%%tetra --local --deps pillow
+from PIL import Image, ImageDraw
+image = Image.new('RGB', (8, 8))
+draw = ImageDraw.Draw(image)
+draw.line((0, 0, 7, 7), fill='white')
+size = image.size
+"""
+
+
+def test_a_drawing_context_is_left_out_without_a_note() -> None:
+    """PIL's ImageDraw is a pen on the image, which is what the user keeps: no note names it
+    (the kernel has no PIL here, so the image itself is named as not loadable)."""
+    remote = run_cells(LOAD, DRAWING, "print(size)")
+    assert remote[1].error is None, remote[1]
+    assert "draw" not in NOTE.findall(remote[1].stderr), remote[1].stderr
+    assert remote[2].stdout == "(8, 8)\n"

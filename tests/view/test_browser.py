@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 from helpers import lab_page
 from helpers.kernels import environ, shared_worker_env
@@ -54,6 +55,13 @@ CELLS = [
     # 6: a plot, shown while the cell still runs
     "%%tetra --local --name plot --deps matplotlib\nimport time\nimport matplotlib.pyplot as plt\n"
     "print('plotting')\nplt.plot([1, 3, 2])\nplt.show()\ntime.sleep(8)\nprint('finished')\n",
+    # 7: a tqdm.notebook bar, relayed from the worker as a real widget
+    "%%tetra --local --name bar --deps ipywidgets\nfrom tqdm.notebook import tqdm\nimport time\n"
+    "for step in tqdm(range(20), desc='train'):\n    time.sleep(0.4)\n",
+    # 8: an IntProgress the cell displays and updates
+    "%%tetra --local --name load --deps ipywidgets\nimport time\nimport ipywidgets\n"
+    "bar = ipywidgets.IntProgress(max=5, description='load')\ndisplay(bar)\n"
+    "for i in range(5):\n    time.sleep(1)\n    bar.value = i + 1\n",
 ]
 
 # Records every text the status lines show, as they change, with the page's clock.
@@ -291,14 +299,60 @@ def test_a_plot_shows_inside_the_running_cell_and_stays_after_it(
     assert text.index("plotting") < text.index("finished")
 
 
+def bar_percent(nb: lab_page.NotebookPage, index: int) -> float | None:
+    """How full the last progress bar in the cell's output is drawn (percent), or None while
+    none shows."""
+    return nb.cell(index).evaluate(
+        """(cell) => {
+          const bars = cell.querySelectorAll('.widget-hprogress .progress-bar');
+          return bars.length ? parseFloat(bars[bars.length - 1].style.width) : null;
+        }"""
+    )
+
+
+def test_a_remote_tqdm_bar_moves_while_the_cell_runs_and_ends_full(
+    nb: lab_page.NotebookPage,
+) -> None:
+    nb.run(7)
+    seen: set[float] = set()
+    deadline = time.monotonic() + 300  # ipywidgets is installed first
+    while not re.search(r"\[\d+\]", nb.prompt(7)) and time.monotonic() < deadline:
+        percent = bar_percent(nb, 7)
+        if percent is not None and percent < 100:
+            seen.add(percent)
+        time.sleep(0.3)
+    nb.wait_done(7, timeout=30)
+    assert len(seen) >= 3, f"the bar did not move while the cell ran: {sorted(seen)}"
+    assert bar_percent(nb, 7) == 100
+    text = nb.output_text(7)
+    assert re.search(r"train:\s*100%", text) and "20/20" in text, text
+    assert "Error displaying widget" not in text
+
+
+def test_an_int_progress_the_cell_updates_shows_its_last_value(nb: lab_page.NotebookPage) -> None:
+    nb.run(8)
+    nb.wait_done(8, timeout=300)
+    assert "load" in nb.output_text(8) and "Error displaying widget" not in nb.output_text(8)
+    assert bar_percent(nb, 8) == 100
+
+
 def test_after_save_and_reload_the_cells_still_show_what_ran(nb: lab_page.NotebookPage) -> None:
     nb.save()
     nb.page.reload()
     nb.open()
+    # the relayed widgets, from the widget state the notebook saved
+    saved = nbformat.read(nb.lab.root / nb.name, as_version=4)
+    widget_state = saved.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
+    names = [model["model_name"] for model in widget_state["state"].values()]
+    assert names.count("FloatProgressModel") == 1 and names.count("IntProgressModel") == 1
+    for index in (7, 8):
+        nb.cell(index).locator(".widget-hprogress .progress-bar").last.wait_for(timeout=30_000)
+        assert bar_percent(nb, index) == 100
+    assert re.search(r"train:\s*100%", nb.output_text(7))
     page_text = nb.page.locator(".jp-Notebook").inner_text()
     assert "Loading widget" not in page_text and "Error displaying widget" not in page_text
     assert nb.page.locator(".tetra-view").count() == 0  # no live panel left anywhere
-    assert nb.page.locator(".tetra-summary").count() == 5
+    assert nb.page.locator(".tetra-summary").count() == 7
     assert "row 59\nsecond line" in nb.output_text(1)
     assert "installed" in nb.output_text(2)
     assert "started" in nb.output_text(3) and "cancelled" in nb.output_text(3)

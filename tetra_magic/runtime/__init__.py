@@ -7,16 +7,17 @@ bootstrap makes them the package `tetra_runtime` on the worker, once per process
 and calls `cell.run_cell`. Hence the rules for every module here, checked by
 tests/test_import_graph.py: the standard library and cloudpickle at module level, the package's
 own modules by relative import, and the packages a cell may bring (IPython, traitlets,
-matplotlib) only inside the functions that use them.
+matplotlib, plotly) only inside the functions that use them.
 
 The modules, by job: `contract` (the spec, the payload, the markers both sides read); `cell`
 (one cell, start to end), `cell_env` (what lasts for the cell only: --env, stdin), `at_home`
-(the notebook's logging and warning setup, for the cell), `outputs`
+(the notebook's logging, warning and display setup, for the cell), `outputs`
 (what comes home), `exceptions`; `pickling` and `picklers` (how values travel, both ways);
 `local_modules` (the notebook's own modules, importable while a cell runs); `files` (data
 files: --files written before the cell, --get read after it);
-`shell` (IPython syntax in a cell); `live_output` (output as progress updates, on the published
-worker); `display`, `publishing`, `ipython_stand_in`, `figures` (what a cell shows); `sessions`
+`shell`, `timing` (IPython syntax); `live_output` (output as progress updates, on the published
+worker); `display`, `publishing`, `ipython_stand_in`, `figures`, `plotly_output`,
+`widgets` (what a cell shows); `sessions`
 (namespaces that outlive a cell). The kernel imports several of them too, so both sides share
 one definition; this module itself (the package's sources) runs only in the kernel.
 """

@@ -1,5 +1,5 @@
-"""The notebook's logging and warning setup, carried to the worker so that a remote cell logs
-and warns as the same cell does at home.
+"""The notebook's logging, warning and display setup, carried to the worker so that a remote
+cell logs, warns and shows figures as the same cell does at home.
 
 In the kernel, `describe()` reads what a typical notebook sets up: the root logger's level, its
 handlers that write into a cell's output (a StreamHandler on sys.stdout or sys.stderr: what
@@ -13,19 +13,32 @@ other notebooks too, on the published worker). A cell's own logging setup (basic
 cell, handlers on its own loggers) applies to the cell, as at home, and is taken away after it.
 A handler that writes to a file or elsewhere is left out: nothing of it would reach the cell's
 output at home either.
+
+The display setup: how the kernel's inline backend shows matplotlib figures (figures.py), and
+plotly's renderer in the kernel (plotly_output.py).
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
-from .contract import HandlerSetup, HomeSetup, LoggingSetup, WarningFilter
+from . import figures, plotly_output
+from .contract import (
+    DisplaySetup,
+    FigureSetup,
+    HandlerSetup,
+    HomeSetup,
+    LoggingSetup,
+    WarningFilter,
+)
 
 # Loggers of the magic and of the workers' own code: never carried, never shown in a cell.
 _NOT_THE_CELLS = ("tetra_magic", "tetra_runtime", "runpod", "runpod_flash", "tetra_rp", "flash")
@@ -37,8 +50,21 @@ _LEVELS_KEPT = 200  # named loggers with a level: a notebook sets a few, librari
 
 
 def describe() -> HomeSetup:
-    """The kernel's logging and warning setup, as plain data."""
-    return {"logging": _describe_logging(), "warnings": _describe_warnings()}
+    """The kernel's logging, warning and display setup, as plain data."""
+    return {
+        "logging": _describe_logging(),
+        "warnings": _describe_warnings(),
+        "display": _describe_display(),
+        "notebook": _in_a_notebook(),
+    }
+
+
+def _in_a_notebook() -> bool:
+    """Whether this is a notebook's kernel, asked as tqdm.autonotebook asks it (so that a
+    remote cell's tqdm.auto picks the bar it picks at home: runtime/widgets.py)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def _describe_logging() -> LoggingSetup:
@@ -113,6 +139,111 @@ def _flags(matcher: Any) -> int | None:
     return getattr(matcher, "flags", None)
 
 
+def _describe_display() -> DisplaySetup:
+    """The kernel's display settings; the defaults of a fresh kernel where they cannot be read
+    (an IPython or plotly unlike any known here must not stop the cell)."""
+    try:
+        return {"figures": _describe_figures(), "plotly_renderer": _plotly_renderer()}
+    except Exception:
+        return {"figures": figures.DEFAULT_SETUP, "plotly_renderer": "plotly_mimetype"}
+
+
+def _describe_figures() -> FigureSetup:
+    """How the kernel shows a figure: the formatters set_matplotlib_formats or InlineBackend
+    registered for matplotlib's Figure (their formats and print_figure keywords); else
+    InlineBackend's settings, of its instance or, before the inline backend is loaded, as
+    `%config InlineBackend...` left them in the kernel's config for it; and InlineBackend.rc."""
+    setup = figures.DEFAULT_SETUP
+    module = sys.modules.get("matplotlib_inline.config")
+    inline = getattr(module, "InlineBackend", None)
+    if inline is not None and inline.initialized():
+        backend = inline.instance()
+        setup = {
+            "formats": _format_names(backend.figure_formats),
+            "print_kwargs": _plain_items(backend.print_figure_kwargs),
+            "rc": _plain_items(backend.rc),
+        }
+    else:
+        setup = _configured(setup)
+    registered = _figure_formatters()
+    if registered:
+        formats = _format_names(_printed_format(printer) for printer in registered)
+        keywords = {k: v for k, v in registered[-1].keywords.items() if k not in ("fmt", "base64")}
+        setup = {**setup, "formats": formats, "print_kwargs": _plain_items(keywords)}
+    return setup
+
+
+def _configured(setup: FigureSetup) -> FigureSetup:
+    """`setup` with what the kernel's config holds for the InlineBackend yet to be made."""
+    shell = _shell()
+    config = shell.config if shell is not None else {}
+    if "InlineBackend" not in config:
+        return setup
+    section = config["InlineBackend"]
+    formats = section.get("figure_formats") or (
+        [section["figure_format"]] if section.get("figure_format") else setup["formats"]
+    )
+    return {
+        "formats": _format_names(formats),
+        "print_kwargs": _plain_items(
+            dict(section.get("print_figure_kwargs", setup["print_kwargs"]))
+        ),
+        "rc": _plain_items(dict(section.get("rc", setup["rc"]))),
+    }
+
+
+def _shell() -> Any:
+    """The kernel's IPython shell, if IPython is loaded (it is not imported here)."""
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
+
+
+def _figure_formatters() -> list[functools.partial[Any]]:
+    """The printers IPython's select_figure_formats registered for matplotlib's Figure, in the
+    order of the kernel's formatters (none where matplotlib was never loaded here)."""
+    figure = getattr(sys.modules.get("matplotlib.figure"), "Figure", None)
+    shell = _shell() if figure is not None else None
+    if shell is None:
+        return []
+    formatters = shell.display_formatter.formatters.values()
+    printers = (getattr(f, "type_printers", {}).get(figure) for f in formatters)
+    return [p for p in printers if isinstance(p, functools.partial)]
+
+
+def _printed_format(printer: functools.partial[Any]) -> str:
+    if printer.func.__name__ == "retina_figure":
+        return "retina"
+    return str(printer.keywords.get("fmt", "png"))
+
+
+def _format_names(names: Any) -> list[str]:
+    """Figure formats by the names figures.py knows (IPython's synonyms: jpg, png2x)."""
+    synonyms = {"jpg": "jpeg", "png2x": "retina"}
+    return sorted({synonyms.get(str(name), str(name)) for name in names})
+
+
+def _plain_items(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings whose values are plain data (a Bbox object, say, stays at home)."""
+    return {key: value for key, value in settings.items() if _plain(value)}
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _plotly_renderer() -> str | None:
+    """plotly's default renderer in this kernel: its own setting where plotly.io is loaded;
+    otherwise what plotly picks in a Jupyter kernel (PLOTLY_RENDERER, else its mime type)."""
+    renderers = getattr(sys.modules.get(plotly_output.RENDERERS_MODULE), "renderers", None)
+    if renderers is not None:
+        return str(renderers.default) if renderers.default else None
+    return os.environ.get("PLOTLY_RENDERER") or "plotly_mimetype"
+
+
 # ---- on the worker ----
 
 
@@ -121,6 +252,9 @@ def for_this_cell(home: HomeSetup | None) -> Callable[[], None]:
     WARNING with no handlers, the interpreter's default warning filters... as the worker has
     them) in place for one cell; returns what puts the worker's own back."""
     restore_logging = _logging_for_the_cell(home["logging"] if home else None)
+    shown = home.get("display") if home else None
+    figures.configure(shown["figures"] if shown else None)
+    plotly_output.use_kernels_renderer(shown["plotly_renderer"] if shown else None)
     caught = warnings.catch_warnings()
     caught.__enter__()
     if home is not None:
@@ -131,6 +265,7 @@ def for_this_cell(home: HomeSetup | None) -> Callable[[], None]:
     def restore() -> None:
         caught.__exit__(None, None, None)
         restore_logging()
+        figures.configure(None)
 
     return restore
 

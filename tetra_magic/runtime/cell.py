@@ -11,6 +11,7 @@ import ast
 import builtins
 import inspect
 import linecache
+import logging
 import platform
 import sys
 import types
@@ -72,7 +73,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         session, warm = opened
     # --files: the notebook's data files, in the cell's working directory before it runs
     files.write_sent(spec["files"], spec["file_contents"])
-    display.begin()
+    display.begin((spec.get("home") or {}).get("notebook", False))
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
     # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].
     # A session's cells share their own `__main__`, which lives on between them.
@@ -139,28 +140,96 @@ def _run_source(spec: Spec, names: MainNames) -> Any:
     register_sources({filename: source})
     tree = ast.parse(source, filename)
     try:
-        if not spec["has_last_expr"]:
-            return _execute(tree, filename, namespace)
-        expr = cast(ast.Expr, tree.body.pop())  # the kernel's analysis found it so
-        _execute(tree, filename, namespace)
-        return _execute(ast.Expression(expr.value), filename, namespace)
+        last = None
+        if spec["has_last_expr"]:
+            expr = cast(ast.Expr, tree.body.pop())  # the kernel's analysis found it so
+            last = _compile(ast.Expression(expr.value), filename)
+        return _execute(_compile(tree, filename), last, namespace)
     except Exception as exc:
         names.refresh()
         exceptions.add_note(names, exc)
         raise
 
 
-def _execute(tree: ast.Module | ast.Expression, filename: str, namespace: dict[str, Any]) -> Any:
-    """Run a module (or evaluate an expression) in `namespace`; top-level `await` works, as
-    IPython's autoawait lets it at home."""
+def _compile(tree: ast.Module | ast.Expression, filename: str) -> types.CodeType:
     mode = "eval" if isinstance(tree, ast.Expression) else "exec"
-    code = compile(tree, filename, mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    value = eval(code, namespace)
-    if code.co_flags & inspect.CO_COROUTINE:
-        import asyncio  # only here: importing it costs a worker's first cell 0.1 s
+    return compile(tree, filename, mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
-        value = asyncio.run(value)
-    return value
+
+def _execute(body: types.CodeType, last: types.CodeType | None, namespace: dict[str, Any]) -> Any:
+    """Run the cell's statements, then evaluate its last expression, in `namespace`; the
+    expression's value. The whole cell runs in one running event loop, as every cell runs in
+    the kernel's at home: `asyncio.create_task` and `get_running_loop()` work with or without a
+    top-level `await`, a task the statements start is the one the last line awaits, and
+    `asyncio.run()` is refused as there."""
+    import asyncio  # workers have it loaded already: both run their own loops
+
+    async def cell() -> Any:
+        value = None
+        for code in [body] if last is None else [body, last]:
+            value = eval(code, namespace)
+            if code.co_flags & inspect.CO_COROUTINE:
+                value = await value
+        return value
+
+    return _in_own_loop(asyncio, cell())
+
+
+def _in_own_loop(asyncio: types.ModuleType, cell: Any) -> Any:
+    """Run the coroutine `cell` in a loop of its own, which ends with it. A worker whose own
+    loop runs in this thread (the published one calls the cell from its asyncio handler) keeps
+    it, but the cell does not see it: its tasks go into its own loop, not the worker's. Tasks
+    the cell started and left running are cancelled at its end, with a note: at home they would
+    go on in the kernel's loop, but no later cell can await them here, and waiting for them
+    could hold the cell forever."""
+    outer = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    loop = _quietly_new_loop(asyncio)
+    main = loop.create_task(cell)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_left_running(asyncio, loop, main)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            asyncio._set_running_loop(outer)
+
+
+def _quietly_new_loop(asyncio: types.ModuleType) -> Any:
+    """A new event loop, without asyncio's "Using selector" DEBUG record: the kernel made its
+    loop before the notebook set up logging, so at home no cell logs that."""
+    logger = logging.getLogger("asyncio")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        return asyncio.new_event_loop()
+    finally:
+        logger.disabled = disabled
+
+
+def _cancel_left_running(asyncio: types.ModuleType, loop: Any, main: Any) -> None:
+    """Cancel what still runs in the cell's loop (the cell itself too, where an interrupt
+    stopped the loop under it), and say which of the cell's tasks that cut short."""
+    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    started = sorted(_task_name(task) for task in left if task is not main)
+    if started:
+        print(
+            f"tetra: {len(started)} asyncio task{'s' if len(started) > 1 else ''} still running"
+            f" when the cell ended, cancelled ({', '.join(started)}): a remote cell's event loop"
+            " ends with the cell (at home the kernel's loop runs on); await them in the cell",
+            file=sys.stderr,
+        )
+
+
+def _task_name(task: Any) -> str:
+    coro = task.get_coro()
+    return f"{getattr(coro, '__qualname__', task.get_name())}()"
 
 
 def register_sources(sources: dict[str, str]) -> None:

@@ -52,7 +52,7 @@ class SessionPart(TypedDict, total=False):
     end: bool  # a request that runs no cell: free the session
 
 
-# --- spec["home"]: the notebook's logging and warning setup (runtime/at_home.py) ---
+# --- spec["home"]: the notebook's logging, warning and display setup (runtime/at_home.py) ---
 
 
 class HandlerSetup(TypedDict):
@@ -84,9 +84,29 @@ class WarningFilter(TypedDict):
     lineno: int
 
 
+class FigureSetup(TypedDict):
+    """How the kernel's inline backend shows a matplotlib figure (InlineBackend's settings,
+    `%config InlineBackend...`, `set_matplotlib_formats`), for runtime/figures.py."""
+
+    formats: list[str]  # "png", "retina", "jpeg", "svg", "pdf"
+    print_kwargs: dict[str, Any]  # print_figure_kwargs: {"bbox_inches": "tight"}, ...
+    rc: dict[str, Any]  # InlineBackend.rc: rcParams the inline backend sets
+
+
+class DisplaySetup(TypedDict):
+    """The kernel's settings that shape what a cell shows."""
+
+    figures: FigureSetup
+    # plotly.io.renderers.default as the kernel has it (or would pick): "plotly_mimetype"...
+    plotly_renderer: str | None
+
+
 class HomeSetup(TypedDict):
     logging: LoggingSetup
     warnings: list[WarningFilter]
+    display: DisplaySetup
+    # a notebook's kernel (IPKernelApp in its config): tqdm.auto picks the widget bar there
+    notebook: bool
 
 
 class _SpecFields(TypedDict):
@@ -109,7 +129,7 @@ class _SpecFields(TypedDict):
     imported: list[str]  # names import statements bind
     submodules: dict[str, list[str]]  # `import a.b.c` at the cell's level: {"a": ["a.b.c"]}
     runtime: RuntimeSources
-    home: HomeSetup  # the notebook's logging and warning setup, applied for the cell only
+    home: HomeSetup  # the notebook's logging, warning and display setup, for the cell only
     # {top-level name: the package} of the notebook's own modules the cell needs
     local_modules: dict[str, LocalPackage]
     # Data files (runtime/files.py): --files, {path relative to the cell's working

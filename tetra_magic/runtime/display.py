@@ -4,7 +4,8 @@ and the frames that carry what they show home in order with the cell's prints (p
 Where the worker has IPython, its own display() and formatters run, with a display publisher
 that writes frames. Where it has not, a stand-in (ipython_stand_in.py) provides
 IPython.display's usual names: the `IPython` modules exist in sys.modules only while the real
-package is absent. matplotlib gets a backend that behaves as the inline one (figures.py).
+package is absent. matplotlib gets a backend that behaves as the inline one (figures.py), and
+ipywidgets comms that travel home with the frames (widgets.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import figures, ipython_stand_in, publishing
+from . import figures, ipython_stand_in, publishing, widgets
 
 # The modules IPython.display's names live in: a notebook's HTML or clear_output, sent with a
 # cell, is looked up in them on the worker.
@@ -30,11 +31,13 @@ _IPYTHON_MODULES = (
 _STAND_IN_FILE = "<tetra IPython stand-in>"
 
 
-def begin() -> None:
-    """Ready the display machinery for a cell: fresh limits, IPython.display, figures."""
+def begin(notebook: bool = False) -> None:
+    """Ready the display machinery for a cell: fresh limits, IPython.display, figures, and
+    widgets (shown as in a notebook's kernel when the cell's `notebook` is one)."""
     publishing.begin()
     _provide_ipython()
     figures.use_for_matplotlib()
+    widgets.begin(notebook)
 
 
 def end() -> None:
@@ -43,6 +46,7 @@ def end() -> None:
     try:
         figures.flush()
     finally:
+        widgets.end()
         publishing.note_dropped()
 
 

@@ -1,6 +1,8 @@
 """matplotlib on the worker, as the inline backend behaves at home: plt.show() shows and closes
 every open figure, figures still open when the cell ends are shown then, and a figure travels
-as its PNG.
+as its image, in the formats the kernel's inline backend uses (InlineBackend's figure_formats,
+print_figure_kwargs and rc, or set_matplotlib_formats: `configure` takes them, at_home.py reads
+them at home).
 
 matplotlib gets a backend of this module's making, chosen by an import hook as matplotlib is
 imported (matplotlib may never be, and is optional on the worker: imported only where used).
@@ -12,14 +14,37 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import io
+import struct
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
+from .contract import FigureSetup
 from .publishing import publish_display_data
 
 BACKEND_MODULE = "tetra_display_backend"
 BACKEND = "module://" + BACKEND_MODULE
+# The inline backend's own defaults: a kernel that never loaded it shows figures so.
+DEFAULT_SETUP: FigureSetup = {
+    "formats": ["png"],
+    "print_kwargs": {"bbox_inches": "tight"},
+    "rc": {},
+}
+_setup: dict[str, FigureSetup] = {"now": DEFAULT_SETUP}
+# The mime type of each figure format, and the format matplotlib writes for it.
+_FORMATS = {
+    "png": ("image/png", "png"),
+    "retina": ("image/png", "png"),
+    "jpeg": ("image/jpeg", "jpeg"),
+    "svg": ("image/svg+xml", "svg"),
+    "pdf": ("application/pdf", "pdf"),
+}
+
+
+def configure(setup: FigureSetup | None) -> None:
+    """Show figures as the kernel's inline backend would (its defaults without `setup`)."""
+    _setup["now"] = setup or DEFAULT_SETUP
 
 
 def is_figure(obj: Any) -> bool:
@@ -32,21 +57,43 @@ def is_figure(obj: Any) -> bool:
 
 def figure_png(fig: Any) -> bytes | None:
     """The figure as PNG bytes, as the inline backend renders it (None for an empty one)."""
+    return _print(fig, "png") if fig.axes or fig.lines else None
+
+
+def figure_bundle(fig: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(data, metadata) of the figure in each of the kernel's figure formats, as IPython's
+    formatters make them (a retina PNG at twice the dpi, its size in the metadata); None for
+    an empty figure, which the inline backend does not show."""
     if not fig.axes and not fig.lines:
         return None
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for name in _setup["now"]["formats"]:
+        mime, written = _FORMATS.get(name, _FORMATS["png"])
+        image = _print(fig, written, 2 if name == "retina" else 1)
+        data[mime] = image.decode() if written == "svg" else image
+        if name == "retina":
+            width, height = struct.unpack(">II", image[16:24])  # the PNG's IHDR
+            metadata[mime] = {"width": width // 2, "height": height // 2}
+    return data, metadata
+
+
+def _print(fig: Any, written: str, scale: int = 1) -> bytes:
+    """The figure written in one format, with the kernel's print_figure_kwargs."""
+    options = {
+        "format": written,
+        "dpi": fig.dpi * scale,
+        "facecolor": fig.get_facecolor(),
+        "edgecolor": fig.get_edgecolor(),
+        "bbox_inches": "tight",
+        **_setup["now"]["print_kwargs"],
+    }
     buffer = io.BytesIO()
-    fig.canvas.print_figure(
-        buffer,
-        format="png",
-        bbox_inches="tight",
-        dpi=fig.dpi,
-        facecolor=fig.get_facecolor(),
-        edgecolor=fig.get_edgecolor(),
-    )
+    fig.canvas.print_figure(buffer, **options)
     return buffer.getvalue()
 
 
-def show(close: bool | None = None, block: bool | None = None) -> None:
+def show(close: bool | None = None, block: bool | None = None, *, at_end: bool = False) -> None:
     """plt.show() under this backend: every open figure shown now, then closed."""
     from matplotlib import pyplot
     from matplotlib._pylab_helpers import Gcf
@@ -54,17 +101,19 @@ def show(close: bool | None = None, block: bool | None = None) -> None:
     managers = Gcf.get_all_fig_managers()
     for manager in managers:
         figure = manager.canvas.figure
-        png = figure_png(figure)
-        if png is not None:
-            publish_display_data({"image/png": png, "text/plain": repr(figure)})
+        bundle = figure_bundle(figure)
+        if bundle is not None:
+            data = {**bundle[0], "text/plain": repr(figure)}
+            publish_display_data(data, bundle[1], after_result=at_end)
     if close is not False and managers:
         pyplot.close("all")
 
 
 def flush() -> None:
-    """Show what is still open, if pyplot is in use with this backend."""
+    """Show what is still open, if pyplot is in use with this backend: after the cell's
+    result, as the inline backend shows them once the cell has run (its post_execute)."""
     if "matplotlib.pyplot" in sys.modules and _backend(sys.modules["matplotlib"]) == BACKEND:
-        show()
+        show(at_end=True)
 
 
 def use_for_matplotlib() -> None:
@@ -78,7 +127,7 @@ def use_for_matplotlib() -> None:
         # Styles and rcParams an earlier cell set in this process are not kept: the next cell
         # may run on another worker, where they were never set; plots look the same either way.
         mpl.rc_file_defaults()
-        _choose_backend(mpl)
+        _ready(mpl)
 
 
 def _backend(mpl: Any) -> str | None:
@@ -87,7 +136,10 @@ def _backend(mpl: Any) -> str | None:
     return chosen() if chosen else mpl.get_backend()
 
 
-def _choose_backend(mpl: Any) -> None:
+def _ready(mpl: Any) -> None:
+    """matplotlib as the inline backend leaves it: the kernel's InlineBackend.rc set, and this
+    module's backend chosen if none was."""
+    mpl.rcParams.update(_setup["now"]["rc"])
     if _backend(mpl) is None:
         mpl.rcParams["backend"] = BACKEND
 
@@ -104,16 +156,24 @@ class _Finder:
         if name != "matplotlib":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ChoosingLoader(spec.loader)  # type: ignore[assignment]
-        return spec
+        return then_call(spec, _ready)
 
 
-class _ChoosingLoader:
-    """matplotlib's own loader, choosing the backend once the module has run."""
+def then_call(
+    spec: importlib.machinery.ModuleSpec | None, after: Callable[[Any], None]
+) -> importlib.machinery.ModuleSpec | None:
+    """`spec` with its loader calling `after(module)` once the module has run."""
+    if spec is not None and spec.loader is not None:
+        spec.loader = _ThenCalling(spec.loader, after)  # type: ignore[assignment]
+    return spec
 
-    def __init__(self, loader: Any) -> None:
+
+class _ThenCalling:
+    """A module's own loader, calling `after` with the module once it has run."""
+
+    def __init__(self, loader: Any, after: Callable[[Any], None]) -> None:
         self.loader = loader
+        self.after = after
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
@@ -123,7 +183,7 @@ class _ChoosingLoader:
 
     def exec_module(self, module: types.ModuleType) -> None:
         self.loader.exec_module(module)
-        _choose_backend(module)
+        self.after(module)
 
 
 class _BackendLoader(importlib.abc.Loader):

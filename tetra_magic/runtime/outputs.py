@@ -13,7 +13,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from .contract import Description, Payload, Spec
+from . import publishing
+from .contract import Description, Payload, Portable, Spec
 from .pickling import MainNames, blob_digest, safe
 
 Dump = Callable[[str, Any], "bytes | Description"]
@@ -109,8 +110,20 @@ def pack_outputs(
         "aliases": aliases,
         "refs": refs,
         "imported": spec["imported"],
-        "last": names.portable(last, portable_dump) if has_last else None,
+        "last": _last_value(names, last, portable_dump) if has_last else None,
     }
+
+
+def _last_value(names: MainNames, last: Any, dump: Callable[[Any], Any] | None) -> Portable:
+    """The last value as it travels home, where the notebook shows it as its Out. A value that
+    displays itself (`_ipython_display_`: a plotly figure) is shown at home, not here: what
+    it would show here is kept back, and becomes the representation the notebook shows where
+    the value cannot load."""
+    with publishing.held_back() as shown:
+        portable = names.portable(last, dump)
+    if not portable["mime"] and shown:
+        portable["mime"] = shown[0]["data"]
+    return portable
 
 
 def _one_object(value: Any) -> bool:
@@ -137,7 +150,9 @@ def _worth_a_note(
 def _spent(value: Any) -> bool:
     """Whether a value is over or bound to this process, so nobody misses it at home: a closed
     file or socket, a finished thread or process, an exhausted generator, a lock or other
-    thread synchronisation, or a non-empty list, tuple, set or dict of only such things."""
+    thread synchronisation, a logging handler or logger, an event loop or a finished asyncio
+    task, a drawing context on an image (PIL's ImageDraw: the image itself travels), or a
+    non-empty list, tuple, set or dict of only such things."""
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -152,4 +167,22 @@ def _spent(value: Any) -> bool:
         return not value.is_alive()
     sync = (threading.Condition, threading.Semaphore, threading.Event, threading.Barrier)
     locks = (type(threading.Lock()), type(threading.RLock()))
-    return isinstance(value, (*sync, *locks)) or safe(getattr, value, "closed") is True
+    if isinstance(value, (*sync, *locks)) or _of_this_process(value):
+        return True
+    return safe(getattr, value, "closed") is True
+
+
+def _of_this_process(value: Any) -> bool:
+    """A logging handler or logger, an event loop, a finished asyncio task or future, or a PIL
+    ImageDraw (the modules are looked up, not imported: a value of one means it is loaded)."""
+    logging, asyncio = sys.modules.get("logging"), sys.modules.get("asyncio")
+    if logging is not None and isinstance(value, (logging.Handler, logging.Logger)):
+        return True
+    if asyncio is not None and isinstance(value, asyncio.AbstractEventLoop):
+        return True
+    if asyncio is not None and isinstance(value, asyncio.Future):
+        return value.done()
+    return any(
+        cls.__module__ == "PIL.ImageDraw" and cls.__name__ == "ImageDraw"
+        for cls in type(value).__mro__
+    )

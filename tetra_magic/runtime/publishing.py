@@ -14,9 +14,11 @@ the kernel or the endpoint. Overridable with --env.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .contract import FRAME_END, FRAME_START
@@ -24,6 +26,7 @@ from .contract import FRAME_END, FRAME_START
 MAX_SHOWN = 100
 MAX_MB = 50
 _cell = {"shown": 0, "bytes": 0, "dropped": 0, "max_shown": MAX_SHOWN, "max_bytes": 0}
+_held: list[list[dict[str, Any]]] = []
 
 
 def begin() -> None:
@@ -44,9 +47,25 @@ def note_dropped() -> None:
         )
 
 
+@contextlib.contextmanager
+def held_back() -> Iterator[list[dict[str, Any]]]:
+    """The outputs displayed meanwhile, kept in the list given rather than shown: what a
+    value's own display hook would show, for the notebook to show it instead (updates, clears
+    and other messages still go out)."""
+    kept: list[dict[str, Any]] = []
+    _held.append(kept)
+    try:
+        yield kept
+    finally:
+        _held.remove(kept)
+
+
 def publish(message: dict[str, Any]) -> None:
     """Write one display message into stdout, in its place among the prints, within the cell's
     limits (an output past them is counted, for the note at the end)."""
+    if _held and message["type"] == "display":
+        _held[-1].append(message)
+        return
     text = json.dumps(message, separators=(",", ":"), default=str)
     if message["type"] == "clear":
         _cell["shown"] = 0
@@ -70,18 +89,22 @@ def publish_display_data(
     *,
     transient: dict[str, Any] | None = None,
     update: bool = False,
+    after_result: bool = False,
     **_: Any,
 ) -> None:
-    """IPython's publish_display_data: a mime bundle, shown (or updating a display id)."""
+    """IPython's publish_display_data: a mime bundle, shown (or updating a display id).
+    `after_result`: shown after the cell's result (its Out), as the inline backend shows the
+    figures a cell left open, once the cell has run (the notebook holds it back till then)."""
     display_id = (transient or {}).get("display_id")
-    publish(
-        {
-            "type": "update" if update else "display",
-            "data": {mime: as_text(value) for mime, value in data.items()},
-            "metadata": metadata or {},
-            "display_id": display_id,
-        }
-    )
+    message = {
+        "type": "update" if update else "display",
+        "data": {mime: as_text(value) for mime, value in data.items()},
+        "metadata": metadata or {},
+        "display_id": display_id,
+    }
+    if after_result:
+        message["after_result"] = True
+    publish(message)
 
 
 def clear_output(wait: bool = False) -> None:

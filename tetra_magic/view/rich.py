@@ -2,9 +2,10 @@
 
 Each "display" chunk carries one display message of the cell as JSON (worker/frames.py); one too
 big for a stream chunk comes in pieces marked `more`, which `Joiner` puts back together. A
-message is display_data (maybe with a display id), an update of a display id, or clear_output;
-`publish` hands it to the kernel's own display machinery, so the frontend, nbclient and nbval
-receive the same messages a local cell would send. `Record` keeps a cell's outputs as a saved
+message is display_data (maybe with a display id), an update of a display id, clear_output,
+or a message of a widget's comm (widget_relay.py); `publish` hands it to the kernel's own
+display machinery, so the frontend, nbclient and nbval receive the same messages a local cell
+would send. `Record` keeps a cell's outputs as a saved
 notebook holds them (clears and updates applied), for a view that shows them again at the end.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
+from tetra_magic.view import widget_relay
 from worker import frames
 
 
@@ -47,8 +50,13 @@ def publish(message: dict[str, Any]) -> None:
     """Show one display message in the running cell, as IPython would at home."""
     from IPython.display import clear_output, publish_display_data
 
+    if message["type"] == "comm":
+        widget_relay.relay(message)
+        return
     if message["type"] == "clear":
         clear_output(wait=message.get("wait", False))
+        return
+    if message.get("after_result") and _after_the_result(message):
         return
     display_id = message.get("display_id")
     if message["type"] == "update" and not display_id:
@@ -59,6 +67,24 @@ def publish(message: dict[str, Any]) -> None:
         transient={"display_id": display_id} if display_id else None,
         update=message["type"] == "update",
     )
+
+
+def _after_the_result(message: dict[str, Any]) -> bool:
+    """Hold a figure the cell left open until the cell's result (its Out) is shown: the
+    kernel's post_execute, where the inline backend shows a local cell's. Only in a cell
+    running in the foreground (a background cell's outputs land when they come)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or threading.current_thread() is not threading.main_thread():
+        return False
+
+    def show() -> None:
+        shell.events.unregister("post_execute", show)
+        publish({**message, "after_result": False})
+
+    shell.events.register("post_execute", show)
+    return True
 
 
 def flush_streams() -> None:
@@ -95,6 +121,11 @@ class Record:
             self.items.append((kind, text))
 
     def display(self, message: dict[str, Any]) -> None:
+        """A display message arrives; a widget's comm message is done in the kernel at once
+        (the kernel, not the record, keeps the widget's state)."""
+        if message["type"] == "comm":
+            widget_relay.relay(message)
+            return
         if message["type"] == "clear":
             if message.get("wait"):
                 self.clear_next = True

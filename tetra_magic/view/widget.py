@@ -187,7 +187,10 @@ class WidgetView:
 
     def _show(self, message: dict[str, Any]) -> None:
         """A display message as the frontend would apply it, but inside the panel: a plot
-        between the text before and after it, an update in place, a clear of the panel."""
+        between the text before and after it, an update in place, a clear of the panel. (A
+        widget's comm message was done by the record.)"""
+        if message["type"] == "comm":
+            return
         if message["type"] == "clear":
             self.clear_next = bool(message.get("wait"))
             if not self.clear_next:

@@ -11,7 +11,9 @@ A session cell runs the same way: its session's part comes in as hooks
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -67,7 +69,8 @@ def run_cell(
             session=hooks.session,
         )
         job = Job(endpoint, opts, make_view(shell, opts, display), started)
-        result = _result(job, packed, hooks, analysis, label, shell.user_ns, prices)
+        run_job = functools.partial(job.run, packed)
+        result = _result(job, run_job, hooks, analysis, label, shell.user_ns, prices)
     _write_back(shell.user_ns, job, packed, result, hooks)
     return result.last if analysis.has_last_expr else None
 
@@ -91,10 +94,12 @@ def _in_background(
         analysis, shell.user_ns, opts, filename=filename, limit=endpoint.payload_limit, label=label
     )
     job = Job(endpoint, opts, make_view(shell, opts, display), started)
+    client = job.start(packed)  # in the cell: a refused request fails the cell itself
     hooks = session_hooks.NoSession()
 
     def follow() -> outcome.CellResult:
-        result = _result(job, packed, hooks, analysis, label, shell.user_ns, prices)
+        finish = functools.partial(job.finish, client)
+        result = _result(job, finish, hooks, analysis, label, shell.user_ns, prices)
         assert result is not None  # None only for a lost session, and there is none
         return result
 
@@ -118,18 +123,18 @@ def _analysed(source: str, filename: str, label: Labeler) -> CellAnalysis:
 
 def _result(
     job: Job,
-    packed: Packed,
+    run_job: Callable[[], None],
     hooks: session_hooks.NoSession,
     analysis: CellAnalysis,
     label: Labeler,
     user_ns: dict[str, Any],
     prices: dict[str, float] | None,
 ) -> outcome.CellResult | None:
-    """Run the job and bring its result home (not yet into the notebook); None where the
+    """Run the job (`run_job`) and bring its result home (not yet into the notebook); None where the
     cell must run again (its session was lost and rebuilt). The job goes into --out's name
     however it ended."""
     try:
-        job.run(packed)
+        run_job()  # submit (unless submitted) and follow to the end
         pythons.warn(job.chunks, job.response)
         cost = job.cost(prices)
         if cost is not None:

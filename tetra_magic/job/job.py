@@ -93,19 +93,35 @@ class Job(JobRecord):
     def run(self, packed: Packed) -> None:
         """Submit `packed` and follow the job to its end, the view closed whatever happens (a
         live widget must not outlive the cell: Ctrl-C, Cancel, errors)."""
+        self.finish(self.start(packed))
+
+    def start(self, packed: Packed) -> EndpointClient:
+        """Submit `packed`; the client the job lives on, for `finish` (a background cell
+        submits in the cell and follows in a thread)."""
         self.shipped, self.request_bytes = list(packed.shipped), packed.size
         client = EndpointClient(self._target)
         try:
-            client = self._submit(client, packed)
+            return self._submit(client, packed)
+        except BaseException as exc:
+            client.close()
+            self._given_up(exc)  # it never reached the follow loop
+            raise
+
+    def finish(self, client: EndpointClient) -> None:
+        """Follow the submitted job on `client` to its end, then close the view and client."""
+        try:
             self.follow(client, time.monotonic() + self._opts.timeout + CLIENT_GRACE)
         except BaseException as exc:
-            self._view.close(None)
-            self.error = str(exc)
-            self._end()  # where it never reached the follow loop
+            self._given_up(exc)
             raise
         finally:
             client.close()
         self._view.close(self.response)
+
+    def _given_up(self, exc: BaseException) -> None:
+        self._view.close(None)
+        self.error = str(exc)
+        self._end()
 
     def follow(self, client: EndpointClient, deadline: float | None = None) -> None:
         """Follow the submitted job on `client` to its end (`deadline`: time.monotonic()

@@ -51,7 +51,8 @@ def run_cell(
     label = cell_labeler(shell)
     analysis = _analysed(source, filename, label)
     if opts.background:
-        return _in_background(shell, opts, analysis, filename, label, display, started, prices)
+        _in_background(shell, opts, analysis, filename, label, display, started, prices)
+        return None
     if opts.map_name:
         return fan_out.run_map(shell, opts, analysis, filename, label, prices, started)
     hooks = session_hooks.for_cell(opts, label)
@@ -84,9 +85,10 @@ def _in_background(
     display: str,
     started: float | None,
     prices: dict[str, float] | None,
-) -> Job:
-    """--bg: pack and submit as any cell, then return the job at once (held in --out too);
-    a thread follows it, and its values land between later cells (job/background.py)."""
+) -> None:
+    """--bg: pack and submit as any cell, then return at once (--out holds the job; a value
+    shown now would be stale at once); a thread follows the job, and its values land between
+    later cells (job/background.py)."""
     if opts.session:
         raise UsageError("--bg cells do not run in a session yet: drop --session (or --bg)")
     endpoint = targets.resolve(opts)
@@ -111,7 +113,6 @@ def _in_background(
         " it, `%tetra wait` waits for its values)",
         file=sys.stderr,
     )
-    return job
 
 
 def _analysed(source: str, filename: str, label: Labeler) -> CellAnalysis:

@@ -195,3 +195,14 @@ def test_display_options_the_cell_sets_apply_to_its_own_out(kernel_packages: Pat
     assert remote.error is None, remote.stderr
     assert remote.results[-1] == local.results[-1]
     assert "[20 rows x 1 columns]" in local.results[-1]
+
+
+def test_display_options_the_cell_sets_hold_in_a_kernel_with_pandas_too(on_path: None) -> None:
+    """Where the kernel has pandas the DataFrame itself comes home and the kernel renders it:
+    the options the cell set are set in the kernel too, as running the cell there would, so
+    its Out and a later cell's (a DataFrame made at home) show 5 rows as at home."""
+    later = "pd.DataFrame({'m': range(30)})"
+    twins = run_twins("import pandas as pd", Remote(MANY_ROWS, "--deps pandas"), later)
+    assert twins.remote[1].error is None, twins.remote[1].stderr
+    assert [run.results for run in twins.remote] == [run.results for run in twins.local]
+    assert "[30 rows x 1 columns]" in twins.local[2].results[-1]

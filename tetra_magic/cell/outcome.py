@@ -190,8 +190,21 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
     user_ns.update(modules)
     for name in payload.get("deleted", []):
         user_ns.pop(name, None)
+    _set_display_options(payload.get("display_options") or {})
     if payload.get("last") is not None:
         result.last = _load_portable(names, payload["last"])
+
+
+def _set_display_options(options: dict[str, Any]) -> None:
+    """Set here the pandas display options the cell set (runtime/display_options.py), as the
+    cell would have in this kernel; before its Out is shown. Without pandas here, the Out is
+    the worker's rendering, made with them."""
+    pandas = sys.modules.get("pandas")
+    if pandas is None:
+        return
+    for key, value in options.items():
+        with contextlib.suppress(Exception):  # an option this pandas does not have
+            pandas.set_option(key, value)
 
 
 def report(problems: dict[str, str], user_ns: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ The modules, by job: `contract` (the spec, the payload, the markers both sides r
 files: --files written before the cell, --get read after it);
 `shell`, `timing` (IPython syntax); `live_output` (output as progress updates, on the published
 worker); `display`, `publishing`, `ipython_stand_in`, `figures`, `plotly_output`,
+`display_options`,
 `widgets` (what a cell shows); `sessions`
 (namespaces that outlive a cell). The kernel imports several of them too, so both sides share
 one definition; this module itself (the package's sources) runs only in the kernel.

@@ -17,7 +17,7 @@ import sys
 import types
 from typing import Any, cast
 
-from . import at_home, display, exceptions, files, local_modules, sessions
+from . import at_home, display, display_options, exceptions, files, local_modules, sessions
 from .cell_env import for_this_cell
 from .contract import Payload, SessionPart, Spec
 from .live_output import LiveOutput
@@ -106,6 +106,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
             dump = sessions.dumper(session, names, info)
         digests = {name: digest(names, value) for name, value in inputs.items()}
         before = dict(namespace)
+        options = display_options.before()
         try:
             last = _run_source(spec, names)
         except BaseException:
@@ -118,6 +119,8 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         names.refresh()
         out = pack_outputs(names, spec, last, inputs, digests, dump)
         out["definitions"] = names.sent
+        if shown := display_options.changed(options):  # pd.set_option: the kernel's too
+            out["display_options"] = shown
         if spec["get"]:  # --get: the files the notebook asked for, once the cell succeeded
             out["got"], out["got_missing"] = files.collect(spec["get"])
         if session is not None:

@@ -212,3 +212,5 @@ class Payload(TypedDict, total=False):
     # and the patterns that matched none
     got: dict[str, bytes]
     got_missing: list[str]
+    # pandas' display options the cell changed (runtime/display_options.py), {option: value}
+    display_options: dict[str, Any]

@@ -32,6 +32,9 @@ from worker.parent_death import die_with_parent
 MARKER_PREFIX = b"\x00tetra-end:"
 MARKER_SUFFIX = b"\x00"
 TOKEN_LENGTH = 32  # uuid4().hex
+# Names the kernel's package layer (worker/deps.py), set by the executor; the cell runtime's
+# %pip installs there too.
+PACKAGES_VARIABLE = "TETRA_PACKAGES"
 LIBC = ctypes.CDLL(None)
 
 
@@ -87,6 +90,15 @@ def serve(requests: Any, responses: int, streams: Streams) -> None:
         channel.write(responses, response)
 
 
+def _packages_first() -> None:
+    """The notebook's package layer (worker/deps.py) ahead of everything on sys.path, the
+    image's packages included, so a version the notebook pinned is the one it imports; put
+    there once this process's own modules are imported, which the layer cannot replace."""
+    layer = os.environ.get(PACKAGES_VARIABLE)
+    if layer:
+        sys.path.insert(0, layer)
+
+
 def main() -> None:
     """Started as `python -c "...main()" RESPONSE_FD CRASH_FD PARENT_PID` (see
     `worker.executor`); says it is ready on the response pipe, then serves."""
@@ -102,5 +114,6 @@ def main() -> None:
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     cast(io.TextIOWrapper, sys.stderr).reconfigure(line_buffering=True)
     faulthandler.enable(crash_log)  # a segfault leaves the Python stack where the worker reads it
+    _packages_first()
     channel.write(responses, {"ready": True})
     serve(requests, responses, Streams())

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from worker import channel, deps, frames
-from worker.child import MARKER_PREFIX, MARKER_SUFFIX, TOKEN_LENGTH
+from worker.child import MARKER_PREFIX, MARKER_SUFFIX, PACKAGES_VARIABLE, TOKEN_LENGTH
 from worker.protocol import Emit, Failure, FunctionResponse, chunk
 
 READ_SIZE = 65536
@@ -71,8 +71,6 @@ KEPT_SESSION_PROCESSES = int(os.environ.get("TETRA_KEPT_SESSION_PROCESSES", 4))
 _RUNPOD_INFO_ENV = {"RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID", "RUNPOD_GPU_COUNT", "RUNPOD_DC_ID"}
 # Names the kernel an executor process serves (read by tetra_magic/local/kernels.py).
 KERNEL_MARK = "TETRA_KERNEL"
-# Names the kernel's package layer in its executor process (read by the cell runtime's %pip).
-PACKAGES_VARIABLE = "TETRA_PACKAGES"
 # `python -c` with the working directory moved from the front of sys.path to its end (-P would
 # drop it, but only from Python 3.11, and a cell could then not import a module it wrote).
 _START = "import sys; sys.path.append(sys.path.pop(0)); from worker.child import main; main()"
@@ -375,15 +373,14 @@ def _child_env(kernel: str | None) -> dict[str, str]:
     """The worker's environment (its image's and its endpoint's template's), less RunPod's
     own variables: the job-queue credentials and the account's API key are the worker's,
     and a cell gets secrets only through its own --env. Plus unbuffered Python, the worker
-    package importable, the kernel's package layer ahead of the image's packages (and named
-    in TETRA_PACKAGES, where a cell's `%pip install` puts packages), and the kernel's mark,
+    package importable, the kernel's package layer in TETRA_PACKAGES (the child puts it first
+    on its sys.path; a cell's `%pip install` installs there), and the kernel's mark,
     by which the local endpoint frees a closed kernel's processes. PYTHONPATH entries are
     made absolute: relative ones would mean the kernel's directory."""
     root = str(Path(__file__).resolve().parent.parent)
     packages = deps.layer(kernel)
-    own = [root] if packages is None else [root, str(packages)]
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    path = os.pathsep.join([*own, *(os.path.abspath(p) for p in inherited if p)])
+    path = os.pathsep.join([root, *(os.path.abspath(p) for p in inherited if p)])
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_") or k in _RUNPOD_INFO_ENV
     }

@@ -274,3 +274,17 @@ def test_packages_one_notebook_installs_stay_its_own(
         )
     # B's own --deps gives it the package, as it would on a fresh worker.
     assert b.run(f"%%tetra --local --deps tabulate\n{IMPORT_TABULATE}").stdout == "tabulate\n"
+
+
+def test_a_version_the_notebook_pins_wins_over_the_workers_own(
+    kernels: tuple[LiveKernel, LiveKernel],
+) -> None:
+    """The worker's own environment has colorama (0.4.6, a runpod dependency); a notebook that
+    pins another version imports the one it pinned, as it would after installing it at home;
+    the other notebook still gets the worker's."""
+    a, b = kernels
+    version = "import colorama\nprint(colorama.__version__)"
+    worker_own = b.run(f"%%tetra --local\n{version}").stdout
+    assert worker_own != "0.4.5\n", worker_own
+    assert a.run(f"%%tetra --local --deps colorama==0.4.5\n{version}").stdout == "0.4.5\n"
+    assert b.run(f"%%tetra --local\n{version}").stdout == worker_own

@@ -253,6 +253,8 @@ def _load_inputs(names: MainNames, spec: Spec) -> dict[str, Any]:
             message = f"notebook variable {name!r} was not loaded on the worker: {exc}"
             raise RuntimeError(message) from None
         except Exception as exc:
+            if isinstance(exc, ModuleNotFoundError) and name in spec["modules"]:
+                raise  # the module the variable is, missing here: as the cell's own import
             hint = ""
             here = ".".join(platform.python_version_tuple()[:2])
             if spec["python"] != here:

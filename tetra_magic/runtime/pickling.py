@@ -264,10 +264,14 @@ def _import(alias: str, names: list[str]) -> types.ModuleType:
         module = importlib.import_module(names[0])
         for submodule in names[1:]:
             importlib.import_module(submodule)
+    except ModuleNotFoundError as exc:
+        # As the cell's own `import` would fail: the notebook's hint (a package to add with
+        # --deps, or a helper gone from beside the notebook) reads this line.
+        raise ModuleNotFoundError(str(exc), name=exc.name) from None
     except ImportError as exc:
         raise ImportError(
             f"notebook variable {alias!r} is the module {names[0]!r}, which cannot be imported on"
-            f" the worker ({type(exc).__name__}: {exc}); add it with --deps"
+            f" the worker: {exc}"
         ) from None
     return module
 

@@ -208,7 +208,8 @@ def test_the_worker_writes_a_file_only_when_its_content_differs(
 @pytest.mark.slow
 def test_a_file_edited_at_home_is_sent_again_to_later_cells(tmp_path: Path) -> None:
     """Sent once with --files, then edited here: the next remote cell reads it as it is now,
-    with --files or without, never the copy an earlier cell left on the worker."""
+    with --files or without, never the copy an earlier cell left on the worker; deleted here,
+    it is gone there too."""
     folder = tmp_path / "notebook"
     folder.mkdir()
     write = "with open('data.csv', 'w') as f:\n    f.write({!r})"
@@ -221,11 +222,14 @@ def test_a_file_edited_at_home_is_sent_again_to_later_cells(tmp_path: Path) -> N
             Remote(read),
             write.format("six\n"),
             Remote(read, "--files data.csv"),
+            "import os\nos.remove('data.csv')",
+            Remote("import os\nos.path.exists('data.csv')"),
             cwd=folder,
         )
     assert_same(twins)
-    assert [twins.local[i].results[-1] for i in (1, 3, 5)] == [
+    assert [twins.local[i].results[-1] for i in (1, 3, 5, 7)] == [
         repr("one\n"),
         repr("two, a longer line\n"),
         repr("six\n"),
+        "False",  # deleted here: gone on the worker too
     ]

@@ -4,8 +4,9 @@
 kernel's cwd), by glob pattern, a folder with its files recursively; they land at the same
 relative paths in the cell's working directory on the worker (runtime/files.py), sent whole
 with every request and written there unless the worker's copy already has that content. A file
-an earlier cell sent goes again, with any later cell, once its content here has changed: the
-worker's copy follows the notebook's, so no cell reads an old one (on a worker that has it).
+an earlier cell sent goes again, with any later cell, once its content here has changed, and
+is deleted there once it is deleted here (unless a cell changed it there): the worker's copy
+follows the notebook's, so no cell reads an old one (on a worker that has it).
 `--get PATTERN` brings files the cell left in its working directory back to the same relative
 paths here, once it succeeded. Paths stay inside the working directories: absolute paths and
 `..` are refused on both sides.
@@ -13,12 +14,11 @@ paths here, once it succeeded. Paths stay inside the working directories: absolu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from IPython.core.error import UsageError
 
@@ -63,26 +63,43 @@ def expand(found: tuple[str, ...], option: str) -> tuple[str, ...]:
 _SENT: dict[str, tuple[Path, str]] = {}
 
 
-def read(paths: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
-    """The spec's parts for `paths`, and for the files earlier cells sent that changed here
-    since: {path: sha256}, and each content once, by sha256. Read when the cell is sent, so a
-    file edited since the last cell travels as it is now."""
+class SentFiles(NamedTuple):
+    """The spec's data files: {path: sha256} to write, each content once by its sha256, and
+    {path: sha256 last sent} of sent files deleted here since, for the worker to delete."""
+
+    files: dict[str, str]
+    contents: dict[str, bytes]
+    gone: dict[str, str]
+
+
+def read(paths: tuple[str, ...]) -> SentFiles:
+    """The data files of a cell sending `paths`, with the files earlier cells sent that
+    changed here since (sent again) or were deleted here (deleted there too). Read when the
+    cell is sent, so a file edited since the last cell travels as it is now."""
     files: dict[str, str] = {}
     contents: dict[str, bytes] = {}
+    gone: dict[str, str] = {}
     for path in paths:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"--files: {path} cannot be read: {exc.strerror or exc}") from None
         files[path] = _add(contents, data)
-    for path, (where, sha) in _SENT.items():
-        if path not in files and Path(path).absolute() == where:  # not after a %cd
-            with contextlib.suppress(OSError):  # gone here: the worker keeps its copy
-                data = Path(path).read_bytes()
-                if hashlib.sha256(data).hexdigest() != sha:
-                    files[path] = _add(contents, data)
+    for path, (where, sha) in list(_SENT.items()):
+        if path in files or Path(path).absolute() != where:  # not after a %cd
+            continue
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            gone[path] = sha
+            del _SENT[path]
+            continue
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() != sha:
+            files[path] = _add(contents, data)
     _SENT.update({path: (Path(path).absolute(), sha) for path, sha in files.items()})
-    return files, contents
+    return SentFiles(files, contents, gone)
 
 
 def _add(contents: dict[str, bytes], data: bytes) -> str:

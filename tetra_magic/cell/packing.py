@@ -276,7 +276,7 @@ def pack(
             [analysis.source, *(source for source, _, _ in names.sent.values())],
             [*(module for module, *_ in modules.values()), *names.modules_named],
         ),
-        data_files=data_files.read(opts.files),
+        sent_files=data_files.read(opts.files),
         get=opts.get,
     )
     request = request_for(spec, blobs, opts)
@@ -298,12 +298,13 @@ def make_spec(
     aliases: dict[str, str] | None = None,
     session: SessionPart | None = None,
     local_packages: dict[str, LocalPackage] | None = None,
-    data_files: tuple[dict[str, str], dict[str, bytes]] = ({}, {}),
+    sent_files: data_files.SentFiles | None = None,
     get: Collection[str] = (),
 ) -> Spec:
     """The spec of one request: the cell as `analysis` found it (a request that runs no cell,
     a session's pull or end, has an empty one), what travels with it, and the runtime that
     runs it on the worker."""
+    sent = sent_files or data_files.SentFiles({}, {}, {})
     spec: Spec = {
         "filename": filename,
         "source": analysis.source,
@@ -327,9 +328,11 @@ def make_spec(
         # the notebook's logging and warning setup, which the cell runs under on the worker
         "home": at_home.describe(),
         "local_modules": local_packages or {},  # the notebook's own modules, as source
-        # --files: {path: sha256}, each content once by its sha256; --get's patterns
-        "files": data_files[0],
-        "file_contents": data_files[1],
+        # --files: {path: sha256}, each content once by its sha256, the sent files deleted
+        # here since; --get's patterns
+        "files": sent.files,
+        "file_contents": sent.contents,
+        "files_gone": sent.gone,
         "get": list(get),
     }
     if session is not None:

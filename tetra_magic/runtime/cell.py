@@ -73,6 +73,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         session, warm = opened
     # --files: the notebook's data files, in the cell's working directory before it runs
     files.write_sent(spec["files"], spec["file_contents"])
+    files.delete_gone(spec.get("files_gone") or {})
     display.begin((spec.get("home") or {}).get("notebook", False))
     # The cell runs as `__main__`, as a notebook cell does at home: pickle, copy and
     # multiprocessing find the cell's functions and classes by name in sys.modules["__main__"].

@@ -136,6 +136,8 @@ class _SpecFields(TypedDict):
     # directory: sha256}, and their contents by sha256; --get, the patterns to bring back.
     files: dict[str, str]
     file_contents: dict[str, bytes]
+    # files an earlier cell sent, deleted at home since: {path: sha256 as sent}
+    files_gone: dict[str, str]
     get: list[str]
 
 

@@ -50,6 +50,15 @@ def write_sent(files: dict[str, str], contents: dict[str, bytes]) -> None:
         target.write_bytes(contents[sha])
 
 
+def delete_gone(gone: dict[str, str]) -> None:
+    """Delete the files the notebook sent that it has deleted since ({path: sha256 as sent}),
+    where the worker's copy is still the one sent: a cell that changed it keeps its own."""
+    for path, sha in gone.items():
+        target = _inside(path)
+        if target.is_file() and _sha256(target) == sha:
+            target.unlink()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

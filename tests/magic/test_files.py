@@ -177,8 +177,10 @@ def test_an_oversized_request_names_the_files_size(magic: TetraMagic, notebook: 
     (notebook / "big.bin").write_bytes(os.urandom(300_000))
     opts = build(parse_options("--local --files big.bin"), magic)
     analysis = analyse("\nx = 1", "<tetra-cell-1>")
-    with pytest.raises(UsageError, match=r"files sent with --files: 0\.3 MB"):
+    with pytest.raises(UsageError, match=r"files sent with --files: 0\.3 MB") as refused:
         pack(analysis, {}, opts, filename="<tetra-cell-1>", limit=200_000)
+    # No variables went, so neither they nor --session (which keeps variables) are mentioned.
+    assert "variables" not in str(refused.value) and "--session" not in str(refused.value)
     spec = pack(analysis, {}, opts, filename="<tetra-cell-1>", limit=10_000_000).spec
     assert list(spec["files"]) == ["big.bin"]
     assert spec["file_contents"][spec["files"]["big.bin"]] == (notebook / "big.bin").read_bytes()

@@ -214,17 +214,26 @@ def _check_size(
     if size <= limit:
         return
     largest = sorted(blobs.items(), key=lambda item: -len(item[1]))[:5]
-    detail = ", ".join(f"{name} {_mb(len(blob))}" for name, blob in largest)
+    parts, advice = [], []
+    if largest:
+        parts.append("largest variables: " + ", ".join(f"{n} {_mb(len(b))}" for n, b in largest))
+        advice.append(
+            "Load large data inside the cell instead of sending it, or keep it on the worker"
+            " between cells with --session NAME (a session cell sends a value once, and one"
+            " that came back from the session not at all)."
+        )
     if local:  # the notebook's own modules, sent as source (local_modules.py)
-        detail += f"; sources of the notebook's modules {', '.join(local)}:"
-        detail += f" {_mb(local_modules.size(local))}"
+        sources = _mb(local_modules.size(local))
+        parts.append(f"sources of the notebook's modules {', '.join(local)}: {sources}")
     if contents:  # --files (cell/files.py)
-        detail += f"; files sent with --files: {_mb(sum(map(len, contents.values())))}"
+        parts.append(f"files sent with --files: {_mb(sum(map(len, contents.values())))}")
+        advice.append(
+            "Large files are better read on the worker from where they live (a URL, cloud"
+            " storage, a RunPod network volume) than sent with every cell."
+        )
     raise UsageError(
         f"the request is {_mb(size)}, over the endpoint's {_mb(limit)} limit"
-        f" (largest variables: {detail}). Load large data inside the cell instead of sending"
-        " it, or keep it on the worker between cells with --session NAME (a session cell"
-        " sends a value once, and one that came back from the session not at all)."
+        f" ({'; '.join(parts)}). {' '.join(advice)}".rstrip()
     )
 
 

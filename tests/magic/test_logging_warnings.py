@@ -192,9 +192,10 @@ def as_at_home_after_each(setups: dict[str, str], cell: str) -> list[tuple[CellR
 
 
 LOGS = """%%tetra --local
-import logging
+import logging, warnings
 log = logging.getLogger("model")
 print("start")
+warnings.warn("a warning the setup may capture")
 log.info("loading %s", "weights")
 log.debug("details")
 logging.getLogger("chatty").warning("chatter")
@@ -217,6 +218,14 @@ SETUPS = {
         "logging.getLogger('chatty').setLevel(logging.ERROR)\n"
         "logging.getLogger('model').setLevel(logging.WARNING)"
     ),
+    "logging.disable": (
+        "logging.basicConfig(level=logging.DEBUG, force=True)\nlogging.disable(logging.WARNING)"
+    ),
+    "warnings captured by logging": (
+        "logging.disable(logging.NOTSET)\n"
+        "logging.basicConfig(level=logging.INFO, force=True, format='%(levelname)s|%(message)s')\n"
+        "logging.captureWarnings(True)"
+    ),
 }
 
 
@@ -230,6 +239,9 @@ def test_a_remote_cell_logs_as_at_home_under_each_setup(endpoint: None) -> None:
     stdout_setup = runs[7][1]
     assert "[INFO] model: loading weights" in stdout_setup.stdout
     assert "DEBUG:model:details" in runs[5][1].stderr
+    disabled, captured = runs[11][1], runs[13][1]
+    assert "careful" not in disabled.stderr and "ERROR:model.layer:broken" in disabled.stderr
+    assert "WARNING|" in captured.stderr and "a warning the setup may capture" in captured.stderr
 
 
 OWN_SETUP = """%%tetra --local

@@ -90,7 +90,14 @@ def _describe_logging() -> LoggingSetup:
         if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET and not _ours(name)
     }
     kept = dict(sorted(levels.items())[:_LEVELS_KEPT])
-    return {"level": root.level, "handlers": handlers, "levels": kept}
+    return {
+        "level": root.level,
+        "handlers": handlers,
+        "levels": kept,
+        "disable": root.manager.disable,
+        # captureWarnings(True) puts logging's own function in warnings.showwarning
+        "capture_warnings": warnings.showwarning is getattr(logging, "_showwarning", None),
+    }
 
 
 def _cell_stream(handler: logging.Handler) -> str | None:
@@ -261,8 +268,13 @@ def for_this_cell(home: HomeSetup | None) -> Callable[[], None]:
         filters = cast(list[Any], warnings.filters)
         filters[:] = [_filter(entry) for entry in home["warnings"]]
         warnings._filters_mutated()  # type: ignore[attr-defined]
+    captured = bool(home and home["logging"].get("capture_warnings"))
+    if captured:
+        logging.captureWarnings(True)
 
     def restore() -> None:
+        if captured:
+            logging.captureWarnings(False)  # before catch_warnings puts showwarning back
         caught.__exit__(None, None, None)
         restore_logging()
         figures.configure(None)
@@ -283,6 +295,7 @@ def _logging_for_the_cell(setup: LoggingSetup | None) -> Callable[[], None]:
         for name, level in setup["levels"].items():
             if not _ours(name):
                 logging.getLogger(name).setLevel(level)
+        logging.disable(setup.get("disable", logging.NOTSET))
 
     def restore() -> None:
         for name, logger in _loggers(manager):

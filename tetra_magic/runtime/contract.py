@@ -69,6 +69,8 @@ class LoggingSetup(TypedDict):
     level: int  # the root logger's
     handlers: list[HandlerSetup]
     levels: dict[str, int]  # named loggers given a level of their own
+    disable: int  # logging.disable(level): records at or below it dropped (0: none)
+    capture_warnings: bool  # logging.captureWarnings(True): warnings go to "py.warnings"
 
 
 class WarningFilter(TypedDict):

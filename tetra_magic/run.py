@@ -105,7 +105,9 @@ def _in_background(
         assert result is not None  # None only for a lost session, and there is none
         return result
 
-    held = background.jobs(shell).submit(job, follow, filename, analysis.binds | analysis.deletes)
+    # What it imports is no news: `import time` there and here bind the same module.
+    binds = (analysis.binds | analysis.deletes) - set(analysis.imported)
+    held = background.jobs(shell).submit(job, follow, filename, binds)
     if opts.out:
         shell.user_ns[opts.out] = job
     print(

@@ -45,6 +45,9 @@ _KERNEL_APP = "IPKernelApp"
 _ZMQSHELL = "ipykernel.zmqshell"
 _MARKER_DOC = "tetra: a remote cell of a notebook's kernel (runtime/widgets.py)"
 _state = {"kernel_app_set": False}
+# What the cell's relay replaced, put back when the cell ends: (owner, attribute, original),
+# so the process outside a cell (a kernel running this runtime in a test) keeps its own.
+_replaced: list[tuple[Any, str, Any]] = []
 
 
 def begin(notebook: bool) -> None:
@@ -61,9 +64,20 @@ def begin(notebook: bool) -> None:
 
 def end() -> None:
     """After the cell: the shell no longer answers as a kernel (the process runs other cells,
-    of other notebooks on the published worker)."""
+    of other notebooks on the published worker), and comms and ipywidgets are as they were
+    (widgets the cell made keep their relayed comms; the next cell relays again)."""
     if _state["kernel_app_set"]:
         _answer_as_a_kernel(False)
+    while _replaced:
+        owner, name, original = _replaced.pop()
+        setattr(owner, name, original)
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterImport)]
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    """`owner.name = value` for the cell's time (end() puts the original back)."""
+    _replaced.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
 
 
 def _answer_as_a_kernel(on: bool) -> None:
@@ -140,7 +154,7 @@ def _relay_comms() -> None:
         return RelayComm(*args, **kwargs)
 
     create_comm.tetra = True  # type: ignore[attr-defined]
-    comm.create_comm = create_comm
+    _replace(comm, "create_comm", create_comm)
 
 
 def _as_base64(buffer: Any) -> str:
@@ -173,7 +187,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 def _refuse_callbacks(ipywidgets: types.ModuleType) -> None:
     """Make the ipywidgets calls that need the notebook to call back raise, by name."""
     widgets: Any = getattr(ipywidgets, "widgets", None)
-    if widgets is None or getattr(widgets, "_tetra_refused", False):
+    if widgets is None or getattr(widgets.Button.on_click, "tetra", False):
         return
     interaction = widgets.interaction
     for owner, name, what in (
@@ -181,17 +195,17 @@ def _refuse_callbacks(ipywidgets: types.ModuleType) -> None:
         (widgets.Text, "on_submit", "Text.on_submit"),
         (interaction.interactive, "__init__", "interact"),
     ):
-        setattr(owner, name, _refusal(what))
+        _replace(owner, name, _refusal(what))
     refused = _refusal("interactive_output")
     modules: tuple[Any, ...] = (ipywidgets, widgets, interaction)
     for module in modules:
         if hasattr(module, "interactive_output"):
-            module.interactive_output = refused
-    widgets._tetra_refused = True
+            _replace(module, "interactive_output", refused)
 
 
 def _refusal(what: str) -> Any:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(REFUSED.format(what=what))
 
+    refuse.tetra = True  # type: ignore[attr-defined]
     return refuse

@@ -63,6 +63,8 @@ CELLS: dict[str, str | Remote] = {
     "no await": Remote(NO_AWAIT),
     "asyncio.run": Remote("asyncio.run(work(1))"),
     "unawaited": Remote(UNAWAITED),
+    "a name": "greeting = 'world'",
+    "env from a name": Remote("%env GREETING=$greeting\nimport os\nos.environ['GREETING']"),
 }
 AT = {name: index for index, name in enumerate(CELLS)}
 
@@ -195,3 +197,11 @@ def test_timeit_o_and_a_task_on_the_published_worker(published: LoopbackEndpoint
     assert home.results == ["(20, 3, 'TimeitResult')"]
     assert runs[4].results == ["42"], (runs[4].error, runs[4].stderr)
     assert runs[5].results == ["(True, True)"], (runs[5].error, runs[5].stderr)
+
+
+def test_env_expands_the_notebooks_names_as_at_home(twins: Twins) -> None:
+    """`%env NAME=$name`: IPython substitutes the notebook's value before the magic runs."""
+    found = cells(twins, "env from a name")
+    assert found.local[0].results == ["'world'"]
+    assert found.remote[0].results == found.local[0].results
+    assert found.remote[0].stdout == found.local[0].stdout

@@ -57,6 +57,9 @@ _MAGIC_LINE = re.compile(
     r"(?P<call>run_line_magic|system|getoutput)\((?P<args>.*)\)\s*$"
 )
 _STATEMENT_MAGICS = ("time", "timeit")
+# Line magics whose line IPython expands ({expr}, $name) before running them, as the worker's
+# shell does (runtime/shell.py): what they substitute is read from the notebook.
+_EXPANDED_MAGICS = ("env", "set_env", "pip")
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,16 @@ def _line_as_python(line: str) -> str:
     if call == "run_line_magic" and len(args) >= 2 and args[0] in _STATEMENT_MAGICS:
         return _statement_magic(head, _strip_options(str(args[1]))) or line
     if call in ("system", "getoutput") and args and isinstance(args[0], str):
-        fields = [f for f in expansion_fields(args[0]) if _is_expression(f)]
-        return f"{head}({''.join(f'{field}, ' for field in fields)})"
+        return _reading(head, args[0])
+    if call == "run_line_magic" and len(args) >= 2 and args[0] in _EXPANDED_MAGICS:
+        return _reading(head, str(args[1]))
     return line
+
+
+def _reading(head: str, text: str) -> str:
+    """Python that reads what IPython substitutes into `text` ({expr}, $name)."""
+    fields = [f for f in expansion_fields(text) if _is_expression(f)]
+    return f"{head}({''.join(f'{field}, ' for field in fields)})"
 
 
 def _statement_magic(head: str, statement: str) -> str | None:

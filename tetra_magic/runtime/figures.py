@@ -55,11 +55,6 @@ def is_figure(obj: Any) -> bool:
     )
 
 
-def figure_png(fig: Any) -> bytes | None:
-    """The figure as PNG bytes, as the inline backend renders it (None for an empty one)."""
-    return _print(fig, "png") if fig.axes or fig.lines else None
-
-
 def figure_bundle(fig: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(data, metadata) of the figure in each of the kernel's figure formats, as IPython's
     formatters make them (a retina PNG at twice the dpi, its size in the metadata); None for
@@ -69,13 +64,38 @@ def figure_bundle(fig: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
     data: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     for name in _setup["now"]["formats"]:
-        mime, written = _FORMATS.get(name, _FORMATS["png"])
-        image = _print(fig, written, 2 if name == "retina" else 1)
-        data[mime] = image.decode() if written == "svg" else image
-        if name == "retina":
-            width, height = struct.unpack(">II", image[16:24])  # the PNG's IHDR
-            metadata[mime] = {"width": width // 2, "height": height // 2}
+        mime, image, size = _render(fig, name)
+        data[mime] = image
+        if size:
+            metadata[mime] = size
     return data, metadata
+
+
+def figure_as(mime: str, fig: Any) -> Any:
+    """The figure as IPython's `mime` formatter gives it under the kernel's settings: its
+    image, or (image, metadata) for a retina PNG; None where the kernel shows figures in no
+    format of that mime type, or the figure is empty."""
+    names = [n for n in _setup["now"]["formats"] if _FORMATS.get(n, _FORMATS["png"])[0] == mime]
+    if not names or (not fig.axes and not fig.lines):
+        return None
+    _, image, size = _render(fig, names[-1])
+    return (image, size) if size else image
+
+
+def figure_mimes() -> list[str]:
+    """Every mime type a figure may be shown as, whatever the kernel's formats."""
+    return sorted({mime for mime, _ in _FORMATS.values()})
+
+
+def _render(fig: Any, name: str) -> tuple[str, Any, dict[str, int]]:
+    """(mime type, image, metadata) of the figure in one of the kernel's formats: an SVG as
+    text, a retina PNG at twice the dpi with its size as metadata."""
+    mime, written = _FORMATS.get(name, _FORMATS["png"])
+    image = _print(fig, written, 2 if name == "retina" else 1)
+    if name != "retina":
+        return mime, image.decode() if written == "svg" else image, {}
+    width, height = struct.unpack(">II", image[16:24])  # the PNG's IHDR
+    return mime, image, {"width": width // 2, "height": height // 2}
 
 
 def _print(fig: Any, written: str, scale: int = 1) -> bytes:

@@ -48,6 +48,10 @@ def facts(cell: str):
         ("if c:\n    q = 1\nprint(q)", {"c", "q"}, {"q"}),
         ("out = [y := f(v) for v in vs]\nprint(y)", {"f", "vs"}, {"out", "y"}),
         ("if (n := len(a)) > 1:\n    pass\nprint(n)", {"a"}, {"n"}),
+        # a walrus in a for's iterable, a with's or a match's subject always runs
+        ("for x in (lk := [1, 2]):\n    pass\nprint(lk)", set(), {"lk", "x"}),
+        ("with open(p := 'f') as fh:\n    pass\nprint(p)", set(), {"p", "fh"}),
+        ("match (v := get()):\n    case _:\n        pass\nprint(v)", {"get"}, {"v"}),
         ("grid = [[i * j for j in cols] for i in rows]", {"cols", "rows"}, {"grid"}),
         ("class K:\n    vals = [scale * v for v in base]", {"scale", "base"}, {"K"}),
         ("@deco(arg)\ndef f(x: T = d) -> R:\n    return x", {"deco", "arg", "T", "d", "R"}, {"f"}),

@@ -256,13 +256,13 @@ class _Cell(ast.NodeVisitor):
             self.bound |= stores
 
     def statement_For(self, stmt: ast.For | ast.AsyncFor) -> None:
-        self.walk(stmt.iter)
+        self.bound |= self.walk(stmt.iter)  # a walrus in the iterable always runs
         self.block(stmt.body, self.bound | self.walk(stmt.target))
         self.block(stmt.orelse, set(self.bound))
 
     def statement_With(self, stmt: ast.With | ast.AsyncWith) -> None:
         for item in stmt.items:
-            self.walk(item.context_expr)
+            self.bound |= self.walk(item.context_expr)
             if item.optional_vars is not None:
                 self.bound |= self.walk(item.optional_vars)
         self.block(stmt.body, self.bound)
@@ -283,7 +283,7 @@ class _Cell(ast.NodeVisitor):
         self.block(stmt.orelse + stmt.finalbody, set(self.bound))
 
     def statement_Match(self, stmt: ast.Match) -> None:
-        self.walk(stmt.subject)
+        self.bound |= self.walk(stmt.subject)
         for case in stmt.cases:
             inside = self.bound | self.walk(case.pattern)
             outer, self.bound = self.bound, inside

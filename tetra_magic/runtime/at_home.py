@@ -159,7 +159,8 @@ def _describe_figures() -> FigureSetup:
     """How the kernel shows a figure: the formatters set_matplotlib_formats or InlineBackend
     registered for matplotlib's Figure (their formats and print_figure keywords); else
     InlineBackend's settings, of its instance or, before the inline backend is loaded, as
-    `%config InlineBackend...` left them in the kernel's config for it; and InlineBackend.rc."""
+    `%config InlineBackend...` left them in the kernel's config for it; InlineBackend.rc; and
+    the rcParams the kernel changed."""
     setup = figures.DEFAULT_SETUP
     module = sys.modules.get("matplotlib_inline.config")
     inline = getattr(module, "InlineBackend", None)
@@ -169,6 +170,7 @@ def _describe_figures() -> FigureSetup:
             "formats": _format_names(backend.figure_formats),
             "print_kwargs": _plain_items(backend.print_figure_kwargs),
             "rc": _plain_items(backend.rc),
+            "params": {},
         }
     else:
         setup = _configured(setup)
@@ -177,7 +179,33 @@ def _describe_figures() -> FigureSetup:
         formats = _format_names(_printed_format(printer) for printer in registered)
         keywords = {k: v for k, v in registered[-1].keywords.items() if k not in ("fmt", "base64")}
         setup = {**setup, "formats": formats, "print_kwargs": _plain_items(keywords)}
-    return setup
+    return {**setup, "params": _changed_params()}
+
+
+# rcParams that choose how matplotlib runs in the kernel, not how a figure looks
+_RUNNING_PARAMS = frozenset({"backend", "backend_fallback", "interactive"})
+
+
+def _changed_params() -> dict[str, Any]:
+    """The rcParams the kernel's matplotlib differs in from its defaults (`plt.rcParams[...] =
+    ...`, a style, a matplotlibrc), those with plain values; none where it is not loaded."""
+    mpl = sys.modules.get("matplotlib")
+    params, defaults = getattr(mpl, "rcParams", None), getattr(mpl, "rcParamsDefault", None)
+    if params is None or defaults is None:
+        return {}
+    changed = {
+        key: value
+        for key, value in params.items()
+        if key not in _RUNNING_PARAMS and not _same(value, defaults.get(key))
+    }
+    return _plain_items(changed)
+
+
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return bool(value == default)
+    except Exception:  # values that do not compare as one truth value: taken as changed
+        return False
 
 
 def _configured(setup: FigureSetup) -> FigureSetup:
@@ -196,6 +224,7 @@ def _configured(setup: FigureSetup) -> FigureSetup:
             dict(section.get("print_figure_kwargs", setup["print_kwargs"]))
         ),
         "rc": _plain_items(dict(section.get("rc", setup["rc"]))),
+        "params": {},
     }
 
 

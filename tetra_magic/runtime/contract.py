@@ -93,6 +93,7 @@ class FigureSetup(TypedDict):
     formats: list[str]  # "png", "retina", "jpeg", "svg", "pdf"
     print_kwargs: dict[str, Any]  # print_figure_kwargs: {"bbox_inches": "tight"}, ...
     rc: dict[str, Any]  # InlineBackend.rc: rcParams the inline backend sets
+    params: dict[str, Any]  # rcParams the kernel's matplotlib differs in from its defaults
 
 
 class DisplaySetup(TypedDict):

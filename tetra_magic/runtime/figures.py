@@ -2,7 +2,7 @@
 every open figure, figures still open when the cell ends are shown then, and a figure travels
 as its image, in the formats the kernel's inline backend uses (InlineBackend's figure_formats,
 print_figure_kwargs and rc, or set_matplotlib_formats: `configure` takes them, at_home.py reads
-them at home).
+them at home), and drawn with the rcParams the kernel set (`plt.rcParams[...] = ...`, a style).
 
 matplotlib gets a backend of this module's making, chosen by an import hook as matplotlib is
 imported (matplotlib may never be, and is optional on the worker: imported only where used).
@@ -10,6 +10,7 @@ imported (matplotlib may never be, and is optional on the worker: imported only 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -30,6 +31,7 @@ DEFAULT_SETUP: FigureSetup = {
     "formats": ["png"],
     "print_kwargs": {"bbox_inches": "tight"},
     "rc": {},
+    "params": {},
 }
 _setup: dict[str, FigureSetup] = {"now": DEFAULT_SETUP}
 # The mime type of each figure format, and the format matplotlib writes for it.
@@ -157,9 +159,12 @@ def _backend(mpl: Any) -> str | None:
 
 
 def _ready(mpl: Any) -> None:
-    """matplotlib as the inline backend leaves it: the kernel's InlineBackend.rc set, and this
-    module's backend chosen if none was."""
-    mpl.rcParams.update(_setup["now"]["rc"])
+    """matplotlib as the kernel has it: InlineBackend.rc set, as the inline backend does, then
+    the rcParams the kernel changed itself; and this module's backend chosen if none was."""
+    for key, value in {**_setup["now"]["rc"], **_setup["now"]["params"]}.items():
+        # a setting this matplotlib does not know, or takes in another form: its own stays
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            mpl.rcParams[key] = value
     if _backend(mpl) is None:
         mpl.rcParams["backend"] = BACKEND
 

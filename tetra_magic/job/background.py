@@ -113,6 +113,8 @@ class Jobs:
             if not held.running and not held.written:
                 self.settle(held)
         source = getattr(info, "raw_cell", "") or ""
+        if source.lstrip().startswith("%tetra wait"):
+            return  # it waits first: what it reads afterwards is the job's
         for held in self.held:
             waiting = sorted(held.binds & _reads(self.shell, source)) if held.running else []
             if waiting:

@@ -10,6 +10,7 @@ ipywidgets comms that travel home with the frames (widgets.py).
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import sys
 import types
@@ -92,8 +93,8 @@ def _install_stand_in() -> None:
 
 def _capture_ipython() -> None:
     """IPython's own display machinery, publishing frames: a shell (made once, without history,
-    leaving __main__ alone) whose display publisher writes them, and whose PNG formatter knows
-    matplotlib figures."""
+    leaving __main__ alone) whose display publisher writes them, and whose image formatters show
+    matplotlib figures in the kernel's formats (figures.py), as its inline backend does."""
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -117,5 +118,8 @@ def _capture_ipython() -> None:
         clear_output = staticmethod(publishing.clear_output)
 
     shell.display_pub = Publisher(shell=shell)
-    png = shell.display_formatter.formatters["image/png"]  # type: ignore[union-attr]
-    png.for_type_by_name("matplotlib.figure", "Figure", figures.figure_png)
+    formatters = shell.display_formatter.formatters  # type: ignore[union-attr]
+    for mime in figures.figure_mimes():
+        if mime in formatters:
+            show_as = functools.partial(figures.figure_as, mime)
+            formatters[mime].for_type_by_name("matplotlib.figure", "Figure", show_as)

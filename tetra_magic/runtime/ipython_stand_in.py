@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 from xml.dom import minidom
 
-from .figures import figure_png, is_figure
+from .figures import figure_bundle, is_figure
 from .publishing import as_text, clear_output, publish_display_data
 
 _METHODS = {
@@ -85,7 +85,8 @@ def format(
     obj: Any, include: Any = None, exclude: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, metadata) for `obj` as IPython's DisplayFormatter makes them: its
-    _ipython_display_, _repr_mimebundle_, each _repr_*_ method, a figure's PNG, and text/plain."""
+    _ipython_display_, _repr_mimebundle_, each _repr_*_ method, a figure's images in the
+    kernel's formats, and text/plain."""
     if callable(getattr(type(obj), "_ipython_display_", None)):
         obj._ipython_display_()
         return {}, {}
@@ -99,8 +100,10 @@ def format(
     for mime, method in _METHODS.items():
         if mime not in data and callable(getattr(type(obj), method, None)):
             _add(data, metadata, mime, getattr(obj, method)())
-    if "image/png" not in data and is_figure(obj):
-        _add(data, metadata, "image/png", figure_png(obj))
+    if is_figure(obj):  # in the kernel's figure formats, as its inline backend shows it
+        images, sizes = figure_bundle(obj) or ({}, {})
+        data.update({m: image for m, image in images.items() if m not in data})
+        metadata.update({m: size for m, size in sizes.items() if m not in metadata})
     data.setdefault("text/plain", _plain(obj))
     keep = [m for m in data if (not include or m in include) and m not in (exclude or ())]
     return {m: data[m] for m in keep}, {m: v for m, v in metadata.items() if m in keep}

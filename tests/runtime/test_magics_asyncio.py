@@ -51,7 +51,7 @@ UNAWAITED = "async def ping():\n    return 1\n\nping()\nNone"
 CELLS: dict[str, str | Remote] = {
     "define": DEFINE,
     "timeit -o": Remote(TIMEIT_O),
-    "result at home": "r, type(r).__name__, r.loops, r.best == min(r.all_runs) / r.loops",
+    "result at home": "r, type(r).__module__, type(r).__name__, r.loops, r.best == min(r.all_runs) / r.loops",
     "timeit": Remote("%timeit f(100)"),
     "time print": Remote("%time print('hi')"),
     "time value": Remote("x = %time f(10)\nx"),

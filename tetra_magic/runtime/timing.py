@@ -69,6 +69,21 @@ class TimeitResult:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(f"<TimeitResult : {self}>")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """At home it loads as IPython's own TimeitResult (the kernel has IPython), so
+        `isinstance(r, TimeitResult)` holds there as for a `%timeit -o` run at home."""
+        fields = (self.loops, self.repeat, self.best, self.worst, self.all_runs)
+        return timeit_result, (*fields, self.compile_time, self._precision)
+
+
+def timeit_result(*fields: Any) -> Any:
+    """A TimeitResult: IPython's where IPython is installed, else ours."""
+    try:
+        from IPython.core.magics.execution import TimeitResult as IPythons
+    except ImportError:
+        return TimeitResult(*fields)
+    return IPythons(*fields)
+
 
 def format_time(seconds: float, precision: int = 3) -> str:
     """A duration as IPython writes it: `1.23 ms`, `456 ns`; from a minute on, `1min 5s`."""

@@ -114,7 +114,22 @@ def render_traceback(text: str, label: Labeler) -> list[str]:
             out += _frame(match, lines[index + 1 : end], label(match["file"]))
             machinery = False
         index = end
-    return out
+    return _minimal(out) if _xmode() == "Minimal" else out
+
+
+def _xmode() -> str | None:
+    """The kernel's `%xmode` (None outside IPython)."""
+    from IPython import get_ipython
+
+    return getattr(getattr(get_ipython(), "InteractiveTB", None), "mode", None)
+
+
+def _minimal(lines: list[str]) -> list[str]:
+    """What `%xmode Minimal` shows: the last exception's own lines, without frames."""
+    end = len(lines)
+    while end > 0 and not lines[end - 1].startswith(" "):
+        end -= 1
+    return lines[end:] or lines[-1:]
 
 
 def _runtime(filename: str, before_the_cell: bool) -> bool:

@@ -336,3 +336,13 @@ def test_input_transformers_the_user_configured_apply_to_remote_cells() -> None:
         assert cell.error is None, cell.error
     assert remote.stdout == local.stdout == "hi\nthere\n"
     assert line.stdout == "hi\n"
+
+
+def test_xmode_minimal_at_home_shows_a_remote_error_as_minimal() -> None:
+    """`%xmode Minimal` in the kernel: a remote cell's error is its last line, as at home."""
+    failing = "def f():\n    raise ValueError('bad value')\nf()"
+    home = run_cells("%xmode Minimal", failing)[-1].error
+    remote = run_cells(LOAD, "%xmode Minimal", f"%%tetra --local\n{failing}")[-1].error
+    assert home is not None and remote is not None
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in home["traceback"]]
+    assert [line.rstrip("\n") for line in plain] == remote["traceback"] == ["ValueError: bad value"]

@@ -13,7 +13,9 @@ its own cells' outputs.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import published as harness
@@ -51,7 +53,9 @@ UNAWAITED = "async def ping():\n    return 1\n\nping()\nNone"
 CELLS: dict[str, str | Remote] = {
     "define": DEFINE,
     "timeit -o": Remote(TIMEIT_O),
-    "result at home": "r, type(r).__module__, type(r).__name__, r.loops, r.best == min(r.all_runs) / r.loops",
+    "result at home": (
+        "r, type(r).__module__, type(r).__name__, r.loops, r.best == min(r.all_runs) / r.loops"
+    ),
     "timeit": Remote("%timeit f(100)"),
     "time print": Remote("%time print('hi')"),
     "time value": Remote("x = %time f(10)\nx"),
@@ -205,3 +209,14 @@ def test_env_expands_the_notebooks_names_as_at_home(twins: Twins) -> None:
     assert found.local[0].results == ["'world'"]
     assert found.remote[0].results == found.local[0].results
     assert found.remote[0].stdout == found.local[0].stdout
+
+
+def test_a_refused_asyncio_run_leaves_no_warning_in_a_later_cell() -> None:
+    """The refused run's coroutine is collected in a later cell: at home no word of it."""
+    failing = Remote("import asyncio\nasync def main():\n    return 5\nasyncio.run(main())")
+    later = Remote("import gc\ngc.collect()\nprint('next cell')")
+    with private_local_endpoint(Path(tempfile.mkdtemp(prefix="tetra-home-"))):
+        twins = run_twins(failing, Remote("print('b')"), later)
+    assert twins.remote[0].error is not None and twins.local[0].error is not None
+    assert twins.remote[2].stdout == twins.local[2].stdout == "next cell\n"
+    assert twins.remote[2].stderr == twins.local[2].stderr == "", twins.remote[2].stderr

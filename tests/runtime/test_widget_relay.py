@@ -21,8 +21,15 @@ from typing import Any
 import ipywidgets
 import pytest
 from helpers import published as harness
-from helpers.kernels import LiveKernel, environ, private_local_endpoint, shared_worker_env
+from helpers.kernels import (
+    LiveKernel,
+    environ,
+    private_local_endpoint,
+    run_cells,
+    shared_worker_env,
+)
 from helpers.published import LoopbackEndpoint, kernel_env
+from helpers.twins import Remote, assert_same, run_twins
 
 # Starts kernels, a local endpoint and the published worker: not in the fast tier.
 pytestmark = pytest.mark.slow
@@ -72,11 +79,18 @@ class WidgetRun:
         return [self.tree(model_id) for model_id in self.shown]
 
 
-def run_widgets(kernel: LiveKernel, code: str, timeout: float = 600) -> WidgetRun:
-    """Run a cell and read every iopub message it caused, as the frontend gets them."""
+def run_widgets(
+    kernel: LiveKernel, code: str, timeout: float = 600, interrupt_at: int | None = None
+) -> WidgetRun:
+    """Run a cell and read every iopub message it caused, as the frontend gets them; with
+    `interrupt_at`, interrupt it (Ctrl-C, ■) once a widget's value reaches that."""
     msg_id = kernel.execute(code)
     run = WidgetRun()
     while True:
+        numbers = [v for values in run.values.values() for v in values if isinstance(v, float)]
+        if interrupt_at is not None and any(number >= interrupt_at for number in numbers):
+            kernel.interrupt()
+            interrupt_at = None
         msg = kernel.client.get_iopub_msg(timeout=timeout)
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
@@ -128,10 +142,13 @@ AUTO = (
 )
 
 
-def test_without_ipywidgets_on_the_worker_tqdm_auto_is_the_terminal_bar_with_no_warning(
+def test_without_ipywidgets_on_the_worker_tqdm_auto_warns_as_a_kernel_without_it(
     kernel: LiveKernel,
 ) -> None:
-    """In a kernel of its own: its worker process has not imported tqdm.auto before."""
+    """The warning is the hint to add `--deps ipywidgets`. At home it is that of a kernel
+    whose ipywidgets cannot be imported. In a kernel of its own: its worker process has not
+    imported tqdm.auto before."""
+    home = run_cells("import sys\nsys.modules['ipywidgets'] = None", AUTO)[1]
     fresh = LiveKernel()
     try:
         assert fresh.run("%load_ext tetra_magic").error is None
@@ -139,9 +156,15 @@ def test_without_ipywidgets_on_the_worker_tqdm_auto_is_the_terminal_bar_with_no_
     finally:
         fresh.close()
     assert run.error is None, run.error
-    assert run.stdout == "notebook bar: False\n"
-    assert "100%" in run.stderr and "20/20" in run.stderr
-    assert "Warning" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == home.stdout == "notebook bar: False\n"
+    assert "TqdmWarning: IProgress not found" in home.stderr
+    assert _warnings(run.stderr) == _warnings(home.stderr)
+    assert "20/20" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def _warnings(stderr: str) -> str:
+    """What stderr says before the bar, the place of tqdm's installation left out."""
+    return re.sub(r"\S*/site-packages/", "", stderr.partition("\r")[0])
 
 
 def test_a_tqdm_notebook_bar_arrives_as_the_same_widgets_moving_to_the_same_end(
@@ -178,6 +201,60 @@ def test_an_int_progress_the_cell_displays_and_updates(kernel: LiveKernel) -> No
     assert again.values == {remote.shown[0]: [2]}
     # a page reloaded while the kernel runs asks for the model's state: it gets it whole
     assert request_state(kernel, remote.shown[0]) == {**remote.models[remote.shown[0]], "value": 2}
+
+
+BOUND_BARS = (
+    "import sys\nfrom tqdm.notebook import tqdm\nfrom tqdm import tqdm as text_bar\n"
+    "bar = tqdm(total=3)\nbar.update(3)\nbar.close()\n"
+    "with tqdm(total=3) as pbar:\n    pbar.update(3)\n"
+    "with text_bar(total=3, file=sys.stdout, bar_format='{n}/{total}') as text:\n"
+    "    text.update(3)\n"
+    "running = tqdm(total=4, bar_format='{n}/{total}')\nrunning.update(1)\n"
+)
+USE_BARS = (
+    "print(bar.n, pbar.n, text.n, running.n, str(text))\n"
+    "running.update(3)\nrunning.close()\n"
+    "print(running.n, [c.value for c in running.container.children])"
+)
+
+
+def test_tqdm_bars_the_cell_binds_come_home_as_bars_that_still_work(kernel: LiveKernel) -> None:
+    """Closed or running, notebook or text bar, bound by `with` or not: no traceback, no
+    note, and a running bar moves on in a later cell, as at home."""
+    twins = run_twins(Remote(BOUND_BARS, DEPS), USE_BARS)
+    assert_same(twins)
+    for run in twins.remote:
+        assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr
+
+
+def test_a_widget_comes_home_as_one_object_however_many_names_hold_it(
+    kernel: LiveKernel,
+) -> None:
+    shown = (
+        "import ipywidgets as w\nbar = w.IntProgress(max=4, value=2)\n"
+        "box = w.VBox([w.HTML('x'), bar])\ndisplay(box)"
+    )
+    moved = "print(box.children[1] is bar)\nbox.children[1].value = 3\nprint(bar.value)"
+    twins = run_twins(Remote(shown, DEPS), moved)
+    assert_same(twins)
+    assert twins.remote[1].stdout == "True\n3\n"
+
+
+def test_a_tqdm_loop_interrupted_turns_its_bar_red_as_at_home(kernel: LiveKernel) -> None:
+    """The worker is stopped with the cell and cannot say so: home turns the bar red."""
+    loop = "from tqdm.notebook import tqdm\nimport time\nfor step in tqdm(range(400)):\n"
+    loop += "    time.sleep(0.05)\n"
+    home = run_widgets(kernel, loop, interrupt_at=3)
+    remote = run_widgets(kernel, f"%%tetra --local {DEPS}\n{loop}", interrupt_at=3)
+    assert home.error is not None and remote.error is not None
+    assert home.error["ename"] == "KeyboardInterrupt"
+    assert remote.error["ename"] == "CellInterrupted"  # a KeyboardInterrupt (errors.py)
+    bars = [
+        next(model for model in run.models.values() if "bar_style" in model)
+        for run in (home, remote)
+    ]
+    assert [bar["bar_style"] for bar in bars] == ["danger", "danger"], remote.stderr
+    assert 3 <= bars[1]["value"] < 400
 
 
 def request_state(kernel: LiveKernel, model_id: str) -> dict[str, Any]:

@@ -17,10 +17,15 @@ with its values: its RelayComm unpickles there as the kernel's comm of the relay
 tqdm.auto (tqdm.autonotebook) gives the notebook bar in a kernel, which it tells by
 `ipykernel.zmqshell` in sys.modules (tqdm 4.67 on; before, by an `IPKernelApp` in
 `get_ipython().config`), where ipywidgets imports. For a cell whose notebook is such a kernel
-(home says so: at_home.py), the worker answers both questions the same for the cell's time,
-but only where ipywidgets is installed: without it, tqdm.auto gives the terminal bar, as at a
-terminal, with no warning. The `ipykernel.zmqshell` it finds is an empty marker module, there
-only while no real ipykernel is imported.
+(home says so: at_home.py), the worker answers both questions the same for the cell's time:
+without ipywidgets there, tqdm.auto warns as in such a kernel ("IProgress not found. Please
+update jupyter and ipywidgets"; the hint to add `--deps ipywidgets`) and gives the terminal
+bar. The `ipykernel.zmqshell` it finds is an empty marker module, there only while no real
+ipykernel is imported.
+
+What the cell binds comes home whole (`_travel_whole`): a relayed widget as the one object of
+its comm id (a box's child is the very widget bound to a name), a tqdm bar, closed or not, as a
+working bar on the kernel's own stream and widgets.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,20 +64,22 @@ def begin(notebook: bool) -> None:
         _refuse_callbacks(sys.modules["ipywidgets"])
     elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
-    if notebook and importlib.machinery.PathFinder.find_spec("ipywidgets") is not None:
+    if notebook:
         _answer_as_a_kernel(True)
 
 
 def end() -> None:
     """After the cell: the shell no longer answers as a kernel (the process runs other cells,
     of other notebooks on the published worker), and comms and ipywidgets are as they were
-    (widgets the cell made keep their relayed comms; the next cell relays again)."""
+    (widgets the cell made keep their relayed comms; the next cell relays again). What the
+    cell bound is pickled after this: its widgets and tqdm bars are readied for it here."""
     if _state["kernel_app_set"]:
         _answer_as_a_kernel(False)
     while _replaced:
         owner, name, original = _replaced.pop()
         setattr(owner, name, original)
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterImport)]
+    _travel_whole()
 
 
 def _replace(owner: Any, name: str, value: Any) -> None:
@@ -110,6 +118,9 @@ def _relay_comms() -> None:
     class RelayComm(BaseComm):
         """A comm whose messages travel home in the cell's output (see the module's doc)."""
 
+        relayed = True
+        tqdm = False  # the comm of a tqdm notebook bar's box (TqdmBarComm)
+
         def publish_msg(
             self,
             msg_type: str,
@@ -118,7 +129,7 @@ def _relay_comms() -> None:
             buffers: Sequence[Any] | None = None,
             **keys: Any,
         ) -> None:
-            message = {
+            message: dict[str, Any] = {
                 "type": "comm",
                 "msg_type": msg_type,
                 "comm_id": self.comm_id,
@@ -128,13 +139,14 @@ def _relay_comms() -> None:
             }
             if msg_type == "comm_open":
                 message["target_name"] = keys.get("target_name") or self.target_name
+                message["tqdm"] = self.tqdm
             publishing.publish(message)
 
         def __reduce__(self) -> tuple[Any, ...]:
             """A widget the cell binds comes home with its values: there its comm is the
             kernel's comm of the relayed widget, so setting its traits at home moves the
             widget on screen."""
-            return home_comm, (self.comm_id,)
+            return _AtHome("home_comm"), (self.comm_id,)
 
         def close(self, *args: Any, deleting: bool = False, **kwargs: Any) -> None:
             """Closed for good when the cell closes it; a comm collected as garbage (or at
@@ -144,17 +156,33 @@ def _relay_comms() -> None:
                 return
             super().close(*args, **kwargs)
 
-    def home_comm(comm_id: str) -> Any:
-        """Run where a RelayComm is unpickled (defined here, so it travels by value)."""
-        import importlib
+    class TqdmBarComm(RelayComm):
+        """The comm of a tqdm notebook bar: home turns the bar red if the cell is stopped
+        while it runs (tqdm's sign of a loop interrupted), which the stopped worker cannot."""
 
-        return importlib.import_module("tetra_magic.view.widget_relay").home_comm(comm_id)
+        tqdm = True
 
     def create_comm(*args: Any, **kwargs: Any) -> BaseComm:
-        return RelayComm(*args, **kwargs)
+        """A relayed comm; one for a tqdm bar where that is the widget opening it."""
+        opening = _opening_widget()
+        bar = opening.__name__ == "TqdmHBox" and opening.__module__.startswith("tqdm")
+        return (TqdmBarComm if bar else RelayComm)(*args, **kwargs)
 
     create_comm.tetra = True  # type: ignore[attr-defined]
     _replace(comm, "create_comm", create_comm)
+
+
+def _opening_widget() -> type:
+    """The class of the widget whose comm is being made: `self` of ipywidgets' `Widget.open`,
+    a few calls up (through ipywidgets' own create_comm)."""
+    frame = sys._getframe(2)
+    for _ in range(3):
+        if frame.f_code.co_name == "open" and "self" in frame.f_locals:
+            return type(frame.f_locals["self"])
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return type(None)
 
 
 def _as_base64(buffer: Any) -> str:
@@ -209,3 +237,74 @@ def _refusal(what: str) -> Any:
 
     refuse.tetra = True  # type: ignore[attr-defined]
     return refuse
+
+
+def _travel_whole() -> None:
+    """Make the widgets and tqdm bars of this process pickle as what they are at home (once,
+    and for good: a session's values are pickled in later cells too). A relayed widget comes
+    home as the one object of its comm id, so `box.children[1] is bar` holds there as here;
+    a tqdm bar comes home as a bar on the kernel's own stream. Other widgets pickle as before."""
+    widget_module = sys.modules.get("ipywidgets.widgets.widget")
+    widget = getattr(widget_module, "Widget", None)
+    if widget is not None and "__reduce_ex__" not in vars(widget):
+        widget.__reduce_ex__ = _reduce_widget
+    tqdm_module = sys.modules.get("tqdm.std")
+    bar = getattr(tqdm_module, "tqdm", None)
+    if bar is not None and "__reduce_ex__" not in vars(bar):
+        bar.__reduce_ex__ = _reduce_bar
+
+
+def _reduce_widget(widget: Any, protocol: int) -> Any:
+    """A widget whose comm is relayed: by its comm id, unpickled at home as the one widget
+    object of that id. tqdm's `pbar`, a weak proxy of its bar on the bar's widgets, is left
+    to the bar (a proxy would pickle as a second bar)."""
+    comm = widget._trait_values.get("comm")
+    if not getattr(type(comm), "relayed", False):
+        return object.__reduce_ex__(widget, protocol)
+    proxies = (weakref.ProxyType, weakref.CallableProxyType)
+    state = {k: v for k, v in widget.__getstate__().items() if type(v) not in proxies}
+    return _AtHome("home_widget"), (comm.comm_id, type(widget)), state
+
+
+def _reduce_bar(bar: Any, protocol: int) -> Any:
+    """A tqdm bar with its state, but without the wrapper tqdm puts around its stream (whose
+    `__getattr__` asks the wrapped stream for everything, so unpickling it, which looks up
+    `__setstate__` before the stream is there, recursed without end) or the status printer
+    closed over that wrapper: both are made again at home (widget_relay.bar_state). The
+    process's stdout or stderr comes home as the kernel's."""
+    state = dict(vars(bar))
+    if "fp" in state:
+        stream = getattr(state["fp"], "_wrapped", state["fp"])
+        names = {"<stdout>": "stdout", "<stderr>": "stderr"}
+        state["fp"] = names.get(str(getattr(stream, "name", "")), stream)
+    state.pop("sp", None)
+    # what tqdm sets to do nothing (`lambda: None` once closed): made again at home, where a
+    # lambda would go as bytecode
+    idle = [k for k, v in state.items() if getattr(v, "__name__", None) == "<lambda>"]
+    for name in idle:
+        del state[name]
+    running = not bar.disable
+    home, setter = _AtHome("home_bar"), _AtHome("bar_state")
+    return home, (type(bar), running), (state, idle), None, None, setter
+
+
+class _AtHome:
+    """A function of tetra_magic.view.widget_relay as a pickle names it: where the value is
+    unpickled, the notebook's own function of that name. Named, not sent as bytecode, so the
+    blob loads under any Python version. Never called here."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any) -> Any:
+        raise TypeError(f"{self.name} runs in the notebook, where the value is unpickled")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (_HomeModule(), self.name)
+
+
+class _HomeModule:
+    """tetra_magic.view.widget_relay as a pickle names it (imported where it is unpickled)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return importlib.import_module, ("tetra_magic.view.widget_relay",)

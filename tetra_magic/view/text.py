@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tetra_magic.cloud.status import JobStatus
-from tetra_magic.view import rich
+from tetra_magic.view import rich, widget_relay
 from worker.protocol import FunctionResponse
 
 
@@ -77,6 +77,8 @@ class TextView:
         displays included."""
         for chunk in self._held:
             self._show(chunk)
+        if response is None or response.failure:  # the cell stopped before its end
+            widget_relay.stopped()
         if response is not None and response.stdout and not self.streamed:
             for chunk in rich.stdout_chunks(response.stdout):
                 self._show(chunk)

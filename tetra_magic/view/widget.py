@@ -27,7 +27,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from tetra_magic.cloud.status import JobStatus
-from tetra_magic.view import render, rich
+from tetra_magic.view import render, rich, widget_relay
 from tetra_magic.view.cancel import route_to_side_thread
 from worker.protocol import FunctionResponse
 
@@ -146,6 +146,8 @@ class WidgetView:
         self.handle.update({"text/html": summary, "text/plain": plain}, raw=True)
         for widget in [*self.output_box.children, *self._widgets]:
             widget.close()
+        if response is None or response.failure:  # the cell stopped before its end
+            widget_relay.stopped()
         self._replay(response)
 
     # -- building and rendering ----------------------------------------------------------------

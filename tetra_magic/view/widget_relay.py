@@ -15,7 +15,12 @@ kernel (terminal IPython) there is no frontend: the widget shows as its display'
 
 A widget the cell binds to a name comes home with the cell's values as a widget of the same
 class whose comm is a `HomeComm` on the relayed one: `bar.value = 3` in a later cell moves the
-bar on screen, as it would at home.
+bar on screen, as it would at home. It is one object however many names and boxes it comes
+home under (`home_widget`), as it was in the cell. A tqdm bar comes home as a working bar on
+those widgets, or on the kernel's stream (`home_bar`, `bar_state`).
+
+A cell stopped before its end (interrupted, cancelled) cannot say so from the worker: the
+views call `stopped`, which turns its tqdm bars still running red, as tqdm does at home.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from typing import Any
 
 # The widgets relayed into this kernel, by comm id.
 _relayed: dict[str, Relayed] = {}
+# The widget objects that came home, by comm id: one object for each widget, however many
+# names (or containers) it came home under.
+_homed: dict[str, Any] = {}
 
 
 @dataclass
@@ -36,6 +44,8 @@ class Relayed:
     comm: Any
     state: dict[str, Any] = field(default_factory=dict)
     buffers: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+    tqdm: bool = False  # the box of a tqdm notebook bar: [description, progress, numbers]
+    cell: str = ""  # the id of the request of the cell that made it
 
     def merge(self, data: dict[str, Any], buffers: list[bytes]) -> None:
         """Take in a state (whole or in part) and its binary buffers."""
@@ -63,7 +73,8 @@ def relay(message: dict[str, Any]) -> None:
     """Do one comm message of the remote cell in this kernel (nothing without a kernel)."""
     from IPython import get_ipython
 
-    if getattr(get_ipython(), "kernel", None) is None:
+    shell = get_ipython()
+    if getattr(shell, "kernel", None) is None:
         return
     comm_id = str(message.get("comm_id"))
     data = message.get("data") or {}
@@ -72,18 +83,21 @@ def relay(message: dict[str, Any]) -> None:
     kind = message.get("msg_type")
     relayed = _relayed.get(comm_id)
     if kind == "comm_open" and relayed is None:
-        _open(comm_id, message.get("target_name") or "jupyter.widget", data, metadata, buffers)
+        target = message.get("target_name") or "jupyter.widget"
+        opened = _open(comm_id, target, data, metadata, buffers)
+        opened.tqdm, opened.cell = bool(message.get("tqdm")), _cell(shell)
     elif kind == "comm_msg" and relayed is not None:
         relayed.merge(data, buffers)
         relayed.comm.send(data=data, metadata=metadata, buffers=buffers)
     elif kind == "comm_close" and relayed is not None:
         del _relayed[comm_id]
+        _homed.pop(comm_id, None)
         relayed.comm.close(data=data, metadata=metadata, buffers=buffers)
 
 
 def _open(
     comm_id: str, target: str, data: dict[str, Any], metadata: dict[str, Any], buffers: list[bytes]
-) -> None:
+) -> Relayed:
     import comm
 
     opened = comm.create_comm(
@@ -93,6 +107,45 @@ def _open(
     relayed.merge(data, buffers)
     opened.on_msg(relayed.answer)
     _relayed[comm_id] = relayed
+    return relayed
+
+
+def _cell(shell: Any) -> str:
+    """The id of the request of the cell running in the kernel now."""
+    return str((getattr(shell, "parent_header", None) or {}).get("header", {}).get("msg_id"))
+
+
+def stopped() -> None:
+    """The running cell was stopped before its end (interrupted, cancelled, past its time,
+    its worker lost): its tqdm bars still running turn red, as tqdm turns a bar whose loop is
+    interrupted at home. The stopped worker cannot say so itself."""
+    from IPython import get_ipython
+
+    cell = _cell(get_ipython())
+    for box in list(_relayed.values()):
+        children = box.state.get("children") if box.tqdm and box.cell == cell else None
+        if not isinstance(children, list) or len(children) != 3:
+            continue
+        progress = _relayed.get(str(children[1]).removeprefix("IPY_MODEL_"))
+        if progress is not None and _running(progress.state):
+            update = {"method": "update", "state": {"bar_style": "danger"}, "buffer_paths": []}
+            progress.merge(update, [])
+            progress.comm.send(data=update)
+
+
+def _running(progress: dict[str, Any]) -> bool:
+    """Whether a tqdm bar's progress widget shows it running: neither ended (green, red) nor
+    full."""
+    value, most = progress.get("value", 0), progress.get("max", 0)
+    return progress.get("bar_style") in ("", "info") and value < most
+
+
+def home_widget(comm_id: str, cls: Any) -> Any:
+    """The object of a relayed widget that comes home: made (its state is set on it next)
+    the first time, the same one each later time, as the cell had one object."""
+    if comm_id not in _homed:
+        _homed[comm_id] = cls.__new__(cls)
+    return _homed[comm_id]
 
 
 def home_comm(comm_id: str) -> HomeComm | None:
@@ -142,3 +195,37 @@ def _collecting() -> bool:
         if frame.f_code.co_name == "__del__":
             return True
     return False
+
+
+def home_bar(cls: Any, running: bool) -> Any:
+    """A tqdm bar the remote cell bound, as it is unpickled here (its state is set on it next,
+    by `bar_state`): a bar still running joins tqdm's own, as a new one does (for the places
+    of text bars); a closed one does not, as a closed one leaves them."""
+    return cls.__new__(cls) if running else object.__new__(cls)
+
+
+def bar_state(bar: Any, sent: tuple[dict[str, Any], list[str]]) -> None:
+    """Set an unpickled tqdm bar's state, with what the worker left out made again here: its
+    stream (the kernel's stdout or stderr, where it was the worker's) in tqdm's wrapper, the
+    printer of a text bar, the proxy of the bar on a notebook bar's box, and the attributes
+    tqdm had set to do nothing (`idle`)."""
+    import weakref
+
+    from tqdm.utils import DisableOnWriteError
+
+    state, idle = sent
+    vars(bar).update(state)
+    for name in idle:
+        setattr(bar, name, _do_nothing)
+    if "fp" not in state:
+        return  # made disabled: tqdm set up nothing more
+    stream = getattr(sys, bar.fp) if isinstance(bar.fp, str) else bar.fp
+    bar.fp = DisableOnWriteError(stream, tqdm_instance=bar)
+    if "container" in state:
+        state["container"].pbar = weakref.proxy(bar)
+    elif not bar.gui:
+        bar.sp = bar.status_printer(bar.fp)
+
+
+def _do_nothing(*args: Any, **kwargs: Any) -> None:
+    """What tqdm sets a bar's display (or rate) to once it is done with it."""

@@ -118,10 +118,11 @@ def render_traceback(text: str, label: Labeler) -> list[str]:
 
 
 def _xmode() -> str | None:
-    """The kernel's `%xmode` (None outside IPython)."""
-    from IPython import get_ipython
-
-    return getattr(getattr(get_ipython(), "InteractiveTB", None), "mode", None)
+    """The kernel's `%xmode` (None outside IPython, which this module does not import: the
+    cloud package, which knows no notebook, uses it)."""
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return getattr(getattr(shell, "InteractiveTB", None), "mode", None)
 
 
 def _minimal(lines: list[str]) -> list[str]:

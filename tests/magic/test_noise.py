@@ -1,8 +1,9 @@
 """A remote cell says that something did not come back only when the user would miss it.
 
 Spent things and things that only mean something in the worker's process (files a `with`
-closed, finished threads, exhausted generators, locks, a pool that was shut down, logging
-handlers, event loops and finished tasks, a PIL ImageDraw) and modules
+closed, finished threads and subprocesses, exhausted generators, locks, a pool or executor
+that was shut down and its finished futures, closed sqlite3 connections, zip files and tqdm
+bars, logging handlers, event loops and finished tasks, a PIL ImageDraw) and modules
 only the worker has come back without a note, as the same cells run locally print nothing
 extra, nor do names the cell imported from such modules; modules the kernel has come back as
 modules. What the user would reach for again (a
@@ -63,6 +64,30 @@ connection.close()
 """
 SPENT_CHECK = "print(numbers, first, total, sorted(results), doubled)"
 
+FINISHED = """%%tetra --local --deps tqdm
+import io, sqlite3, subprocess, sys, zipfile
+from concurrent.futures import ThreadPoolExecutor
+from tqdm import tqdm
+proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+code = proc.wait()
+executor = ThreadPoolExecutor(2)
+squares = list(executor.map(lambda n: n * n, range(4)))
+executor.shutdown()
+with ThreadPoolExecutor(2) as pool:
+    futs = [pool.submit(pow, 2, n) for n in range(3)]
+powers = [f.result() for f in futs]
+db = sqlite3.connect('data.db')
+db.execute('create table t (n)')
+stored = db.execute('select count(*) from t').fetchone()[0]
+db.close()
+archive = zipfile.ZipFile('data.zip', 'w')
+archive.writestr('a.txt', 'hi')
+archive.close()
+bar = tqdm(range(3), file=io.StringIO())
+steps = sum(1 for _ in bar)
+"""
+FINISHED_CHECK = "print(code, squares, powers, stored, steps)"
+
 MODULES = """%%tetra --local
 import json as js
 import xml.dom.minidom
@@ -80,7 +105,9 @@ MODULES_CHECK = (
 
 
 @pytest.mark.parametrize(
-    ("cell", "check"), [(SPENT, SPENT_CHECK), (MODULES, MODULES_CHECK)], ids=["spent", "modules"]
+    ("cell", "check"),
+    [(SPENT, SPENT_CHECK), (FINISHED, FINISHED_CHECK), (MODULES, MODULES_CHECK)],
+    ids=["spent", "finished", "modules"],
 )
 def test_nothing_the_user_would_miss_is_reported(tmp_path: Path, cell: str, check: str) -> None:
     (tmp_path / "remote").mkdir()

@@ -10,7 +10,9 @@ remote cells get theirs with `--deps`, as a user's would).
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,18 +91,19 @@ def test_plotly_figures_show_as_in_the_kernel_and_the_saved_notebook_stays_small
     assert _saved_size(twins.remote) <= 2 * _saved_size(twins.local)
 
 
-def test_a_plotly_figure_as_the_last_value_is_a_chart_where_the_kernel_has_no_plotly() -> None:
-    """The kernel cannot load the figure: the Out it shows is the chart the worker rendered
-    (the bundle the figure's own display would show), not `Figure({...})` on stdout."""
-    cell = "%%tetra --local --deps plotly\n" + FIGURE.replace("fig = ", "").replace(
-        "\nfig.show()", ""
-    )
-    run = run_cells(LOAD, cell)[1]
-    assert run.error is None and run.stdout == "", run.stderr
-    [(kind, data, _)] = _shown(run)
-    assert kind == "execute_result" and data["application/vnd.plotly.v1+json"]["data"] == [
-        {"x": [1, 2, 3], "y": [4, 1, 2], "type": "scatter"}
-    ]
+def test_a_plotly_figure_as_the_last_value_shows_as_at_home_where_the_kernel_has_no_plotly(
+    kernel_packages: Path,
+) -> None:
+    """The kernel cannot load the figure: it shows the chart the worker rendered, as the
+    figure shows itself in a kernel with plotly: a display output of plotly's bundle, with no
+    Out and no `Figure({...})` text."""
+    last = FIGURE.replace("fig = ", "").replace("\nfig.show()", "")
+    remote = run_cells(LOAD, f"%%tetra --local --deps plotly\n{last}")[1]
+    with environ({"PYTHONPATH": str(kernel_packages)}):
+        local = run_cells(last)[0]
+    assert remote.error is None and remote.stdout == "", remote.stderr
+    assert _shown(remote) == _shown(local)
+    assert [kind for kind, _, _ in _shown(local)] == ["display_data"]
 
 
 @pytest.mark.usefixtures("on_path")
@@ -152,6 +155,86 @@ def test_the_kernels_figure_format_applies_to_remote_figures(figure_format: str)
     assert len(_images(local)) == 1 and expected in _images(local)[0][0]
     if figure_format == "retina":
         assert _images(local)[0][1] == {"image/png": {"width": 300, "height": 200}}
+
+
+def _figures(run: CellRun) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Each output showing a figure: its kind (display or Out), mime types and metadata."""
+    return [
+        (kind, sorted(data), metadata)
+        for kind, data, metadata in _shown(run)
+        if isinstance(data, dict) and any(m.startswith("image/") for m in data)
+    ]
+
+
+SHOWN_FIGURE = (
+    "import matplotlib.pyplot as plt\n"
+    "fig, ax = plt.subplots()\n"
+    "ax.plot([1, 2])\n"
+    "plt.close(fig)\n"
+    "display(fig)\n"
+    "fig"
+)
+
+
+@pytest.mark.usefixtures("on_path")
+@pytest.mark.parametrize(
+    ("figure_format", "deps"),
+    [("svg", "matplotlib"), ("retina", "matplotlib"), ("retina", "matplotlib ipython")],
+    ids=["svg", "retina", "retina-with-ipython"],
+)
+def test_a_figure_displayed_or_left_as_the_last_value_follows_the_kernels_format(
+    figure_format: str, deps: str
+) -> None:
+    """`display(fig)` and `fig` as the last line come in the kernel's figure format with its
+    print_figure_kwargs (a retina image with its size as metadata), on a worker with IPython
+    or without, as the same cell shows them at home."""
+    setup = (
+        "import matplotlib.pyplot\n"
+        f"%config InlineBackend.figure_format = {figure_format!r}\n"
+        "%config InlineBackend.print_figure_kwargs = {'bbox_inches': None}"
+    )
+    twins = run_twins(setup, Remote(SHOWN_FIGURE, f"--deps {deps}"))
+    local, remote = twins.local[1], twins.remote[1]
+    assert remote.error is None, remote.stderr
+    assert _figures(remote) == _figures(local)
+    assert [kind for kind, _, _ in _figures(local)] == ["display_data", "execute_result"]
+
+
+def _png_sizes(run: CellRun) -> list[tuple[int, int]]:
+    """The pixel size of each PNG the cell showed (from its header)."""
+    images = [data["image/png"] for _, data, _ in _shown(run) if "image/png" in data]
+    return [struct.unpack(">II", base64.b64decode(image)[16:24]) for image in images]
+
+
+@pytest.mark.usefixtures("on_path")
+def test_rcparams_the_kernel_set_apply_to_remote_figures() -> None:
+    """`plt.rcParams['figure.figsize'] = (3, 2)` in the kernel: the remote figure is drawn at
+    that size, as the same plot at home (not matplotlib's default 640x480)."""
+    setup = (
+        "%matplotlib inline\n"
+        "import matplotlib.pyplot as plt\n"
+        "plt.rcParams['figure.figsize'] = (3, 2)\n"
+        "%config InlineBackend.print_figure_kwargs = {'bbox_inches': None}"
+    )
+    twins = run_twins(
+        setup, Remote("import matplotlib.pyplot as plt\nplt.plot([1, 2])", "--deps matplotlib")
+    )
+    local, remote = twins.local[1], twins.remote[1]
+    assert remote.error is None, remote.stderr
+    assert _png_sizes(remote) == _png_sizes(local)
+    assert len(_png_sizes(local)) == 1 and _png_sizes(local) != [(640, 480)]
+
+
+def test_an_array_of_axes_is_left_out_without_a_note(kernel_packages: Path) -> None:
+    """`fig, axes = plt.subplots(1, 2)` in a kernel without numpy or matplotlib: the figure
+    shows, and neither it nor the axes array is named, as the cell says nothing at home."""
+    cell = "import matplotlib.pyplot as plt\nfig, axes = plt.subplots(1, 2)\naxes[0].plot([1, 2])"
+    remote = run_cells(LOAD, f"%%tetra --local --deps matplotlib\n{cell}")[1]
+    with environ({"PYTHONPATH": str(kernel_packages)}):
+        local = run_cells(cell)[0]
+    assert remote.error is None, remote.stderr
+    assert "tetra: " not in remote.stderr and _figures(remote) == _figures(local)
+    assert len(_figures(local)) == 1
 
 
 @pytest.mark.usefixtures("on_path")

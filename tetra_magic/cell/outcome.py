@@ -169,16 +169,20 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
 
     names.bind = bind
     imported = set(payload.get("imported", ()))
+    drawn = set(payload.get("drawn", ()))
     for name in [*payload.get("definitions", {}), *values]:
         try:
             names.ensure(name)
         except Exception as exc:
-            # Figures and axes when matplotlib is not here are left out silently: they came
-            # home as images. Any other value the worker can load stays as a stand-in; one
-            # the cell imported (`from tabulate import tabulate`, no tabulate here) without a
-            # note, as the worker's own package is no news.
+            # Figures and axes (an array of axes too) when matplotlib or numpy is not here
+            # are left out silently: they came home as images. Any other value the worker
+            # can load stays as a stand-in; one the cell imported (`from tabulate import
+            # tabulate`, no tabulate here) without a note, as the worker's own package is no
+            # news.
             missing = (getattr(exc, "name", None) or "").partition(".")[0]
             if isinstance(exc, ModuleNotFoundError) and missing in _DRAWN_HOME:
+                continue
+            if isinstance(exc, ImportError) and name in drawn:
                 continue
             if isinstance(exc, ImportError) and name in values:  # the worker can load it
                 bind(name, Unloaded(name, values[name], exc))
@@ -263,18 +267,34 @@ def _load_portable(names: MainNames, portable: dict[str, Any]) -> Any:
     if portable.get("blob") is not None:
         with contextlib.suppress(Exception):
             return names.load("Out", portable["blob"])
-    return RemoteRepr(portable.get("repr") or "<unloadable value>", portable.get("mime") or {})
+    shows = RemoteDisplay if portable.get("displayed") else RemoteRepr
+    text = portable.get("repr") or "<unloadable value>"
+    return shows(text, portable.get("mime") or {}, portable.get("metadata") or {})
 
 
 class RemoteRepr:
     """Stands in for a value that could not be brought here: shows what the worker rendered."""
 
-    def __init__(self, text: str, mime: dict[str, Any]) -> None:
+    def __init__(self, text: str, mime: dict[str, Any], metadata: dict[str, Any]) -> None:
         self.text = text
         self.mime = mime
+        self.metadata = metadata
 
     def __repr__(self) -> str:
         return self.text
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {**self.mime, "text/plain": self.text}
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        """The worker's rendering, with its metadata where it has any (a retina figure's
+        size), as IPython takes either."""
+        bundle = {**self.mime, "text/plain": self.text}
+        return (bundle, self.metadata) if self.metadata else bundle
+
+
+class RemoteDisplay(RemoteRepr):
+    """Stands in for a value that shows itself (a plotly figure's `_ipython_display_`): what
+    the worker showed, shown as a display output, as the value would, not as the cell's Out."""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.mime, raw=True, metadata=self.metadata)

@@ -287,11 +287,22 @@ def pack(
         ),
         sent_files=data_files.read(opts.files),
         get=opts.get,
+        declared=declare(opts.dependencies),
     )
     request = request_for(spec, blobs, opts)
     size = len(request.model_dump_json()) + len('{"input": }')
     _check_size(blobs, size, limit, spec["local_modules"], spec["file_contents"])
     return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
+
+
+# Every --deps (and default_deps) this kernel's cells declared, in order.
+_DECLARED: dict[str, None] = {}
+
+
+def declare(dependencies: Collection[str]) -> list[str]:
+    """Add a cell's --deps to what this notebook declared; all of it so far."""
+    _DECLARED.update(dict.fromkeys(dependencies))
+    return list(_DECLARED)
 
 
 def make_spec(
@@ -309,6 +320,7 @@ def make_spec(
     local_packages: dict[str, LocalPackage] | None = None,
     sent_files: data_files.SentFiles | None = None,
     get: Collection[str] = (),
+    declared: Collection[str] = (),
 ) -> Spec:
     """The spec of one request: the cell as `analysis` found it (a request that runs no cell,
     a session's pull or end, has an empty one), what travels with it, and the runtime that
@@ -343,6 +355,8 @@ def make_spec(
         "file_contents": sent.contents,
         "files_gone": sent.gone,
         "get": list(get),
+        # every --deps this notebook declared so far, for a worker whose packages are shared
+        "declared": list(declared),
     }
     if session is not None:
         spec["session"] = session

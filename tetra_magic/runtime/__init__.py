@@ -18,7 +18,7 @@ files: --files written before the cell, --get read after it);
 `shell`, `timing` (IPython syntax); `live_output` (output as progress updates, on the published
 worker); `display`, `publishing`, `ipython_stand_in`, `figures`, `plotly_output`,
 `display_options`,
-`widgets` (what a cell shows); `sessions`
+`widgets` (what a cell shows); `shared_packages`; `sessions`
 (namespaces that outlive a cell). The kernel imports several of them too, so both sides share
 one definition; this module itself (the package's sources) runs only in the kernel.
 """

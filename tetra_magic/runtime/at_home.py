@@ -14,8 +14,8 @@ cell, handlers on its own loggers) applies to the cell, as at home, and is taken
 A handler that writes to a file or elsewhere is left out: nothing of it would reach the cell's
 output at home either.
 
-The display setup: how the kernel's inline backend shows matplotlib figures (figures.py), and
-plotly's renderer in the kernel (plotly_output.py).
+The display setup: how the kernel's inline backend shows matplotlib figures, and the rcParams
+the kernel set (figures.py); and plotly's renderer in the kernel (plotly_output.py).
 """
 
 from __future__ import annotations

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import ast
 import builtins
+import gc
 import inspect
 import linecache
 import logging
 import platform
 import sys
 import types
+import warnings
 from typing import Any, cast
 
-from . import at_home, display, display_options, exceptions, files, local_modules, sessions
+from . import (
+    at_home,
+    display,
+    display_options,
+    exceptions,
+    files,
+    local_modules,
+    sessions,
+    shared_packages,
+)
 from .cell_env import for_this_cell
 from .contract import Payload, SessionPart, Spec
 from .live_output import LiveOutput
@@ -38,6 +49,7 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
     Its --env variables, the stand-ins for stdin, and the notebook's logging and warning setup
     (at_home.py) last for this cell only, however it ends: the same process runs later cells
     (other kernels' too, on the published worker)."""
+    _collect_a_failed_cells_frames()
     restore = for_this_cell(spec.get("env") or {})
     restore_home = at_home.for_this_cell(spec.get("home"))
     # the notebook's own modules, importable while the cell runs (local_modules.py)
@@ -45,19 +57,45 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
     try:
         live = LiveOutput.on_published_worker(spec.get("timeout"))
         if live is None:
-            return _run_cell(spec, blobs)
+            try:
+                return _run_cell(spec, blobs)
+            except BaseException:
+                _FAILED["cell"] = True
+                raise
         with live:
             try:
                 out = _run_cell(spec, blobs)
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 # sys.exit() too: raised on, it would end that worker's process (and the job)
+                _FAILED["cell"] = True
                 out = {"raised": exceptions.raised(exc)}
+            # its packages are every notebook's there: one the cell did not declare is named
+            roots = [names[0].partition(".")[0] for names in spec["modules"].values()]
+            for line in shared_packages.notes(spec["source"], roots, spec.get("declared") or []):
+                print(line, file=sys.stderr)
         out["output"] = live.chunks
         return out
     finally:
         restore_modules()
         restore_home()
         restore()
+
+
+_FAILED = {"cell": False}
+
+
+def _collect_a_failed_cells_frames() -> None:
+    """A failed cell's frames stay in a reference cycle with its exception until the garbage
+    collector runs, during some later cell; a coroutine among them (`asyncio.run(main())`,
+    refused in the cell's running loop) then warns "never awaited" there, pointing into this
+    runtime. At home the kernel keeps the last error's frames, and no such warning shows: so
+    they are collected before the next cell, quietly."""
+    if not _FAILED["cell"]:
+        return
+    _FAILED["cell"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gc.collect()
 
 
 def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:

@@ -142,6 +142,8 @@ class _SpecFields(TypedDict):
     # files an earlier cell sent, deleted at home since: {path: sha256 as sent}
     files_gone: dict[str, str]
     get: list[str]
+    # every --deps the notebook declared so far (runtime/shared_packages.py)
+    declared: list[str]
 
 
 class LocalPackage(TypedDict):
@@ -181,6 +183,9 @@ class Portable(TypedDict):
     reason: str | None
     repr: str | None
     mime: dict[str, Any]
+    metadata: dict[str, Any]  # of `mime`'s entries: a retina figure's size
+    # the value shows itself (`_ipython_display_`: a plotly figure): a display output, no Out
+    displayed: bool
 
 
 class Description(TypedDict, total=False):
@@ -206,6 +211,7 @@ class Payload(TypedDict, total=False):
     aliases: dict[str, str]
     refs: dict[str, Description]  # values that stayed in the session
     imported: list[str]
+    drawn: list[str]  # values that are matplotlib figures, axes, or arrays of them
     last: Portable | None
     definitions: dict[str, Definition]  # the worker's definitions the values refer to
     # a session cell: its summary; a lost session: {"lost": True, ...}; end: what was freed

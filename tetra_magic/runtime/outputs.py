@@ -18,6 +18,8 @@ from .contract import Description, Payload, Portable, Spec
 from .pickling import MainNames, blob_digest, safe
 
 Dump = Callable[[str, Any], "bytes | Description"]
+# What shutdown() sets on a ThreadPoolExecutor, and on a ProcessPoolExecutor
+_SHUT_DOWN = ("_shutdown", "_shutdown_thread")
 
 
 def pack_outputs(
@@ -110,6 +112,7 @@ def pack_outputs(
         "aliases": aliases,
         "refs": refs,
         "imported": spec["imported"],
+        "drawn": [name for name in values if _drawn(namespace.get(name))],
         "last": _last_value(names, last, portable_dump) if has_last else None,
     }
 
@@ -117,13 +120,26 @@ def pack_outputs(
 def _last_value(names: MainNames, last: Any, dump: Callable[[Any], Any] | None) -> Portable:
     """The last value as it travels home, where the notebook shows it as its Out. A value that
     displays itself (`_ipython_display_`: a plotly figure) is shown at home, not here: what
-    it would show here is kept back, and becomes the representation the notebook shows where
-    the value cannot load."""
+    it would show here is kept back, and becomes what the notebook shows, as a display output
+    as the value itself would, where the value cannot load."""
     with publishing.held_back() as shown:
         portable = names.portable(last, dump)
     if not portable["mime"] and shown:
-        portable["mime"] = shown[0]["data"]
+        portable["mime"], portable["metadata"] = shown[0]["data"], shown[0]["metadata"]
+        portable["displayed"] = True
     return portable
+
+
+def _drawn(value: Any) -> bool:
+    """Whether `value` is what a cell draws with: a matplotlib figure, axes or other object, or
+    an array, list or tuple of only such (`fig, axes = plt.subplots(1, 2)`). It came home as
+    images; where the kernel cannot load it, nobody misses the object itself."""
+    cls = type(value)
+    if cls.__module__ == "numpy" and cls.__name__ == "ndarray" and value.dtype == object:
+        value = list(value.flat)
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_drawn(item) for item in value)
+    return cls.__module__.partition(".")[0] == "matplotlib"
 
 
 def _one_object(value: Any) -> bool:
@@ -149,10 +165,11 @@ def _worth_a_note(
 
 def _spent(value: Any) -> bool:
     """Whether a value is over or bound to this process, so nobody misses it at home: a closed
-    file or socket, a finished thread or process, an exhausted generator, a lock or other
-    thread synchronisation, a logging handler or logger, an event loop or a finished asyncio
-    task, a drawing context on an image (PIL's ImageDraw: the image itself travels), or a
-    non-empty list, tuple, set or dict of only such things."""
+    file, socket, sqlite3 connection or zip file, a finished thread, process or subprocess, an
+    executor shut down, a finished Future, a closed tqdm bar, an exhausted generator, a lock
+    or other thread synchronisation, a logging handler or logger, an event loop or a finished
+    asyncio task, a drawing context on an image (PIL's ImageDraw: the image itself travels),
+    or a non-empty list, tuple, set or dict of only such things."""
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -169,7 +186,27 @@ def _spent(value: Any) -> bool:
     locks = (type(threading.Lock()), type(threading.RLock()))
     if isinstance(value, (*sync, *locks)) or _of_this_process(value):
         return True
-    return safe(getattr, value, "closed") is True
+    return safe(getattr, value, "closed") is True or _finished(value)
+
+
+def _finished(value: Any) -> bool:
+    """A subprocess that has exited, an executor shut down, a finished concurrent.futures
+    Future, a closed sqlite3 connection or zip file, a closed or disabled tqdm bar (closing
+    one disables it). Their modules are looked up, not imported, as in `_of_this_process`."""
+    subprocess, futures = sys.modules.get("subprocess"), sys.modules.get("concurrent.futures")
+    sqlite3, zipfile = sys.modules.get("sqlite3"), sys.modules.get("zipfile")
+    if subprocess is not None and isinstance(value, subprocess.Popen):
+        return safe(value.poll) is not None
+    if futures is not None and isinstance(value, futures.Future):
+        return bool(value.done())
+    if futures is not None and isinstance(value, futures.Executor):
+        return any(getattr(value, flag, False) is True for flag in _SHUT_DOWN)
+    if sqlite3 is not None and isinstance(value, sqlite3.Connection):
+        return safe(getattr, value, "total_changes") is None  # a closed one refuses it
+    if zipfile is not None and isinstance(value, zipfile.ZipFile):
+        return value.fp is None
+    is_bar = any(c.__module__ == "tqdm.std" and c.__name__ == "tqdm" for c in type(value).__mro__)
+    return is_bar and getattr(value, "disable", False) is True
 
 
 def _of_this_process(value: Any) -> bool:

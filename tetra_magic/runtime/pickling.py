@@ -122,8 +122,15 @@ class MainNames:
                 blob, reason = None, f"{type(value).__name__} cannot be pickled: {exc}"
             if isinstance(blob, dict):
                 blob, reason = None, "it stays in the session"
-        mime: dict[str, Any] = (safe(ipython_stand_in.format, value) or ({}, {}))[0]
-        return {"blob": blob, "reason": reason, "repr": safe(repr, value), "mime": mime}
+        mime, metadata = safe(ipython_stand_in.format, value) or ({}, {})
+        return {
+            "blob": blob,
+            "reason": reason,
+            "repr": safe(repr, value),
+            "mime": mime,
+            "metadata": metadata,
+            "displayed": False,
+        }
 
     def path(self, obj: Any) -> str | None:
         """The name (or dotted path) under which the other side finds `obj`; None if it

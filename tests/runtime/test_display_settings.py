@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from helpers import published as harness
 from helpers.kernels import CellRun, environ, private_local_endpoint, run_cells
-from helpers.published import LoopbackEndpoint, kernel_env
+from helpers.published import REAL, LoopbackEndpoint, kernel_env
 from helpers.twins import Remote, run_twins
 
 # Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
@@ -107,6 +107,7 @@ def test_a_plotly_figure_as_the_last_value_shows_as_at_home_where_the_kernel_has
 
 
 @pytest.mark.usefixtures("on_path")
+@pytest.mark.skipif(REAL is None, reason="needs worker-flash's code (it installs --deps)")
 def test_plotly_figures_show_the_same_from_the_published_worker(
     published: LoopbackEndpoint,
 ) -> None:

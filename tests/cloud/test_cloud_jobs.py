@@ -198,3 +198,27 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert 2.0 <= retry_after(formatdate(time.time() + 4, usegmt=True)) <= 4.0
     assert retry_after("3600") == 60.0  # never a kernel stuck for an hour
     assert retry_after(None) is None and retry_after("soon") is None
+
+
+@pytest.mark.slow
+def test_a_map_on_runpod_sums_its_cost_and_says_how_many_run_at_once(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    """Five items on an endpoint of at most 3 workers (the default): said once; one line sums
+    the jobs' billed seconds and estimates, equal to the sum of each job's own record."""
+    runs = run_cloud(
+        fake,
+        tmp_path,
+        "%config TetraMagic.gpu_prices = {'a100': 0.01}",
+        "%%tetra --gpu A100 --map n in range(5) --out sweep\nsquare = n * n",
+        "square, sum(j.billed_s for j in sweep.jobs), sum(j.cost_estimate_usd for j in sweep.jobs)",
+    )
+    lines = ok(runs[1]).stderr.splitlines()
+    said = [line for line in lines if line.startswith("tetra: 5 items on an endpoint")]
+    assert said == [said[0]] and "of at most 3 workers" in said[0], lines
+    squares, billed, usd = eval(ok(runs[2]).results[0])
+    assert squares == [n * n for n in range(5)] and billed >= 5
+    assert lines[-1] == (
+        f"tetra: 5 jobs, billed {billed} s in all; estimated cost ${usd:.5f}"
+        " (start and idle time not included)"
+    )

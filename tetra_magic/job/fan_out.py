@@ -145,6 +145,7 @@ def run_map(
         )
         return
     endpoint = targets.resolve(opts)
+    _say_how_many_at_once(opts, endpoint.billed, len(items))
     lock = threading.Lock()
     jobs, packs = [], []
     for index, item in enumerate(items):
@@ -166,6 +167,21 @@ def run_map(
     if mapped.errors:
         raise _failed(mapped)
     user_ns.update(mapped.result())
+
+
+def _say_how_many_at_once(opts: CellOptions, billed: bool, items: int) -> None:
+    """On an endpoint the magic provisioned on RunPod, more items than it has workers at most
+    run that many at a time: said once, with the setting that gives each its own worker."""
+    most = opts.worker.workers_max
+    if not billed or opts.endpoint or items <= most:
+        return
+    print(
+        f"tetra: {items} items on an endpoint of at most {most} workers (TetraMagic."
+        f"workers_max): they run {most} at a time; `%config TetraMagic.workers_max = {items}`"
+        " gives each a worker of its own (another endpoint; its workers count against the"
+        " account's worker quota: `%tetra endpoints` shows it)",
+        file=sys.stderr,
+    )
 
 
 def _items(expression: str, user_ns: dict[str, Any]) -> list[Any]:

@@ -65,6 +65,7 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--bg",), {"action": "store_true", "help": "run in the background: the kernel is free"}),
     (("--map",), {"nargs": "+", "metavar": "NAME in EXPR", "help": "run once per item, at once"}),
     (("--workers",), {"type": int, "metavar": "N", "help": "--map: jobs running at once"}),
+    (("--retries",), {"type": int, "metavar": "N", "help": "--map: retry a failed item N times"}),
 )
 
 

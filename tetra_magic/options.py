@@ -109,6 +109,7 @@ class CellOptions:
     map_name: str | None = None
     map_items: str | None = None
     workers: int | None = None
+    retries: int = 0
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -343,6 +344,7 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         map_name=map_name,
         map_items=map_items,
         workers=args.workers,
+        retries=args.retries or 0,
         **_data_files(args, defaults),
     )
 
@@ -354,9 +356,15 @@ def _fan_out(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise UsageError(
             f"--workers is how many --map jobs run at once: 1 or more, not {args.workers}"
         )
+    if args.retries is not None and args.retries < 0:
+        raise UsageError(
+            f"--retries is how often a failed --map item runs again: 0 or more, not {args.retries}"
+        )
     if not args.map:
         if args.workers is not None:
             raise UsageError("--workers sets how many --map jobs run at once: use it with --map")
+        if args.retries is not None:
+            raise UsageError("--retries runs a failed --map item again: use it with --map")
         return None, None
     tokens = args.map
     if len(tokens) < 3 or tokens[1] != "in":

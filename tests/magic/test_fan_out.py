@@ -72,3 +72,21 @@ def test_a_failed_item_loses_no_other_and_leaves_the_notebook_as_it_was() -> Non
     # The first failure in full, its line in the cell.
     assert "raise ValueError(f'bad item {n}')" in "\n".join(error["traceback"])
     assert cells[-1].stdout == "before {'square': [0, 1, None, 9]}\n"
+
+
+def test_retries_run_a_failed_item_again(tmp_path: Path) -> None:
+    """Item 1 fails on its first try only (a file says it has tried): with --retries 1 the map
+    succeeds, its values those of the loop at home, and says which item ran again."""
+    flaky = (
+        "import os\n"
+        f"marker = os.path.join({str(tmp_path)!r}, f'tried-{{n}}')\n"
+        "first_try = not os.path.exists(marker)\n"
+        "open(marker, 'w').close()\n"
+        "if n == 1 and first_try:\n"
+        "    raise ConnectionError('worker lost')\n"
+        "square = n * n"
+    )
+    cells = run_cells(LOAD, f"%%tetra --local --map n in range(3) --retries 1\n{flaky}", "square")
+    assert cells[1].error is None, cells[1]
+    assert "[1] failed (ConnectionError: worker lost); running it again" in cells[1].stderr
+    assert cells[2].results == [str([n * n for n in range(3)])]

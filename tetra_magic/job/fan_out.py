@@ -19,6 +19,7 @@ import contextvars
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ class MapJob:
     jobs: list[Job]
     values: list[dict[str, Any] | None] = field(default_factory=list)
     errors: dict[int, BaseException] = field(default_factory=dict)
+    retried: list[Job] = field(default_factory=list)  # the failed tries --retries replaced
 
     def result(self) -> dict[str, list[Any]]:
         names = dict.fromkeys(n for shard in self.values if shard for n in shard)
@@ -147,23 +149,33 @@ def run_map(
     endpoint = targets.resolve(opts)
     _say_how_many_at_once(opts, endpoint.billed, len(items))
     lock = threading.Lock()
-    jobs, packs = [], []
-    for index, item in enumerate(items):
-        ns = {**user_ns, opts.map_name: item}
-        packs.append(
-            pack(analysis, ns, opts, filename=filename, limit=endpoint.payload_limit, label=label)
+
+    def new_job(index: int) -> Job:
+        return Job(endpoint, opts, TaggedView(index, lock, opts.verbose), started)
+
+    packs = [
+        pack(
+            analysis,
+            {**user_ns, opts.map_name: item},
+            opts,
+            filename=filename,
+            limit=endpoint.payload_limit,
+            label=label,
         )
-        jobs.append(Job(endpoint, opts, TaggedView(index, lock, opts.verbose), started))
+        for item in items
+    ]
+    jobs = [new_job(index) for index in range(len(items))]
     mapped = MapJob(opts.map_name, items, jobs, [None] * len(items))
     if opts.out:
         user_ns[opts.out] = mapped
     at_once = opts.workers or min(len(items), DEFAULT_FOLLOWED)
-    for index, result in enumerate(_follow_all(mapped, packs, label, user_ns, at_once)):
+    followed = _follow_all(mapped, packs, label, user_ns, at_once, new_job, opts.retries)
+    for index, result in enumerate(followed):
         if result is not None:  # loaded apart from the notebook, which gets the lists
             result.payload["changed"] = []  # an input a shard changed: that shard's copy
             outcome.apply(result, dict(user_ns))
             mapped.values[index] = {n: v for n, v in result.values.items() if n != opts.map_name}
-    _say_cost(jobs, prices)
+    _say_cost([*mapped.jobs, *mapped.retried], prices)
     if mapped.errors:
         raise _failed(mapped)
     user_ns.update(mapped.result())
@@ -195,20 +207,36 @@ def _items(expression: str, user_ns: dict[str, Any]) -> list[Any]:
 
 
 def _follow_all(
-    mapped: MapJob, packs: list[Any], label: Labeler, user_ns: dict[str, Any], at_once: int
+    mapped: MapJob,
+    packs: list[Any],
+    label: Labeler,
+    user_ns: dict[str, Any],
+    at_once: int,
+    new_job: Callable[[int], Job],
+    retries: int,
 ) -> list[outcome.CellResult | None]:
     """Submit and follow every shard, `at_once` at a time, each in a thread that prints into
     this cell; their results in item order (None for the failed, whose errors land in
-    `mapped.errors`). Ctrl-C cancels what still runs."""
+    `mapped.errors`). A failed shard runs again, as a new job, up to `retries` times (where it
+    runs is the endpoint's choice). Ctrl-C cancels what still runs."""
     results: list[outcome.CellResult | None] = [None] * len(packs)
 
     def shard(index: int) -> None:
-        job = mapped.jobs[index]
-        try:
-            job.run(packs[index])
-            results[index] = outcome.unpack(job.check(label, user_ns))
-        except BaseException as exc:
-            mapped.errors[index] = job.failure = exc
+        for tries_left in range(retries, -1, -1):
+            job = mapped.jobs[index]
+            try:
+                job.run(packs[index])
+                results[index] = outcome.unpack(job.check(label, user_ns))
+                mapped.errors.pop(index, None)
+                return
+            except BaseException as exc:
+                mapped.errors[index] = job.failure = exc
+                if tries_left == 0 or isinstance(exc, KeyboardInterrupt):
+                    return
+            why = _one_line(mapped.errors[index])
+            print(f"[{index}] failed ({why}); running it again", file=sys.stderr)
+            mapped.retried.append(job)
+            mapped.jobs[index] = new_job(index)
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="tetra-map") as pool:
         futures = [

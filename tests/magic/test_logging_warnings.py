@@ -327,3 +327,18 @@ def test_a_missing_module_says_which_deps_bring_it(endpoint: None) -> None:
         "ModuleNotFoundError: No module named 'sklearn'",
         "tetra: the worker has no module 'sklearn'; add --deps scikit-learn to the %%tetra line",
     ]
+
+
+@pytest.mark.slow
+def test_debug_logging_before_the_first_remote_cell_shows_nothing_of_ours(
+    endpoint: None,
+) -> None:
+    """At DEBUG from the start: the first remote cell, in the widget view (whose Cancel button
+    sets up an ipykernel subshell, an event loop with it), shows only what it shows at home."""
+    setup = (
+        "import logging, os\nlogging.basicConfig(level=logging.DEBUG)\n"
+        "os.environ['TETRA_MAGIC_DISPLAY'] = 'widget'"
+    )
+    (_, (remote, home)) = twins(setup, "%%tetra --local\nprint('one')")
+    assert remote.stdout == home.stdout == "one\n"
+    assert remote.stderr == home.stderr == "", remote.stderr

@@ -19,6 +19,7 @@ kernel's interrupt, which cancels the job as well.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from typing import Any
 
@@ -77,10 +78,16 @@ def _create(manager: Any) -> str:
     made: concurrent.futures.Future[str] = concurrent.futures.Future()
 
     def create() -> None:
+        # The subshell's new event loop logs "Using selector" at DEBUG: the magic's own
+        # doing, which must not show in a notebook that logs at DEBUG.
+        asyncio_logger = logging.getLogger("asyncio")
+        disabled, asyncio_logger.disabled = asyncio_logger.disabled, True
         try:
             made.set_result(manager._create_subshell())
         except BaseException as exc:
             made.set_exception(exc)
+        finally:
+            asyncio_logger.disabled = disabled
 
     manager._shell_channel_io_loop.add_callback(create)
     return made.result(timeout=CREATE_TIMEOUT_S)

@@ -320,3 +320,14 @@ def test_on_the_published_worker_the_bar_arrives_as_at_home(
         theirs.close()
     assert remote.error is None and "Traceback" not in remote.stderr, remote.error
     assert remote.shown_trees() == home.shown_trees()
+
+
+def test_widgets_coming_home_warn_nothing_where_the_notebook_shows_every_warning() -> None:
+    """`warnings.simplefilter('default')` at home: loading the widgets a cell bound (which
+    reads deprecated attributes of ipywidgets' classes) shows no warning, as at home, where
+    nothing is loaded."""
+    shown = "import ipywidgets as w\nslider = w.IntSlider(value=3)\nslider.value"
+    twins = run_twins("import warnings\nwarnings.simplefilter('default')", Remote(shown, DEPS))
+    assert twins.local[1].results == ["3"]
+    assert twins.remote[1].results == twins.local[1].results
+    assert twins.remote[1].stderr == twins.local[1].stderr == "", twins.remote[1].stderr

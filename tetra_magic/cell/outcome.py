@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import pickle
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +157,15 @@ def apply(result: CellResult, user_ns: dict[str, Any]) -> None:
     """Write the cell's bindings into the notebook namespace, naming each one that cannot be
     loaded here. Definitions the cell made are executed here from their source; values of
     notebook classes are instances of the notebook's own classes; an input the cell changed
-    in place is changed in place here too, so every other reference to it sees the change."""
+    in place is changed in place here too, so every other reference to it sees the change.
+    Warnings are not shown meanwhile: loading and re-defining are the magic's doing (a value
+    made at home is never unpickled), and the cell showed its own warnings on the worker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _apply(result, user_ns)
+
+
+def _apply(result: CellResult, user_ns: dict[str, Any]) -> None:
     payload = result.payload
     values = payload.get("values", {})
     changed = set(payload.get("changed", []))

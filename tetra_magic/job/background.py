@@ -30,6 +30,7 @@ from IPython.core.error import UsageError
 
 from tetra_magic.cell import outcome
 from tetra_magic.cloud.client import EndpointError
+from tetra_magic.cloud.status import JobStatus
 from tetra_magic.job.job import Job
 
 # How often `%tetra wait` looks up from its wait, so Ctrl-C reaches it promptly.
@@ -57,6 +58,11 @@ class Background:
     @property
     def label(self) -> str:
         return f"[{self.number}]" + (f" {self.job.name}" if self.job.name else "")
+
+    @property
+    def cancelled(self) -> bool:
+        """Cancelled on its endpoint (by `%tetra cancel`, `job.cancel()` or the view's button)."""
+        return self.job.status is JobStatus.CANCELLED
 
     @property
     def running(self) -> bool:
@@ -101,6 +107,9 @@ class Jobs:
             held.result = follow()
         except BaseException as exc:
             held.error = held.job.failure = exc
+            if held.cancelled:  # as asked: no traceback for it
+                print(f"tetra: background job {held.label} cancelled", file=sys.stderr)
+                return
             print(f"tetra: background job {held.label} failed", file=sys.stderr, flush=True)
             self.shell.showtraceback((type(exc), exc, exc.__traceback__))
         finally:
@@ -133,9 +142,9 @@ class Jobs:
             return
         held.written = True
         if held.result is None:
+            how = "was cancelled" if held.cancelled else f"failed ({_error_line(held.error)})"
             print(
-                f"tetra: background job {held.label} failed, nothing was written back:"
-                f" {_error_line(held.error)}",
+                f"tetra: background job {held.label} {how}; nothing was written back",
                 file=sys.stderr,
             )
             return
@@ -213,7 +222,7 @@ def _status(held: Background) -> str:
     if held.running:
         return held.job.status.value
     if held.error is not None:
-        return "FAILED"
+        return "CANCELLED" if held.cancelled else "FAILED"
     return held.job.status.value + ("" if held.written else " (not yet written back)")
 
 

@@ -19,6 +19,7 @@ import builtins
 import difflib
 import io
 import linecache
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -288,13 +289,26 @@ def _checked_setting(check: Callable[[str, str], str], value: str, trait: str) -
     return value
 
 
+# `--map NAME in EXPR` up to the next option: EXPR is Python, taken as written (its quotes and
+# spaces are its own: `--map f in ['a.csv', 'b.csv']`), not split into words.
+_MAP_CLAUSE = re.compile(
+    r"(?:^|\s)--map\s+(?P<name>\S+)\s+in\s+(?P<items>.+?)(?=\s+--[A-Za-z]|\s*$)"
+)
+
+
 def parse_options(option_text: str) -> argparse.Namespace:
     """%%tetra's options, with the valid ones listed when one is not."""
     _check_quotes(option_text, "%%tetra: the options have")
+    clause = _MAP_CLAUSE.search(option_text)
+    if clause is not None:
+        option_text = option_text[: clause.start()] + " " + option_text[clause.end() :]
     try:
-        return _unquoted(TetraMagic.tetra.parser.parse_argstring(option_text))
+        args = _unquoted(TetraMagic.tetra.parser.parse_argstring(option_text))
     except UsageError as exc:
         raise UsageError(f"{exc}\n{_usage()}") from None
+    if clause is not None:
+        args.map = [clause["name"], "in", clause["items"]]
+    return args
 
 
 def split_line(line: str, parser: Any) -> tuple[argparse.Namespace, str]:

@@ -111,3 +111,19 @@ def test_system_deps_default_from_config(magic: TetraMagic) -> None:
     finally:
         magic.default_system_deps = []
     assert opts.system_dependencies == ("ffmpeg", "libgl1", "git=1:2.39.2-1")
+
+
+@pytest.mark.parametrize(
+    ("line", "items"),
+    [
+        ("--map f in ['a.csv', 'b.csv'] --out sweep", "['a.csv', 'b.csv']"),
+        ('--local --map f in ["a b", "c"]', '["a b", "c"]'),
+        ("--map lr in [0.1, 0.03]  --workers 2", "[0.1, 0.03]"),
+        ("--map k in {'a': 1}.items()", "{'a': 1}.items()"),
+    ],
+)
+def test_map_items_are_the_python_as_written(magic: TetraMagic, line: str, items: str) -> None:
+    """--map's expression keeps its quotes and spaces, and ends at the next option."""
+    opts = build(parse_options(line), magic)
+    assert (opts.map_name, opts.map_items) == (line.split()[line.split().index("--map") + 1], items)
+    assert eval(opts.map_items)  # a Python expression a notebook can evaluate

@@ -7,6 +7,9 @@ a Ctrl-C while they are written back waits until they all are (tetra_magic/cell/
 
 A session cell runs the same way: its session's part comes in as hooks
 (tetra_magic/session/hooks.py), which replay a lost session where the user asked for that.
+A --bg cell is submitted here and followed in a thread, its values written back between later
+cells (tetra_magic/job/background.py); a --map cell runs as one job per item
+(tetra_magic/job/fan_out.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers.kernels import LiveKernel, run_cells
+from helpers.kernels import LiveKernel, loaded_kernels, run_cells
 from helpers.polling import until
 
 from tetra_magic.local import launcher
@@ -23,12 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def kernel() -> Iterator[LiveKernel]:
-    kernel = LiveKernel()
-    try:
-        assert kernel.run("%load_ext tetra_magic").error is None
+    with loaded_kernels(1) as (kernel,):
         yield kernel
-    finally:
-        kernel.close()
 
 
 def gated(go: Path, body: str, options: str = "") -> str:

@@ -15,7 +15,6 @@ held here; a kernel that exits cancels the ones still running.
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import contextvars
@@ -29,6 +28,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from tetra_magic.cell import outcome
+from tetra_magic.cell.analysis import analyse
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.cloud.status import JobStatus
 from tetra_magic.job.job import Job
@@ -124,8 +124,10 @@ class Jobs:
         source = getattr(info, "raw_cell", "") or ""
         if source.lstrip().startswith("%tetra wait"):
             return  # it waits first: what it reads afterwards is the job's
-        for held in self.held:
-            waiting = sorted(held.binds & _reads(self.shell, source)) if held.running else []
+        running = [held for held in self.held if held.running]
+        reads = _reads(self.shell, source) if running else frozenset()
+        for held in running:
+            waiting = sorted(held.binds & reads)
             if waiting:
                 print(
                     f"tetra: {', '.join(waiting)} still being computed by background job"
@@ -252,15 +254,15 @@ def _error_line(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _reads(shell: Any, raw: str) -> set[str]:
-    """The names a cell about to run reads, roughly: for a %%tetra cell, its body's."""
+def _reads(shell: Any, raw: str) -> frozenset[str]:
+    """The notebook names a cell about to run reads (cell/analysis.py's reading): for a
+    %%tetra cell, its body's."""
     if raw.startswith("%%tetra"):
         raw = raw.partition("\n")[2]
     try:
-        tree = ast.parse(shell.transform_cell(raw))
+        return analyse(shell.transform_cell(raw)).reads
     except (SyntaxError, ValueError):
-        return set()
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        return frozenset()
 
 
 _jobs: Jobs | None = None

@@ -19,8 +19,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from IPython.core.error import UsageError
-
 from tetra_magic import targets
 from tetra_magic.cell import interrupts, outcome
 from tetra_magic.cell.analysis import CellAnalysis, analyse
@@ -53,6 +51,8 @@ def run_cell(
     rebuilds it first)."""
     label = cell_labeler(shell)
     analysis = _analysed(source, filename, label)
+    if opts.session:  # its background cells first: a session runs one cell at a time
+        background.jobs(shell).wait_for_session(opts.session)
     if opts.background:
         _in_background(shell, opts, analysis, filename, label, display, started, prices)
         return None
@@ -91,26 +91,37 @@ def _in_background(
 ) -> None:
     """--bg: pack and submit as any cell, then return at once (--out holds the job; a value
     shown now would be stale at once); a thread follows the job, and its values land between
-    later cells (job/background.py)."""
-    if opts.session:
-        raise UsageError("--bg cells do not run in a session yet: drop --session (or --bg)")
+    later cells (job/background.py). In a session, the session is noted then too; a session
+    lost meanwhile fails the job (replaying it is for the cell the user runs next)."""
+    hooks = session_hooks.for_cell(opts, label)
+    hooks.before()
+    hooks.may_replay = False
     endpoint = targets.resolve(opts)
     packed = pack(
-        analysis, shell.user_ns, opts, filename=filename, limit=endpoint.payload_limit, label=label
+        analysis,
+        shell.user_ns,
+        opts,
+        filename=filename,
+        limit=endpoint.payload_limit,
+        label=label,
+        session=hooks.session,
     )
     job = Job(endpoint, opts, make_view(shell, opts, display), started)
     client = job.start(packed)  # in the cell: a refused request fails the cell itself
-    hooks = session_hooks.NoSession()
 
     def follow() -> outcome.CellResult:
         finish = functools.partial(job.finish, client)
         result = _result(job, finish, hooks, analysis, label, shell.user_ns, prices)
-        assert result is not None  # None only for a lost session, and there is none
+        assert result is not None  # None only for a session replayed, which it may not be
         return result
+
+    def wrote_back(result: outcome.CellResult) -> None:
+        hooks.wrote_back(job, packed, result, shell.user_ns)
+        bring_home(result.payload)
 
     # What it imports is no news: `import time` there and here bind the same module.
     binds = (analysis.binds | analysis.deletes) - set(analysis.imported)
-    held = background.jobs(shell).submit(job, follow, filename, binds)
+    held = background.jobs(shell).submit(job, follow, filename, binds, opts.session, wrote_back)
     if opts.out:
         shell.user_ns[opts.out] = job
     print(

@@ -142,3 +142,24 @@ def test_a_kernel_that_exits_cancels_its_running_background_cells(tmp_path: Path
         return requests.get(url, headers=headers, timeout=5).json()["status"]
 
     until(lambda: status() == "CANCELLED", 30, f"job {job_id} cancelled on the endpoint")
+
+
+def test_background_cells_in_a_session_run_in_order(kernel: LiveKernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    later = "print(total, sum(squares))"
+    expected = run_cells(BODY, later)[1].stdout  # the two cells, one after the other, at home
+    submitted = kernel.execute(gated(go, BODY, "--session s --out job"))
+    assert kernel.outputs(submitted).error is None
+    # The kernel is free for cells outside the session meanwhile.
+    assert kernel.run("%%tetra --local\nprint(3 * 3)").stdout == "9\n"
+    # The session's next cell waits for the one running before it, says so, then runs on the
+    # session as that one left it.
+    waiting = kernel.execute(f"%%tetra --local --session s\n{later}")
+    told = kernel.outputs(waiting, until=lambda run: "waiting" in run.stderr)
+    assert "waiting for background job [1] of session s first" in told.stderr, told
+    go.touch()
+    ran = kernel.outputs(waiting)
+    assert ran.error is None and ran.stdout == expected, ran
+    assert kernel.run("print(total)").stdout == expected.split()[0] + "\n"
+    listed = kernel.run("%tetra sessions").stdout  # both cells are the session's record
+    assert listed.startswith("s: 2 cells"), listed

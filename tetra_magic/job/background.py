@@ -31,6 +31,7 @@ from tetra_magic.cell import outcome
 from tetra_magic.cell.analysis import analyse
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.cloud.status import JobStatus
+from tetra_magic.errors import CellInterrupted
 from tetra_magic.job.job import Job
 
 # How often `%tetra wait` looks up from its wait, so Ctrl-C reaches it promptly.
@@ -54,6 +55,10 @@ class Background:
     error: BaseException | None = None
     written: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
+    # A session cell's: the session it runs in, and what the session notes once the values
+    # are in the notebook (its record; --get's files come home then too).
+    session: str | None = None
+    wrote_back: Callable[[outcome.CellResult], None] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -79,10 +84,17 @@ class Jobs:
         atexit.register(self.cancel_running)
 
     def submit(
-        self, job: Job, follow: Callable[[], outcome.CellResult], cell: str, binds: frozenset[str]
+        self,
+        job: Job,
+        follow: Callable[[], outcome.CellResult],
+        cell: str,
+        binds: frozenset[str],
+        session: str | None = None,
+        wrote_back: Callable[[outcome.CellResult], None] | None = None,
     ) -> Background:
-        """Start following `job` (`follow` submits it and returns its unpacked result) in a
-        thread that prints into the submitting cell's output; the record of it."""
+        """Start following `job` (`follow` finishes it and returns its unpacked result) in a
+        thread that prints into the submitting cell's output; the record of it. `wrote_back`
+        runs once its values are in the notebook."""
         user_ns = self.shell.user_ns
         held = Background(
             number=len(self.held) + 1,
@@ -90,6 +102,8 @@ class Jobs:
             cell=cell,
             binds=binds,
             before={name: user_ns.get(name, _ABSENT) for name in binds},
+            session=session,
+            wrote_back=wrote_back,
         )
         job.settle = lambda: self.settle(held)
         context = contextvars.copy_context()
@@ -152,9 +166,13 @@ class Jobs:
             return
         user_ns = self.shell.user_ns
         changed = [n for n in held.binds if user_ns.get(n, _ABSENT) is not held.before[n]]
-        written = _apply_except(held.result, user_ns, set(changed))
+        _apply_except(held.result, user_ns, set(changed))
+        if held.wrote_back is not None:  # a session's references are bound here
+            refs = held.result.payload.get("refs") or {}
+            held.result.payload["refs"] = {n: d for n, d in refs.items() if n not in changed}
+            held.wrote_back(held.result)
         held.job.values = dict(held.result.values)
-        held.job.returned = sorted(written)
+        held.job.returned = sorted(n for n in held.result.values if n not in changed)
         skipped = sorted(set(changed) & set(held.result.values))
         if skipped:
             print(
@@ -192,6 +210,31 @@ class Jobs:
             return
         for item in held:
             self.settle(item)
+
+    def wait_for_session(self, session: str) -> None:
+        """Before a cell of `session`: its background cells still running ended and written
+        back first, since a session runs its cells one at a time, in order. Ctrl-C stops the
+        waiting, and the cell does not run."""
+        running = [held for held in self.held if held.session == session and held.running]
+        if running:
+            labels = ", ".join(held.label for held in running)
+            print(
+                f"tetra: waiting for background job {labels} of session {session} first (a"
+                " session runs its cells one at a time, in order)",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            for held in running:
+                while held.running:
+                    held.thread.join(WAIT_STEP_S)  # type: ignore[union-attr]
+        except KeyboardInterrupt:
+            raise CellInterrupted(
+                f"stopped waiting for background job {labels}: this cell did not run"
+            ) from None
+        for held in self.held:
+            if held.session == session:
+                self.settle(held)
 
     def cancel_running(self) -> None:
         """At kernel exit: cancel what still runs (nobody is left to write it back)."""
@@ -232,9 +275,9 @@ def _elapsed(held: Background) -> str:
     return f"{(held.ended or time.time()) - held.submitted:.1f} s"
 
 
-def _apply_except(result: outcome.CellResult, user_ns: dict[str, Any], kept: set[str]) -> list[str]:
+def _apply_except(result: outcome.CellResult, user_ns: dict[str, Any], kept: set[str]) -> None:
     """outcome.apply, less the names in `kept` (the notebook keeps its own values of them,
-    while `result.values` gets the job's): the names written."""
+    while `result.values` gets the job's)."""
     payload = result.payload
     payload["changed"] = [n for n in payload.get("changed", []) if n not in kept]
     scratch = dict(user_ns)  # in-place changes still reach the notebook's objects
@@ -244,7 +287,6 @@ def _apply_except(result: outcome.CellResult, user_ns: dict[str, Any], kept: set
         user_ns[name] = scratch[name]
     for name in [n for n in user_ns if n not in scratch and n not in kept]:
         del user_ns[name]  # the cell deleted it
-    return written
 
 
 def _error_line(exc: BaseException | None) -> str:

@@ -29,6 +29,7 @@ class NoSession:
     """The hooks of a cell outside any session: nothing to do."""
 
     session: sessions.Session | None = None
+    may_replay = False  # whether a session lost while the cell ran is rebuilt and the cell rerun
 
     def before(self) -> None:
         """Before the cell is packed."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from tetra_magic.cloud import provision
-from tetra_magic.cloud.client import Endpoint
+from tetra_magic.cloud.client import Endpoint, EndpointClient, EndpointError
 from tetra_magic.cloud.credentials import KEY_ENV, api_key
 from tetra_magic.cloud.rest import CloudError, QuotaFull, rest_base
 from tetra_magic.endpoint_choice import spec_for
@@ -78,6 +78,29 @@ def after_not_found(options: CellOptions, gone: Endpoint) -> Endpoint | None:
         return None
     provision.forget(gone.endpoint_id)
     return resolve(options)
+
+
+def workers(endpoint: Endpoint, options: CellOptions) -> int | None:
+    """How many workers `endpoint` runs jobs on at once, as --map's default --workers: the
+    max workers of an endpoint the magic provisions (TetraMagic.workers_max) or, for
+    `--endpoint ID`, as RunPod has it; elsewhere (the local endpoint) the workers its `/health`
+    counts. None where that cannot be read."""
+    try:
+        if endpoint.billed:
+            if not options.endpoint:
+                return options.worker.workers_max
+            return provision.workers_max(
+                endpoint.endpoint_id, endpoint.api_key, endpoint.key_source
+            )
+        client = EndpointClient(endpoint)
+        try:
+            counts = client.health().get("workers") or {}
+        finally:
+            client.close()
+    except (CloudError, EndpointError):
+        return None
+    total = sum(counts.get(state, 0) for state in ("ready", "initializing", "unhealthy"))
+    return total or None
 
 
 def rechecker(endpoint: Endpoint) -> Callable[[], str | None] | None:

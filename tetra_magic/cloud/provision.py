@@ -133,6 +133,13 @@ def recheck(endpoint_id: str, key: str, source: str) -> str | None:
     return None
 
 
+def workers_max(endpoint_id: str, key: str, source: str) -> int | None:
+    """The endpoint's max workers as RunPod has it now (REST v2 `workers.max`; None where it
+    does not say); CloudError where RunPod cannot be asked."""
+    with RunPodRest(key, source) as api:
+        return quota.max_workers(api.endpoint(endpoint_id))
+
+
 def park(spec: EndpointSpec, endpoint_id: str, key: str, source: str) -> str:
     """`%tetra end`: the session's endpoint (made for `spec`) set to 0 max workers, so its
     worker goes and its share of the worker quota is free; the session's next cell raises it

@@ -37,8 +37,9 @@ from tetra_magic.options import CellOptions
 from tetra_magic.view.text import TextView
 from worker.protocol import FunctionResponse
 
-# Shards followed at once without --workers: the endpoint queues the rest anyway, and each
-# one followed is a thread polling it.
+# Shards followed at once without --workers where the endpoint's number of workers cannot be
+# read (targets.workers): the endpoint queues the rest anyway, and each one followed is a
+# thread polling it.
 DEFAULT_FOLLOWED = 16
 
 
@@ -168,7 +169,7 @@ def run_map(
     mapped = MapJob(opts.map_name, items, jobs, [None] * len(items))
     if opts.out:
         user_ns[opts.out] = mapped
-    at_once = opts.workers or min(len(items), DEFAULT_FOLLOWED)
+    at_once = min(len(items), opts.workers or targets.workers(endpoint, opts) or DEFAULT_FOLLOWED)
     followed = _follow_all(mapped, packs, label, user_ns, at_once, new_job, opts.retries)
     for index, result in enumerate(followed):
         if result is not None:  # loaded apart from the notebook, which gets the lists

@@ -9,6 +9,12 @@ Rows (`run()` returns them for benchmarks/run.py):
   carries the same round-trip cost a job has). The issue's bar: at most 1.15x.
 - a `--bg` cell's submission (execute request to idle: the kernel is free again), against a
   trivial foreground cell (`1 + 1`) run the same way. The bar: at most 2x.
+- 1,000 tiny items (`y = i * i`) with `--map`, batched by its default, against ipyparallel's
+  `map_sync` of the same function on as many local engines as the endpoint has workers, each
+  started in the same kernel: a DirectView (one chunk per engine, ipyparallel's fastest) and a
+  load-balanced view (one task per item, as an endpoint's queue hands out jobs). The bar: at
+  most 2x the time (at least half the throughput). Where ipyparallel is not installed
+  (`pip install -e '.[bench]'`) these rows are left out.
 
 It starts its own traced local endpoint of 4 workers (bench_magic.environment) and one kernel
 with the plain-text view.
@@ -16,6 +22,7 @@ with the plain-text view.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -29,6 +36,19 @@ WORKERS = 4
 ITEMS = 8
 SLEEP = "import time\ntime.sleep(2)\n"
 RUNS = 3
+TINY_ITEMS = 1000
+TINY_MAP = f"%%tetra --local --map i in range({TINY_ITEMS})\ny = i * i"
+PARALLEL_START = (
+    "import ipyparallel as ipp\n"
+    f"cluster = ipp.Cluster(n={WORKERS}, log_level=40)\n"
+    "client = cluster.start_and_connect_sync()\n"
+    f"client.wait_for_engines({WORKERS}, timeout=120)\n"
+    "def square(i):\n    return i * i\n"
+)
+PARALLEL_VIEWS = {
+    "DirectView": "client[:]",
+    "LoadBalancedView": "client.load_balanced_view()",
+}
 
 
 def run() -> list[dict[str, Any]]:
@@ -44,10 +64,18 @@ def run() -> list[dict[str, Any]]:
             submits = kernel.cells("%%tetra --local --bg\nx = 1 + 1")
             kernel.run("%tetra wait")
             background = statistics.median(idle - sent for sent, idle in submits)
+            tiny = _median(kernel.cells(TINY_MAP, runs=RUNS))
+            parallel = _parallel_maps(kernel)
         finally:
             kernel.close()
     rounds = ITEMS // WORKERS
+    tiny_name = f"--map: {TINY_ITEMS} tiny items on {WORKERS} workers"
+    parallel_rows = [
+        _row(tiny_name, tiny, f"ipyparallel {view}.map_sync, {WORKERS} engines", seconds)
+        for view, seconds in parallel.items()
+    ]
     return [
+        *parallel_rows,
         _row(
             f"--map: {ITEMS} x sleep(2) on {WORKERS} workers",
             fanned,
@@ -56,6 +84,23 @@ def run() -> list[dict[str, Any]]:
         ),
         _row("--bg: submitted, kernel free", background, "a trivial foreground cell", trivial),
     ]
+
+
+def _parallel_maps(kernel: Kernel) -> dict[str, float]:
+    """ipyparallel's map_sync of the same tiny function, per view, timed as cells in `kernel`
+    (its cluster started there first, not timed); none without ipyparallel."""
+    if importlib.util.find_spec("ipyparallel") is None:
+        return {}
+    kernel.run(PARALLEL_START)
+    try:
+        return {
+            view: _median(
+                kernel.cells(f"y = {make}.map_sync(square, range({TINY_ITEMS}))", runs=RUNS)
+            )
+            for view, make in PARALLEL_VIEWS.items()
+        }
+    finally:
+        kernel.run("cluster.stop_cluster_sync()")
 
 
 if __name__ == "__main__":

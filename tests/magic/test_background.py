@@ -163,3 +163,16 @@ def test_background_cells_in_a_session_run_in_order(kernel: LiveKernel, tmp_path
     assert kernel.run("print(total)").stdout == expected.split()[0] + "\n"
     listed = kernel.run("%tetra sessions").stdout  # both cells are the session's record
     assert listed.startswith("s: 2 cells"), listed
+
+
+def test_a_background_cells_files_come_home_with_its_values(tmp_path: Path) -> None:
+    write = "with open('out.txt', 'w') as f:\n    f.write('made there')"
+    runs = run_cells(
+        "%load_ext tetra_magic",
+        f"%%tetra --local --bg --get out.txt\n{write}",
+        "%tetra wait\nprint(open('out.txt').read())",
+        cwd=tmp_path,
+    )
+    assert runs[1].error is None, runs[1]
+    assert runs[2].stdout == "made there\n", runs[2]
+    assert "tetra: got out.txt" in runs[2].stderr, runs[2]

@@ -39,6 +39,7 @@ class Command:
 
 _SESSIONS = "tetra_magic.session.commands"
 _BACKGROUND = "tetra_magic.job.background"
+_ATTACH = "tetra_magic.job.attach"  # `jobs` too: it adds the detached jobs on record
 COMMANDS: dict[str, Command] = {
     "local": Command("local [start|status|stop]", f"{__name__}:local"),
     "endpoints": Command("endpoints", f"{__name__}:endpoints"),
@@ -48,9 +49,10 @@ COMMANDS: dict[str, Command] = {
     "pull": Command("pull [--session S] NAME ...", f"{_SESSIONS}:pull"),
     "end": Command("end NAME ...", f"{_SESSIONS}:end"),
     "replay": Command("replay [--force] NAME ...", f"{_SESSIONS}:replay"),
-    "jobs": Command("jobs", f"{_BACKGROUND}:jobs_command"),
+    "jobs": Command("jobs", f"{_ATTACH}:jobs_command"),
     "wait": Command("wait [JOB ...]", f"{_BACKGROUND}:wait_command"),
     "cancel": Command("cancel JOB ...", f"{_BACKGROUND}:cancel_command"),
+    "attach": Command("attach JOB_ID", f"{_ATTACH}:attach_command"),
 }
 
 _LOCAL_USAGE = (

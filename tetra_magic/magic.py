@@ -64,9 +64,14 @@ _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--files",), {**_REPEATABLE, "metavar": "PATTERN", "help": "send these files along"}),
     (("--get",), {**_REPEATABLE, "metavar": "PATTERN", "help": "bring these files back"}),
     (("--bg",), {"action": "store_true", "help": "run in the background: the kernel is free"}),
+    (
+        ("--detach",),
+        {"action": "store_true", "help": "--bg: the job runs on after the kernel exits"},
+    ),
     (("--map",), {"nargs": "+", "metavar": "NAME in EXPR", "help": "run once per item, at once"}),
     (("--workers",), {"type": int, "metavar": "N", "help": "--map: jobs running at once"}),
     (("--retries",), {"type": int, "metavar": "N", "help": "--map: retry a failed item N times"}),
+    (("--batch",), {"type": int, "metavar": "K", "help": "--map: run K items per job"}),
 )
 
 
@@ -211,7 +216,8 @@ class TetraMagic(Magics):
         [start|status|stop]`, `%tetra endpoints`, `%tetra delete NAME` (where cells run);
         `%tetra session [NAME|off]`, `%tetra sessions`, `%tetra pull NAME ...`, `%tetra end
         NAME ...`, `%tetra replay [--force] NAME ...` (sessions); `%tetra jobs`, `%tetra wait
-        [JOB ...]`, `%tetra cancel JOB ...` (background cells, `%%tetra --bg`)."""
+        [JOB ...]`, `%tetra cancel JOB ...`, `%tetra attach JOB_ID` (background cells,
+        `%%tetra --bg [--detach]`)."""
         command, _, rest = line.strip().partition(" ")
         if command in COMMANDS:
             return COMMANDS[command].run(self, rest.strip())

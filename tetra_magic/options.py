@@ -104,12 +104,17 @@ class CellOptions:
     get: tuple[str, ...] = ()
     # --bg: the cell runs in the background (tetra_magic/job/background.py).
     background: bool = False
+    # --detach (with --bg): the job runs on when the kernel exits, and `%tetra attach` brings
+    # its values into another kernel (tetra_magic/job/attach.py).
+    detach: bool = False
     # --map NAME in EXPR: the cell runs once per item of EXPR, with NAME bound to it, as
     # jobs spread over the endpoint's workers, at most `workers` at once (job/fan_out.py).
     map_name: str | None = None
     map_items: str | None = None
     workers: int | None = None
     retries: int = 0
+    # --batch K: items per job (None: fan_out's default, from the items and workers)
+    batch: int | None = None
 
 
 def split_packages(groups: list[list[str]] | None) -> tuple[str, ...]:
@@ -341,10 +346,12 @@ def build(args: argparse.Namespace, defaults: Any) -> CellOptions:
         session_value_limit=defaults.session_value_limit,
         session_replay=defaults.session_replay,
         background=args.bg,
+        detach=_detach(args),
         map_name=map_name,
         map_items=map_items,
         workers=args.workers,
         retries=args.retries or 0,
+        batch=args.batch,
         **_data_files(args, defaults),
     )
 
@@ -360,11 +367,17 @@ def _fan_out(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise UsageError(
             f"--retries is how often a failed --map item runs again: 0 or more, not {args.retries}"
         )
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(
+            f"--batch is how many --map items one job runs: 1 or more, not {args.batch}"
+        )
     if not args.map:
         if args.workers is not None:
             raise UsageError("--workers sets how many --map jobs run at once: use it with --map")
         if args.retries is not None:
             raise UsageError("--retries runs a failed --map item again: use it with --map")
+        if args.batch is not None:
+            raise UsageError("--batch sets how many --map items one job runs: use it with --map")
         return None, None
     tokens = args.map
     if len(tokens) < 3 or tokens[1] != "in":
@@ -372,9 +385,22 @@ def _fan_out(args: argparse.Namespace) -> tuple[str | None, str | None]:
             f"--map {' '.join(tokens)}: write --map NAME in EXPR, e.g. --map lr in [0.1, 0.01]"
         )
     _check_identifier("--map", tokens[0])
-    if args.bg:
-        raise UsageError("--map does not combine with --bg yet: drop one of them")
+    if args.detach:
+        raise UsageError(
+            "--detach does not combine with --map yet (`%tetra attach` follows one job, a map"
+            " has many): drop --detach, and keep the kernel running until the map ends"
+        )
     return tokens[0], " ".join(tokens[2:])
+
+
+def _detach(args: argparse.Namespace) -> bool:
+    """--detach, which only a background cell can be: a cell the kernel waits for ends with it."""
+    if args.detach and not args.bg:
+        raise UsageError(
+            "--detach keeps a background cell's job running after the kernel exits: use it with"
+            " --bg (%%tetra --bg --detach)"
+        )
+    return bool(args.detach)
 
 
 def _data_files(args: argparse.Namespace, defaults: Any) -> dict[str, tuple[str, ...]]:

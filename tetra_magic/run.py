@@ -8,7 +8,8 @@ a Ctrl-C while they are written back waits until they all are (tetra_magic/cell/
 A session cell runs the same way: its session's part comes in as hooks
 (tetra_magic/session/hooks.py), which replay a lost session where the user asked for that.
 A --bg cell is submitted here and followed in a thread, its values written back between later
-cells (tetra_magic/job/background.py); a --map cell runs as one job per item
+cells (tetra_magic/job/background.py), a --detach one put on record for `%tetra attach`
+(tetra_magic/job/attach.py); a --map cell runs as one job per item
 (tetra_magic/job/fan_out.py).
 """
 
@@ -26,7 +27,7 @@ from tetra_magic.cell.files import bring_home
 from tetra_magic.cell.packing import Packed, pack
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.errors import CellInterrupted, Labeler, cell_labeler, syntax_error
-from tetra_magic.job import background, fan_out, pythons
+from tetra_magic.job import attach, background, fan_out, pythons
 from tetra_magic.job.job import Job
 from tetra_magic.options import CellOptions
 from tetra_magic.session import hooks as session_hooks
@@ -53,11 +54,11 @@ def run_cell(
     analysis = _analysed(source, filename, label)
     if opts.session:  # its background cells first: a session runs one cell at a time
         background.jobs(shell).wait_for_session(opts.session)
+    if opts.map_name:  # --bg too: the map holds its jobs in the background itself
+        return fan_out.run_map(shell, opts, analysis, filename, label, prices, started, display)
     if opts.background:
         _in_background(shell, opts, analysis, filename, label, display, started, prices)
         return None
-    if opts.map_name:
-        return fan_out.run_map(shell, opts, analysis, filename, label, prices, started)
     hooks = session_hooks.for_cell(opts, label)
     hooks.before()
     result = None
@@ -129,6 +130,13 @@ def _in_background(
         " it, `%tetra wait` waits for its values)",
         file=sys.stderr,
     )
+    if opts.detach:  # on record, for `%tetra attach` from a kernel started later
+        attach.record(held, job, endpoint)
+        print(
+            f"tetra: detached: job {job.id} runs on if this kernel exits; `%tetra attach"
+            f" {job.id}` brings its values into a later kernel",
+            file=sys.stderr,
+        )
 
 
 def _analysed(source: str, filename: str, label: Labeler) -> CellAnalysis:

@@ -69,6 +69,9 @@ class FunctionRequest(BaseModel):
     # executor process between requests: that process is kept while it holds one, and the local
     # endpoint sends the session's jobs to the worker that holds it.
     session: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,160}$")
+    # Ours: the job runs on after its kernel exits (`%%tetra --bg --detach`): the local endpoint
+    # keeps that kernel's processes and files until the job has ended.
+    detached: bool | None = None
 
 
 class WorkerInfo(BaseModel):

@@ -76,7 +76,7 @@ def _options() -> Any:
     """The options of a plain `%%tetra --local` line: what packing reads of them."""
     return types.SimpleNamespace(
         send=(), drop=(), env=(), timeout=60.0, dependencies=(), system_dependencies=(),
-        session_value_limit=None, files=(), get=(),
+        session_value_limit=None, files=(), get=(), detach=False,
     )  # fmt: skip
 
 

@@ -222,3 +222,26 @@ def test_a_map_on_runpod_sums_its_cost_and_says_how_many_run_at_once(
         f"tetra: 5 jobs, billed {billed} s in all; estimated cost ${usd:.5f}"
         " (start and idle time not included)"
     )
+
+
+@pytest.mark.slow
+def test_a_map_follows_as_many_jobs_at_once_as_the_endpoint_has_workers(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    """`--endpoint ID` of at most 2 workers (made in RunPod's console), 4 items, no --workers:
+    RunPod is asked for the endpoint's max workers, and no more than 2 jobs are ever out at
+    once (submitted, not yet ended)."""
+    endpoint_id = fake.add_endpoint("console-made", workers_max=2)
+    runs = run_cloud(
+        fake, tmp_path, f"%%tetra --endpoint {endpoint_id} --map n in range(4)\nsquare = n * n"
+    )
+    ok(runs[0])
+    assert any(call.path.endswith(endpoint_id) for call in fake.calls("getEndpoint")), [
+        (r.method, r.path) for r in fake.requests
+    ]
+    jobs = [job for job in fake.jobs.values() if job.endpoint_id == endpoint_id]
+    assert len(jobs) == 4 and all(job.finished is not None for job in jobs)
+    out_at_once = max(
+        sum(other.created <= job.created < (other.finished or 0) for other in jobs) for job in jobs
+    )
+    assert out_at_once == 2, [(job.created, job.finished) for job in jobs]

@@ -176,3 +176,36 @@ def test_a_background_cells_files_come_home_with_its_values(tmp_path: Path) -> N
     assert runs[1].error is None, runs[1]
     assert runs[2].stdout == "made there\n", runs[2]
     assert "tetra: got out.txt" in runs[2].stderr, runs[2]
+
+
+def test_a_background_map_lands_its_lists_between_cells(kernel: LiveKernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    body = "square = n * n\nprint('item', n)"
+    loop = f"square_list = []\nfor n in range(4):\n    {body.replace(chr(10), chr(10) + '    ')}"
+    home = run_cells(f"{loop}\n    square_list.append(square)", "print(square_list)")[1].stdout
+    submitted = kernel.execute(gated(go, body, "--map n in range(4) --out sweep"))
+    cell = kernel.outputs(submitted)
+    assert cell.error is None and "background job [1] submitted (4 items" in cell.stderr, cell
+    reading = kernel.run("try:\n    print(square)\nexcept NameError:\n    print(None)")
+    assert reading.stdout == "None\n" and "square still being computed" in reading.stderr
+    go.touch()
+    waited = kernel.run("%tetra wait\nprint(square)")
+    assert waited.stdout == home, waited
+    shown = kernel.later(submitted, lambda run: run.stdout.count("item") == 4)
+    assert sorted(line for line in shown.stdout.splitlines() if "item" in line) == [
+        f"[{n}] item {n}" for n in range(4)
+    ]
+    listed = kernel.run("%tetra jobs").stdout.splitlines()
+    assert listed[1].split()[2] == "COMPLETED", listed
+
+
+def test_a_failed_background_map_writes_nothing_and_keeps_the_others(
+    kernel: LiveKernel, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    body = "if n == 2:\n    raise ValueError('two is bad')\nsquare = n * n"
+    assert kernel.run(gated(go, body, "--map n in range(4) --out sweep")).error is None
+    go.touch()
+    after = kernel.run("%tetra wait\nprint('square' in globals(), sweep.result()['square'])")
+    assert after.stdout == "False [0, 1, None, 9]\n", after
+    assert "background job [1] failed (MapFailed: 1 of 4 items failed" in after.stderr, after

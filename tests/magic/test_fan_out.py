@@ -4,10 +4,18 @@ once per item; shards run at once, their lines tagged; a failed item loses no ot
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
+import threading
 from pathlib import Path
 
 import pytest
 from helpers.kernels import run_cells
+
+from tetra_magic.job.fan_out import ItemMarkers, TaggedView
+from tetra_magic.view.text import TextView
+from worker.frames import split
 
 # Starts kernels on a local endpoint: not in the fast tier (pytest -m "not slow").
 pytestmark = pytest.mark.slow
@@ -90,3 +98,135 @@ def test_retries_run_a_failed_item_again(tmp_path: Path) -> None:
     assert cells[1].error is None, cells[1]
     assert "[1] failed (ConnectionError: worker lost); running it again" in cells[1].stderr
     assert cells[2].results == [str([n * n for n in range(3)])]
+
+
+def _loop_at_home(items: str, body: str, names: list[str], *before: str) -> str:
+    """What `print(*names)` shows after the cell's body ran at home once per item (bound to
+    n), each name it binds collected into a list."""
+    row = "".join(f"{name}, " for name in names)
+    loop = (
+        f"results = []\nfor n in {items}:\n"
+        + "".join(f"    {line}\n" for line in body.splitlines())
+        + f"    results.append(({row}))\n"
+        + f"{row} = (list(column) for column in zip(*results))"
+    )
+    return run_cells(*before, loop, f"print({row})")[-1].stdout
+
+
+def test_a_batch_runs_several_items_per_job_each_tagged_with_its_own_index() -> None:
+    """Seven items, three per job: three jobs, the names those of the loop at home, every
+    printed line tagged with its item's own index, whichever job ran it."""
+    expected = _loop_at_home("range(7)", BODY, ["square", "word"], "offset = 10")
+    cells = run_cells(
+        LOAD,
+        "offset = 10",
+        f"%%tetra --local --map n in range(7) --batch 3 --out job\n{BODY}",
+        "print(square, word)",
+        "print(len(job.jobs), job.shards)",
+    )
+    assert cells[2].error is None, cells[2]
+    assert cells[3].stdout == expected
+    assert sorted(cells[2].stdout.splitlines()) == sorted(f"[{n}] item {n}" for n in range(7))
+    assert cells[4].stdout == "3 [[0, 1, 2], [3, 4, 5], [6]]\n"
+
+
+def test_a_failing_item_fails_none_of_its_batch() -> None:
+    failing = "if n == 4:\n    raise ValueError(f'bad item {n}')\nsquare = n * n\nprint('done', n)"
+    home = run_cells("n = 4\n" + failing)[0]  # the failing item, at home
+    cells = run_cells(
+        LOAD,
+        "square = 'before'",
+        f"%%tetra --local --map n in range(6) --batch 3 --out job\n{failing}",
+        "print(square, job.result(), sorted(job.errors))",
+    )
+    error = cells[2].error
+    assert error is not None and error["ename"] == "MapFailed", cells[2]
+    assert error["evalue"].startswith(
+        f"1 of 6 items failed: [4] {home.error['ename']}: {home.error['evalue']}."
+    )
+    assert "raise ValueError(f'bad item {n}')" in "\n".join(error["traceback"])
+    # Its shard-mates 3 and 5 ran and came back; the notebook is as it was.
+    assert sorted(cells[2].stdout.splitlines()) == sorted(
+        f"[{n}] done {n}" for n in range(6) if n != 4
+    )
+    squares = [None if n == 4 else n * n for n in range(6)]
+    assert cells[-1].stdout == f"before {{'square': {squares}}} [4]\n"
+
+
+def test_retries_run_a_batchs_failed_items_again_as_one_job(tmp_path: Path) -> None:
+    """Items 1 and 2 of a batch of three fail on their first try only: one new job runs the
+    two of them again (item 0 does not run twice), and the map ends as the loop at home."""
+    flaky = (
+        "import os\n"
+        f"marker = os.path.join({str(tmp_path)!r}, f'tried-{{n}}')\n"
+        "first_try = not os.path.exists(marker)\n"
+        "open(marker, 'w').close()\n"
+        "print('ran', n)\n"
+        "if n in (1, 2) and first_try:\n"
+        "    raise ConnectionError('worker lost')\n"
+        "square = n * n"
+    )
+    cells = run_cells(
+        LOAD,
+        f"%%tetra --local --map n in range(4) --batch 3 --retries 1 --out job\n{flaky}",
+        "print(square, len(job.jobs), len(job.retried))",
+    )
+    assert cells[1].error is None, cells[1]
+    assert cells[1].stderr.splitlines() == [
+        f"[{n}] failed (ConnectionError: worker lost); running it again" for n in (1, 2)
+    ]
+    ran = [0, 1, 2, 3, 1, 2]  # every item once, then the failed two again
+    assert sorted(cells[1].stdout.splitlines()) == sorted(f"[{n}] ran {n}" for n in ran)
+    assert cells[2].stdout == f"{[n * n for n in range(4)]} 2 1\n"
+
+
+def test_a_large_shared_input_travels_once_per_job_not_once_per_item() -> None:
+    """Twenty items in two jobs read a 2 MB input: the requests sent are about twice its
+    size in all (base64 makes each a third bigger), not twenty times."""
+    cells = run_cells(
+        LOAD,
+        "import os\nblob = os.urandom(2_000_000)",
+        "%%tetra --local --map n in range(20) --batch 10 --out job\nsize = len(blob) + n",
+        "print(size == [len(blob) + n for n in range(20)], len(job.jobs))",
+        "print([job.request_bytes for job in job.jobs])",
+    )
+    assert cells[2].error is None, cells[2]
+    assert cells[3].stdout == "True 2\n"
+    sent = eval(cells[4].stdout)
+    assert all(2_000_000 < size < 3_000_000 for size in sent), sent
+
+
+def test_small_items_share_jobs_by_default() -> None:
+    """200 tiny items without --batch: cut as multiprocessing.Pool.map cuts its chunks, about
+    four jobs per job followed at once, so far fewer jobs than items."""
+    items, body = 200, "cube = n ** 3"
+    expected = _loop_at_home(f"range({items})", body, ["cube"])
+    cells = run_cells(
+        LOAD,
+        f"%%tetra --local --map n in range({items}) --out job\n{body}",
+        "print(cube)",
+        "print(len(job.jobs), job.at_once)",
+    )
+    assert cells[1].error is None, cells[1]
+    assert cells[2].stdout == expected
+    jobs, at_once = map(int, cells[3].stdout.split())
+    assert jobs == math.ceil(items / math.ceil(items / (4 * at_once))) < items / 3
+
+
+def test_a_shards_view_tags_each_items_lines_from_the_runtimes_marks() -> None:
+    """The contract with the views: a mark framed in a shard's stdout reaches the view as an
+    "item" chunk, which switches TaggedView's tag (a line cut off at the switch ends under
+    its own item's tag); the plain views ignore the kind."""
+
+    def mark(index: int) -> str:
+        return f'\x00tetra-display:{{"type":"item","index":{index}}}\n'
+
+    with contextlib.redirect_stdout(io.StringIO()) as shown:
+        view = ItemMarkers(TaggedView(4, threading.Lock()))
+        for chunk in split(f"a\nb{mark(5)}c\n{mark(6)}d\n"):
+            view.chunk(chunk)
+        view.close(None)
+        plain = ItemMarkers(TextView())
+        for chunk in split(f"x\n{mark(7)}y\n"):
+            plain.chunk(chunk)
+    assert shown.getvalue() == "[4] a\n[4] b\n[5] c\n[6] d\nx\ny\n"

@@ -127,3 +127,23 @@ def test_map_items_are_the_python_as_written(magic: TetraMagic, line: str, items
     opts = build(parse_options(line), magic)
     assert (opts.map_name, opts.map_items) == (line.split()[line.split().index("--map") + 1], items)
     assert eval(opts.map_items)  # a Python expression a notebook can evaluate
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--map n in range(9) --batch 0", r"--batch is how many --map items one job runs: 1 or"),
+        ("--map n in range(9) --batch -2", r"1 or more, not -2"),
+        ("--local --batch 3", r"--batch sets how many --map items one job runs: use it with --map"),
+    ],
+)
+def test_batch_is_one_or_more_items_and_only_with_map(
+    magic: TetraMagic, line: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse(magic, line)
+
+
+def test_batch_sets_the_items_per_job(magic: TetraMagic) -> None:
+    assert parse(magic, "--map n in range(9) --batch 3").batch == 3
+    assert parse(magic, "--map n in range(9)").batch is None  # fan_out's default

@@ -478,3 +478,32 @@ def test_sys_exit_ends_the_cell_at_once_and_the_worker_lives(
     assert (remote.error["ename"], remote.error["evalue"]) == ("SystemExit", "bye")
     assert (home.error["ename"], home.error["evalue"]) == ("SystemExit", "bye")
     assert after.error is None and after.results == ["2"]
+
+
+MAPPED = "print('item', n)\nif n == 3:\n    raise ValueError(f'bad item {n}')\nsquare = n * n"
+
+
+@NEEDS_REAL
+def test_a_batched_map_runs_each_item_on_its_own_there(published: LoopbackEndpoint) -> None:
+    """--map with --batch on the published worker: two items per job, the runtime sent
+    along runs them one by one; each item's lines are tagged with its own index, and the
+    failing item fails none of its shard-mates."""
+    body = "".join(f"        {line}\n" for line in MAPPED.splitlines())
+    home = run_cells(
+        "n = 3\n" + MAPPED,  # the failing item, at home
+        "squares = []\nfor n in range(5):\n    try:\n"
+        f"{body}    except ValueError:\n        square = None\n    squares.append(square)",
+        "print({'square': squares})",
+    )
+    cells = run_cells(
+        "%load_ext tetra_magic",
+        f"%%tetra --endpoint {published.url} --map n in range(5) --batch 2 --out job\n{MAPPED}",
+        "print(job.result())\nprint(len(job.jobs))",
+        env=kernel_env(published),
+    )
+    error = cells[1].error
+    assert error is not None and error["ename"] == "MapFailed", cells[1]
+    failed = f"[3] {home[0].error['ename']}: {home[0].error['evalue']}"
+    assert error["evalue"].startswith(f"1 of 5 items failed: {failed}.")
+    assert sorted(cells[1].stdout.splitlines()) == sorted(f"[{n}] item {n}" for n in range(5))
+    assert cells[2].stdout == home[2].stdout + "3\n"  # the others' values, in three jobs

@@ -60,7 +60,7 @@ def test_home_cuts_the_frames_named_as_the_runtimes() -> None:
 
 
 def test_every_spec_has_every_field_a_cell_and_a_plain_request_alike() -> None:
-    assert contract.Spec.__optional_keys__ == {"session"}
+    assert contract.Spec.__optional_keys__ == {"session", "batch"}  # batch: a --map shard
     cell = packing.make_spec(analyse("\nx = 1", "<tetra-cell-1>"), "<tetra-cell-1>")
     assert set(cell) == contract.Spec.__required_keys__
     plain = _plain_spec(sessions.Session("s", "kernel"), {"end": True})

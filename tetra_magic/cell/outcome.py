@@ -125,13 +125,30 @@ def _raised(packed: str | None, user_ns: dict[str, Any] | None) -> BaseException
     return None if isinstance(raised, _GROUPS) else raised
 
 
-def unpack(response: FunctionResponse) -> CellResult:
-    """The cell's payload, with the names the worker already could not send."""
-    payload = decode(response.result) if response.result else {}
+def unpack(response: FunctionResponse, payload: dict[str, Any] | None = None) -> CellResult:
+    """The cell's payload, with the names the worker already could not send. `payload`: one
+    item's of a --map shard, which came home decoded inside the shard's (`item_response`)."""
+    if payload is None:
+        payload = decode(response.result) if response.result else {}
     result = CellResult(payload=payload)
     result.problems.update(payload.get("errors", {}))
     result.problems.update(response.unpicklable)
     return result
+
+
+def item_response(entry: dict[str, Any]) -> FunctionResponse:
+    """One item of a --map shard (runtime/batch.py) as the response a job of its own would
+    have had: successful, its payload `entry` itself (for `unpack`); or, for an item that
+    raised, the failure our worker sends for a cell that raised (for `check`)."""
+    raised = entry.get("raised")
+    if not isinstance(raised, dict):
+        return FunctionResponse(success=True)
+    return FunctionResponse(
+        success=False,
+        failure="exception",
+        error=str(raised.get("traceback") or ""),
+        error_type=str(raised.get("type") or "") or None,
+    )
 
 
 def _import_modules(modules: dict[str, list[str]], problems: dict[str, str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ them the text of the cells they were defined in, so their frames in a remote tra
 
 from __future__ import annotations
 
+import dataclasses
 import linecache
 import platform
 import re
@@ -112,16 +113,37 @@ def _aliases(
 
 
 def _pickle_needed(
-    values: dict[str, Any], user_ns: dict[str, Any], names: MainNames, files: set[str]
-) -> tuple[dict[str, bytes], dict[str, Any]]:
+    values: dict[str, Any],
+    user_ns: dict[str, Any],
+    names: MainNames,
+    files: set[str],
+    items: dict[str, Any] | None = None,
+) -> tuple[dict[str, bytes], dict[str, Any], list[bytes]]:
     """The blobs of the values the cell reads and of the names their definitions and functions
     read in turn (a helper's helper, the constant a method uses), which the cell itself does
-    not name; and the modules among them, by name."""
+    not name; the modules among them, by name; and the blobs of a --map shard's `items`
+    ({label: item}), whose definitions' names are followed the same way."""
     blobs: dict[str, bytes] = {}
     modules: dict[str, Any] = {}
     needed_by: dict[str, str] = {}
     reads: dict[str, list[str]] = {}
     todo = list(values)
+
+    def follow(name: str) -> None:
+        """Queue the names that what was just pickled (for `name`) reads in turn."""
+        for top, (source, filename, _) in names.sent.items():
+            if top not in reads:
+                code = compile(source, filename, "exec")
+                reads[top] = global_names(code)
+        for used in [*names.bytecode, *(n for r in reads.values() for n in r)]:
+            if used not in needed_by and _sendable(used, user_ns) and used not in values:
+                needed_by[used] = name
+                todo.append(used)
+
+    item_blobs = []
+    for label, item in (items or {}).items():
+        item_blobs.append(_pickle(label, item, names, files, None))
+        follow(label)
     while todo:
         name = todo.pop(0)
         if name in blobs or name in modules:
@@ -131,15 +153,8 @@ def _pickle_needed(
             modules[name] = value
             continue
         blobs[name] = _pickle(name, value, names, files, needed_by.get(name))
-        for top, (source, filename, _) in names.sent.items():
-            if top not in reads:
-                code = compile(source, filename, "exec")
-                reads[top] = global_names(code)
-        for used in [*names.bytecode, *(n for r in reads.values() for n in r)]:
-            if used not in needed_by and _sendable(used, user_ns) and used not in values:
-                needed_by[used] = name
-                todo.append(used)
-    return blobs, modules
+        follow(name)
+    return blobs, modules, item_blobs
 
 
 def _sendable(name: str, user_ns: dict[str, Any]) -> bool:
@@ -210,11 +225,15 @@ def _check_size(
     limit: int,
     local: dict[str, LocalPackage],
     contents: dict[str, bytes] | None = None,
+    items: list[bytes] | None = None,
 ) -> None:
     if size <= limit:
         return
     largest = sorted(blobs.items(), key=lambda item: -len(item[1]))[:5]
     parts, advice = [], []
+    if items:  # a --map shard's (runtime/batch.py)
+        parts.append(f"its {len(items)} --map items: {_mb(sum(map(len, items)))}")
+        advice.append("A smaller --batch sends fewer items per job.")
     if largest:
         parts.append("largest variables: " + ", ".join(f"{n} {_mb(len(b))}" for n, b in largest))
         advice.append(
@@ -250,9 +269,13 @@ def pack(
     limit: int,
     label: Labeler = lambda name: None,
     session: sessions.Session | None = None,
+    items: dict[int, Any] | None = None,
 ) -> Packed:
     """Build the FunctionRequest for one cell; UsageError for unpicklable or oversized inputs.
-    In a `session`, what it holds already goes as references to its own objects."""
+    In a `session`, what it holds already goes as references to its own objects. With `items`
+    ({index among the map's: item}), the request of a --map shard: the cell runs once per
+    item, bound to --map's name, the values it reads sent once for all of them
+    (runtime/batch.py)."""
     values = inputs(analysis, user_ns, opts.send)
     cells = definitions.cells_newest_first(lambda name: _cell_number(label(name)))
     referable: Any = definitions.Finder(user_ns, cells)
@@ -261,8 +284,9 @@ def pack(
         user_ns = {**user_ns, **session.substitutes(values, user_ns)}
     names = MainNames(user_ns, referable=referable)
     files: set[str] = set()
+    labels = {f"{opts.map_name} (item {i})": item for i, item in (items or {}).items()}
     with sessions.shipping(session):
-        blobs, module_values = _pickle_needed(values, user_ns, names, files)
+        blobs, module_values, item_blobs = _pickle_needed(values, user_ns, names, files, labels)
     sent = "".join(source for source, _, _ in names.sent.values())
     modules = _modules(module_values, analysis.source + sent)
     files |= {filename for _, filename, _ in names.sent.values()}
@@ -289,10 +313,30 @@ def pack(
         get=opts.get,
         declared=declare(opts.dependencies),
     )
+    if items is not None:
+        spec["batch"] = {"name": opts.map_name or "", "indices": list(items), "items": item_blobs}
     request = request_for(spec, blobs, opts)
-    size = len(request.model_dump_json()) + len('{"input": }')
-    _check_size(blobs, size, limit, spec["local_modules"], spec["file_contents"])
+    size = _size(request)
+    _check_size(blobs, size, limit, spec["local_modules"], spec["file_contents"], item_blobs)
     return Packed(request, tuple(sorted(blobs)), tuple(sorted(modules)), size, spec, blobs)
+
+
+def narrowed(packed: Packed, indices: list[int], opts: CellOptions) -> Packed:
+    """A --map shard's request for only the items at `indices` (those that failed, to run
+    again), its inputs as they were packed."""
+    batch = packed.spec["batch"]
+    blob_of = dict(zip(batch["indices"], batch["items"], strict=True))
+    spec: Spec = {
+        **packed.spec,
+        "batch": {**batch, "indices": indices, "items": [blob_of[i] for i in indices]},
+    }
+    request = request_for(spec, packed.blobs, opts)
+    return dataclasses.replace(packed, request=request, spec=spec, size=_size(request))
+
+
+def _size(request: FunctionRequest) -> int:
+    """The request's size as sent: its JSON, wrapped as RunPod's job input."""
+    return len(request.model_dump_json()) + len('{"input": }')
 
 
 # Every --deps (and default_deps) this kernel's cells declared, in order.
@@ -367,7 +411,7 @@ def request_for(spec: Spec, blobs: dict[str, bytes], opts: CellOptions) -> Funct
     """The request that runs the cell `spec` describes with the values in `blobs`."""
     session = spec.get("session")
     return FunctionRequest(
-        function_name="run_cell",
+        function_name="run_batch" if "batch" in spec else "run_cell",
         function_code=runtime.bootstrap_source(),
         kwargs={"spec": encode(spec), "blobs": encode(blobs)},
         dependencies=list(opts.dependencies) or None,
@@ -376,4 +420,5 @@ def request_for(spec: Spec, blobs: dict[str, bytes], opts: CellOptions) -> Funct
         source_name=f"{RUNTIME_SOURCE_PREFIX}{spec['filename']}>",
         kernel_id=KERNEL_ID,
         session=session["key"] if session else None,
+        detached=opts.detach or None,
     )

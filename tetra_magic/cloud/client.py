@@ -54,6 +54,11 @@ class EndpointError(TetraError):
     """The endpoint refused a request or could not be reached; the message says which."""
 
 
+class JobUnknown(EndpointError):
+    """The endpoint does not know the job (404 naming it): its results were kept their time
+    and dropped, or it never ran there."""
+
+
 class EndpointNotFound(EndpointError):
     """The endpoint itself does not exist (404 on a request that names no job)."""
 
@@ -202,7 +207,7 @@ class EndpointClient:
         if response.status_code in (401, 403):
             raise EndpointError(self._refused(response.status_code))
         if response.status_code == 404 and job_id:
-            raise EndpointError(f"job {job_id} is unknown to the endpoint (expired or never ran)")
+            raise JobUnknown(f"job {job_id} is unknown to the endpoint (expired or never ran)")
         if response.status_code == 404:
             raise EndpointNotFound(
                 f"{self.endpoint!r} does not exist (404): {detail}. Check the endpoint id in"

@@ -10,7 +10,8 @@ user rebound at home since the cell was submitted is kept as the user left it, a
 A cell that reads a name a running background cell will bind is told so first.
 
 `%tetra jobs`, `%tetra wait` and `%tetra cancel` (tetra_magic/commands.py) act on the jobs
-held here; a kernel that exits cancels the ones still running.
+held here; a kernel that exits cancels the ones still running, but for detached ones
+(job/attach.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 
@@ -32,7 +33,30 @@ from tetra_magic.cell.analysis import analyse
 from tetra_magic.cloud.client import EndpointError
 from tetra_magic.cloud.status import JobStatus
 from tetra_magic.errors import CellInterrupted
-from tetra_magic.job.job import Job
+from tetra_magic.options import CellOptions
+
+
+class HeldJob(Protocol):
+    """What a background cell's job offers here: a cell's Job, or a --map cell's MapJob
+    (job/fan_out.py). Read: who it is and how it runs; written: what it brought back."""
+
+    values: dict[str, Any]
+    returned: list[str]
+    failure: BaseException | None
+    settle: Callable[[], None] | None
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def worker(self) -> dict[str, Any] | None: ...
+    @property
+    def opts(self) -> CellOptions: ...
+    def cancel(self) -> None: ...
+
 
 # How often `%tetra wait` looks up from its wait, so Ctrl-C reaches it promptly.
 WAIT_STEP_S = 0.2
@@ -45,7 +69,7 @@ class Background:
     names when it was submitted (how a later change at home is told from the job's own)."""
 
     number: int
-    job: Job
+    job: HeldJob
     cell: str
     binds: frozenset[str]
     before: dict[str, Any]
@@ -85,7 +109,7 @@ class Jobs:
 
     def submit(
         self,
-        job: Job,
+        job: HeldJob,
         follow: Callable[[], outcome.CellResult],
         cell: str,
         binds: frozenset[str],
@@ -237,9 +261,10 @@ class Jobs:
                 self.settle(held)
 
     def cancel_running(self) -> None:
-        """At kernel exit: cancel what still runs (nobody is left to write it back)."""
+        """At kernel exit: cancel what still runs (nobody is left to write it back), but for
+        detached jobs (--detach), which `%tetra attach` brings into a later kernel."""
         for held in self.held:
-            if held.running:
+            if held.running and not held.job.opts.detach:
                 with contextlib.suppress(Exception):
                     held.job.cancel()
 
@@ -281,7 +306,9 @@ def _apply_except(result: outcome.CellResult, user_ns: dict[str, Any], kept: set
     payload = result.payload
     payload["changed"] = [n for n in payload.get("changed", []) if n not in kept]
     scratch = dict(user_ns)  # in-place changes still reach the notebook's objects
+    loaded = dict(result.values)  # a --map's lists come loaded already; a cell's, not yet
     outcome.apply(result, scratch)
+    scratch.update(loaded)
     written = [name for name in result.values if name not in kept]
     for name in written:
         user_ns[name] = scratch[name]

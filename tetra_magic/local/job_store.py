@@ -16,7 +16,9 @@ A session (`"session"` in a job's input, see worker/protocol.py) lives in one wo
 so its jobs are pinned: once one has started on a worker, the session's later jobs wait for that
 worker while it lives, and other workers take the jobs queued behind them. When the worker is
 gone its pins go too, so the session's next job runs anywhere, and the cell runtime there says
-the session was lost. This is the store's only look inside a job's input.
+the session was lost. Its other look inside a job's input: which kernels have a detached job
+(`"detached"`, with its `"kernel_id"`) not yet ended, whose processes and files the sweep of
+gone kernels must leave alone until it has (kernels.py).
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ class JobStore:
     def running_on(self, worker_id: str) -> Job | None:
         job = self._running.get(worker_id)
         return job if job is not None and job.status is JobStatus.IN_PROGRESS else None
+
+    def detached_kernels(self) -> set[str]:
+        """The kernels with a detached job (`%%tetra --bg --detach`) queued or running: what
+        they left on the workers must outlive them until it has ended."""
+        return {
+            job.input["kernel_id"]
+            for job in self._jobs.values()
+            if isinstance(job.input, dict)
+            and job.input.get("detached") is True
+            and isinstance(job.input.get("kernel_id"), str)
+            and not job.status.final
+        }
 
     def pending(self) -> int:
         """Jobs not yet final: the server is not idle while there are any."""

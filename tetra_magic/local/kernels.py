@@ -5,8 +5,10 @@ state dir for as long as it lives. The operating system lets go of a lock when i
 ends, however it ends (shutdown, crash, SIGKILL), so the server, trying each lock now and then,
 learns which kernels are gone without the kernels having to say goodbye, and frees what they
 held on the workers: their executor processes (marked `KERNEL_MARK`, with everything those
-started), their working directories and their package layers. Stdlib only: the kernel side
-runs in the notebook.
+started), their working directories and their package layers. A gone kernel's detached job
+(`%%tetra --bg --detach`) runs on in those processes and files: the server names the kernels
+that have one still running, and their lock files stay until a later sweep finds none. Stdlib
+only: the kernel side runs in the notebook.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO
 
@@ -52,14 +55,17 @@ def hold(kernel_id: str, root: Path | None = None) -> None:
         handle.close()
 
 
-def free_gone(kernel_dirs: list[Path], root: Path | None = None) -> list[str]:
+def free_gone(
+    kernel_dirs: list[Path], root: Path | None = None, running: Collection[str] = ()
+) -> list[str]:
     """Server side: for each kernel whose lock is free, kill its processes on the workers and
     remove its directories (`<each of kernel_dirs>/<id>`: its working directory, its package
-    layer); the ids of the kernels freed."""
+    layer); the ids of the kernels freed. Kernels in `running` (a detached job of theirs has
+    not ended) are left for a later sweep, gone or not."""
     freed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(alive_dir(root)):
-            if _gone(Path(entry.path)):
+            if entry.name not in running and _gone(Path(entry.path)):
                 kill_marked(KERNEL_MARK, entry.name)
                 for parent in kernel_dirs:
                     shutil.rmtree(parent / entry.name, ignore_errors=True)

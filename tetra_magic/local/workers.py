@@ -188,11 +188,13 @@ class Supervisor:
                 self._replace(slot, "the worker did not take the job it was handed")
 
     async def _free_gone_kernels(self) -> None:
-        """Every few seconds: free what kernels that ended left on the workers (kernels.py)."""
+        """Every few seconds: free what kernels that ended left on the workers (kernels.py),
+        but for a kernel whose detached job still runs there."""
         while True:
             await asyncio.sleep(KERNEL_CHECK_S)
+            detached = self.store.detached_kernels()  # read here: the store is the loop's
             freed = await asyncio.to_thread(
-                kernels.free_gone, [self.kernel_dirs, self.package_dirs], self.root
+                kernels.free_gone, [self.kernel_dirs, self.package_dirs], self.root, detached
             )
             for kernel_id in freed:
                 log.info("kernel %s is gone: freed its processes and files", kernel_id)

@@ -10,7 +10,8 @@ own modules by relative import, and the packages a cell may bring (IPython, trai
 matplotlib, plotly) only inside the functions that use them.
 
 The modules, by job: `contract` (the spec, the payload, the markers both sides read); `cell`
-(one cell, start to end), `cell_env` (what lasts for the cell only: --env, stdin), `at_home`
+(one cell, start to end), `batch` (a --map shard: the cell once per item), `cell_env` (what
+lasts for the cell only: --env, stdin), `at_home`
 (the notebook's logging, warning and display setup, for the cell), `outputs`
 (what comes home), `exceptions`; `pickling` and `picklers` (how values travel, both ways);
 `local_modules` (the notebook's own modules, importable while a cell runs); `files` (data

@@ -1,12 +1,12 @@
 """The request's function code: it installs the runtime package on the worker, then runs the cell.
 
 Whatever runs a request's `function_code` runs this: our worker, and RunPod's published worker,
-which only executes the code and calls `run_cell`. So it is self-contained, standard library
-only. The package's modules ride in the spec (spec["runtime"]: their sources, compressed, and
-the hash of them all) and become the package `tetra_runtime`, imported from those sources by a
-finder of this module's, their text registered with linecache under names that home
-recognises as the runtime's (RUNTIME_SOURCE_PREFIX in contract.py), so a cell's traceback shows
-none of them.
+which only executes the code and calls `run_cell` (`run_batch` for a --map shard). So it is
+self-contained, standard library only. The package's modules ride in the spec (spec["runtime"]:
+their sources, compressed, and the hash of them all) and become the package `tetra_runtime`,
+imported from those sources by a finder of this module's, their text registered with linecache
+under names that home recognises as the runtime's (RUNTIME_SOURCE_PREFIX in contract.py), so a
+cell's traceback shows none of them.
 
 A worker process runs many cells (ours, one executor process per notebook; the published one,
 every cell in its own process), so the package is installed once per process and hash: the
@@ -36,6 +36,14 @@ def run_cell(spec: dict[str, Any], blobs: dict[str, bytes]) -> dict[str, Any]:
     install(spec["runtime"])
     cell = importlib.import_module(f"{PACKAGE}.cell")
     return cell.run_cell(spec, blobs)
+
+
+def run_batch(spec: dict[str, Any], blobs: dict[str, bytes]) -> dict[str, Any]:
+    """Run the cell once per item of a --map shard, with the runtime it carries
+    (tetra_runtime.batch)."""
+    install(spec["runtime"])
+    batch = importlib.import_module(f"{PACKAGE}.batch")
+    return batch.run_batch(spec, blobs)
 
 
 def install(runtime: dict[str, Any]) -> types.ModuleType:

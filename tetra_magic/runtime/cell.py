@@ -17,6 +17,7 @@ import platform
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from typing import Any, cast
 
 from . import (
@@ -37,7 +38,11 @@ from .pickling import MainNames, VersionMismatch, digest
 from .shell import Shell
 
 
-def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
+def run_cell(
+    spec: Spec,
+    blobs: dict[str, bytes],
+    run: Callable[[Spec, dict[str, bytes]], Payload] | None = None,
+) -> Payload:
     """Run the cell described by `spec` with the notebook values in `blobs`; return the blobs
     of what it bound or changed in place, the names it deleted and its last expression's value.
     What it displays goes out with its prints, through the display runtime. On the published
@@ -48,7 +53,9 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
 
     Its --env variables, the stand-ins for stdin, and the notebook's logging and warning setup
     (at_home.py) last for this cell only, however it ends: the same process runs later cells
-    (other kernels' too, on the published worker)."""
+    (other kernels' too, on the published worker). `run` runs what the spec asks for in
+    between (a --map shard's items: batch.py), the one cell by default."""
+    run = run or _run_cell
     _collect_a_failed_cells_frames()
     restore = for_this_cell(spec.get("env") or {})
     restore_home = at_home.for_this_cell(spec.get("home"))
@@ -58,13 +65,13 @@ def run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         live = LiveOutput.on_published_worker(spec.get("timeout"))
         if live is None:
             try:
-                return _run_cell(spec, blobs)
+                return run(spec, blobs)
             except BaseException:
                 _FAILED["cell"] = True
                 raise
         with live:
             try:
-                out = _run_cell(spec, blobs)
+                out = run(spec, blobs)
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 # sys.exit() too: raised on, it would end that worker's process (and the job)
                 _FAILED["cell"] = True
@@ -131,7 +138,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
             sessions.refer_to(session, names, {})
             return sessions.pull(session, names, info["pull"])
         held = {id(value) for value in namespace.values()} if session is not None else set()
-        inputs = _load_inputs(names, spec)
+        inputs = load_inputs(names, spec)
         cell_definitions = spec["cell_definitions"]
         dump = None
         if session is None:
@@ -147,7 +154,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         before = dict(namespace)
         options = display_options.before()
         try:
-            last = _run_source(spec, names)
+            last = run_source(spec, names)
         except BaseException:
             if session is not None:  # as in the notebook: a failed cell binds nothing
                 namespace.clear()
@@ -173,7 +180,7 @@ def _run_cell(spec: Spec, blobs: dict[str, bytes]) -> Payload:
             sys.modules["__main__"] = saved
 
 
-def _run_source(spec: Spec, names: MainNames) -> Any:
+def run_source(spec: Spec, names: MainNames) -> Any:
     """Run the cell's code; its last expression's value (None without one). An exception the
     cell raises is packed for the notebook, which raises it as the user's own exception: the
     pack rides as a last note on the exception, since every worker (the published one too)
@@ -281,7 +288,7 @@ def register_sources(sources: dict[str, str]) -> None:
         linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
 
-def _load_inputs(names: MainNames, spec: Spec) -> dict[str, Any]:
+def load_inputs(names: MainNames, spec: Spec) -> dict[str, Any]:
     """Every value the kernel sent, bound in the namespace; {name: value} of the data among
     them (not modules, not definitions), whose changes in place the notebook must get back."""
     inputs = {}

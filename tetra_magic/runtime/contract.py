@@ -17,6 +17,10 @@ from typing import Any, TypedDict
 # A display message, written into the cell's stdout among its prints: START + JSON + END.
 FRAME_START = "\x00tetra-display:"
 FRAME_END = "\n"
+# The message, framed the same way, that says a --map shard's next item starts here
+# (runtime/batch.py): what follows is that item's output.
+ITEM_MESSAGE = '{"type":"item","index":'
+
 # Where a progress update (the published worker's live output) carries the cell's chunks.
 PROGRESS_KEY = "tetra_progress"
 # The line a cell's exception carries home as its last note: this, then the packed exception.
@@ -158,10 +162,19 @@ class LocalPackage(TypedDict):
     files: dict[str, list[str]]
 
 
+class BatchPart(TypedDict):
+    """spec["batch"]: a --map shard, the cell run once per item (runtime/batch.py)."""
+
+    name: str  # the name each item is bound to: --map NAME in ...
+    indices: list[int]  # the items' places among all of the map's: their output's tags
+    items: list[bytes]  # each item's blob, loaded just before its run
+
+
 class Spec(_SpecFields, total=False):
     """What the worker needs to run one cell (the request's `spec` argument)."""
 
     session: SessionPart
+    batch: BatchPart
 
 
 class Chunk(TypedDict):
@@ -225,3 +238,6 @@ class Payload(TypedDict, total=False):
     got_missing: list[str]
     # pandas' display options the cell changed (runtime/display_options.py), {option: value}
     display_options: dict[str, Any]
+    # a --map shard (runtime/batch.py): each item's own payload in the order of spec["batch"],
+    # {"raised": ...} for an item that raised
+    items: list[Payload]

@@ -32,13 +32,16 @@ _IPYTHON_MODULES = (
 _STAND_IN_FILE = "<tetra IPython stand-in>"
 
 
-def begin(notebook: bool = False) -> None:
+def begin(notebook: bool = False, again: bool = False) -> None:
     """Ready the display machinery for a cell: fresh limits, IPython.display, figures, and
-    widgets (shown as in a notebook's kernel when the cell's `notebook` is one)."""
+    widgets (shown as in a notebook's kernel when the cell's `notebook` is one). `again`: for
+    the next item of a --map shard (batch.py), moments after the one before: the packages
+    the worker has (IPython, comm) are as that one found them, not looked for again."""
     publishing.begin()
-    _provide_ipython()
+    if not again:
+        _provide_ipython()
     figures.use_for_matplotlib()
-    widgets.begin(notebook)
+    widgets.begin(notebook, again)
 
 
 def end() -> None:

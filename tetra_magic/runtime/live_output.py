@@ -131,6 +131,12 @@ class LiveOutput:
         )
 
 
+def recording() -> bool:
+    """Whether a LiveOutput records the cell's output in this process now (the published
+    worker), through streams of its own."""
+    return isinstance(sys.stdout, _Tee)
+
+
 def _fixed_message(message: str) -> Callable[..., None]:
     """An __init__ giving an exception `message` whatever it is raised with (an exception
     raised in another thread is raised as a class, with no arguments)."""

@@ -50,15 +50,18 @@ REFUSED = (
 _KERNEL_APP = "IPKernelApp"
 _ZMQSHELL = "ipykernel.zmqshell"
 _MARKER_DOC = "tetra: a remote cell of a notebook's kernel (runtime/widgets.py)"
-_state = {"kernel_app_set": False}
+_state = {"kernel_app_set": False, "comm": False}
 # What the cell's relay replaced, put back when the cell ends: (owner, attribute, original),
 # so the process outside a cell (a kernel running this runtime in a test) keeps its own.
 _replaced: list[tuple[Any, str, Any]] = []
 
 
-def begin(notebook: bool) -> None:
-    """Ready the relay for a cell whose notebook is a kernel (`notebook`) or not."""
-    if importlib.machinery.PathFinder.find_spec("comm") is not None:
+def begin(notebook: bool, again: bool = False) -> None:
+    """Ready the relay for a cell whose notebook is a kernel (`notebook`) or not; `again`:
+    whether `comm` is installed is as the last cell found it (display.begin)."""
+    if not again:
+        _state["comm"] = importlib.machinery.PathFinder.find_spec("comm") is not None
+    if _state["comm"]:
         _relay_comms()
     if "ipywidgets" in sys.modules:
         _refuse_callbacks(sys.modules["ipywidgets"])

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import display, display_options, exceptions, files, live_output
-from .cell import load_inputs, register_sources, run_cell, run_source
+from .cell import load_inputs, one_loop, register_sources, run_cell, run_source
 from .contract import FRAME_END, FRAME_START, ITEM_MESSAGE, Payload, Spec
 from .outputs import pack_outputs
 from .pickling import MainNames, digest
@@ -60,13 +60,14 @@ def _run_items(spec: Spec, blobs: dict[str, bytes]) -> Payload:
         batch = spec["batch"]
         several = len(batch["indices"]) > 1
         out: list[Payload] = []
-        for index, blob in zip(batch["indices"], batch["items"], strict=True):
-            if out:
-                display.begin(notebook, again=True)
-            main.__dict__.clear()
-            main.__dict__.update(loaded)
-            with _marked(index) if several else contextlib.nullcontext():
-                out.append(_run_item(spec, names, (index, blob), inputs, digests))
+        with one_loop():
+            for index, blob in zip(batch["indices"], batch["items"], strict=True):
+                if out:
+                    display.begin(notebook, again=True)
+                main.__dict__.clear()
+                main.__dict__.update(loaded)
+                with _marked(index) if several else contextlib.nullcontext():
+                    out.append(_run_item(spec, names, (index, blob), inputs, digests))
         return {"items": out}
     finally:
         if saved is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
+import functools
 import gc
 import inspect
 import linecache
@@ -17,7 +19,7 @@ import platform
 import sys
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from . import (
@@ -187,17 +189,26 @@ def run_source(spec: Spec, names: MainNames) -> Any:
     sends the exception's traceback text home, notes included."""
     filename, source, namespace = spec["filename"], spec["source"], names.namespace
     register_sources({filename: source})
-    tree = ast.parse(source, filename)
     try:
-        last = None
-        if spec["has_last_expr"]:
-            expr = cast(ast.Expr, tree.body.pop())  # the kernel's analysis found it so
-            last = _compile(ast.Expression(expr.value), filename)
-        return _execute(_compile(tree, filename), last, namespace)
+        return _execute(*_compiled(filename, source, spec["has_last_expr"]), namespace)
     except Exception as exc:
         names.refresh()
         exceptions.add_note(names, exc)
         raise
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(
+    filename: str, source: str, has_last_expr: bool
+) -> tuple[types.CodeType, types.CodeType | None]:
+    """The cell's statements, and its last expression apart where it has one (the kernel's
+    analysis found it so); compiled once for the items of a --map shard (runtime/batch.py)."""
+    tree = ast.parse(source, filename)
+    last = None
+    if has_last_expr:
+        expr = cast(ast.Expr, tree.body.pop())
+        last = _compile(ast.Expression(expr.value), filename)
+    return _compile(tree, filename), last
 
 
 def _compile(tree: ast.Module | ast.Expression, filename: str) -> types.CodeType:
@@ -233,17 +244,42 @@ def _in_own_loop(asyncio: types.ModuleType, cell: Any) -> Any:
     could hold the cell forever."""
     outer = asyncio._get_running_loop()
     asyncio._set_running_loop(None)
-    loop = _quietly_new_loop(asyncio)
+    loop = _shard_loop.get("loop") or _quietly_new_loop(asyncio)
     main = loop.create_task(cell)
     try:
         return loop.run_until_complete(main)
     finally:
         try:
             _cancel_left_running(asyncio, loop, main)
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            if loop is not _shard_loop.get("loop"):
+                _close(loop)
         finally:
-            loop.close()
             asyncio._set_running_loop(outer)
+
+
+# The loop the items of a --map shard run in, one after another (`one_loop`).
+_shard_loop: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def one_loop() -> Iterator[None]:
+    """Meanwhile, cells run in one loop, made now and closed at the end, rather than in one
+    each: the items of a --map shard (runtime/batch.py), where a loop per item would cost more
+    than a tiny item. Each item still ends with its tasks cancelled, as a cell does."""
+    import asyncio
+
+    _shard_loop["loop"] = _quietly_new_loop(asyncio)
+    try:
+        yield
+    finally:
+        _close(_shard_loop.pop("loop"))
+
+
+def _close(loop: Any) -> None:
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 def _quietly_new_loop(asyncio: types.ModuleType) -> Any:

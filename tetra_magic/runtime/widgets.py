@@ -31,6 +31,7 @@ working bar on the kernel's own stream and widgets.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.abc
 import importlib.machinery
 import sys
@@ -113,10 +114,26 @@ def _answer_as_a_kernel(on: bool) -> None:
 
 def _relay_comms() -> None:
     import comm
-    from comm.base_comm import BaseComm
 
     if getattr(comm.create_comm, "tetra", False):
         return
+    relay, tqdm_bar = _comm_classes()
+
+    def create_comm(*args: Any, **kwargs: Any) -> Any:
+        """A relayed comm; one for a tqdm bar where that is the widget opening it."""
+        opening = _opening_widget()
+        bar = opening.__name__ == "TqdmHBox" and opening.__module__.startswith("tqdm")
+        return (tqdm_bar if bar else relay)(*args, **kwargs)
+
+    create_comm.tetra = True  # type: ignore[attr-defined]
+    _replace(comm, "create_comm", create_comm)
+
+
+@functools.cache
+def _comm_classes() -> tuple[type, type]:
+    """The relayed comm's classes, made once per process (a --map shard relays its items'
+    comms one after another): (for any widget, for a tqdm bar's)."""
+    from comm.base_comm import BaseComm
 
     class RelayComm(BaseComm):
         """A comm whose messages travel home in the cell's output (see the module's doc)."""
@@ -165,14 +182,7 @@ def _relay_comms() -> None:
 
         tqdm = True
 
-    def create_comm(*args: Any, **kwargs: Any) -> BaseComm:
-        """A relayed comm; one for a tqdm bar where that is the widget opening it."""
-        opening = _opening_widget()
-        bar = opening.__name__ == "TqdmHBox" and opening.__module__.startswith("tqdm")
-        return (TqdmBarComm if bar else RelayComm)(*args, **kwargs)
-
-    create_comm.tetra = True  # type: ignore[attr-defined]
-    _replace(comm, "create_comm", create_comm)
+    return RelayComm, TqdmBarComm
 
 
 def _opening_widget() -> type:

@@ -12,9 +12,9 @@ Rows (`run()` returns them for benchmarks/run.py):
 - 1,000 tiny items (`y = i * i`) with `--map`, batched by its default, against ipyparallel's
   `map_sync` of the same function on as many local engines as the endpoint has workers, each
   started in the same kernel: a DirectView (one chunk per engine, ipyparallel's fastest) and a
-  load-balanced view (one task per item, as an endpoint's queue hands out jobs). The bar: at
-  most 2x the time (at least half the throughput). Where ipyparallel is not installed
-  (`pip install -e '.[bench]'`) these rows are left out.
+  load-balanced view, one task per item (as an endpoint's queue hands out jobs) and in chunks
+  of --map's own batch size. The bar: at most 2x the time (at least half the throughput).
+  Where ipyparallel is not installed (`pip install -e '.[bench]'`) these rows are left out.
 
 It starts its own traced local endpoint of 4 workers (bench_magic.environment) and one kernel
 with the plain-text view.
@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_magic import Kernel, _median, _row, environment
 
+from tetra_magic.job.fan_out import default_batch
+
 WORKERS = 4
 ITEMS = 8
 SLEEP = "import time\ntime.sleep(2)\n"
@@ -45,9 +47,14 @@ PARALLEL_START = (
     f"client.wait_for_engines({WORKERS}, timeout=120)\n"
     "def square(i):\n    return i * i\n"
 )
-PARALLEL_VIEWS = {
-    "DirectView": "client[:]",
-    "LoadBalancedView": "client.load_balanced_view()",
+# Each view's map of the tiny function, as the cell that times it writes it.
+TINY_CHUNK = default_batch(TINY_ITEMS, WORKERS)  # --map's own batches, for the like-for-like row
+PARALLEL_MAPS = {
+    "DirectView.map_sync": "client[:].map_sync(square, ITEMS)",
+    "LoadBalancedView.map_sync": "client.load_balanced_view().map_sync(square, ITEMS)",
+    f"LoadBalancedView.map_sync, chunksize {TINY_CHUNK}": (
+        f"client.load_balanced_view().map_sync(square, ITEMS, chunksize={TINY_CHUNK})"
+    ),
 }
 
 
@@ -71,7 +78,7 @@ def run() -> list[dict[str, Any]]:
     rounds = ITEMS // WORKERS
     tiny_name = f"--map: {TINY_ITEMS} tiny items on {WORKERS} workers"
     parallel_rows = [
-        _row(tiny_name, tiny, f"ipyparallel {view}.map_sync, {WORKERS} engines", seconds)
+        _row(tiny_name, tiny, f"ipyparallel {view}, {WORKERS} engines", seconds)
         for view, seconds in parallel.items()
     ]
     return [
@@ -95,9 +102,9 @@ def _parallel_maps(kernel: Kernel) -> dict[str, float]:
     try:
         return {
             view: _median(
-                kernel.cells(f"y = {make}.map_sync(square, range({TINY_ITEMS}))", runs=RUNS)
+                kernel.cells(f"y = {call.replace('ITEMS', f'range({TINY_ITEMS})')}", runs=RUNS)
             )
-            for view, make in PARALLEL_VIEWS.items()
+            for view, call in PARALLEL_MAPS.items()
         }
     finally:
         kernel.run("cluster.stop_cluster_sync()")

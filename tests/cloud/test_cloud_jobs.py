@@ -245,3 +245,16 @@ def test_a_map_follows_as_many_jobs_at_once_as_the_endpoint_has_workers(
         sum(other.created <= job.created < (other.finished or 0) for other in jobs) for job in jobs
     )
     assert out_at_once == 2, [(job.created, job.finished) for job in jobs]
+
+
+@pytest.mark.slow
+def test_a_batched_map_on_runpod_says_its_jobs_outnumber_the_workers(
+    fake: FakeRunPod, tmp_path: Path
+) -> None:
+    """40 small items batch into 10 jobs on an endpoint of at most 3 workers: the line counts
+    jobs, and does not offer a worker per item."""
+    runs = run_cloud(fake, tmp_path, "%%tetra --gpu A100 --map n in range(40)\nsquare = n * n")
+    lines = ok(runs[0]).stderr.splitlines()
+    said = [line for line in lines if "on an endpoint of at most" in line]
+    assert len(said) == 1 and said[0].startswith("tetra: 40 items in 10 jobs on an endpoint"), lines
+    assert "a higher `%config TetraMagic.workers_max` runs more at once" in said[0]

@@ -229,10 +229,10 @@ def run_map(
         )
         return
     endpoint = targets.resolve(opts)
-    _say_how_many_at_once(opts, endpoint.billed, len(items))
     at_once = min(len(items), opts.workers or targets.workers(endpoint, opts) or DEFAULT_FOLLOWED)
     size = opts.batch or default_batch(len(items), at_once)
     shards = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+    _say_how_many_at_once(opts, endpoint.billed, len(items), len(shards))
     most = min(size, len(items))  # --timeout is each item's: a shard's is theirs summed
     shard_opts = dataclasses.replace(opts, timeout=min(opts.timeout * most, MAX_TIMEOUT))
     lock = threading.Lock()
@@ -329,16 +329,22 @@ class ItemMarkers:
         self.view.close(response)
 
 
-def _say_how_many_at_once(opts: CellOptions, billed: bool, items: int) -> None:
-    """On an endpoint the magic provisioned on RunPod, more items than it has workers at most
-    run that many at a time: said once, with the setting that gives each its own worker."""
+def _say_how_many_at_once(opts: CellOptions, billed: bool, items: int, jobs: int) -> None:
+    """On an endpoint the magic provisioned on RunPod, more jobs than it has workers at most
+    run that many at a time: said once, with the setting that gives each job a worker of its
+    own (items a job each) or that raises the ceiling (batched items)."""
     most = opts.worker.workers_max
-    if not billed or opts.endpoint or items <= most:
+    if not billed or opts.endpoint or jobs <= most:
         return
+    what = f"{items} items" if jobs == items else f"{items} items in {jobs} jobs"
+    more = (
+        f"`%config TetraMagic.workers_max = {items}` gives each a worker of its own"
+        if jobs == items
+        else "a higher `%config TetraMagic.workers_max` runs more at once"
+    )
     print(
-        f"tetra: {items} items on an endpoint of at most {most} workers (TetraMagic."
-        f"workers_max): they run {most} at a time; `%config TetraMagic.workers_max = {items}`"
-        " gives each a worker of its own (another endpoint; its workers count against the"
+        f"tetra: {what} on an endpoint of at most {most} workers (TetraMagic.workers_max):"
+        f" they run {most} at a time; {more} (another endpoint; its workers count against the"
         " account's worker quota: `%tetra endpoints` shows it)",
         file=sys.stderr,
     )

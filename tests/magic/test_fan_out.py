@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers.kernels import run_cells
+from helpers.kernels import loaded_kernels, run_cells
 
 from tetra_magic.job.fan_out import ItemMarkers, TaggedView
 from tetra_magic.view.text import TextView
@@ -230,3 +230,44 @@ def test_a_shards_view_tags_each_items_lines_from_the_runtimes_marks() -> None:
         for chunk in split(f"x\n{mark(7)}y\n"):
             plain.chunk(chunk)
     assert shown.getvalue() == "[4] a\n[4] b\n[5] c\n[6] d\nx\ny\n"
+
+
+GATED = (
+    "import os, time\nprint('waiting')\n"
+    "while not os.path.exists({go!r}):\n    time.sleep(0.05)\nsquare = n * n"
+)
+
+
+def test_ctrl_c_cancels_a_map_and_leaves_the_notebook_as_it_was(tmp_path: Path) -> None:
+    """Three items, one job at a time: Ctrl-C while the first waits cancels it on the endpoint;
+    the others are never submitted, and nothing is bound."""
+    cell = GATED.format(go=str(tmp_path / "never"))
+    with loaded_kernels(1) as (kernel,):
+        running = kernel.execute(f"%%tetra --local --map n in range(3) --workers 1 --out m\n{cell}")
+        kernel.outputs(running, until=lambda run: "waiting" in run.stdout)
+        kernel.interrupt()
+        stopped = kernel.outputs(running)
+        assert stopped.error is not None and stopped.error["ename"] == "CellInterrupted", stopped
+        assert "the map over n was interrupted" in stopped.error["evalue"]
+        after = kernel.run(
+            "print([job.status.value for job in m.jobs], [job.id is None for job in m.jobs],"
+            " 'square' in globals())"
+        )
+        assert after.stdout == "['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] [False, True, True] False\n"
+
+
+def test_cancel_a_background_map(tmp_path: Path) -> None:
+    cell = GATED.format(go=str(tmp_path / "never"))
+    with loaded_kernels(1) as (kernel,):
+        submitted = kernel.execute(
+            f"%%tetra --local --bg --map n in range(3) --workers 1 --out m\n{cell}"
+        )
+        kernel.outputs(submitted)
+        kernel.later(submitted, lambda run: "waiting" in run.stdout)
+        assert kernel.run("%tetra cancel 1").stdout == "tetra: job [1] cancelled\n"
+        after = kernel.run(
+            "%tetra wait\nprint(m.status.value, [job.status.value for job in m.jobs],"
+            " 'square' in globals())"
+        )
+        assert after.stdout == "CANCELLED ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] False\n", after
+        assert "background job [1] was cancelled; nothing was written back" in after.stderr

@@ -266,10 +266,16 @@ def run_map(
         try:
             _follow_all(mapped, packs, label, user_ns, min(at_once, len(shards)), new_job, board)
         finally:
+            mapped.cancelled = _stopped(mapped, board)
             mapped.ended.set()
             if board is not None:
                 board.close()
         _say_cost([*mapped.jobs, *mapped.retried], prices)
+        if mapped.cancelled:
+            raise CellInterrupted(
+                f"the map over {mapped.over} was cancelled: its jobs that ran were cancelled on"
+                " the endpoint, the others never submitted; the notebook is as it was"
+            )
         if mapped.errors:
             raise _failed(mapped)
         return outcome.CellResult(values=mapped.result())
@@ -379,6 +385,9 @@ def _follow_all(
         opts = mapped.jobs[number].opts
         for tries_left in range(opts.retries, -1, -1):
             job = mapped.jobs[number]
+            if _stopped(mapped, board):  # cancelled before this job was submitted
+                mapped.errors.update(dict.fromkeys(todo, JobFailed("cancelled before it ran")))
+                return
             interrupted = _run_shard(job, packed, todo, mapped, label, user_ns)
             if board is not None:
                 for index in todo:
@@ -408,6 +417,12 @@ def _follow_all(
             raise CellInterrupted(
                 f"the map over {mapped.over} was interrupted: its running jobs were cancelled"
             ) from None
+
+
+def _stopped(mapped: MapJob, board: MapBoard | None) -> bool:
+    """Whether the map was cancelled: `%tetra cancel` (or `job.cancel()`) or the board's
+    Cancel button."""
+    return mapped.cancelled or (board is not None and board.cancel_requested.is_set())
 
 
 def _run_shard(

@@ -7,6 +7,7 @@ ends, rather than sleeping and hoping."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,3 +210,16 @@ def test_a_failed_background_map_writes_nothing_and_keeps_the_others(
     after = kernel.run("%tetra wait\nprint('square' in globals(), sweep.result()['square'])")
     assert after.stdout == "False [0, 1, None, 9]\n", after
     assert "background job [1] failed (MapFailed: 1 of 4 items failed" in after.stderr, after
+
+
+def test_ctrl_c_stops_the_waiting_not_the_job(kernel: LiveKernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    expected = run_cells(BODY, "print(total)")[1].stdout
+    assert kernel.run(gated(go, BODY)).error is None
+    waiting = kernel.execute("%tetra wait")
+    time.sleep(1)  # in the wait: nothing the wait shows tells when it has started
+    kernel.interrupt()
+    stopped = kernel.outputs(waiting)
+    assert stopped.stderr == "tetra: stopped waiting; still running: [1]\n", stopped
+    go.touch()
+    assert kernel.run("%tetra wait\nprint(total)").stdout == expected

@@ -78,7 +78,9 @@ class Background:
     result: outcome.CellResult | None = None
     error: BaseException | None = None
     written: bool = False
-    thread: threading.Thread | None = field(default=None, repr=False)
+    # Set when its thread is done with it. Not the thread's is_alive(): a Ctrl-C that
+    # interrupts a Thread.join can leave that saying False while the thread still runs.
+    finished: threading.Event = field(default_factory=threading.Event, repr=False)
     # A session cell's: the session it runs in, and what the session notes once the values
     # are in the notebook (its record; --get's files come home then too).
     session: str | None = None
@@ -95,7 +97,7 @@ class Background:
 
     @property
     def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return not self.finished.is_set()
 
 
 class Jobs:
@@ -131,11 +133,11 @@ class Jobs:
         )
         job.settle = lambda: self.settle(held)
         context = contextvars.copy_context()
-        held.thread = threading.Thread(
+        thread = threading.Thread(
             target=context.run, args=(self._follow, held, follow), daemon=True
         )
         self.held.append(held)
-        held.thread.start()
+        thread.start()
         return held
 
     def _follow(self, held: Background, follow: Callable[[], outcome.CellResult]) -> None:
@@ -152,6 +154,7 @@ class Jobs:
             self.shell.showtraceback((type(exc), exc, exc.__traceback__))
         finally:
             held.ended = time.time()
+            held.finished.set()
 
     def before_cell(self, info: Any = None) -> None:
         """IPython's pre_run_cell: write back what has ended; warn about names still being
@@ -226,8 +229,8 @@ class Jobs:
         not the jobs."""
         try:
             for item in held:
-                while item.running:
-                    item.thread.join(WAIT_STEP_S)  # type: ignore[union-attr]
+                while not item.finished.wait(WAIT_STEP_S):
+                    pass
         except KeyboardInterrupt:
             running = ", ".join(h.label for h in held if h.running)
             print(f"tetra: stopped waiting; still running: {running}", file=sys.stderr)
@@ -250,8 +253,8 @@ class Jobs:
             )
         try:
             for held in running:
-                while held.running:
-                    held.thread.join(WAIT_STEP_S)  # type: ignore[union-attr]
+                while not held.finished.wait(WAIT_STEP_S):
+                    pass
         except KeyboardInterrupt:
             raise CellInterrupted(
                 f"stopped waiting for background job {labels}: this cell did not run"

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from IPython import display as ipython_display
+
 from tetra_magic import targets
 from tetra_magic.cell import interrupts, outcome
 from tetra_magic.cell.analysis import CellAnalysis, analyse
@@ -114,6 +116,11 @@ def _in_background(
         finish = functools.partial(job.finish, client)
         result = _result(job, finish, hooks, analysis, label, shell.user_ns, prices)
         assert result is not None  # None only for a session replayed, which it may not be
+        if (
+            analysis.has_last_expr
+            and (last := outcome.last_value(result, shell.user_ns)) is not None
+        ):
+            ipython_display.display(last)  # in the cell's own output, as its Out would be
         return result
 
     def wrote_back(result: outcome.CellResult) -> None:

@@ -223,3 +223,15 @@ def test_ctrl_c_stops_the_waiting_not_the_job(kernel: LiveKernel, tmp_path: Path
     assert stopped.stderr == "tetra: stopped waiting; still running: [1]\n", stopped
     go.touch()
     assert kernel.run("%tetra wait\nprint(total)").stdout == expected
+
+
+def test_a_background_cells_last_value_shows_in_its_own_cell(
+    kernel: LiveKernel, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    home = run_cells(f"{BODY}\n{{'total': total, 'twice': 2 * total}}")[0].results
+    submitted = kernel.execute(gated(go, f"{BODY}\n{{'total': total, 'twice': 2 * total}}"))
+    assert kernel.outputs(submitted).results == []  # nothing yet: the cell returned at once
+    go.touch()
+    shown = kernel.later(submitted, lambda run: bool(run.results))
+    assert shown.results == home, shown

@@ -271,3 +271,34 @@ def test_cancel_a_background_map(tmp_path: Path) -> None:
         )
         assert after.stdout == "CANCELLED ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] False\n", after
         assert "background job [1] was cancelled; nothing was written back" in after.stderr
+
+
+IMPORTS_AND_DEFS = (
+    "import json\nimport math as m\ndef double(x):\n    return 2 * x\n"
+    "class Box:\n    size = 3\nenc = json.dumps({'n': n})\nval = double(n) + Box.size"
+)
+CHECK = "print(json.dumps([1]), m.sqrt(4), double(5), Box.size, enc, val)"
+
+
+def test_imports_and_definitions_come_back_as_the_loop_leaves_them() -> None:
+    """A module or a function is what the last run of the loop at home leaves, not a list."""
+    loop = "".join(f"    {line}\n" for line in IMPORTS_AND_DEFS.splitlines())
+    home = run_cells(
+        f"encs, vals = [], []\nfor n in range(3):\n{loop}    encs.append(enc)\n"
+        "    vals.append(val)\nenc, val = encs, vals",
+        CHECK,
+    )[-1]
+    cells = run_cells(LOAD, f"%%tetra --local --map n in range(3)\n{IMPORTS_AND_DEFS}", CHECK)
+    assert cells[1].error is None and cells[-1].stdout == home.stdout, cells
+
+
+def test_an_input_the_items_change_in_place_stays_as_it_was_and_says_so() -> None:
+    cells = run_cells(
+        LOAD,
+        "acc = []\nkeep = acc",
+        "%%tetra --local --map n in range(3)\nacc.append(n)\nsize = len(acc)",
+        "print(acc, acc is keep, size)",
+    )
+    assert cells[2].error is None, cells[2]
+    assert "tetra: --map: acc changed in place by the items, each in a copy" in cells[2].stderr
+    assert cells[-1].stdout == "[] True [1, 1, 1]\n"

@@ -286,6 +286,19 @@ def update_in_place(old: Any, new: Any) -> bool:
     return True
 
 
+def last_value(result: CellResult, user_ns: dict[str, Any]) -> Any:
+    """The cell's last value, loaded apart from the notebook `user_ns` (a background cell
+    shows it in its own cell when its job ends, before its values land); None without one."""
+    portable = result.payload.get("last")
+    if portable is None:
+        return None
+    payload = result.payload
+    names = MainNames(dict(user_ns), payload.get("definitions"), payload.get("values", {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _load_portable(names, portable)
+
+
 def _load_portable(names: MainNames, portable: dict[str, Any]) -> Any:
     """The value itself, or a stand-in showing the worker's representations of it. No note
     either way: the value is shown as it would be at home (the Line2D list a plotting cell

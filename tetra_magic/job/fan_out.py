@@ -130,7 +130,8 @@ class MapJob:
     """A --map cell's jobs, one per shard of items (what --out holds): `result()` gives each
     name the items bound as a list in item order, None where its item failed. A --bg map is
     held by this notebook's background jobs as a background cell's job is (job/background.py):
-    the fields from `id` on are what they read of it."""
+    the fields from `id` on are what they read of it. `stop` is set to cancel the map: by
+    `cancel()`, or the Cancel button of its board (view/shards.py), whose Event it is there."""
 
     over: str  # the map's NAME
     items: list[Any]
@@ -142,13 +143,17 @@ class MapJob:
     done: set[int] = field(default_factory=set)  # the items that succeeded
     at_once: int = 1  # shards followed at once: --workers, or the default
     opts: CellOptions = field(kw_only=True, repr=False)
+    # What the cell binds (only these come back), and the names among them that come back as
+    # the last item left them, as after a loop at home: its imports and definitions.
+    binds: frozenset[str] = field(kw_only=True, repr=False)
+    singles: frozenset[str] = field(kw_only=True, repr=False)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
     id: None = None  # many jobs, no one id
     worker: None = None
     values: dict[str, Any] = field(default_factory=dict)  # the lists written back
     returned: list[str] = field(default_factory=list)
     failure: BaseException | None = None
     settle: Callable[[], None] | None = field(default=None, repr=False)
-    cancelled: bool = False
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def result(self, timeout: float | None = None) -> dict[str, list[Any]]:
@@ -159,18 +164,33 @@ class MapJob:
             raise TimeoutError(f"the map over {self.over} still runs after {timeout:g} s")
         if self.settle is not None:
             self.settle()
-        names = dict.fromkeys(n for item in self.per_item if item for n in item)
-        return {n: [item.get(n) if item else None for item in self.per_item] for n in names}
+        done = [item for item in self.per_item if item]
+        names = dict.fromkeys(n for item in done for n in item if n in self.binds)
+        return {
+            n: [item[n] for item in done if n in item][-1]
+            if n in self.singles
+            else [item.get(n) if item else None for item in self.per_item]
+            for n in names
+        }
+
+    def changed_in_place(self) -> list[str]:
+        """The notebook's values the items changed in place without binding them: each item
+        changed a copy of its own (the items of one job, one copy), so none comes back."""
+        return sorted({n for item in self.per_item if item for n in item} - self.binds)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every shard has ended, at most `timeout` seconds; whether they have."""
         return self.ended.wait(timeout)
 
     def cancel(self) -> None:
-        """Cancel every shard still running on its endpoint."""
-        self.cancelled = True
+        """Cancel every shard still running on its endpoint; submit no more."""
+        self.stop.set()
         for job in self.jobs:
             job.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
 
     @property
     def name(self) -> str | None:
@@ -236,11 +256,6 @@ def run_map(
     most = min(size, len(items))  # --timeout is each item's: a shard's is theirs summed
     shard_opts = dataclasses.replace(opts, timeout=min(opts.timeout * most, MAX_TIMEOUT))
     lock = threading.Lock()
-    board = map_board(shell, opts, display, len(items))
-
-    def new_job(indices: list[int]) -> Job:
-        return Job(endpoint, shard_opts, _shard_view(indices, lock, opts, board), started)
-
     home = {name: value for name, value in user_ns.items() if name != opts.map_name}
     packs = [
         pack(
@@ -254,9 +269,24 @@ def run_map(
         )
         for shard in shards
     ]
-    jobs = [new_job(shard) for shard in shards]
+    board = map_board(shell, opts, display, len(items))  # once every request is made
+    stop = board.cancel_requested if board is not None else threading.Event()
+
+    def new_job(indices: list[int]) -> Job:
+        view = _shard_view(indices, lock, opts, board)
+        return Job(endpoint, shard_opts, ItemMarkers(view, stop), started)
+
     mapped = MapJob(
-        opts.map_name, items, jobs, shards, [None] * len(items), at_once=at_once, opts=opts
+        opts.map_name,
+        items,
+        [new_job(shard) for shard in shards],
+        shards,
+        [None] * len(items),
+        at_once=at_once,
+        opts=opts,
+        binds=(analysis.binds | frozenset(analysis.defines)) - {opts.map_name},
+        singles=frozenset(analysis.imported) | frozenset(analysis.defines),
+        stop=stop,
     )
     if opts.out:
         user_ns[opts.out] = mapped
@@ -266,7 +296,6 @@ def run_map(
         try:
             _follow_all(mapped, packs, label, user_ns, min(at_once, len(shards)), new_job, board)
         finally:
-            mapped.cancelled = _stopped(mapped, board)
             mapped.ended.set()
             if board is not None:
                 board.close()
@@ -278,6 +307,13 @@ def run_map(
             )
         if mapped.errors:
             raise _failed(mapped)
+        if changed := mapped.changed_in_place():
+            print(
+                f"tetra: --map: {', '.join(changed)} changed in place by the items, each in a"
+                " copy of its own (the items of one job share one): the notebook's are as they"
+                " were; bind a new name in the cell to bring such results back",
+                file=sys.stderr,
+            )
         return outcome.CellResult(values=mapped.result())
 
     if opts.background:
@@ -298,24 +334,22 @@ def _shard_view(
 ) -> JobView:
     """The view of one shard, running the items at `indices`, told where each of its items'
     output starts: its part of the map's board (the widget view), or its lines tagged."""
-    shown = (
-        board.shard(indices) if board is not None else TaggedView(indices[0], lock, opts.verbose)
-    )
-    return ItemMarkers(shown)
+    return board.shard(indices) if board is not None else TaggedView(indices[0], lock, opts.verbose)
 
 
 class ItemMarkers:
     """A shard's view, handed the runtime's marks of where each item's output starts (framed
     in its stdout: runtime/batch.py) as {"kind": "item", "index": i} chunks; a view that
-    does not know the kind ignores it."""
+    does not know the kind ignores it. Its job's follow loop stops at the map's `stop`
+    (MapJob.stop), where there is one, and cancels the job."""
 
-    def __init__(self, view: JobView) -> None:
-        self.view = view
+    def __init__(self, view: JobView, stop: threading.Event | None = None) -> None:
+        self.view, self.stop = view, stop
         self.joining = False  # a display message's pieces are arriving: none is a mark
 
     @property
     def cancel_requested(self) -> threading.Event | None:
-        return self.view.cancel_requested
+        return self.stop or self.view.cancel_requested
 
     def submitted(self, job_id: str, name: str | None) -> None:
         self.view.submitted(job_id, name)
@@ -385,7 +419,7 @@ def _follow_all(
         opts = mapped.jobs[number].opts
         for tries_left in range(opts.retries, -1, -1):
             job = mapped.jobs[number]
-            if _stopped(mapped, board):  # cancelled before this job was submitted
+            if mapped.cancelled:  # before this job was submitted
                 mapped.errors.update(dict.fromkeys(todo, JobFailed("cancelled before it ran")))
                 return
             interrupted = _run_shard(job, packed, todo, mapped, label, user_ns)
@@ -419,12 +453,6 @@ def _follow_all(
             ) from None
 
 
-def _stopped(mapped: MapJob, board: MapBoard | None) -> bool:
-    """Whether the map was cancelled: `%tetra cancel` (or `job.cancel()`) or the board's
-    Cancel button."""
-    return mapped.cancelled or (board is not None and board.cancel_requested.is_set())
-
-
 def _run_shard(
     job: Job,
     packed: Packed,
@@ -451,9 +479,13 @@ def _run_shard(
             response = outcome.check(outcome.item_response(entry), label, user_ns)
             result = outcome.unpack(response, entry)
             result.payload["changed"] = []  # an input an item changed: its shard's copy
-            outcome.apply(result, dict(user_ns))
+            scratch = dict(user_ns)
+            outcome.apply(result, scratch)
             bring_home(result.payload)
-            mapped.per_item[index] = {n: v for n, v in result.values.items() if n != mapped.over}
+            values = {n: v for n, v in result.values.items() if n != mapped.over}
+            # its definitions, made here from their source
+            values.update({n: scratch[n] for n in mapped.singles - values.keys() if n in scratch})
+            mapped.per_item[index] = values
         except Exception as exc:
             mapped.errors[index] = exc
         else:

@@ -161,6 +161,7 @@ def test_background_cells_in_a_session_run_in_order(kernel: LiveKernel, tmp_path
     go.touch()
     ran = kernel.outputs(waiting)
     assert ran.error is None and ran.stdout == expected, ran
+    assert "still being computed" not in ran.stderr  # it waits: it sees the job's values
     assert kernel.run("print(total)").stdout == expected.split()[0] + "\n"
     listed = kernel.run("%tetra sessions").stdout  # both cells are the session's record
     assert listed.startswith("s: 2 cells"), listed

@@ -264,7 +264,8 @@ def test_cancel_a_background_map(tmp_path: Path) -> None:
         )
         kernel.outputs(submitted)
         kernel.later(submitted, lambda run: "waiting" in run.stdout)
-        assert kernel.run("%tetra cancel 1").stdout == "tetra: job [1] cancelled\n"
+        # named by its --out name, as the notebook knows it
+        assert kernel.run("%tetra cancel m").stdout == "tetra: job [1] cancelled\n"
         after = kernel.run(
             "%tetra wait\nprint(m.status.value, [job.status.value for job in m.jobs],"
             " 'square' in globals())"

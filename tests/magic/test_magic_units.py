@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import linecache
+import re
 import sys
 import threading
 import time
@@ -265,7 +266,8 @@ def test_payload_over_the_limit_names_sizes() -> None:
     user_ns = {"blob": b"x" * 2_000_000}
     with pytest.raises(UsageError) as info:
         pack(analysis, user_ns, options(), filename=FILE, limit=1_000_000)
-    assert str(info.value).startswith("the request is 2.7 MB, over the endpoint's 1.0 MB limit")
+    # the request: the blob, and the runtime the worker runs it with
+    assert re.match(r"the request is 2\.\d MB, over the endpoint's 1\.0 MB limit", str(info.value))
     assert "largest variables: blob 2.0 MB" in str(info.value)
 
 
@@ -585,3 +587,17 @@ def test_a_lambda_travels_with_the_cells_globals_not_a_copy_of_them() -> None:
     )
     result = run_here("scale = 5\ny = times(2)\ntimes(1)", user_ns)
     assert (user_ns["y"], result.last, user_ns["times"](1)) == (10, 5, 5)
+
+
+def test_an_oversized_map_request_advises_a_smaller_batch_only_where_its_items_weigh() -> None:
+    analysis = analyse("\nlen(blob) + len(n)", FILE)
+    opts = options(map_name="n")
+    with pytest.raises(UsageError) as shared:  # a large input, small items
+        pack(analysis, {"blob": b"x" * 2_000_000}, opts, filename=FILE, limit=1_000_000,
+             items={0: b"a", 1: b"b"})  # fmt: skip
+    assert "its 2 --map items: 0.0 MB" in str(shared.value)
+    assert "--batch" not in str(shared.value)
+    with pytest.raises(UsageError) as heavy:  # the items are the weight
+        pack(analysis, {"blob": b""}, opts, filename=FILE, limit=1_000_000,
+             items={0: b"x" * 600_000, 1: b"y" * 600_000})  # fmt: skip
+    assert "A smaller --batch sends fewer items per job." in str(heavy.value)

@@ -232,8 +232,10 @@ def _check_size(
     largest = sorted(blobs.items(), key=lambda item: -len(item[1]))[:5]
     parts, advice = [], []
     if items:  # a --map shard's (runtime/batch.py)
-        parts.append(f"its {len(items)} --map items: {_mb(sum(map(len, items)))}")
-        advice.append("A smaller --batch sends fewer items per job.")
+        items_size = sum(map(len, items))
+        parts.append(f"its {len(items)} --map items: {_mb(items_size)}")
+        if len(items) > 1 and 2 * items_size > size:  # the items are most of it
+            advice.append("A smaller --batch sends fewer items per job.")
     if largest:
         parts.append("largest variables: " + ", ".join(f"{n} {_mb(len(b))}" for n, b in largest))
         advice.append(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import re
 import sys
 import threading
 import time
@@ -165,7 +166,8 @@ class Jobs:
         source = getattr(info, "raw_cell", "") or ""
         if source.lstrip().startswith("%tetra wait"):
             return  # it waits first: what it reads afterwards is the job's
-        running = [held for held in self.held if held.running]
+        session = _session_of(self.shell, source)  # whose running cells it waits for first
+        running = [held for held in self.held if held.running and held.session != session]
         reads = _reads(self.shell, source) if running else frozenset()
         for held in running:
             waiting = sorted(held.binds & reads)
@@ -210,14 +212,13 @@ class Jobs:
         outcome.report(held.result.problems, user_ns)
 
     def find(self, words: list[str]) -> list[Background]:
-        """The jobs named by `words` (`1`, `[1]`, a --name or a job id); all without words."""
+        """The jobs named by `words` (`1`, `[1]`, a --name, its --out name or a job id); all
+        without words."""
         if not words:
             return list(self.held)
         found = []
         for word in words:
-            match = [
-                h for h in self.held if word.strip("[]") in (str(h.number), h.job.name, h.job.id)
-            ]
+            match = [h for h in self.held if word.strip("[]") in _names(h)]
             if not match:
                 known = ", ".join(h.label for h in self.held) or "none yet"
                 raise UsageError(f"%tetra: no background job {word!r} (this notebook's: {known})")
@@ -291,6 +292,11 @@ class Jobs:
         return "\n".join("  ".join(map(str.ljust, row, widths)).rstrip() for row in rows)
 
 
+def _names(held: Background) -> tuple[str | None, ...]:
+    """What a background cell answers to in `%tetra wait` and `%tetra cancel`."""
+    return (str(held.number), held.job.name, held.job.opts.out, held.job.id)
+
+
 def _status(held: Background) -> str:
     if held.running:
         return held.job.status.value
@@ -324,6 +330,21 @@ def _error_line(exc: BaseException | None) -> str:
         return "no result"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _session_of(shell: Any, raw: str) -> str | None:
+    """The session a cell about to run runs in: a %%tetra cell's --session, else the
+    notebook's default session (TetraMagic.session) unless it says --no-session."""
+    if not raw.startswith("%%tetra"):
+        return None
+    line = raw.partition("\n")[0]
+    named = re.search(r"--session[= ]+(\S+)", line)
+    if named:
+        return named.group(1).strip("'\"")
+    if "--no-session" in line:
+        return None
+    magic = shell.magics_manager.registry.get("TetraMagic")
+    return getattr(magic, "session", None) or None
 
 
 def _reads(shell: Any, raw: str) -> frozenset[str]:

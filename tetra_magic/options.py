@@ -380,6 +380,11 @@ def _fan_out(args: argparse.Namespace) -> tuple[str | None, str | None]:
             raise UsageError("--batch sets how many --map items one job runs: use it with --map")
         return None, None
     tokens = args.map
+    if tokens and tokens[0].endswith(","):
+        raise UsageError(
+            f"--map {' '.join(tokens)}: --map binds one NAME; unpack it in the cell, e.g."
+            " --map pair in zip(xs, ys), then `x, y = pair`"
+        )
     if len(tokens) < 3 or tokens[1] != "in":
         raise UsageError(
             f"--map {' '.join(tokens)}: write --map NAME in EXPR, e.g. --map lr in [0.1, 0.01]"

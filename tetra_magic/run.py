@@ -15,7 +15,9 @@ cells (tetra_magic/job/background.py), a --detach one put on record for `%tetra 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -124,7 +126,15 @@ def _in_background(
         return result
 
     def wrote_back(result: outcome.CellResult) -> None:
-        hooks.wrote_back(job, packed, result, shell.user_ns)
+        """The session's record, and --get's files, once the values are in (in whatever cell
+        the user runs next: the session's line names the job)."""
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            hooks.wrote_back(job, packed, result, shell.user_ns)
+        for line in said.getvalue().splitlines():
+            print(
+                line.replace("tetra: ", f"tetra: background job {held.label}: ", 1), file=sys.stderr
+            )
         bring_home(result.payload)
 
     # What it imports is no news: `import time` there and here bind the same module.

@@ -163,6 +163,8 @@ def test_background_cells_in_a_session_run_in_order(kernel: LiveKernel, tmp_path
     assert ran.error is None and ran.stdout == expected, ran
     assert "still being computed" not in ran.stderr  # it waits: it sees the job's values
     assert kernel.run("print(total)").stdout == expected.split()[0] + "\n"
+    # The session's line for the background cell names it, in whatever cell it lands.
+    assert "tetra: background job [1]: session s (new)" in ran.stderr, ran
     listed = kernel.run("%tetra sessions").stdout  # both cells are the session's record
     assert listed.startswith("s: 2 cells"), listed
 

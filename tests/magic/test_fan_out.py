@@ -271,6 +271,8 @@ def test_cancel_a_background_map(tmp_path: Path) -> None:
             " 'square' in globals())"
         )
         assert after.stdout == "CANCELLED ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] False\n", after
+        record = kernel.run("r = m.to_dict()\nprint(r['shards'], [j['status'] for j in r['jobs']])")
+        assert record.stdout == "[[0], [1], [2]] ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE']\n"
         assert "background job [1] was cancelled; nothing was written back" in after.stderr
 
 

@@ -147,3 +147,8 @@ def test_batch_is_one_or_more_items_and_only_with_map(
 def test_batch_sets_the_items_per_job(magic: TetraMagic) -> None:
     assert parse(magic, "--map n in range(9) --batch 3").batch == 3
     assert parse(magic, "--map n in range(9)").batch is None  # fan_out's default
+
+
+def test_map_binds_one_name_and_says_how_to_unpack_a_pair(magic: TetraMagic) -> None:
+    with pytest.raises(UsageError, match=r"--map binds one NAME; unpack it in the cell"):
+        parse(magic, "--map a, b in zip(xs, ys)")

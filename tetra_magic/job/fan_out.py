@@ -208,6 +208,18 @@ class MapJob:
         started = any(job.status is not JobStatus.IN_QUEUE for job in self.jobs)
         return JobStatus.IN_PROGRESS if started else JobStatus.IN_QUEUE
 
+    def to_dict(self) -> dict[str, Any]:
+        """The map's record: each job's (JobRecord.to_dict, the retried tries too), which
+        items each ran, and each failed item's error."""
+        return {
+            "over": self.over,
+            "items": len(self.items),
+            "shards": self.shards,
+            "jobs": [job.to_dict() for job in self.jobs],
+            "retried": [job.to_dict() for job in self.retried],
+            "errors": {index: _one_line(exc) for index, exc in sorted(self.errors.items())},
+        }
+
     @property
     def progress(self) -> str:
         return f"{len(self.done)} of {len(self.items)} items done" + (

@@ -253,7 +253,7 @@ def test_ctrl_c_cancels_a_map_and_leaves_the_notebook_as_it_was(tmp_path: Path) 
             "print([job.status.value for job in m.jobs], [job.id is None for job in m.jobs],"
             " 'square' in globals())"
         )
-        assert after.stdout == "['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] [False, True, True] False\n"
+        assert after.stdout == "['CANCELLED', 'CANCELLED', 'CANCELLED'] [False, True, True] False\n"
 
 
 def test_cancel_a_background_map(tmp_path: Path) -> None:
@@ -270,9 +270,9 @@ def test_cancel_a_background_map(tmp_path: Path) -> None:
             "%tetra wait\nprint(m.status.value, [job.status.value for job in m.jobs],"
             " 'square' in globals())"
         )
-        assert after.stdout == "CANCELLED ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE'] False\n", after
+        assert after.stdout == "CANCELLED ['CANCELLED', 'CANCELLED', 'CANCELLED'] False\n", after
         record = kernel.run("r = m.to_dict()\nprint(r['shards'], [j['status'] for j in r['jobs']])")
-        assert record.stdout == "[[0], [1], [2]] ['CANCELLED', 'IN_QUEUE', 'IN_QUEUE']\n"
+        assert record.stdout == "[[0], [1], [2]] ['CANCELLED', 'CANCELLED', 'CANCELLED']\n"
         assert "background job [1] was cancelled; nothing was written back" in after.stderr
 
 
@@ -305,3 +305,16 @@ def test_an_input_the_items_change_in_place_stays_as_it_was_and_says_so() -> Non
     assert cells[2].error is None, cells[2]
     assert "tetra: --map: acc changed in place by the items, each in a copy" in cells[2].stderr
     assert cells[-1].stdout == "[] True [1, 1, 1]\n"
+
+
+def test_a_class_whose_body_uses_the_cells_import_comes_back() -> None:
+    cell = "import math\nclass Circle:\n    pi = round(math.pi, 2)\n    tag = w\nc = Circle()"
+    check = "print(Circle.pi, Circle.tag, [x.tag for x in c])"
+    home = run_cells(
+        "cs = []\nfor w in ['alpha', 'beta']:\n"
+        + "".join(f"    {line}\n" for line in cell.splitlines())
+        + "    cs.append(c)\nc = cs",
+        check,
+    )[-1]
+    cells = run_cells(LOAD, f"%%tetra --local --map w in ['alpha', 'beta']\n{cell}", check)
+    assert cells[1].error is None and cells[-1].stdout == home.stdout, cells

@@ -404,3 +404,9 @@ def test_an_awaiting_cell_shows_only_its_own_frames() -> None:
     local, remote = _traceback(twins.local[0]), _traceback(twins.remote[0])
     assert "asyncio" + "/" not in remote and "File " not in remote, remote
     assert [line for _, line in _cell_lines(remote)] == [line + 1 for _, line in _cell_lines(local)]
+
+
+def test_a_class_whose_body_uses_the_cells_own_import_comes_back() -> None:
+    """Its body runs again at home, with the modules the cell imported already there."""
+    cell = "import fractions\nclass Half:\n    value = fractions.Fraction(1, 2)\nh = Half()"
+    assert_same(run_twins(Remote(cell), "print(Half.value, h.value, type(h).__name__)"))

@@ -194,6 +194,10 @@ def _apply(result: CellResult, user_ns: dict[str, Any]) -> None:
             user_ns[name] = value
 
     names.bind = bind
+    # The modules first: a class body the cell defined runs here again, and may use them.
+    modules = _import_modules(payload.get("modules", {}), result.problems)
+    result.values.update(modules)
+    user_ns.update(modules)
     imported = set(payload.get("imported", ()))
     drawn = set(payload.get("drawn", ()))
     for name in [*payload.get("definitions", {}), *values]:
@@ -215,9 +219,6 @@ def _apply(result: CellResult, user_ns: dict[str, Any]) -> None:
             if not (name in imported and isinstance(exc, ImportError)):
                 result.problems[name] = _load_problem(exc)
     _bind_aliases(payload.get("aliases", {}), result, user_ns)
-    modules = _import_modules(payload.get("modules", {}), result.problems)
-    result.values.update(modules)
-    user_ns.update(modules)
     for name in payload.get("deleted", []):
         user_ns.pop(name, None)
     _set_display_options(payload.get("display_options") or {})

@@ -167,7 +167,7 @@ class Jobs:
         if source.lstrip().startswith("%tetra wait"):
             return  # it waits first: what it reads afterwards is the job's
         session = _session_of(self.shell, source)  # whose running cells it waits for first
-        running = [held for held in self.held if held.running and held.session != session]
+        running = [h for h in self.held if h.running and not (h.session and h.session == session)]
         reads = _reads(self.shell, source) if running else frozenset()
         for held in running:
             waiting = sorted(held.binds & reads)

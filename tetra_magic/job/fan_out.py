@@ -141,6 +141,7 @@ class MapJob:
     errors: dict[int, BaseException] = field(default_factory=dict)  # by item index
     retried: list[Job] = field(default_factory=list)  # the failed tries --retries replaced
     done: set[int] = field(default_factory=set)  # the items that succeeded
+    problems: dict[str, str] = field(default_factory=dict)  # values that could not come home
     at_once: int = 1  # shards followed at once: --workers, or the default
     opts: CellOptions = field(kw_only=True, repr=False)
     # What the cell binds (only these come back), and the names among them that come back as
@@ -222,9 +223,10 @@ class MapJob:
 
     @property
     def progress(self) -> str:
-        return f"{len(self.done)} of {len(self.items)} items done" + (
-            f", {len(self.errors)} failed" if self.errors else ""
-        )
+        done = f"{len(self.done)} of {len(self.items)} items done"
+        if self.cancelled:
+            return f"cancelled, {done}"
+        return done + (f", {len(self.errors)} failed" if self.errors else "")
 
     def __repr__(self) -> str:
         return f"tetra map over {self.over}: {self.progress}"
@@ -308,6 +310,9 @@ def run_map(
         try:
             _follow_all(mapped, packs, label, user_ns, min(at_once, len(shards)), new_job, board)
         finally:
+            if mapped.cancelled:  # the jobs never submitted are cancelled as much as the rest
+                for job in mapped.jobs:
+                    job.status = JobStatus.CANCELLED if job.id is None else job.status
             mapped.ended.set()
             if board is not None:
                 board.close()
@@ -319,6 +324,7 @@ def run_map(
             )
         if mapped.errors:
             raise _failed(mapped)
+        outcome.report({n: r for n, r in mapped.problems.items() if n in mapped.binds}, user_ns)
         if changed := mapped.changed_in_place():
             print(
                 f"tetra: --map: {', '.join(changed)} changed in place by the items, each in a"
@@ -491,10 +497,12 @@ def _run_shard(
             response = outcome.check(outcome.item_response(entry), label, user_ns)
             result = outcome.unpack(response, entry)
             result.payload["changed"] = []  # an input an item changed: its shard's copy
-            scratch = dict(user_ns)
+            # as the loop at home has it when this item's run ends: NAME is its item
+            scratch = {**user_ns, mapped.over: mapped.items[index]}
             outcome.apply(result, scratch)
             bring_home(result.payload)
             values = {n: v for n, v in result.values.items() if n != mapped.over}
+            mapped.problems.update(result.problems)
             # its definitions, made here from their source
             values.update({n: scratch[n] for n in mapped.singles - values.keys() if n in scratch})
             mapped.per_item[index] = values

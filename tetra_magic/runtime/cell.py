@@ -276,10 +276,17 @@ def one_loop() -> Iterator[None]:
 
 
 def _close(loop: Any) -> None:
+    """Close a cell's (or a shard's) loop, which runs once more to end its async generators:
+    out of the worker's own loop, where one runs in this thread (the published worker's)."""
+    import asyncio
+
+    outer = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
     try:
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()
+        asyncio._set_running_loop(outer)
 
 
 def _quietly_new_loop(asyncio: types.ModuleType) -> Any:

@@ -272,17 +272,10 @@ def run_map(
     lock = threading.Lock()
     home = {name: value for name, value in user_ns.items() if name != opts.map_name}
     packs = [
-        pack(
-            analysis,
-            home,
-            shard_opts,
-            filename=filename,
-            limit=endpoint.payload_limit,
-            label=label,
-            items={index: items[index] for index in shard},
-        )
+        pack(analysis, home, shard_opts, filename=filename, limit=endpoint.payload_limit,
+             label=label, items={index: items[index] for index in shard})
         for shard in shards
-    ]
+    ]  # fmt: skip
     board = map_board(shell, opts, display, len(items))  # once every request is made
     stop = board.cancel_requested if board is not None else threading.Event()
 
@@ -324,14 +317,7 @@ def run_map(
             )
         if mapped.errors:
             raise _failed(mapped)
-        outcome.report({n: r for n, r in mapped.problems.items() if n in mapped.binds}, user_ns)
-        if changed := mapped.changed_in_place():
-            print(
-                f"tetra: --map: {', '.join(changed)} changed in place by the items, each in a"
-                " copy of its own (the items of one job share one): the notebook's are as they"
-                " were; bind a new name in the cell to bring such results back",
-                file=sys.stderr,
-            )
+        _say_what_stays(mapped, user_ns)
         return outcome.CellResult(values=mapped.result())
 
     if opts.background:
@@ -345,6 +331,19 @@ def run_map(
         )
         return
     user_ns.update(follow().values)
+
+
+def _say_what_stays(mapped: MapJob, user_ns: dict[str, Any]) -> None:
+    """After a map: one line per name that could not come home, and one for the notebook's
+    values the items changed in place, which stay as they were."""
+    outcome.report({n: r for n, r in mapped.problems.items() if n in mapped.binds}, user_ns)
+    if changed := mapped.changed_in_place():
+        print(
+            f"tetra: --map: {', '.join(changed)} changed in place by the items, each in a copy"
+            " of its own (the items of one job share one): the notebook's are as they were;"
+            " bind a new name in the cell to bring such results back",
+            file=sys.stderr,
+        )
 
 
 def _shard_view(

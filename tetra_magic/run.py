@@ -29,7 +29,7 @@ from tetra_magic.cell import interrupts, outcome
 from tetra_magic.cell.analysis import CellAnalysis, analyse
 from tetra_magic.cell.files import bring_home
 from tetra_magic.cell.packing import Packed, pack
-from tetra_magic.cloud.client import EndpointError
+from tetra_magic.cloud.client import Endpoint, EndpointError
 from tetra_magic.errors import CellInterrupted, Labeler, cell_labeler, syntax_error
 from tetra_magic.job import attach, background, fan_out, pythons
 from tetra_magic.job.job import Job
@@ -67,16 +67,7 @@ def run_cell(
     hooks.before()
     result = None
     while result is None:  # once, but for a session lost meanwhile and rebuilt
-        endpoint = targets.resolve(opts)
-        packed = pack(
-            analysis,
-            shell.user_ns,
-            opts,
-            filename=filename,
-            limit=endpoint.payload_limit,
-            label=label,
-            session=hooks.session,
-        )
+        endpoint, packed = _packed(shell, opts, analysis, filename, label, hooks)
         job = Job(endpoint, opts, make_view(shell, opts, display), started)
         run_job = functools.partial(job.run, packed)
         result = _result(job, run_job, hooks, analysis, label, shell.user_ns, prices)
@@ -101,16 +92,7 @@ def _in_background(
     hooks = session_hooks.for_cell(opts, label)
     hooks.before()
     hooks.may_replay = False
-    endpoint = targets.resolve(opts)
-    packed = pack(
-        analysis,
-        shell.user_ns,
-        opts,
-        filename=filename,
-        limit=endpoint.payload_limit,
-        label=label,
-        session=hooks.session,
-    )
+    endpoint, packed = _packed(shell, opts, analysis, filename, label, hooks)
     job = Job(endpoint, opts, make_view(shell, opts, display), started)
     client = job.start(packed)  # in the cell: a refused request fails the cell itself
 
@@ -154,6 +136,24 @@ def _in_background(
             f" {job.id}` brings its values into a later kernel",
             file=sys.stderr,
         )
+
+
+def _packed(
+    shell: Any,
+    opts: CellOptions,
+    analysis: CellAnalysis,
+    filename: str,
+    label: Labeler,
+    hooks: session_hooks.NoSession,
+) -> tuple[Endpoint, Packed]:
+    """The cell's endpoint, and its request packed for it (in its session, if any)."""
+    endpoint = targets.resolve(opts)
+    limit = endpoint.payload_limit
+    packed = pack(
+        analysis, shell.user_ns, opts, filename=filename, limit=limit, label=label,
+        session=hooks.session,
+    )  # fmt: skip
+    return endpoint, packed
 
 
 def _analysed(source: str, filename: str, label: Labeler) -> CellAnalysis:

@@ -166,8 +166,10 @@ class Jobs:
         source = getattr(info, "raw_cell", "") or ""
         if source.lstrip().startswith("%tetra wait"):
             return  # it waits first: what it reads afterwards is the job's
-        session = _session_of(self.shell, source)  # whose running cells it waits for first
-        running = [h for h in self.held if h.running and not (h.session and h.session == session)]
+        running = [held for held in self.held if held.running]
+        if running:  # not the cells of its own session, which it waits for first
+            session = _session_of(self.shell, source)
+            running = [h for h in running if not (h.session and h.session == session)]
         reads = _reads(self.shell, source) if running else frozenset()
         for held in running:
             waiting = sorted(held.binds & reads)

@@ -40,7 +40,7 @@ from tetra_magic.cloud.status import JobStatus
 from tetra_magic.options import CellOptions
 from tetra_magic.view import render, rich, widget_relay, widgets_wanted
 from tetra_magic.view.cancel import route_to_side_thread
-from tetra_magic.view.widget import FLUSH_S, NO_CANCEL_HINT
+from tetra_magic.view.widget import FLUSH_S, NO_CANCEL_HINT, status_head
 from worker.protocol import FunctionResponse
 
 # An item's states. "ended": its output is over (a batched job went on to its next item) but
@@ -363,14 +363,9 @@ class MapBoard:
 
     def _build(self) -> None:
         style = widgets.HTML(render.STYLE + CHIP_STYLE, layout=widgets.Layout(display="none"))
-        self.status_html = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
-        self.cancel_button = widgets.Button(
-            description="Cancel", tooltip="Cancel every job of the map", layout=widgets.Layout()
+        head, self.status_html, self.cancel_button = status_head(
+            "Cancel every job of the map", self._on_cancel
         )
-        self.cancel_button.add_class("tetra-cancel")
-        self.cancel_button.on_click(self._on_cancel)
-        head = widgets.HBox([self.status_html, self.cancel_button])
-        head.add_class("tetra-head")
         self.chips_html = widgets.HTML()
         self.picker = widgets.Text(
             placeholder="auto",

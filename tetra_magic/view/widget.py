@@ -45,6 +45,20 @@ _PHASE_LABELS = {"installing": "installing deps", "starting": "running", "runnin
 NO_CANCEL_HINT = "to cancel, interrupt the kernel (■)"
 
 
+def status_head(
+    tooltip: str, on_cancel: Callable[[widgets.Button], None]
+) -> tuple[widgets.HBox, widgets.HTML, widgets.Button]:
+    """A panel's head: its status line, with the Cancel button (`tooltip` says what it
+    cancels) beside it. Shared by the one-job view and a map's board (view/shards.py)."""
+    status = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
+    cancel = widgets.Button(description="Cancel", tooltip=tooltip, layout=widgets.Layout())
+    cancel.add_class("tetra-cancel")
+    cancel.on_click(on_cancel)
+    head = widgets.HBox([status, cancel])
+    head.add_class("tetra-head")
+    return head, status, cancel
+
+
 class WidgetView:
     """A live panel fed by the follow loop; a static summary plus ordinary output at the end.
 
@@ -154,14 +168,9 @@ class WidgetView:
 
     def _build(self) -> None:
         style = widgets.HTML(render.STYLE, layout=widgets.Layout(display="none"))
-        self.status_html = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
-        self.cancel_button = widgets.Button(
-            description="Cancel", tooltip="Cancel the remote job", layout=widgets.Layout()
+        head, self.status_html, self.cancel_button = status_head(
+            "Cancel the remote job", self._on_cancel
         )
-        self.cancel_button.add_class("tetra-cancel")
-        self.cancel_button.on_click(self._on_cancel)
-        head = widgets.HBox([self.status_html, self.cancel_button])
-        head.add_class("tetra-head")
         self.where_html = widgets.HTML()
         self.output_html = widgets.HTML()
         self.output_box = widgets.VBox([self.output_html])
